@@ -1,0 +1,146 @@
+"""Loss evaluation and the two kinds of probe: one coordinate, or a random direction.
+
+Both perturb the arrays handed to ``loss_fn`` in place and put the saved values back
+afterwards; the engine additionally restores every tensor from its snapshot in a ``finally``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradwatch.check._inputs import Tensor
+from gradwatch.errors import LossError
+
+__all__ = ["Evaluator", "central_coord", "one_sided_coord", "directional", "loss_precision"]
+
+
+def loss_precision(value: Any) -> float:
+    """Machine epsilon of the loss as returned: float32 losses carry float32 round-off."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and np.issubdtype(dtype, np.floating) and dtype.itemsize < 8:
+        return float(np.finfo(dtype).eps)
+    return float(np.finfo(np.float64).eps)
+
+
+def _as_scalar(value: Any) -> float:
+    if isinstance(value, bool) or isinstance(value, np.bool_):
+        raise LossError(f"loss_fn returned a bool ({value}); it must return the loss as a float")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic)):
+        if value.size != 1:
+            raise LossError(
+                f"loss_fn returned an array of shape {np.shape(value)}; it must return one scalar "
+                "loss: reduce it, e.g. float(np.mean(per_example_losses))"
+            )
+        if not np.issubdtype(value.dtype, np.floating) and not np.issubdtype(
+            value.dtype, np.integer
+        ):
+            raise LossError(f"loss_fn returned dtype {value.dtype}; it must return a real float")
+        return float(np.asarray(value).reshape(-1)[0])
+    raise LossError(
+        f"loss_fn returned {type(value).__name__}; it must return the loss as a float "
+        "(if it returns (loss, grads), wrap it: lambda p: f(p)[0])"
+    )
+
+
+class Evaluator:
+    """Calls ``loss_fn(work_params)``, counts calls and checks that the result is a scalar."""
+
+    def __init__(self, loss_fn: Callable[[Any], Any], work_params: Any) -> None:
+        self.loss_fn = loss_fn
+        self.work_params = work_params
+        self.count = 0
+        self.last_raw: Any = None
+
+    def __call__(self) -> float:
+        self.count += 1
+        raw = self.loss_fn(self.work_params)
+        self.last_raw = raw
+        return _as_scalar(raw)
+
+
+def _finite_or_raise(values: tuple[float, ...], where: str, step: float) -> None:
+    if not all(np.isfinite(v) for v in values):
+        raise LossError(
+            f"loss_fn returned a non-finite value ({', '.join(f'{v:g}' for v in values)}) with "
+            f"{where} perturbed by ±{step:.1e}: the loss must be finite near the current "
+            "parameters (look for log(0), division by zero or overflow), or pass a smaller eps"
+        )
+
+
+def _safe_step(x: float, h: float, dtype: np.dtype) -> float:
+    # A step below the spacing of x vanishes in floating point; keep it representable.
+    return max(h, 8.0 * float(np.spacing(np.asarray(abs(x), dtype=dtype))))
+
+
+def central_coord(
+    ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float
+) -> tuple[float, float]:
+    """Central difference at one coordinate; returns ``(derivative, step used)``.
+
+    Divides by the step actually realized, (x+h) - (x-h), as scipy does.
+    """
+    arr = t.work
+    saved = arr[index].copy()  # numpy scalar of the array's dtype: bit-exact
+    x = float(saved)
+    h = _safe_step(x, h, arr.dtype)
+    try:
+        arr[index] = x + h
+        xp = float(arr[index])
+        jp = ev()
+        arr[index] = x - h
+        xm = float(arr[index])
+        jm = ev()
+    finally:
+        arr[index] = saved
+    _finite_or_raise((jp, jm), f"{t.name}{list(index)}", h)
+    return (jp - jm) / (xp - xm), h
+
+
+def one_sided_coord(
+    ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float, j0: float
+) -> tuple[float, float]:
+    """Forward and backward differences at one coordinate (triage of kinks)."""
+    arr = t.work
+    saved = arr[index].copy()
+    x = float(saved)
+    h = _safe_step(x, h, arr.dtype)
+    try:
+        arr[index] = x + h
+        xp = float(arr[index])
+        jp = ev()
+        arr[index] = x - h
+        xm = float(arr[index])
+        jm = ev()
+    finally:
+        arr[index] = saved
+    _finite_or_raise((jp, jm), f"{t.name}{list(index)}", h)
+    return (jp - j0) / (xp - x), (j0 - jm) / (x - xm)
+
+
+def directional(
+    ev: Evaluator, t: Tensor, backup: np.ndarray, direction: np.ndarray, h: float
+) -> tuple[float, float]:
+    """Compare along ``h * direction`` (a unit vector shaped like the tensor).
+
+    Returns ``(analytic, numeric)`` where analytic is g·Δ/(2h) for the realized displacement
+    Δ = θ+ − θ− and numeric is (J(θ+) − J(θ−))/(2h): the same normalization on both sides.
+    """
+    arr = t.work
+    disp = h * direction
+    try:
+        np.add(backup, disp, out=arr, casting="unsafe")
+        plus = arr.astype(np.float64)
+        jp = ev()
+        np.subtract(backup, disp, out=arr, casting="unsafe")
+        realized = plus - arr
+        jm = ev()
+    finally:
+        np.copyto(arr, backup)
+    _finite_or_raise((jp, jm), f"{t.name} (a random direction)", h)
+    analytic = float(np.vdot(t.grad, realized)) / (2 * h)
+    return analytic, (jp - jm) / (2 * h)

@@ -1,0 +1,299 @@
+"""``check_gradients``: compare backprop gradients with central finite differences.
+
+The public function validates everything first, then plans probes, runs them with the
+parameters perturbed in place, triages disagreements, and always restores every parameter
+bit for bit — also when ``loss_fn`` raises or the check is interrupted.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradwatch.check._inputs import Tensor, normalize
+from gradwatch.check._probes import Evaluator, central_coord, loss_precision
+from gradwatch.check._steps import central_step, coord_rtol
+from gradwatch.check._triage import Context, localize_direction, probe_direction, triage_coordinate
+from gradwatch.check.report import CheckReport, Probe, TensorReport
+from gradwatch.errors import InputError, LossError
+
+__all__ = ["check_gradients", "MODES", "DEFAULT_NUM_SAMPLES"]
+
+MODES = ("auto", "sampled", "directional", "full")
+DEFAULT_NUM_SAMPLES = 32
+#: Two calls at the same parameters may differ by this many ulps of the loss before the loss
+#: is called non-deterministic (summation order can legitimately differ by an ulp or two).
+STOCHASTIC_ULPS = 16.0
+#: Disagreeing coordinates triaged per tensor once it already has this many confirmed
+#: mismatches: the tensor has failed, the rest inherit the verdict without extra evaluations.
+MAX_CONFIRMED_PER_TENSOR = 2
+
+
+def check_gradients(
+    loss_fn: Callable[[Any], Any],
+    params: Any,
+    grads: Any,
+    mode: str = "auto",
+    num_samples: int = DEFAULT_NUM_SAMPLES,
+    eps: float | None = None,
+    seed: int | None = None,
+) -> CheckReport:
+    """Check backprop gradients against central finite differences.
+
+        report = gradwatch.check_gradients(lambda p: forward(p, X, Y), params, grads)
+        assert report.passed, str(report)
+
+    Args:
+        loss_fn: ``loss_fn(params) -> float``, the loss at the given parameters (bind the batch
+            in a closure). It receives ``params`` itself (float64 copies of float32 tensors).
+        params: dict of float arrays (``{"W1": ..., "b1": ...}``) or a list/tuple of arrays.
+            Perturbed in place and restored bit for bit; never replaced.
+        grads: the backprop gradients, keyed like ``params`` or ``"dW1"`` for ``"W1"`` (a list
+            in the same order for list params); same shapes as the parameters.
+        mode: ``"auto"`` (sampled coordinates plus one random-direction probe per tensor, so a
+            bug confined to one coordinate of any tensor is still caught), ``"sampled"``
+            (seeded random coordinates, every tensor covered), ``"directional"`` (random
+            directions only, 2 evaluations each) or ``"full"`` (every coordinate: 2n
+            evaluations, the classic method).
+        num_samples: coordinates (or directions) to probe in the sampled modes, spread over the
+            tensors with at least one per tensor.
+        eps: ``None`` picks the central-difference step per tensor as (100·EPS)^(1/3)·max(1, rms),
+            EPS of the loss's precision (see ``gradwatch.check._steps``); a float forces that step everywhere.
+        seed: seeds the choice of coordinates and directions; ``None`` draws one and records it
+            in ``report.seed`` so any check can be repeated.
+
+    Returns:
+        A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs)
+        or an inconclusive check (a non-deterministic loss); kinks and noise do not fail.
+
+    Raises:
+        InputError: malformed params/grads or options (before any evaluation).
+        LossError: ``loss_fn`` did not return a finite scalar.
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if (
+        isinstance(num_samples, bool)
+        or not isinstance(num_samples, (int, np.integer))
+        or num_samples < 1
+    ):
+        raise InputError(f"num_samples must be a positive integer; got {num_samples!r}")
+    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+        raise InputError(f"eps must be a positive float or None (automatic); got {eps!r}")
+    if not callable(loss_fn):
+        raise InputError(
+            f"loss_fn must be callable as loss_fn(params) -> float; got {type(loss_fn).__name__}"
+        )
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (2**32))
+    started = time.perf_counter()
+    tensors, work_params, _ = normalize(params, grads, upcast=True)
+    snapshots = [t.array.copy() for t in tensors]
+    try:
+        return _run(
+            loss_fn, params, tensors, work_params, mode, int(num_samples), eps, seed, started
+        )
+    finally:
+        for t, snap in zip(tensors, snapshots):
+            np.copyto(t.array, snap)
+
+
+def _run(
+    loss_fn, params, tensors, work_params, mode, num_samples, eps, seed, started
+) -> CheckReport:
+    notes: list[str] = []
+    ev = Evaluator(loss_fn, work_params)
+    if work_params is not params:
+        # float32 parameters are checked on float64 copies, if the loss works on them.
+        ev, tensors, note = _choose_precision(loss_fn, params, work_params, tensors)
+        if note:
+            notes.append(note)
+    j0 = ev()
+    if not math.isfinite(j0):
+        raise LossError(
+            f"loss_fn returned {j0} at the current parameters: a gradient check needs a finite "
+            "loss (training has already diverged or the loss has log(0))"
+        )
+    loss_eps = loss_precision(ev.last_raw)
+    j0_again = ev()
+    stochastic = abs(j0_again - j0) > STOCHASTIC_ULPS * loss_eps * max(abs(j0), 1e-300)
+    per_param = {
+        t.name: TensorReport(t.name, tuple(t.array.shape), str(t.array.dtype), 0.0) for t in tensors
+    }
+    if stochastic:
+        notes.append(
+            f"loss_fn is non-deterministic: two calls at the same parameters returned {j0!r} and "
+            f"{j0_again!r}. Finite differences need the same loss every call: fix the random "
+            "state inside loss_fn (e.g. a fixed dropout mask or rng = np.random.default_rng(0) "
+            "created inside it), or evaluate without dropout/noise for the check"
+        )
+        return _report(per_param, "inconclusive", ev, started, mode, seed, j0, True, notes)
+
+    rng = np.random.default_rng(seed)
+    checkable = [t for t in tensors if t.array.size > 0]
+    plan = _allocate(checkable, num_samples)
+    for t in checkable:
+        h = float(eps) if eps is not None else central_step(t.work, loss_eps)
+        grad_eps = float(np.finfo(t.grad_dtype).eps)
+        rtol = max(coord_rtol(loss_eps), coord_rtol(grad_eps))
+        extra_atol = 0.0
+        if grad_eps > np.finfo(np.float64).eps * 1.01:
+            # A float32 analytic gradient carries round-off relative to the tensor's scale.
+            extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
+        ctx = Context(ev, j0, loss_eps, extra_atol)
+        tr = per_param[t.name]
+        tr.step = h
+        if mode in ("auto", "sampled", "full"):
+            count = t.array.size if mode == "full" else plan[t.name]
+            _probe_coordinates(ctx, t, tr, rng, count, h, rtol, full=(mode == "full"))
+        if mode in ("auto", "directional"):
+            directions = 1 if mode == "auto" else plan[t.name]
+            _probe_directions(ctx, t, tr, rng, directions, h, rtol)
+    _note_ignored_params(per_param, notes)
+    status = "failed" if any(tr.num_mismatches for tr in per_param.values()) else "passed"
+    return _report(per_param, status, ev, started, mode, seed, j0, False, notes)
+
+
+def _choose_precision(loss_fn, params, work_params, tensors):
+    """Use float64 copies of low-precision tensors only if ``loss_fn`` honours them."""
+    note = ""
+    try:
+        raw64 = loss_fn(work_params)
+        ok = loss_precision(raw64) < 1e-10 and math.isfinite(
+            float(np.asarray(raw64).reshape(-1)[0])
+        )
+    except (LossError, InputError):
+        raise
+    except Exception:  # noqa: BLE001 - a loss that rejects float64 just falls back
+        ok = False
+    if ok:
+        return Evaluator(loss_fn, work_params), tensors, ""
+    for t in tensors:
+        t.work = t.array
+    note = (
+        "loss_fn does not compute in float64 on float64 copies of the low-precision parameters; "
+        "they were checked in their own precision with float32 tolerances"
+    )
+    return Evaluator(loss_fn, params), tensors, note
+
+
+def _allocate(tensors: list[Tensor], num_samples: int) -> dict[str, int]:
+    """Samples per tensor: one each, the rest proportional to sqrt(size), capped at the size.
+
+    sqrt keeps small tensors (biases) from being starved by large weight matrices.
+    """
+    plan = {t.name: 1 for t in tensors}
+    remaining = num_samples - len(tensors)
+    if remaining > 0:
+        weights = np.array([math.sqrt(t.array.size) for t in tensors])
+        extra = np.floor(remaining * weights / weights.sum()).astype(int)
+        leftover = remaining - int(extra.sum())
+        for i in np.argsort(-weights)[:leftover]:
+            extra[i] += 1
+        for t, e in zip(tensors, extra):
+            plan[t.name] = min(t.array.size, 1 + int(e))
+    return plan
+
+
+def _probe_coordinates(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol, full: bool) -> None:
+    size = t.array.size
+    flat_indices = np.arange(size) if full else np.sort(rng.choice(size, size=count, replace=False))
+    grad_flat = t.grad.reshape(-1)
+    disagreeing: list[Probe] = []
+    for flat in flat_indices:
+        index = tuple(int(i) for i in np.unravel_index(int(flat), t.array.shape))
+        analytic = float(grad_flat[flat])
+        numeric, used = central_coord(ctx.ev, t, index, h)
+        tol = ctx.tolerance(rtol, used)
+        probe = Probe(
+            t.name, index, analytic, numeric, tol.rel_error(analytic, numeric), "ok", used
+        )
+        if not math.isfinite(analytic):
+            probe.verdict, probe.note, probe.rel_error = (
+                "mismatch",
+                "analytic gradient is not finite",
+                math.inf,
+            )
+        elif not tol.agree(analytic, numeric):
+            disagreeing.append(probe)
+        tr.coords.append(probe)
+    confirmed = 0
+    for probe in sorted(disagreeing, key=lambda p: -p.rel_error):
+        if confirmed >= MAX_CONFIRMED_PER_TENSOR:
+            probe.verdict, probe.note = "mismatch", "(tensor already confirmed mismatched)"
+            continue
+        verdict, resolved, note = triage_coordinate(
+            ctx, t, probe.index, probe.analytic, probe.step, rtol
+        )
+        probe.verdict, probe.note = verdict, note
+        probe.resolved = resolved  # type: ignore[attr-defined]
+        confirmed += verdict == "mismatch"
+
+
+def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> None:
+    size = t.array.size
+    backup = t.work.copy()
+    everything = np.arange(size)
+    max_probes = 2 * int(math.ceil(math.log2(size + 1))) + 8
+    for _ in range(count):
+        signs = rng.integers(0, 2, size=size).astype(np.float64) * 2.0 - 1.0
+        probe = probe_direction(ctx, t, backup, signs, everything, h, rtol)
+        if probe.verdict != "ok":
+            verdict, note, leaves = localize_direction(
+                ctx, t, backup, signs, everything, h, rtol, max_probes
+            )
+            probe.verdict, probe.note = verdict, note
+            seen = set(tr.indices)
+            tr.coords.extend(leaf for leaf in leaves if leaf.index not in seen)
+        tr.directions.append(probe)
+
+
+def _note_ignored_params(per_param: dict[str, TensorReport], notes: list[str]) -> None:
+    for tr in per_param.values():
+        probes = tr.coords
+        if (
+            probes
+            and all(p.numeric == 0.0 for p in probes)
+            and any(p.analytic != 0.0 for p in probes)
+        ):
+            notes.append(
+                f"perturbing '{tr.name}' never changed the loss: does loss_fn use the params it "
+                "is given (not a global or closure copy)?"
+            )
+
+
+def _resolved_error(p: Probe) -> float:
+    if p.verdict in ("kink", "noise"):
+        return getattr(p, "resolved", 0.0)
+    return p.rel_error
+
+
+def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -> CheckReport:
+    analytic, numeric = [], []
+    for tr in per_param.values():
+        source = tr.coords if any(tr.coords for tr in per_param.values()) else tr.directions
+        for p in source:
+            analytic.append(p.analytic)
+            numeric.append(p.numeric)
+    a, n = np.asarray(analytic), np.asarray(numeric)
+    denom = float(np.linalg.norm(a) + np.linalg.norm(n)) if a.size else 0.0
+    difference = float(np.linalg.norm(a - n)) / denom if denom > 0 else 0.0
+    errors = [_resolved_error(p) for tr in per_param.values() for p in tr.probes]
+    return CheckReport(
+        passed=status == "passed",
+        status=status,
+        max_rel_error=max(errors) if errors else 0.0,
+        difference=difference,
+        num_evals=ev.count,
+        seconds=time.perf_counter() - started,
+        mode=mode,
+        seed=seed,
+        loss=j0,
+        stochastic_loss=stochastic,
+        per_param=per_param,
+        notes=notes,
+    )

@@ -1,0 +1,66 @@
+"""The one exception hierarchy of gradwatch.
+
+    GradwatchError                 base of everything gradwatch raises on purpose
+    ├── InputError (ValueError)    bad arguments: names the key, shapes and the fix
+    │   └── LossError              loss_fn did not return a finite scalar
+    ├── ConfigError (ValueError)   bad gradwatch.yaml: names the file, line and key
+    ├── TrackingError              the tracking pipeline cannot do what was asked
+    └── AlertStop                  an alert rule with the ``stop`` action fired
+
+Errors from numpy, yaml or mlflow are translated into these at the module boundary
+where they arise, so users never have to read a traceback from deep inside a library.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GradwatchError", "InputError", "LossError", "ConfigError", "TrackingError", "AlertStop"]
+
+
+class GradwatchError(Exception):
+    """Base class of every error gradwatch raises on purpose."""
+
+
+class InputError(GradwatchError, ValueError):
+    """An argument is malformed: the message names the key, the shapes and the fix."""
+
+
+class LossError(InputError):
+    """``loss_fn`` returned something other than a finite scalar."""
+
+
+class ConfigError(GradwatchError, ValueError):
+    """A configuration file or value is invalid.
+
+    ``str(err)`` is one line: ``FILE:LINE: key `KEY`: problem (hint)``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.path, self.line, self.key, self.problem = path, line, key, message
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        what = f"key `{key}`: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class TrackingError(GradwatchError):
+    """The tracking pipeline (journal, shipper, MLflow) cannot do what was asked."""
+
+
+class AlertStop(GradwatchError):
+    """Raised by the hook when an alert rule with the ``stop`` action fired.
+
+    It is raised only after the journal is flushed, so the run ends as FAILED with
+    the reason recorded. ``alert`` holds the alert that stopped training.
+    """
+
+    def __init__(self, message: str, alert: object | None = None) -> None:
+        super().__init__(message)
+        self.alert = alert
