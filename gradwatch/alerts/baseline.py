@@ -1,0 +1,132 @@
+"""Fetch a baseline run's metric histories from MLflow, for the ``baseline_drift`` rule.
+
+    series = load_baseline("3f2c...", tracking_uri="http://127.0.0.1:5000")
+    series = load_baseline(tracking_uri=uri)          # latest run tagged gradwatch.baseline
+    rules = attach_baselines(config.rules, tracking_uri=uri)   # before AlertEngine(rules)
+
+The only alerts module that imports MLflow, and only inside these functions, so detectors and
+the engine stay importable (and replayable) without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import logging
+from collections.abc import Iterable, Sequence
+
+from gradwatch.alerts.detectors import DEFAULT_BASELINE_METRICS
+from gradwatch.alerts.engine import Rule
+from gradwatch.errors import TrackingError
+
+__all__ = ["BASELINE_TAG", "attach_baselines", "find_baseline_run", "load_baseline"]
+
+logger = logging.getLogger("gradwatch.alerts")
+
+#: Tag marking a run as a baseline (any value but false/0/no).
+BASELINE_TAG = "gradwatch.baseline"
+_FALSY = ("", "false", "0", "no", "off")
+_SEARCH_LIMIT = 50  # tagged runs looked at, newest first
+
+
+def _client(tracking_uri: str | None):
+    from mlflow.tracking import MlflowClient  # lazy: importing mlflow takes seconds
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_baseline_run(tracking_uri: str | None = None, experiment: str | None = None) -> str:
+    """The id of the newest run tagged ``gradwatch.baseline`` (in ``experiment`` if named).
+
+    run_id = find_baseline_run("http://127.0.0.1:5000", experiment="mlp")
+    """
+    from mlflow.entities import ViewType
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        if experiment is not None:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                raise TrackingError(f"baseline experiment {experiment!r} does not exist")
+            ids = [exp.experiment_id]
+        else:
+            ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+        runs = client.search_runs(
+            ids,
+            filter_string=f"tags.`{BASELINE_TAG}` LIKE '%'",
+            order_by=["attributes.start_time DESC"],
+            max_results=_SEARCH_LIMIT,
+        )
+    except MlflowException as exc:
+        raise TrackingError(f"cannot search for a baseline run: {exc.message}") from None
+    for run in runs:
+        if run.data.tags.get(BASELINE_TAG, "").strip().lower() not in _FALSY:
+            return run.info.run_id
+    where = f" in experiment {experiment!r}" if experiment else ""
+    raise TrackingError(
+        f"no run tagged {BASELINE_TAG}{where}; tag one (mlflow.set_tag('{BASELINE_TAG}', 'true')) "
+        "or give the rule a run_id"
+    )
+
+
+def load_baseline(
+    run_id: str | None = None,
+    *,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    metrics: Sequence[str] = DEFAULT_BASELINE_METRICS,
+) -> dict[str, dict[int, float]]:
+    """Metric histories ``{metric: {step: value}}`` of a baseline run, for ``metrics`` globs.
+
+        series = load_baseline(run_id, tracking_uri=uri, metrics=["grad_norm/*"])
+
+    ``run_id=None``: the newest run tagged ``gradwatch.baseline`` (see
+    :func:`find_baseline_run`). Raises TrackingError when the run or server is unavailable.
+    """
+    from mlflow.exceptions import MlflowException
+
+    if run_id is None:
+        run_id = find_baseline_run(tracking_uri, experiment)
+    client = _client(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+        keys = [k for k in run.data.metrics if any(fnmatch.fnmatchcase(k, p) for p in metrics)]
+        series = {}
+        for key in sorted(keys):
+            series[key] = {
+                int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)
+            }
+    except MlflowException as exc:
+        raise TrackingError(f"cannot load baseline run {run_id!r}: {exc.message}") from None
+    return series
+
+
+def attach_baselines(rules: Iterable[Rule], tracking_uri: str | None = None) -> list[Rule]:
+    """Return ``rules`` with each ``baseline_drift`` rule's baseline series loaded.
+
+        engine = AlertEngine(attach_baselines(config.rules, tracking_uri=uri))
+
+    Rules that already carry ``params["baseline"]`` are kept as they are. A baseline that
+    cannot be loaded disables only its rule (logged as a warning): monitoring must not keep
+    training from starting.
+    """
+    out = []
+    for rule in rules:
+        if rule.type != "baseline_drift" or rule.params.get("baseline") is not None:
+            out.append(rule)
+            continue
+        params = dict(rule.params)
+        try:
+            params["baseline"] = load_baseline(
+                params.get("run_id"),
+                tracking_uri=tracking_uri,
+                experiment=params.get("experiment"),
+                metrics=params.get("metrics", DEFAULT_BASELINE_METRICS),
+            )
+        except TrackingError as exc:
+            logger.warning("gradwatch alert rule %r disabled: %s", rule.name, exc)
+            out.append(dataclasses.replace(rule, enabled=False))
+            continue
+        out.append(dataclasses.replace(rule, params=params))
+    return out

@@ -1,0 +1,312 @@
+"""Delivering alerts: Python logging, webhooks and callbacks, never blocking training.
+
+    delivery = Delivery(webhooks={"slack": WebhookSpec(url=os.environ["SLACK_WEBHOOK"])},
+                        callbacks={"pager": page_me})
+    delivery.deliver(alert)          # returns at once
+    delivery.close(timeout=5.0)      # drain what it can, then give up
+
+Per alert, ``alert.actions`` decide where it goes: ``log`` -> logger ``gradwatch.alerts`` at a
+level matching the severity (in the caller's thread: cheap); ``webhook`` -> every configured
+webhook, ``webhook:<name>`` -> one; ``callback`` -> every callback, ``callback:<name>`` -> one.
+``mlflow`` and ``stop`` belong to the hook and are ignored here.
+
+Each webhook and the callbacks get their own background thread and bounded queue: a slow
+endpoint delays nothing but itself, and when a queue is full the oldest alert is dropped and
+counted (``delivery.stats["dropped"]``). Webhook URLs are secrets: they are never logged;
+messages show :func:`redact_url` forms like ``https://hooks.example/…redacted``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gradwatch.alerts.observations import Alert
+from gradwatch.errors import GradwatchError
+
+__all__ = ["DEFAULT_QUEUE_SIZE", "Delivery", "WebhookSpec", "redact_url"]
+
+logger = logging.getLogger("gradwatch.alerts")
+
+DEFAULT_QUEUE_SIZE = 1000  # alerts waiting per target; cooldowns keep real traffic far below
+DEFAULT_TIMEOUT = 5.0  # seconds per HTTP attempt
+DEFAULT_RETRIES = 3  # attempts after the first
+DEFAULT_BACKOFF = 0.5  # seconds before the first retry, doubled each time
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
+# 4xx answers other than these will not get better by retrying.
+_RETRYABLE_4XX = (408, 425, 429)
+
+
+def redact_url(url: str) -> str:
+    """``https://hooks.slack.com/services/T0/B0/xyz`` -> ``https://hooks.slack.com/…redacted``."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or "?"
+        if parts.port:
+            host = f"{host}:{parts.port}"
+        return f"{parts.scheme or '?'}://{host}/…redacted"
+    except ValueError:
+        return "…redacted"
+
+
+@dataclass(frozen=True, repr=False)
+class WebhookSpec:
+    """Where and how to POST alerts. ``url`` is a secret (kept out of repr, logs, params).
+
+        WebhookSpec(url="${SLACK_WEBHOOK}" expanded, timeout=5, retries=3, backoff=0.5)
+
+    ``timeout`` is per attempt (s); ``retries`` more attempts follow a failure (connection
+    error, 5xx, 408/429), waiting ``backoff`` s then doubling; ``min_severity`` filters;
+    ``headers`` (also secret: tokens) are added to the request.
+    """
+
+    url: str
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    min_severity: str = "info"
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"WebhookSpec(url={redact_url(self.url)!r}, timeout={self.timeout}, "
+            f"retries={self.retries}, backoff={self.backoff}, min_severity={self.min_severity!r})"
+        )
+
+
+def payload(alert: Alert) -> dict[str, Any]:
+    """The JSON body: a Slack-compatible ``text`` plus the alert dict under ``alert``."""
+    return {"text": alert.text(), "alert": alert.to_dict()}
+
+
+class _Worker:
+    """One daemon thread draining one bounded queue with ``send(item)``."""
+
+    def __init__(self, label: str, send: Callable[[Any], None], maxsize: int) -> None:
+        self.label, self.send, self.maxsize = label, send, maxsize
+        self.queue: deque[Any] = deque()
+        self.cv = threading.Condition()
+        self.busy = False
+        self.closing = False
+        self.dropped = 0
+        self.thread: threading.Thread | None = None
+
+    def put(self, item: Any) -> None:
+        with self.cv:
+            if len(self.queue) >= self.maxsize:
+                # Newest alerts matter most while training runs: drop the oldest.
+                self.queue.popleft()
+                self.dropped += 1
+            self.queue.append(item)
+            if self.thread is None:
+                self.thread = threading.Thread(
+                    target=self._run, name=f"gradwatch-alerts-{self.label}", daemon=True
+                )
+                self.thread.start()
+            self.cv.notify()
+
+    @property
+    def pending(self) -> int:
+        with self.cv:
+            return len(self.queue) + int(self.busy)
+
+    def _run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.closing:
+                    self.cv.wait()
+                if not self.queue:
+                    return
+                item = self.queue.popleft()
+                self.busy = True
+            try:
+                self.send(item)
+            except Exception:  # a delivery bug must not kill the thread; logged without secrets
+                logger.exception("gradwatch alert delivery to %s failed", self.label)
+            finally:
+                with self.cv:
+                    self.busy = False
+                    self.cv.notify_all()
+
+    def close(self, deadline: float) -> int:
+        with self.cv:
+            self.closing = True
+            self.cv.notify_all()
+        if self.thread is not None:
+            self.thread.join(max(0.0, deadline - time.monotonic()))
+        return self.pending
+
+
+class Delivery:
+    """Sends alerts to logging, webhooks and callbacks; see the module docstring.
+
+        delivery = Delivery(webhooks=config.webhooks, callbacks={"notify": fn})
+        delivery.deliver(alert); delivery.stats; delivery.close(timeout=5.0)
+
+    ``deliver`` never blocks on the network and never raises for a failing target: webhook
+    failures are logged (URL redacted) and counted, callback exceptions are logged.
+    """
+
+    def __init__(
+        self,
+        webhooks: Mapping[str, WebhookSpec] | None = None,
+        callbacks: Mapping[str, Callable[[Alert], Any]] | None = None,
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+    ) -> None:
+        if queue_size < 1:
+            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+        self.webhooks = dict(webhooks or {})
+        self.callbacks = dict(callbacks or {})
+        self._abort = threading.Event()  # set when close() gives up: cuts backoff sleeps short
+        self._lock = threading.Lock()
+        self._counts = {"sent": 0, "failed": 0}
+        self._closed = False
+        self._warned: set[str] = set()
+        self._hooks = {
+            name: _Worker(f"webhook-{name}", self._post_fn(name, spec), queue_size)
+            for name, spec in self.webhooks.items()
+        }
+        self._callbacks = _Worker("callbacks", self._call, queue_size)
+
+    # -- public -------------------------------------------------------------------------------
+
+    def deliver(self, alert: Alert) -> None:
+        """Route ``alert`` by its actions; returns immediately."""
+        if self._closed:
+            raise GradwatchError("Delivery is closed; create a new Delivery to send more alerts")
+        for action in alert.actions:
+            if action == "log":
+                self._log(alert)
+            elif action == "webhook":
+                for name in self._hooks:
+                    self._to_webhook(name, alert)
+            elif action.startswith("webhook:"):
+                self._to_webhook(action.partition(":")[2], alert)
+            elif action == "callback":
+                for name in self.callbacks:
+                    self._callbacks.put((name, alert))
+            elif action.startswith("callback:"):
+                name = action.partition(":")[2]
+                if name in self.callbacks:
+                    self._callbacks.put((name, alert))
+                else:
+                    self._warn_once(f"callback {name!r}", list(self.callbacks))
+            # "mlflow" and "stop" are the hook's.
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``sent``, ``failed`` (gave up), ``dropped`` (queue full) and ``pending`` counts."""
+        workers = [*self._hooks.values(), self._callbacks]
+        with self._lock:
+            out = dict(self._counts)
+        out["dropped"] = sum(w.dropped for w in workers)
+        out["pending"] = sum(w.pending for w in workers)
+        return out
+
+    def close(self, timeout: float = 5.0) -> int:
+        """Stop accepting alerts, deliver what is queued within ``timeout`` s.
+
+        Returns how many alerts were still undelivered (they are abandoned; the threads are
+        daemons, and an HTTP attempt in flight ends within its own timeout).
+        """
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        left = sum(w.close(deadline) for w in [*self._hooks.values(), self._callbacks])
+        self._abort.set()
+        return left
+
+    def __enter__(self) -> Delivery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- targets ------------------------------------------------------------------------------
+
+    def _log(self, alert: Alert) -> None:
+        level = _LEVELS.get(alert.severity, logging.WARNING)
+        logger.log(level, alert.text(), extra={"gradwatch_alert": alert.to_dict()})
+
+    def _to_webhook(self, name: str, alert: Alert) -> None:
+        worker = self._hooks.get(name)
+        if worker is None:
+            self._warn_once(f"webhook {name!r}", list(self._hooks))
+            return
+        min_sev = self.webhooks[name].min_severity
+        order = list(_LEVELS)
+        if min_sev in order and order.index(alert.severity) < order.index(min_sev):
+            return
+        worker.put(alert)
+
+    def _warn_once(self, what: str, known: list[str]) -> None:
+        if what not in self._warned:
+            self._warned.add(what)
+            logger.warning("gradwatch alert action names unknown %s (known: %s)", what,
+                           ", ".join(known) or "none")  # fmt: skip
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] += 1
+
+    def _call(self, item: tuple[str, Alert]) -> None:
+        name, alert = item
+        try:
+            self.callbacks[name](alert)
+            self._count("sent")
+        except Exception:
+            self._count("failed")
+            logger.exception("gradwatch alert callback %r raised (alert %s at step %d)",
+                             name, alert.rule, alert.step)  # fmt: skip
+
+    def _post_fn(self, name: str, spec: WebhookSpec) -> Callable[[Alert], None]:
+        label = f"webhook {name!r} ({redact_url(spec.url)})"
+
+        def post(alert: Alert) -> None:
+            body = json.dumps(payload(alert), default=str).encode()
+            headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
+            headers.update(spec.headers)
+            problem = "not attempted"
+            for attempt in range(spec.retries + 1):
+                if attempt and self._abort.wait(spec.backoff * 2 ** (attempt - 1)):
+                    break  # close() gave up waiting
+                retry, problem = _post_once(spec, body, headers)
+                if problem is None:
+                    self._count("sent")
+                    return
+                if not retry:
+                    break
+            self._count("failed")
+            logger.warning("gradwatch could not deliver alert %s (step %d) to %s: %s",
+                           alert.rule, alert.step, label, problem)  # fmt: skip
+
+        return post
+
+
+def _post_once(spec: WebhookSpec, body: bytes, headers: dict[str, str]) -> tuple[bool, str | None]:
+    """One POST: ``(retryable, problem or None)``. Problems never contain the URL."""
+    request = urllib.request.Request(spec.url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=spec.timeout) as resp:
+            resp.read()
+            return False, None
+    except urllib.error.HTTPError as exc:
+        retry = exc.code >= 500 or exc.code in _RETRYABLE_4XX
+        return retry, f"HTTP {exc.code}"
+    except urllib.error.URLError as exc:
+        return True, f"{type(exc.reason).__name__}: {_scrub(str(exc.reason), spec.url)}"
+    except (OSError, ValueError) as exc:  # timeouts, resets, malformed URL
+        return True, f"{type(exc).__name__}: {_scrub(str(exc), spec.url)}"
+
+
+def _scrub(text: str, url: str) -> str:
+    return text.replace(url, redact_url(url))

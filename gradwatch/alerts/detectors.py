@@ -1,0 +1,831 @@
+"""Alert detectors: each an immutable state plus a pure ``update`` (optax style).
+
+    det = loss_divergence(factor=10.0, patience=10)
+    state = det.init()
+    finding, state = det.update(state, StepObservation(step=1, loss=9025.0))
+    if finding is not None: print(finding.message)
+
+A detector never mutates its state and never does I/O, so a run can be replayed from its
+journal (or evaluated server-side) and give the same findings. Cooldown, de-duplication and
+severity overrides live in :mod:`gradwatch.alerts.engine`, not here.
+
+Every tolerance is a named parameter with a documented default; :data:`DETECTORS` lists each
+rule type with its parameters, which is what the YAML schema in :mod:`gradwatch.config`
+validates against.
+"""
+
+from __future__ import annotations
+
+import bisect
+import fnmatch
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from gradwatch.alerts.observations import CheckObservation, StepObservation
+
+__all__ = [
+    "DETECTORS",
+    "Detector",
+    "DetectorSpec",
+    "Finding",
+    "Param",
+    "baseline_drift",
+    "build_detector",
+    "check_failure",
+    "grad_norm_drift",
+    "loss_divergence",
+    "nonfinite",
+    "rel_error_drift",
+    "stalled_learning",
+]
+
+Observation = StepObservation | CheckObservation
+
+# Relative-error bands of gradient checks (contracts / course notes): above 1e-2 almost
+# surely a bug, 1e-4..1e-2 suspicious, below 1e-7 good.
+REL_ERROR_CRITICAL = 1e-2
+REL_ERROR_WARNING = 1e-4
+REL_ERROR_GOOD = 1e-7
+# Floor for logs of norms and errors: keeps log(0) finite without changing real values.
+_TINY = 1e-300
+
+
+class Finding(NamedTuple):
+    """What a detector reports when it fires.
+
+    ``severity`` is the detector's suggestion (``None``: the rule decides); ``details`` is
+    JSON-serializable.
+    """
+
+    message: str
+    details: Mapping[str, Any]
+    severity: str | None = None
+
+
+class Detector(NamedTuple):
+    """``init() -> state`` and the pure ``update(state, observation) -> (finding|None, state)``."""
+
+    init: Callable[[], Any]
+    update: Callable[[Any, Observation], tuple[Finding | None, Any]]
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _band(rel_error: float, critical: float, warning: float) -> str:
+    if rel_error > critical:
+        return "critical"
+    if rel_error >= warning:
+        return "warning"
+    return "info"
+
+
+def _fmt_names(names: Sequence[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+# --------------------------------------------------------------------------------------------
+# check_failure
+
+
+class CheckFailureState(NamedTuple):
+    checks: int = 0  # checks seen
+    failures: int = 0  # checks that had mismatches
+
+
+def check_failure(
+    critical: float = REL_ERROR_CRITICAL,
+    warning: float = REL_ERROR_WARNING,
+    min_mismatches: int = 1,
+    max_coords: int = 5,
+) -> Detector:
+    """Fire when a gradient check has mismatching coordinates.
+
+        det = check_failure(critical=1e-2, warning=1e-4)
+
+    Severity comes from the worst failing tensor's max relative error: above ``critical``
+    -> critical, from ``warning`` up -> warning, below -> info. The finding names each failing
+    tensor and its ``max_coords`` worst mismatching coordinates (index, analytic, numeric).
+    A tensor fails when it has at least ``min_mismatches`` coordinates with verdict "mismatch".
+    """
+
+    def update(state: CheckFailureState, obs: Observation):
+        if not isinstance(obs, CheckObservation):
+            return None, state
+        per_param = obs.report.get("per_param") or {}
+        failing: dict[str, dict[str, Any]] = {}
+        for name, tensor in per_param.items():
+            if int(tensor.get("num_mismatches") or 0) < min_mismatches:
+                continue
+            coords = [c for c in tensor.get("coords") or () if c.get("verdict") == "mismatch"]
+            coords.sort(key=lambda c: -(c.get("rel_error") or 0.0))
+            failing[name] = {
+                "shape": list(tensor.get("shape") or ()),
+                "max_rel_error": float(tensor.get("max_rel_error") or 0.0),
+                "num_mismatches": int(tensor["num_mismatches"]),
+                "worst": [dict(c) for c in coords[:max_coords]],
+            }
+        new_state = state._replace(checks=state.checks + 1)
+        if not failing:
+            return None, new_state
+        order = sorted(failing, key=lambda n: -failing[n]["max_rel_error"])
+        worst_name = order[0]
+        worst = failing[worst_name]
+        where = ""
+        if worst["worst"]:
+            c = worst["worst"][0]
+            where = (
+                f" at {list(c.get('index') or [])}: analytic {c.get('analytic'):.6g}"
+                f" vs numeric {c.get('numeric'):.6g}"
+            )
+        message = (
+            f"gradient check failed in {_fmt_names(order)}: {worst_name} has "
+            f"{worst['num_mismatches']} mismatching coordinate(s), max rel error "
+            f"{worst['max_rel_error']:.3g}{where}"
+        )
+        details = {"tensor": worst_name, "tensors": failing,
+                   "max_rel_error": float(obs.report.get("max_rel_error") or worst["max_rel_error"])}  # fmt: skip
+        severity = _band(worst["max_rel_error"], critical, warning)
+        return Finding(message, details, severity), new_state._replace(failures=state.failures + 1)
+
+    return Detector(CheckFailureState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# rel_error_drift
+
+
+class ErrorHistory(NamedTuple):
+    baseline: tuple[float, ...] = ()  # log10 errors of the first checks
+    recent: tuple[float, ...] = ()  # log10 errors of the last `window` checks after those
+
+
+class RelErrorDriftState(NamedTuple):
+    tensors: Mapping[str, ErrorHistory] = {}
+
+
+def _slope(ys: Sequence[float]) -> float:
+    n = len(ys)
+    xm, ym = (n - 1) / 2.0, sum(ys) / n
+    num = sum((i - xm) * (y - ym) for i, y in enumerate(ys))
+    den = sum((i - xm) ** 2 for i in range(n))
+    return num / den if den else 0.0
+
+
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
+
+
+def rel_error_drift(
+    window: int = 5,
+    baseline_checks: int = 3,
+    factor: float = 10.0,
+    trend: float = 0.25,
+    trend_factor: float = 3.0,
+    ignore_below: float = REL_ERROR_GOOD,
+    stop_above: float = REL_ERROR_CRITICAL,
+) -> Detector:
+    """Fire when a tensor's check error creeps up before it becomes a check failure.
+
+        det = rel_error_drift(window=5, factor=10.0)
+
+    The first ``baseline_checks`` checks of a tensor are its baseline (median). Over the last
+    ``window`` checks after that it fires when the median error is ``factor`` x the baseline,
+    or when log10(error) rises by at least ``trend`` decades per check (least squares) and the
+    latest error is ``trend_factor`` x the baseline. Errors below ``ignore_below`` are good
+    whatever their trend; above ``stop_above`` the check_failure rule takes over.
+    """
+
+    def update(state: RelErrorDriftState, obs: Observation):
+        if not isinstance(obs, CheckObservation):
+            return None, state
+        tensors = dict(state.tensors)
+        drifting: dict[str, dict[str, float]] = {}
+        for name, tensor in (obs.report.get("per_param") or {}).items():
+            err = tensor.get("max_rel_error")
+            if not _finite(err):
+                continue
+            log_err = math.log10(max(float(err), _TINY))
+            hist = tensors.get(name, ErrorHistory())
+            if len(hist.baseline) < baseline_checks:
+                tensors[name] = hist._replace(baseline=hist.baseline + (log_err,))
+                continue
+            hist = hist._replace(recent=(hist.recent + (log_err,))[-window:])
+            tensors[name] = hist
+            if len(hist.recent) < window or not ignore_below <= err < stop_above:
+                continue
+            base = _median(hist.baseline)
+            level = _median(hist.recent) - base
+            slope = _slope(hist.recent)
+            if level >= math.log10(factor) or (
+                slope >= trend and log_err - base >= math.log10(trend_factor)
+            ):
+                drifting[name] = {"rel_error": float(err), "baseline": 10**base,
+                                  "ratio": 10 ** (log_err - base), "slope_decades": slope}  # fmt: skip
+        new_state = RelErrorDriftState(tensors)
+        if not drifting:
+            return None, new_state
+        order = sorted(drifting, key=lambda n: -drifting[n]["ratio"])
+        d = drifting[order[0]]
+        message = (
+            f"check error drifting up in {_fmt_names(order)}: {order[0]} rel error "
+            f"{d['rel_error']:.3g} is {d['ratio']:.3g}x its early baseline {d['baseline']:.3g}"
+        )
+        return Finding(message, {"tensor": order[0], "tensors": drifting}), new_state
+
+    return Detector(RelErrorDriftState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# grad_norm_drift
+
+
+class NormStats(NamedTuple):
+    n: int = 0  # observations so far
+    mean: float = 0.0  # EWMA of log(norm)
+    var: float = 0.0  # EWMA variance of log(norm)
+    window: tuple[float, ...] = ()  # last norms, for method="median"
+
+
+class GradNormDriftState(NamedTuple):
+    tensors: Mapping[str, NormStats] = {}
+
+
+GRAD_NORM_METHODS = ("zscore", "median")
+DIRECTIONS = ("both", "explosion", "vanishing")
+
+
+def _zscore_step(s: NormStats, x: float, z: float, alpha: float, warmup: int, min_std: float):
+    """Score ``x`` (a log norm) against ``s`` and return ``(z or None, new stats)``."""
+    if s.n < warmup:
+        # Warm-up: plain running mean/variance (Welford), so the first steps' transients
+        # are averaged rather than dominating an EWMA started at step 0.
+        n = s.n + 1
+        delta = x - s.mean
+        mean = s.mean + delta / n
+        var = s.var + (delta * (x - mean) - s.var) / n
+        return None, s._replace(n=n, mean=mean, var=var)
+    std = max(math.sqrt(s.var), min_std)
+    score = (x - s.mean) / std
+    # Winsorize the update: one huge spike must not inflate the variance and blind the detector.
+    delta = max(-z * std, min(z * std, x - s.mean))
+    mean = s.mean + alpha * delta
+    var = (1.0 - alpha) * (s.var + alpha * delta * delta)
+    return score, s._replace(n=s.n + 1, mean=mean, var=var)
+
+
+def grad_norm_drift(
+    method: str = "zscore",
+    z: float = 6.0,
+    alpha: float = 0.05,
+    warmup: int = 20,
+    min_std: float = 0.1,
+    ratio: float = 10.0,
+    window: int = 50,
+    direction: str = "both",
+) -> Detector:
+    """Fire when a tensor's gradient norm explodes or vanishes relative to its own history.
+
+        det = grad_norm_drift(method="zscore", z=6.0, direction="both")
+
+    Works on log(norm), so explosion and vanishing are symmetric. ``method="zscore"``: z-score
+    against an exponentially weighted mean/variance (weight ``alpha``), after ``warmup``
+    statistics steps that only accumulate; the std is floored at ``min_std`` (log units,
+    0.1 ~ 10 %) so a flat norm does not turn noise into huge scores. ``method="median"``:
+    norm / median of the last ``window`` norms above ``ratio`` or below 1/``ratio``.
+    ``direction`` is one of ``both``, ``explosion``, ``vanishing``.
+    """
+    if method not in GRAD_NORM_METHODS:
+        raise ValueError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    log_ratio = math.log(ratio)
+
+    def update(state: GradNormDriftState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.grad_norms:
+            return None, state
+        tensors = dict(state.tensors)
+        fired: dict[str, dict[str, Any]] = {}
+        for name, norm in obs.grad_norms.items():
+            if not _finite(norm):
+                continue  # NaN/Inf is the nonfinite detector's job
+            s = tensors.get(name, NormStats())
+            x = math.log(max(float(norm), _TINY))
+            if method == "zscore":
+                score, tensors[name] = _zscore_step(s, x, z, alpha, warmup, min_std)
+                ref = math.exp(s.mean)
+                threshold = z
+            else:
+                enough = len(s.window) >= min(warmup, window)
+                ref = _median(s.window) if enough else None
+                score = x - math.log(max(ref, _TINY)) if ref is not None else None
+                tensors[name] = s._replace(n=s.n + 1, window=(s.window + (float(norm),))[-window:])
+                threshold = log_ratio
+            if score is None:
+                continue
+            if score > threshold and direction != "vanishing":
+                fired[name] = {"direction": "explosion", "norm": float(norm), "reference": ref,
+                               "score": score}  # fmt: skip
+            elif score < -threshold and direction != "explosion":
+                fired[name] = {"direction": "vanishing", "norm": float(norm), "reference": ref,
+                               "score": score}  # fmt: skip
+        new_state = GradNormDriftState(tensors)
+        if not fired:
+            return None, new_state
+        order = sorted(fired, key=lambda n: -abs(fired[n]["score"]))
+        f = fired[order[0]]
+        what = "z" if method == "zscore" else "log ratio"
+        message = (
+            f"gradient norm {f['direction']} in {_fmt_names(order)}: {order[0]} norm "
+            f"{f['norm']:.3g} vs typical {f['reference']:.3g} ({what} {f['score']:+.2f})"
+        )
+        return Finding(message, {"tensor": order[0], "method": method, "tensors": fired}), new_state
+
+    return Detector(GradNormDriftState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# nonfinite
+
+
+class NonfiniteState(NamedTuple):
+    seen: frozenset[str] = frozenset()  # names already reported (first occurrence only)
+
+
+def nonfinite() -> Detector:
+    """Fire at the first step a NaN/Inf shows up in the loss or a tensor (once per name).
+
+        det = nonfinite()
+
+    Sources: a non-finite ``loss`` (reported as "loss"), ``nonfinite`` counts > 0, and
+    non-finite grad/param norms (a norm is NaN/Inf exactly when its tensor has one).
+    """
+
+    def update(state: NonfiniteState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        bad: dict[str, dict[str, Any]] = {}
+        if obs.loss is not None and not math.isfinite(obs.loss):
+            bad["loss"] = {"where": "loss", "value": str(obs.loss)}
+        for name, count in (obs.nonfinite or {}).items():
+            if count:
+                bad.setdefault(name, {"where": "grads+params", "count": int(count)})
+        for where, norms in (("grads", obs.grad_norms), ("params", obs.param_norms)):
+            for name, norm in (norms or {}).items():
+                if norm is not None and not math.isfinite(norm):
+                    bad.setdefault(name, {"where": where, "value": str(norm)})
+        new = {n: v for n, v in bad.items() if n not in state.seen}
+        if not new:
+            return None, state
+        names = list(new)
+        message = f"NaN/Inf first seen in {_fmt_names(names)}"
+        new_state = NonfiniteState(state.seen | frozenset(names))
+        return Finding(message, {"tensor": names[0], "tensors": new}), new_state
+
+    return Detector(NonfiniteState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# loss_divergence
+
+
+class LossDivergenceState(NamedTuple):
+    n: int = 0  # finite losses seen
+    initial: float = 0.0  # first finite loss: sets the scale floor
+    best: float = math.inf  # lowest loss so far
+    prev: float = math.nan  # previous loss
+    streak: int = 0  # consecutive increases
+    streak_start: float = math.nan  # loss before the current streak of increases
+
+
+def loss_divergence(
+    factor: float = 10.0,
+    patience: int = 10,
+    min_rise: float = 0.5,
+    floor: float = 0.01,
+) -> Detector:
+    """Fire when the loss blows up: above ``factor`` x its best so far, or rising for long.
+
+        det = loss_divergence(factor=10.0, patience=10)
+
+    Level test: loss > best + (factor - 1) * scale, scale = max(|best|, ``floor`` x |first
+    loss|) -- i.e. loss > factor * best for a positive loss, while a loss that converged to
+    ~0 is not compared against a vanishing best. Trend test: ``patience`` consecutive
+    increases (0 disables it) that together add at least ``min_rise`` x scale. Normal noisy
+    SGD passes both; lr=10 on x0^2 + x1^2 (x361 per step) fails at the first step.
+    """
+
+    def update(state: LossDivergenceState, obs: Observation):
+        loss = obs.loss if isinstance(obs, StepObservation) else None
+        if not _finite(loss):
+            return None, state
+        loss = float(loss)
+        initial = loss if state.n == 0 else state.initial
+        best = min(state.best, loss)
+        rising = state.n > 0 and loss > state.prev
+        streak = state.streak + 1 if rising else 0
+        streak_start = (state.streak_start if state.streak else state.prev) if rising else loss
+        new_state = LossDivergenceState(state.n + 1, initial, best, loss, streak, streak_start)
+        if state.n == 0:
+            return None, new_state
+        scale = max(abs(state.best), floor * abs(initial), _TINY)
+        if loss > state.best + (factor - 1.0) * scale:
+            message = (
+                f"loss diverging: {loss:.4g} is above {factor:g}x its best so far "
+                f"({state.best:.4g}); learning rate too large?"
+            )
+            return Finding(message, {"loss": loss, "best": state.best, "test": "factor"}), new_state
+        if patience and streak >= patience and loss - streak_start >= min_rise * scale:
+            message = (
+                f"loss rising for {streak} consecutive observations: {streak_start:.4g} -> "
+                f"{loss:.4g}"
+            )
+            details = {"loss": loss, "best": state.best, "streak": streak, "test": "trend"}
+            return Finding(message, details), new_state
+        return None, new_state
+
+    return Detector(LossDivergenceState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# stalled_learning
+
+
+class StalledLearningState(NamedTuple):
+    low: Mapping[str, int] = {}  # tensor -> consecutive observations below min_ratio
+
+
+def stalled_learning(
+    min_ratio: float = 1e-6, patience: int = 20, estimate: bool = True
+) -> Detector:
+    """Fire when updates are too small to learn: ||Δθ||/||θ|| < ``min_ratio`` for long.
+
+        det = stalled_learning(min_ratio=1e-6, patience=20)
+
+    Per tensor, ``patience`` consecutive statistics steps below ``min_ratio`` (healthy SGD is
+    around 1e-3; lr=1e-10 on x0^2 + x1^2 gives ~2e-10). Without ``update_ratios`` and with
+    ``estimate`` on, the plain-SGD estimate lr * ||g|| / ||θ|| is used.
+    """
+
+    def ratios(obs: StepObservation) -> dict[str, float]:
+        if obs.update_ratios:
+            return {k: v for k, v in obs.update_ratios.items() if _finite(v)}
+        if not (estimate and _finite(obs.lr) and obs.grad_norms and obs.param_norms):
+            return {}
+        out = {}
+        for name, g in obs.grad_norms.items():
+            p = obs.param_norms.get(name)
+            if _finite(g) and _finite(p) and p > 0:
+                out[name] = obs.lr * g / p
+        return out
+
+    def update(state: StalledLearningState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        r = ratios(obs)
+        if not r:
+            return None, state
+        low = dict(state.low)
+        for name, value in r.items():
+            low[name] = low.get(name, 0) + 1 if value < min_ratio else 0
+        new_state = StalledLearningState(low)
+        stalled = sorted(n for n in r if low[n] >= patience)
+        if not stalled:
+            return None, new_state
+        worst = min(stalled, key=lambda n: r[n])
+        message = (
+            f"learning stalled in {_fmt_names(stalled)}: update/weight ratio of {worst} is "
+            f"{r[worst]:.3g} < {min_ratio:g} for {low[worst]} observations; learning rate too small?"
+        )
+        details = {"tensor": worst, "ratios": {n: r[n] for n in stalled}, "lr": obs.lr}
+        return Finding(message, details), new_state
+
+    return Detector(StalledLearningState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# baseline_drift
+
+
+class BaselineDriftState(NamedTuple):
+    compared: int = 0  # metric values compared with the baseline so far
+
+
+DEFAULT_BASELINE_METRICS = ("grad_norm/*", "gradcheck/max_rel_error", "gradcheck/rel_error/*")
+
+
+def observation_metrics(obs: Observation) -> dict[str, float]:
+    """The metric names the tracking pipeline uses for ``obs`` (``grad_norm/W1``, ...)."""
+    out: dict[str, float] = {}
+    if isinstance(obs, StepObservation):
+        if obs.loss is not None:
+            out["loss"] = obs.loss
+        for prefix, values in (("grad_norm", obs.grad_norms), ("param_norm", obs.param_norms),
+                               ("update_ratio", obs.update_ratios)):  # fmt: skip
+            for name, v in (values or {}).items():
+                out[f"{prefix}/{name}"] = v
+    else:
+        if obs.report.get("max_rel_error") is not None:
+            out["gradcheck/max_rel_error"] = obs.report["max_rel_error"]
+        for name, t in (obs.report.get("per_param") or {}).items():
+            if t.get("max_rel_error") is not None:
+                out[f"gradcheck/rel_error/{name}"] = t["max_rel_error"]
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
+def baseline_drift(
+    baseline: Mapping[str, Mapping[int, float]] | None = None,
+    metrics: Sequence[str] = DEFAULT_BASELINE_METRICS,
+    factor: float = 3.0,
+    error_factor: float = 100.0,
+    ignore_below: float = REL_ERROR_GOOD,
+    step_tolerance: int = 0,
+    run_id: str | None = None,
+    experiment: str | None = None,
+) -> Detector:
+    """Fire when this run departs from a baseline run at the same steps.
+
+        det = baseline_drift({"grad_norm/W1": {100: 0.8, 200: 0.6}}, factor=3.0)
+
+    ``baseline`` maps a metric name to ``{step: value}`` (see
+    :func:`gradwatch.alerts.baseline.load_baseline`); only metrics matching a glob in
+    ``metrics`` are compared, at the baseline step nearest to this one within
+    ``step_tolerance`` steps. Norms fire outside [1/``factor``, ``factor``] x baseline;
+    ``gradcheck/*`` errors fire above ``error_factor`` x max(baseline, ``ignore_below``).
+    With no baseline the detector never fires. ``run_id`` / ``experiment`` only tell
+    :func:`gradwatch.alerts.baseline.attach_baselines` which run to load (default: the latest
+    run tagged ``gradwatch.baseline``); the detector itself ignores them.
+    """
+    del run_id, experiment  # consumed by the loader, see above
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for name, points in (baseline or {}).items():
+        steps = sorted(int(s) for s in points)
+        by_step = {int(s): float(v) for s, v in points.items()}
+        series[name] = (steps, [by_step[s] for s in steps])
+
+    def at(name: str, step: int) -> float | None:
+        steps, values = series[name]
+        i = bisect.bisect_left(steps, step)
+        best = None
+        for j in (i - 1, i):
+            if 0 <= j < len(steps) and abs(steps[j] - step) <= step_tolerance:
+                if best is None or abs(steps[j] - step) < abs(steps[best] - step):
+                    best = j
+        return values[best] if best is not None else None
+
+    def update(state: BaselineDriftState, obs: Observation):
+        if not series:
+            return None, state
+        off: dict[str, dict[str, float]] = {}
+        compared = 0
+        for name, value in observation_metrics(obs).items():
+            if name not in series or not any(fnmatch.fnmatchcase(name, p) for p in metrics):
+                continue
+            base = at(name, obs.step)
+            if base is None or not _finite(base):
+                continue
+            compared += 1
+            if name.startswith("gradcheck/"):
+                ref = max(base, ignore_below)
+                if value > error_factor * ref:
+                    off[name] = {"value": value, "baseline": base, "ratio": value / ref}
+            elif base > 0 and not 1.0 / factor <= value / base <= factor:
+                off[name] = {"value": value, "baseline": base, "ratio": value / base}
+        new_state = BaselineDriftState(state.compared + compared)
+        if not off:
+            return None, new_state
+        order = sorted(off, key=lambda n: -abs(math.log(max(off[n]["ratio"], _TINY))))
+        o = off[order[0]]
+        message = (
+            f"departs from baseline run in {_fmt_names(order)}: {order[0]} = {o['value']:.3g} "
+            f"vs baseline {o['baseline']:.3g} ({o['ratio']:.3g}x)"
+        )
+        return Finding(message, {"metric": order[0], "metrics": off}), new_state
+
+    return Detector(BaselineDriftState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# Registry: the schema of every rule type.
+
+
+@dataclass(frozen=True)
+class Param:
+    """A detector parameter: default, type (``kind``), bounds and documentation."""
+
+    default: Any
+    kind: str  # "float" | "int" | "bool" | "str" | "str_list" | "series"
+    doc: str
+    minimum: float | None = None
+    exclusive: bool = False  # minimum itself not allowed
+    maximum: float | None = None
+    choices: tuple[str, ...] | None = None
+    nullable: bool = False  # null / None allowed (means "not given")
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` normalized, or raise ValueError describing what is wrong."""
+        kind = self.kind
+        if value is None and (self.nullable or self.default is None):
+            return None
+        if kind == "float":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError(f"expected a finite number, got {value!r}")
+        elif kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
+        elif kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"expected true or false, got {value!r}")
+        elif kind == "str":
+            if not isinstance(value, str):
+                raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+            if self.choices and value not in self.choices:
+                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}")
+        elif kind == "str_list":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            value = tuple(value)
+        elif kind == "series":
+            if not isinstance(value, Mapping) or not all(
+                isinstance(v, Mapping) for v in value.values()
+            ):
+                raise ValueError("expected a mapping metric -> {step: value}")
+        if self.minimum is not None and kind in ("float", "int"):
+            if value < self.minimum or (self.exclusive and value == self.minimum):
+                op = ">" if self.exclusive else ">="
+                raise ValueError(f"must be {op} {self.minimum:g}, got {value!r}")
+        if self.maximum is not None and kind in ("float", "int") and value > self.maximum:
+            raise ValueError(f"must be <= {self.maximum:g}, got {value!r}")
+        return value
+
+
+def _pos(default: float, doc: str) -> Param:
+    return Param(default, "float", doc, minimum=0.0, exclusive=True)
+
+
+def _count(default: int, doc: str, minimum: int = 1) -> Param:
+    return Param(default, "int", doc, minimum=minimum)
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """A rule type: its factory, parameters, default severity (None: the detector decides)."""
+
+    factory: Callable[..., Detector]
+    params: Mapping[str, Param]
+    summary: str
+    severity: str | None = "warning"
+
+
+DETECTORS: dict[str, DetectorSpec] = {
+    "check_failure": DetectorSpec(
+        check_failure,
+        {
+            "critical": _pos(REL_ERROR_CRITICAL, "max rel error above this -> critical"),
+            "warning": _pos(REL_ERROR_WARNING, "max rel error from this up -> warning (else info)"),
+            "min_mismatches": _count(1, "mismatching coordinates needed for a tensor to fail"),
+            "max_coords": _count(5, "worst coordinates reported per tensor"),
+        },
+        "a gradient check found mismatching coordinates",
+        severity=None,
+    ),
+    "rel_error_drift": DetectorSpec(
+        rel_error_drift,
+        {
+            "window": _count(5, "recent checks compared with the baseline (K)", minimum=2),
+            "baseline_checks": _count(3, "first checks of a tensor that form its baseline"),
+            "factor": Param(
+                10.0,
+                "float",
+                "median of recent / baseline ratio that fires",
+                minimum=1.0,
+                exclusive=True,
+            ),  # fmt: skip
+            "trend": _pos(0.25, "log10 error slope (decades per check) that fires"),
+            "trend_factor": Param(
+                3.0, "float", "with the trend, latest / baseline at least this", minimum=1.0
+            ),  # fmt: skip
+            "ignore_below": _pos(REL_ERROR_GOOD, "errors below this are good whatever the trend"),
+            "stop_above": _pos(REL_ERROR_CRITICAL, "above this check_failure takes over"),
+        },
+        "a tensor's check error rising against its own early baseline",
+    ),
+    "grad_norm_drift": DetectorSpec(
+        grad_norm_drift,
+        {
+            "method": Param(
+                "zscore",
+                "str",
+                "zscore (EWMA) or median (rolling median ratio)",
+                choices=GRAD_NORM_METHODS,
+            ),  # fmt: skip
+            "z": _pos(6.0, "|z| of log(norm) that fires (method zscore)"),
+            "alpha": Param(
+                0.05,
+                "float",
+                "EWMA weight of the newest norm",
+                minimum=0.0,
+                exclusive=True,
+                maximum=1.0,
+            ),  # fmt: skip
+            "warmup": _count(20, "statistics steps that only accumulate before firing", 0),
+            "min_std": _pos(0.1, "floor of the std of log(norm) (0.1 ~ 10 %)"),
+            "ratio": Param(
+                10.0,
+                "float",
+                "norm / rolling median that fires (method median)",
+                minimum=1.0,
+                exclusive=True,
+            ),  # fmt: skip
+            "window": _count(50, "norms in the rolling median (method median)"),
+            "direction": Param("both", "str", "both, explosion or vanishing", choices=DIRECTIONS),
+        },
+        "per-tensor gradient norm explosion or vanishing",
+    ),
+    "nonfinite": DetectorSpec(
+        nonfinite, {}, "NaN/Inf in the loss, gradients or parameters", severity="critical"
+    ),
+    "loss_divergence": DetectorSpec(
+        loss_divergence,
+        {
+            "factor": Param(
+                10.0, "float", "loss above factor x best so far fires", minimum=1.0, exclusive=True
+            ),  # fmt: skip
+            "patience": _count(10, "consecutive increases that fire (0: off)", minimum=0),
+            "min_rise": Param(
+                0.5, "float", "rise over the streak, in units of scale", minimum=0.0
+            ),  # fmt: skip
+            "floor": Param(
+                0.01, "float", "scale floor as a fraction of the first loss", minimum=0.0
+            ),  # fmt: skip
+        },
+        "loss blowing up (too-large learning rate)",
+        severity="critical",
+    ),
+    "stalled_learning": DetectorSpec(
+        stalled_learning,
+        {
+            "min_ratio": _pos(1e-6, "update/weight ratio below this counts as stalled"),
+            "patience": _count(20, "consecutive stalled statistics steps that fire"),
+            "estimate": Param(True, "bool", "without update_ratios use lr*|g|/|θ| (plain SGD)"),
+        },
+        "updates too small to learn (too-small learning rate)",
+    ),
+    "baseline_drift": DetectorSpec(
+        baseline_drift,
+        {
+            "baseline": Param(None, "series", "metric -> {step: value}; filled by the loader"),
+            "metrics": Param(DEFAULT_BASELINE_METRICS, "str_list", "metric name globs compared"),
+            "factor": Param(
+                3.0,
+                "float",
+                "norms outside [1/factor, factor] x baseline fire",
+                minimum=1.0,
+                exclusive=True,
+            ),  # fmt: skip
+            "error_factor": Param(
+                100.0, "float", "check errors above this x baseline fire", minimum=1.0
+            ),  # fmt: skip
+            "ignore_below": _pos(REL_ERROR_GOOD, "check errors below this are never drift"),
+            "step_tolerance": _count(0, "match the nearest baseline step within this", 0),
+            "run_id": Param(
+                None, "str", "baseline run id (default: latest tagged gradwatch.baseline)"
+            ),
+            "experiment": Param(None, "str", "experiment searched for the tagged baseline run"),
+        },
+        "this run departs from a baseline run at the same steps",
+    ),
+}
+
+
+def build_detector(kind: str, params: Mapping[str, Any] | None = None) -> Detector:
+    """Validate ``params`` against :data:`DETECTORS` ``[kind]`` and build the detector.
+
+        det = build_detector("loss_divergence", {"factor": 5.0})
+
+    Raises ValueError naming the parameter (unknown names list the allowed ones).
+    """
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown rule type {kind!r}; allowed: {', '.join(DETECTORS)}")
+    spec = DETECTORS[kind]
+    kwargs = {}
+    for name, value in (params or {}).items():
+        if name not in spec.params:
+            allowed = ", ".join(spec.params) or "none"
+            raise ValueError(f"unknown parameter {name!r} for {kind}; allowed: {allowed}")
+        try:
+            kwargs[name] = spec.params[name].check(value)
+        except ValueError as exc:
+            raise ValueError(f"parameter {name!r} of {kind}: {exc}") from None
+    return spec.factory(**kwargs)

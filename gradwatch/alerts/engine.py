@@ -1,0 +1,234 @@
+"""Rules, and the engine that runs their detectors with cooldown and de-duplication.
+
+    engine = AlertEngine(default_rules())            # or load_config().rules
+    for alert in engine.observe_step(StepObservation(step=s, loss=loss, lr=lr)):
+        delivery.deliver(alert)
+    engine.observe_check(CheckObservation(step=s, report=report.to_dict()))
+
+Each rule owns one detector (see :mod:`gradwatch.alerts.detectors`). A rule fires at most one
+alert per observation; after an alert it is quiet for ``cooldown`` steps, so a run that keeps
+failing sends one message per rule per cooldown, not one per step. A finding more severe than
+the rule's last alert (warning -> critical) is let through the cooldown: escalation is news.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from gradwatch.alerts.detectors import DETECTORS, Detector, build_detector
+from gradwatch.alerts.observations import (
+    SEVERITIES,
+    Alert,
+    CheckObservation,
+    StepObservation,
+    severity_rank,
+)
+from gradwatch.errors import ConfigError
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_ACTIONS",
+    "DEFAULT_COOLDOWN",
+    "AlertEngine",
+    "EngineState",
+    "Rule",
+    "check_action",
+    "default_rules",
+]
+
+#: Plain actions (``webhook``/``callback``: all of them); ``webhook:<name>`` and
+#: ``callback:<name>`` name one.
+ACTIONS: tuple[str, ...] = ("log", "mlflow", "webhook", "callback", "stop")
+ACTION_PREFIXES: tuple[str, ...] = ("webhook:", "callback:")
+DEFAULT_ACTIONS: tuple[str, ...] = ("log", "mlflow")
+#: Steps a rule stays quiet after an alert. Checks run every ~100 steps, so 1000 steps means a
+#: persistent failure is re-announced about every tenth check.
+DEFAULT_COOLDOWN = 1000
+DEFAULT_RULE_TYPES: tuple[str, ...] = ("check_failure", "nonfinite", "loss_divergence")
+# Rule names become MLflow tag keys (gradwatch.alert.<rule>): keep to characters MLflow accepts.
+_RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+def check_action(action: str) -> str:
+    """Return ``action`` if it is valid, else raise ValueError listing the allowed forms."""
+    if action in ACTIONS or any(
+        action.startswith(p) and len(action) > len(p) for p in ACTION_PREFIXES
+    ):
+        return action
+    allowed = ", ".join(ACTIONS + tuple(p + "<name>" for p in ACTION_PREFIXES))
+    raise ValueError(f"unknown action {action!r}; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One alert rule: a detector ``type`` with its ``params``, and what to do when it fires.
+
+        Rule("grad-explosion", "grad_norm_drift", severity="warning", cooldown=200,
+             actions=("log", "mlflow", "webhook:slack"), params={"z": 6.0})
+
+    ``severity=None`` lets the detector decide (check_failure grades by rel-error band; the
+    others use their type's default). ``cooldown`` is in steps. Invalid values raise
+    ConfigError (the YAML loader reports them with file and line first).
+    """
+
+    name: str
+    type: str
+    severity: str | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    cooldown: int = DEFAULT_COOLDOWN
+    actions: tuple[str, ...] = DEFAULT_ACTIONS
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _RULE_NAME.match(self.name):
+            raise ConfigError(
+                f"rule name {self.name!r} must be letters, digits, '_', '.', '-'", key="name"
+            )
+        if self.type not in DETECTORS:
+            raise ConfigError(
+                f"unknown rule type {self.type!r}; allowed: {', '.join(DETECTORS)}", key="type"
+            )
+        if self.severity is not None and self.severity not in SEVERITIES:
+            raise ConfigError(
+                f"unknown severity {self.severity!r}; allowed: {', '.join(SEVERITIES)}",
+                key="severity",
+            )
+        if (
+            isinstance(self.cooldown, bool)
+            or not isinstance(self.cooldown, int)
+            or self.cooldown < 0
+        ):
+            raise ConfigError(f"cooldown must be an integer >= 0 (steps), got {self.cooldown!r}",
+                              key="cooldown")  # fmt: skip
+        object.__setattr__(self, "actions", tuple(self.actions))
+        for action in self.actions:
+            try:
+                check_action(action)
+            except ValueError as exc:
+                raise ConfigError(str(exc), key="actions") from None
+        self.detector()  # validates params now, not at the first observation
+
+    def detector(self) -> Detector:
+        """Build this rule's detector (raises ConfigError on a bad parameter)."""
+        try:
+            return build_detector(self.type, self.params)
+        except ValueError as exc:
+            raise ConfigError(f"rule {self.name!r}: {exc}", key="params") from None
+
+    @property
+    def default_severity(self) -> str | None:
+        return self.severity or DETECTORS[self.type].severity
+
+
+def default_rules() -> list[Rule]:
+    """The rules on with no configuration: check_failure, nonfinite, loss_divergence.
+
+        engine = AlertEngine(default_rules())
+
+    Each is named after its type, delivered to ``log`` and ``mlflow``, with default params.
+    """
+    return [Rule(name=kind, type=kind) for kind in DEFAULT_RULE_TYPES]
+
+
+class EngineState(NamedTuple):
+    """Everything the engine knows; replaced, never mutated, on each observation."""
+
+    detectors: Mapping[str, Any]  # rule name -> detector state
+    last_step: Mapping[str, int]  # rule name -> step of its last alert
+    last_severity: Mapping[str, str]  # rule name -> severity of its last alert
+    fired: Mapping[str, int]  # rule name -> alerts emitted
+    suppressed: Mapping[str, int]  # rule name -> findings swallowed by the cooldown
+    total: int  # alerts emitted, all rules
+
+
+class AlertEngine:
+    """Runs each enabled rule's detector on every observation and applies cooldowns.
+
+        engine = AlertEngine(config.rules)
+        alerts = engine.observe_step(obs)     # list[Alert], usually empty
+        engine.state.fired                    # {"loss_divergence": 1, ...}
+
+    Not thread-safe: call it from the training thread (it is cheap and does no I/O).
+    """
+
+    def __init__(self, rules: Iterable[Rule] | None = None) -> None:
+        rules = default_rules() if rules is None else list(rules)
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"duplicate rule name(s): {', '.join(dupes)}", key="name")
+        self.rules: tuple[Rule, ...] = tuple(r for r in rules if r.enabled)
+        self._detectors = {r.name: r.detector() for r in self.rules}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything seen so far (start of a new run)."""
+        self._state = EngineState(
+            detectors={name: det.init() for name, det in self._detectors.items()},
+            last_step={},
+            last_severity={},
+            fired={},
+            suppressed={},
+            total=0,
+        )
+
+    @property
+    def state(self) -> EngineState:
+        """The current immutable state, for inspection and tests."""
+        return self._state
+
+    def observe_step(self, obs: StepObservation) -> list[Alert]:
+        """Feed one training step; return the alerts that survive cooldown (in rule order)."""
+        return self._observe(obs)
+
+    def observe_check(self, obs: CheckObservation) -> list[Alert]:
+        """Feed one gradient-check report; return the alerts that survive cooldown."""
+        return self._observe(obs)
+
+    def _observe(self, obs: StepObservation | CheckObservation) -> list[Alert]:
+        alerts, self._state = _apply(self.rules, self._detectors, self._state, obs)
+        return alerts
+
+
+def _apply(
+    rules: tuple[Rule, ...],
+    detectors: Mapping[str, Detector],
+    state: EngineState,
+    obs: StepObservation | CheckObservation,
+) -> tuple[list[Alert], EngineState]:
+    det_states = dict(state.detectors)
+    last_step, last_sev = dict(state.last_step), dict(state.last_severity)
+    fired, suppressed = dict(state.fired), dict(state.suppressed)
+    alerts: list[Alert] = []
+    now = obs.timestamp if obs.timestamp is not None else time.time()
+    for rule in rules:
+        finding, det_states[rule.name] = detectors[rule.name].update(det_states[rule.name], obs)
+        if finding is None:
+            continue
+        severity = rule.severity or finding.severity or rule.default_severity or "warning"
+        prev = last_step.get(rule.name)
+        escalated = severity_rank(severity) > severity_rank(last_sev.get(rule.name, "critical"))
+        if prev is not None and 0 <= obs.step - prev < rule.cooldown and not escalated:
+            suppressed[rule.name] = suppressed.get(rule.name, 0) + 1
+            continue
+        last_step[rule.name], last_sev[rule.name] = obs.step, severity
+        fired[rule.name] = fired.get(rule.name, 0) + 1
+        alerts.append(
+            Alert(
+                rule=rule.name,
+                kind=rule.type,
+                severity=severity,
+                step=obs.step,
+                message=finding.message,
+                details=dict(finding.details),
+                actions=rule.actions,
+                timestamp=now,
+            )
+        )
+    new_state = EngineState(det_states, last_step, last_sev, fired, suppressed,
+                            state.total + len(alerts))  # fmt: skip
+    return alerts, new_state
