@@ -33,8 +33,9 @@ RTOL_FLOAT32 = 2e-3
 #: float16: only gross errors are detectable.
 RTOL_FLOAT16 = 5e-2
 #: Round-off of (J+ - J-)/(2h) is about EPS*|J|/h; disagreements below this many times that
-#: are floating-point noise, whatever the relative error says (near-zero gradients).
-ROUNDOFF_SAFETY = 64.0
+#: are floating-point noise, whatever the relative error says (near-zero gradients). Ten
+#: times EVAL_ULPS: the derivative divides two evaluations' round-off by the step.
+ROUNDOFF_SAFETY = 1000.0
 
 
 def central_step(work: np.ndarray, loss_eps: float) -> float:
