@@ -75,12 +75,33 @@ def _finite(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _sortable(x: float) -> float:
+    return math.inf if math.isnan(x) else x
+
+
 def _band(rel_error: float, critical: float, warning: float) -> str:
-    if rel_error > critical:
+    if not rel_error <= critical:  # NaN too: a check that cannot even compare is a bug
         return "critical"
     if rel_error >= warning:
         return "warning"
     return "info"
+
+
+def _num(value: Any) -> float:
+    """A report number as float: the check engine writes NaN/Inf as strings ("nan")."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _probes(tensor: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    return [*(tensor.get("coords") or ()), *(tensor.get("directions") or ())]
+
+
+def _where(probe: Mapping[str, Any]) -> str:
+    index = probe.get("index")
+    return f"index {list(index)}" if index is not None else "a random direction"
 
 
 def _fmt_names(names: Sequence[str], limit: int = 4) -> str:
@@ -121,26 +142,31 @@ def check_failure(
         for name, tensor in per_param.items():
             if int(tensor.get("num_mismatches") or 0) < min_mismatches:
                 continue
-            coords = [c for c in tensor.get("coords") or () if c.get("verdict") == "mismatch"]
-            coords.sort(key=lambda c: -(c.get("rel_error") or 0.0))
+            coords = [dict(p) for p in _probes(tensor) if p.get("verdict") == "mismatch"]
+            # NaN errors sort first: a NaN probe is the most alarming.
+            coords.sort(
+                key=lambda p: (
+                    -_num(p.get("rel_error")) if _finite(_num(p.get("rel_error"))) else -math.inf
+                )
+            )
             failing[name] = {
                 "shape": list(tensor.get("shape") or ()),
-                "max_rel_error": float(tensor.get("max_rel_error") or 0.0),
+                "max_rel_error": _num(tensor.get("max_rel_error")),
                 "num_mismatches": int(tensor["num_mismatches"]),
-                "worst": [dict(c) for c in coords[:max_coords]],
+                "worst": coords[:max_coords],
             }
         new_state = state._replace(checks=state.checks + 1)
         if not failing:
             return None, new_state
-        order = sorted(failing, key=lambda n: -failing[n]["max_rel_error"])
+        order = sorted(failing, key=lambda n: -_sortable(failing[n]["max_rel_error"]))
         worst_name = order[0]
         worst = failing[worst_name]
         where = ""
         if worst["worst"]:
             c = worst["worst"][0]
             where = (
-                f" at {list(c.get('index') or [])}: analytic {c.get('analytic'):.6g}"
-                f" vs numeric {c.get('numeric'):.6g}"
+                f" at {_where(c)}: analytic {_num(c.get('analytic')):.6g}"
+                f" vs numeric {_num(c.get('numeric')):.6g}"
             )
         message = (
             f"gradient check failed in {_fmt_names(order)}: {worst_name} has "
@@ -148,7 +174,7 @@ def check_failure(
             f"{worst['max_rel_error']:.3g}{where}"
         )
         details = {"tensor": worst_name, "tensors": failing,
-                   "max_rel_error": float(obs.report.get("max_rel_error") or worst["max_rel_error"])}  # fmt: skip
+                   "max_rel_error": worst["max_rel_error"]}  # fmt: skip
         severity = _band(worst["max_rel_error"], critical, warning)
         return Finding(message, details, severity), new_state._replace(failures=state.failures + 1)
 
@@ -208,7 +234,12 @@ def rel_error_drift(
         tensors = dict(state.tensors)
         drifting: dict[str, dict[str, float]] = {}
         for name, tensor in (obs.report.get("per_param") or {}).items():
-            err = tensor.get("max_rel_error")
+            # Kinks (ReLU) and noise have large errors by nature: drift is about the rest.
+            probes = _probes(tensor)
+            errs = [_num(p.get("rel_error")) for p in probes
+                    if p.get("verdict") not in ("kink", "noise")]  # fmt: skip
+            errs = [e for e in errs if _finite(e)]
+            err = max(errs, default=math.nan) if probes else _num(tensor.get("max_rel_error"))
             if not _finite(err):
                 continue
             log_err = math.log10(max(float(err), _TINY))
