@@ -1,0 +1,376 @@
+"""The ``gradwatch`` command: demo, compare, sweep, monitor, sync.
+
+    gradwatch demo                         # train small nets over an lr sweep, log to MLflow
+    gradwatch compare --experiment mlp --plot runs.png
+    gradwatch sweep train.py --lr 1 0.1 0.01 --parallel 2
+    gradwatch monitor --experiment mlp --rules gradwatch.yaml --interval 10
+    gradwatch sync                         # upload journals a crashed run left behind
+
+Every command takes ``--tracking-uri`` (else ``MLFLOW_TRACKING_URI``, else the embedded
+``sqlite:///mlflow.db`` in the working directory). This module only parses arguments and
+prints: the work is done in gradwatch.compare, .sweep, .monitor, .demo.run and .tracking.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gradwatch import __version__
+from gradwatch.errors import ConfigError, GradwatchError, InputError
+
+__all__ = ["main"]
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
+
+
+class GreedyOption(click.Option):
+    """An option that takes every following value: ``--lr 1 0.1 0.01``, ``--runs ID ID``.
+
+    Click options take a fixed number of values; this one keeps consuming arguments until
+    the next option (or, with ``numbers_only``, the first argument that is not a number, so
+    ``--lr 1 0.1 train.py`` still leaves ``train.py`` as the script). It may be repeated.
+    """
+
+    def __init__(self, *args: Any, numbers_only: bool = False, **kwargs: Any) -> None:
+        kwargs["multiple"] = True
+        super().__init__(*args, **kwargs)
+        self.numbers_only = numbers_only
+
+    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
+        super().add_to_parser(parser, ctx)
+        for name in self.opts:
+            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
+            if opt is None:
+                continue
+            original = opt.process
+
+            def process(value: Any, state: Any, original: Callable = original) -> None:
+                original(value, state)
+                while state.rargs:
+                    nxt = state.rargs[0]
+                    if nxt == "--" or (nxt.startswith("-") and not _NUMBER.match(nxt)):
+                        break
+                    if self.numbers_only and not _NUMBER.match(nxt):
+                        break
+                    original(state.rargs.pop(0), state)
+
+            opt.process = process
+
+
+def tracking_uri_option(fn: Callable) -> Callable:
+    return click.option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        show_envvar=True,
+        metavar="URI",
+        help="MLflow tracking URI: a server (http://host:5000) or a store (sqlite:///mlflow.db). "
+        "Default: the embedded sqlite:///mlflow.db in the working directory.",
+    )(fn)
+
+
+def _fail_cleanly(fn: Callable) -> Callable:
+    """Turn gradwatch and MLflow errors into one-line messages instead of tracebacks.
+
+    Bad input is a usage error (exit 2, with the usage line); a bad config file exits 2;
+    anything else gradwatch raises on purpose (server down, run failed) exits 1.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except InputError as err:
+            raise click.UsageError(str(err), click.get_current_context()) from None
+        except ConfigError as err:
+            exc = click.ClickException(str(err))
+            exc.exit_code = 2
+            raise exc from None
+        except GradwatchError as err:
+            raise click.ClickException(str(err)) from None
+        except Exception as err:
+            from gradwatch.compare import _one_line
+
+            if type(err).__module__.split(".")[0] in {"mlflow", "requests", "urllib3"}:
+                raise click.ClickException(f"MLflow: {_one_line(err)}") from None
+            raise
+
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version", prog_name="gradwatch")
+def main() -> None:
+    """gradwatch: gradient checks and training monitoring for numpy loops, tracked in MLflow.
+
+    \b
+    Start with:   gradwatch demo
+    Then:         gradwatch compare --experiment gradwatch-demo --plot runs.png
+    """
+
+
+# ----------------------------------------------------------------------------- compare
+
+_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def _check_plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.lower().endswith(_PLOT_SUFFIXES):
+        raise click.BadParameter(f"{value!r} must end in {', '.join(_PLOT_SUFFIXES)}")
+    parent = os.path.dirname(os.path.abspath(value))
+    if not os.path.isdir(parent):
+        raise click.BadParameter(f"directory {parent} does not exist")
+    return value
+
+
+def _default_experiment() -> str | None:
+    return os.environ.get("GRADWATCH_EXPERIMENT") or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+
+
+def run_compare(
+    tracking_uri: str | None,
+    experiment: str | None,
+    run_ids: tuple[str, ...] = (),
+    sweep_id: str | None = None,
+    plot: str | None = None,
+    output: str = "table",
+    progress: bool = True,
+) -> list:
+    """Print the comparison of the selected runs (shared by compare, sweep and demo)."""
+    from gradwatch import compare
+
+    with compare.quick_http():
+        client = compare.get_client(tracking_uri)
+        runs = compare.select_runs(client, experiment, run_ids=run_ids, sweep_id=sweep_id)
+        if not runs:
+            where = f"experiment {experiment!r}" + (f", sweep {sweep_id}" if sweep_id else "")
+            click.echo(f"no runs in {where} at {client.tracking_uri}", err=True)
+            return []
+        if progress and len(runs) > 1:
+            with click.progressbar(length=len(runs), label="reading runs", file=sys.stderr) as bar:
+                results = compare.summarize_runs(client, runs, lambda _run: bar.update(1))
+        else:
+            results = compare.summarize_runs(client, runs)
+    summaries = [s for s, _ in results]
+    click.echo(compare.render(summaries, output))
+    if plot:
+        compare.plot_runs([c for _, c in results], plot)
+        click.echo(f"plot written to {plot}", err=True)
+    return summaries
+
+
+@main.command("compare", context_settings=CONTEXT)
+@click.option("--experiment", "-e", metavar="NAME", help="Experiment whose runs to compare.")
+@click.option(
+    "--runs", "run_ids", cls=GreedyOption, metavar="ID...", help="Compare these run ids instead."
+)
+@click.option("--sweep", "sweep_id", metavar="ID", help="Only runs tagged gradwatch.sweep_id=ID.")
+@click.option(
+    "--plot",
+    metavar="FILE.png",
+    callback=_check_plot_path,
+    help="Also write loss and gradient-check error curves of every run to this image.",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json", "csv"]),
+    default="table",
+    show_default=True,
+    help="table for people; json/csv (one record per run) for scripts.",
+)
+@tracking_uri_option
+@_fail_cleanly
+def compare_cmd(
+    experiment: str | None,
+    run_ids: tuple[str, ...],
+    sweep_id: str | None,
+    plot: str | None,
+    output: str,
+    tracking_uri: str | None,
+) -> None:
+    """Compare runs: loss, divergence, gradient checks and alerts, one line per run.
+
+    \b
+    A run is "diverged" when its loss (or a tensor) went non-finite, or its final loss is
+    more than 10x its best and above its first; "stalled" when its best loss is within 1%
+    of its first. "failed" counts gradient checks that found mismatches (a backprop bug).
+
+    \b
+      gradwatch compare --experiment gradwatch-demo --plot runs.png
+      gradwatch compare --runs 1a2b3c 4d5e6f --format json
+    """
+    if not experiment and not run_ids:
+        experiment = _default_experiment()
+        if not experiment:
+            raise click.UsageError("give --experiment NAME or --runs ID...")
+    run_compare(tracking_uri, experiment, run_ids, sweep_id, plot, output)
+
+
+# ------------------------------------------------------------------------------- sweep
+
+
+def _parse_grid_param(values: tuple[str, ...]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for spec in values:
+        name, sep, rest = spec.partition("=")
+        name = name.strip()
+        if not sep or not name or not rest.strip():
+            raise click.BadParameter(f"{spec!r} is not NAME=V1,V2,...", param_hint="--param")
+        grid[name] = [_typed(v.strip()) for v in rest.split(",") if v.strip()]
+    return grid
+
+
+def _typed(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@main.command("sweep", context_settings=CONTEXT)
+@click.argument("script", type=click.Path(exists=True, dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS...]")
+@click.option(
+    "--lr",
+    "lrs",
+    cls=GreedyOption,
+    numbers_only=True,
+    type=float,
+    metavar="LR...",
+    help="Learning rates, one run each (GRADWATCH_PARAM_LR).",
+)
+@click.option(
+    "--param",
+    "-p",
+    "grid_params",
+    multiple=True,
+    metavar="NAME=V1,V2",
+    help="Sweep another parameter too (GRADWATCH_PARAM_<NAME>); runs cover every combination.",
+)
+@click.option(
+    "--parallel",
+    "-j",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Runs at a time.",
+)
+@click.option("--experiment", "-e", metavar="NAME", help="Default: sweep-<script name>.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds per run.")
+@tracking_uri_option
+@_fail_cleanly
+def sweep_cmd(
+    script: str,
+    script_args: tuple[str, ...],
+    lrs: tuple[float, ...],
+    grid_params: tuple[str, ...],
+    parallel: int,
+    experiment: str | None,
+    timeout: float | None,
+    tracking_uri: str | None,
+) -> None:
+    """Run SCRIPT once per learning rate, each as its own MLflow run, then compare them.
+
+    \b
+    The script reads the value with gradwatch.param("lr", default) (or the env variable
+    GRADWATCH_PARAM_LR); GradWatch picks up the experiment (GRADWATCH_EXPERIMENT), run name
+    (GRADWATCH_RUN_NAME) and tags the run gradwatch.sweep_id (GRADWATCH_SWEEP_ID).
+
+    \b
+      gradwatch sweep train.py --lr 1 0.1 0.01 --parallel 2
+      gradwatch sweep train.py --lr 0.1 0.01 -p batch=32,128 -- --epochs 3
+    """
+    from gradwatch import sweep
+
+    grid: dict[str, list[Any]] = {}
+    if lrs:
+        grid["lr"] = list(lrs)
+    grid.update(_parse_grid_param(grid_params))
+    if not grid:
+        raise click.UsageError("give the values to sweep, e.g. --lr 1 0.1 0.01")
+    experiment = experiment or "sweep-" + os.path.splitext(os.path.basename(script))[0]
+    plan = sweep.plan_sweep(script, grid, experiment, script_args, tracking_uri=tracking_uri)
+    click.echo(
+        f"sweep {plan.sweep_id}: {len(plan.runs)} run(s) of {script} in experiment "
+        f"{experiment!r}, {parallel} at a time; logs in {plan.runs[0].log_path.parent}",
+        err=True,
+    )
+    with click.progressbar(length=len(plan.runs), label="running", file=sys.stderr) as bar:
+
+        def done(result: sweep.SweepResult) -> None:
+            bar.update(1)
+
+        results = sweep.run_sweep(plan, parallel=parallel, timeout=timeout, on_done=done)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        click.echo(
+            f"run {r.run.run_name} failed (exit {r.returncode}); {r.run.log_path}:", err=True
+        )
+        for line in r.log_tail().splitlines():
+            click.echo(f"    {line}", err=True)
+    summaries = run_compare(tracking_uri, experiment, sweep_id=plan.sweep_id, progress=False)
+    if len(summaries) < len(results) - len(failed):
+        click.echo(
+            f"warning: {len(summaries)} run(s) tagged gradwatch.sweep_id={plan.sweep_id} for "
+            f"{len(results) - len(failed)} successful script run(s): does the script use "
+            "gradwatch.GradWatch?",
+            err=True,
+        )
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(results)} run(s) failed")
+
+
+# ------------------------------------------------------------------------------- demo
+
+
+@main.command("demo", context_settings=CONTEXT)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=10),
+    default=300,
+    show_default=True,
+    help="Training steps per run.",
+)
+@click.option("--quick", is_flag=True, help="Few steps (60): a smoke test in seconds.")
+@click.option("--experiment", "-e", default="gradwatch-demo", show_default=True, metavar="NAME")
+@tracking_uri_option
+@_fail_cleanly
+def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None) -> None:
+    """Train two small networks over an lr sweep, with and without a backprop bug.
+
+    \b
+    The classic 3-layer network of the gradient-checking exercise and a small MLP are each
+    trained at lr = 0.5 (learns), 10 (diverges) and 1e-10 (barely moves), once with correct
+    backprop and once with a planted bug, every run watched by gradwatch.GradWatch and logged
+    to MLflow. Ends with the comparison table and the command that opens the MLflow UI.
+    """
+    from gradwatch.compare import resolve_tracking_uri
+    from gradwatch.demo import run as demo
+
+    uri = resolve_tracking_uri(tracking_uri)
+    specs = demo.plan(steps=60 if quick else steps)
+    click.echo(f"gradwatch demo: {len(specs)} runs -> {uri}, experiment {experiment!r}", err=True)
+    with click.progressbar(length=len(specs), label="training", file=sys.stderr) as bar:
+        result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_done=bar.update)
+    click.echo()
+    run_compare(uri, experiment, sweep_id=result.sweep_id, progress=False)
+    click.echo()
+    click.echo("Open the runs in the MLflow UI:")
+    click.echo(f"    {demo.ui_command(uri)}")
+    click.echo("Compare them again (with a plot):")
+    click.echo(
+        f"    gradwatch compare --experiment {experiment} --sweep {result.sweep_id} "
+        f"--plot demo.png" + ("" if tracking_uri is None else f" --tracking-uri {uri}")
+    )
