@@ -14,7 +14,7 @@ import numpy as np
 
 from gradwatch.errors import InputError
 
-__all__ = ["Tensor", "normalize"]
+__all__ = ["Tensor", "match_gradient_keys", "normalize"]
 
 
 @dataclass
@@ -166,3 +166,17 @@ def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any,
 
 def as_names(params: Any) -> Sequence[str]:
     return [n for n, _ in _param_items(params)[0]]
+
+
+def match_gradient_keys(params: Any, grads: Any) -> dict[str, Any]:
+    """Validate ``params``/``grads`` like the check does and map each parameter name to the key
+    (or list index) of its gradient, so callers can look gradients up cheaply every step.
+
+        match_gradient_keys({"W1": W1}, {"dW1": dW1}) == {"W1": "dW1"}
+    """
+    normalize(params, grads, upcast=False)
+    items, kind = _param_items(params)
+    if kind == "list":
+        return {name: i for i, (name, _) in enumerate(items)}
+    keys = {str(k): k for k in grads}
+    return {name: keys[name] if name in keys else keys["d" + name] for name, _ in items}

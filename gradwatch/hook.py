@@ -1,0 +1,589 @@
+"""``GradWatch``: the hook that wraps a numpy training loop.
+
+    with gradwatch.GradWatch(every=100, experiment="mlp", run_name="lr=0.1", params={"lr": 0.1}) as watch:
+        for step in range(steps):
+            loss, grads = forward_backward(params, X[b], Y[b])
+            watch.step(params, grads, loss=loss, lr=lr, loss_fn=lambda p: forward(p, X[b], Y[b]))
+            for k in params:
+                params[k] -= lr * grads[k]
+
+Call ``step()`` after backprop and *before* the update: the check then runs at exactly the
+parameters the gradients belong to. Gradients from another point (called after the update,
+or from another batch than ``loss_fn`` sees) show up as mismatches in every tensor.
+
+Data flows one way: the hook feeds the check engine and the statistics, hands records to the
+tracking journal (shipped to MLflow in the background) and observations to the alert engine.
+Monitoring never crashes or stalls training: a tracking outage is journaled and replayed,
+webhooks are sent from a background thread, and a check that cannot run is logged, not raised.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from gradwatch import __version__
+from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
+from gradwatch.check import CheckReport, check_gradients
+from gradwatch.check._inputs import match_gradient_keys
+from gradwatch.config import Config, load_config
+from gradwatch.errors import AlertStop, GradwatchError, InputError
+from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME, ENV_SWEEP_ID, TAG_SWEEP_ID
+from gradwatch.stats import tensor_stats, update_ratio
+
+__all__ = ["GradWatch", "DEFAULTS"]
+
+logger = logging.getLogger("gradwatch")
+
+#: Hook options and their defaults (explicit arguments > gradwatch.yaml ``hook:`` > these).
+DEFAULTS: dict[str, Any] = {
+    "every": 100,
+    "num_samples": 32,
+    "mode": "auto",
+    "eps": None,
+    "seed": None,
+    "budget": None,
+    "stats_every": "auto",
+    "experiment": None,
+    "run_name": None,
+    "tracking_uri": None,
+    "journal_dir": None,
+    "flush_timeout": 10.0,
+    "rank_suffix": False,
+}
+#: With ``stats_every="auto"``, statistics may take this fraction of the loop's wall time...
+STATS_TIME_FRACTION = 0.01
+#: ...and may produce at most this many metrics per second: a local MLflow server ingests
+#: about 7k metrics/s in all (shared/MLFLOW.md), and a sweep runs several hooks at once.
+STATS_MAX_METRICS_PER_SECOND = 1000.0
+#: Auto statistics never go further apart than this many steps.
+STATS_MAX_INTERVAL = 1000
+_UNSET: Any = object()
+
+
+def _as_float(value: Any, what: str) -> float:
+    try:
+        return (
+            float(np.asarray(value).reshape(-1)[0])
+            if not isinstance(value, (int, float))
+            else float(value)
+        )
+    except Exception:  # noqa: BLE001 - report any unconvertible value the same way
+        raise InputError(
+            f"{what} must be a number (a float or a 0-d array), got {type(value).__name__}"
+        ) from None
+
+
+class GradWatch:
+    """Gradient checks, training statistics and alerts for a numpy training loop, in MLflow.
+
+        with GradWatch(every=100, budget=0.05, experiment="mlp") as watch:
+            ...
+            watch.step(params, grads, loss=loss, lr=lr, loss_fn=loss_fn)
+
+    Args:
+        every: steps between gradient checks (a check also runs at the first step);
+            ``None`` turns checks off (statistics only).
+        experiment, run_name: MLflow names (defaults: ``GRADWATCH_EXPERIMENT``/``_RUN_NAME``
+            set by ``gradwatch sweep``, else MLflow's defaults).
+        params: your hyper-parameters, logged as MLflow params as they are (``{"lr": 0.1}``).
+        tags: extra MLflow tags.
+        tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else the embedded
+            store ``sqlite:///mlflow.db`` in the working directory.
+        config: path of a gradwatch.yaml, a :class:`~gradwatch.config.Config`, ``None`` for
+            ``./gradwatch.yaml`` if present, or ``False`` for no file.
+        num_samples, mode, eps, seed: options of :func:`gradwatch.check_gradients`.
+        budget: fraction of wall time checks may take (e.g. 0.05): checks run at most every
+            ``every`` steps and only as often as the budget allows. ``None``: no limit.
+        stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 1% of the
+            loop's time and 1000 metrics/s).
+        rules: alert rules (default: the config's, else check failure, non-finite, loss
+            divergence); ``callbacks``: ``{name: fn(alert)}`` for ``callback:<name>`` actions.
+        rank: process rank (default ``RANK`` env, else 0). Only rank 0 checks and logs unless
+            ``rank_suffix=True``, which gives every rank its own run named ``<name>-rank<N>``.
+        flush_timeout: seconds ``close()`` waits for MLflow before leaving the rest in the
+            journal for ``gradwatch sync``.
+    """
+
+    def __init__(
+        self,
+        every: int | None = _UNSET,
+        *,
+        experiment: str | None = _UNSET,
+        run_name: str | None = _UNSET,
+        params: Mapping[str, Any] | None = None,
+        tags: Mapping[str, str] | None = None,
+        tracking_uri: str | None = _UNSET,
+        config: str | os.PathLike | Config | bool | None = None,
+        num_samples: int = _UNSET,
+        mode: str = _UNSET,
+        eps: float | None = _UNSET,
+        seed: int | None = _UNSET,
+        budget: float | None = _UNSET,
+        stats_every: int | str = _UNSET,
+        journal_dir: str | None = _UNSET,
+        flush_timeout: float = _UNSET,
+        rules: list[Rule] | None = None,
+        callbacks: Mapping[str, Callable[[Any], Any]] | None = None,
+        rank: int | None = None,
+        rank_suffix: bool = _UNSET,
+    ) -> None:
+        self.config = self._load_config(config)
+        given = {
+            "every": every, "experiment": experiment, "run_name": run_name,
+            "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
+            "seed": seed, "budget": budget, "stats_every": stats_every, "journal_dir": journal_dir,
+            "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
+        }  # fmt: skip
+        env = {
+            "experiment": os.environ.get(ENV_EXPERIMENT),
+            "run_name": os.environ.get(ENV_RUN_NAME),
+        }
+        options = dict(DEFAULTS)
+        options.update({k: v for k, v in env.items() if v})
+        options.update(self.config.hook)
+        options.update({k: v for k, v in given.items() if v is not _UNSET})
+        self.options = _validate_options(options)
+        self.user_params = dict(self.config.hook.get("params") or {}) | dict(params or {})
+        self.user_tags = {
+            str(k): str(v)
+            for k, v in {**(self.config.hook.get("tags") or {}), **(tags or {})}.items()
+        }
+        self.rules = list(rules) if rules is not None else list(self.config.rules)
+        self.callbacks = dict(callbacks or {})
+        self.rank = int(os.environ.get("RANK", "0") or 0) if rank is None else int(rank)
+        self.enabled = self.rank == 0 or bool(self.options["rank_suffix"])
+        self._started = False
+        self._closed = False
+        self.run = None
+        self.close_result = None
+
+    # -- configuration -----------------------------------------------------------------------
+
+    @staticmethod
+    def _load_config(config: Any) -> Config:
+        if isinstance(config, Config):
+            return config
+        if config is False:
+            return Config()
+        if config is None or config is True:
+            return load_config()
+        return load_config(config)
+
+    @property
+    def every(self) -> int | None:
+        return self.options["every"]
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> GradWatch:
+        return self.start()
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            status = "FINISHED"
+        elif issubclass(exc_type, KeyboardInterrupt) or (
+            issubclass(exc_type, SystemExit) and self._terminated
+        ):
+            status = "KILLED"
+        else:
+            status = "FAILED"
+        self.close(status, error=exc)
+        return False
+
+    def start(self) -> GradWatch:
+        """Open the MLflow run (or attach to the active one) and reset per-run state."""
+        if self._started and not self._closed:
+            raise GradwatchError(
+                "this GradWatch is already started; close() it before starting again"
+            )
+        self._reset_state()
+        self._started, self._closed = True, False
+        if not self.enabled:
+            return self
+        from gradwatch.tracking import open_run  # MLflow is imported only when a run starts
+
+        run_name = self.options["run_name"]
+        if self.options["rank_suffix"]:
+            run_name = f"{run_name or 'run'}-rank{self.rank}"
+        tags = {"gradwatch.version": __version__, **self.user_tags}
+        if os.environ.get(ENV_SWEEP_ID):
+            tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
+        self.run = open_run(
+            tracking_uri=self.options["tracking_uri"],
+            experiment=self.options["experiment"],
+            run_name=run_name,
+            tags=tags,
+            journal_dir=self.options["journal_dir"],
+        )
+        self.run.log_params({**self.user_params, **self._loggable_options()})
+        if self.config.path:
+            self.run.log_artifact_file(self.config.path, "gradwatch")
+        self.engine = AlertEngine(self.rules)
+        self.delivery = self.config.delivery(self.callbacks)
+        self._install_sigterm()
+        return self
+
+    def _loggable_options(self) -> dict[str, str]:
+        shown = {f"gradwatch.{k}": "none" if v is None else str(v) for k, v in self.options.items()
+                 if k in ("every", "num_samples", "mode", "eps", "seed", "budget", "stats_every")}  # fmt: skip
+        return {**self.config.loggable_params(), **shown}
+
+    def _reset_state(self) -> None:
+        self._next_step = 0
+        self._first_step: int | None = None
+        self._key_map: dict[str, Any] | None = None
+        self._stats_interval = (
+            1 if self.options["stats_every"] == "auto" else int(self.options["stats_every"])
+        )
+        self._last_stats_step: int | None = None
+        self._snapshot: tuple[int, dict[str, np.ndarray]] | None = None
+        self._last_call: float | None = None
+        self._step_seconds = 0.0  # EWMA of the wall time between step() calls
+        self._started_at = time.perf_counter()
+        self._check_seconds = 0.0
+        self._last_check_step: int | None = None
+        self._last_check_cost = 0.0
+        self._check_index = 0
+        self.checks = 0
+        self.checks_failed = 0
+        self.check_errors = 0
+        self.last_report: CheckReport | None = None
+        self.alerts: list[Any] = []
+        self._alert_count = 0
+        self._stop_alert = None
+        self._warned_no_loss_fn = False
+        self._terminated = False
+        self._old_sigterm = None
+
+    def close(self, status: str = "FINISHED", error: BaseException | None = None):
+        """End the run with ``status`` (FINISHED, FAILED or KILLED), flushing with a bounded wait.
+
+        Returns the tracking pipeline's close result (what was shipped, what is still pending
+        in the journal and the ``gradwatch sync`` command that lands it later).
+        """
+        if not self._started or self._closed:
+            return self.close_result
+        self._closed = True
+        self._restore_sigterm()
+        if self.run is None:
+            return None
+        try:
+            summary = {"gradwatch.checks": str(self.checks), "gradwatch.checks_failed": str(self.checks_failed),
+                       "gradwatch.alerts": str(self._alert_count)}  # fmt: skip
+            if isinstance(error, AlertStop):
+                summary["gradwatch.stop_reason"] = str(error)[:5000]
+            elif error is not None and status == "FAILED":
+                summary["gradwatch.error"] = f"{type(error).__name__}: {error}"[:5000]
+            self.run.set_tags(summary)
+            self.delivery.close(timeout=min(5.0, self.options["flush_timeout"]))
+        finally:
+            self.close_result = self.run.close(status, timeout=self.options["flush_timeout"])
+        return self.close_result
+
+    # -- SIGTERM: end the run as KILLED -------------------------------------------------------
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        try:
+            self._old_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except (ValueError, OSError):
+            self._old_sigterm = None
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._terminated = True
+        raise SystemExit(128 + signum)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            try:
+                signal.signal(signal.SIGTERM, self._old_sigterm)
+            except (ValueError, OSError):
+                pass
+            self._old_sigterm = None
+
+    # -- the hot path ------------------------------------------------------------------------
+
+    def step(
+        self,
+        params: Any,
+        grads: Any,
+        *,
+        loss: float | None = None,
+        lr: float | None = None,
+        loss_fn: Callable[[Any], float] | None = None,
+        step: int | None = None,
+    ) -> CheckReport | None:
+        """Record one training step; run a gradient check when one is due.
+
+            report = watch.step(params, grads, loss=loss, lr=lr, loss_fn=lambda p: forward(p, X, Y))
+
+        Call it after backprop, before the parameter update. ``params``/``grads`` as for
+        :func:`gradwatch.check_gradients`. ``loss_fn`` is needed only for checks. Returns
+        the check's report on steps that ran one, else ``None``. Raises
+        :class:`~gradwatch.AlertStop` when a rule with the ``stop`` action fired.
+        """
+        if not self._started or self._closed:
+            raise GradwatchError(
+                "GradWatch.step() called outside a run: use `with GradWatch(...) as watch:` "
+                "or call watch.start() first"
+            )
+        if not self.enabled:
+            return None
+        now = time.perf_counter()
+        s = self._next_step if step is None else int(step)
+        self._next_step = s + 1
+        if self._key_map is None:
+            self._first_step = s
+            self._key_map = match_gradient_keys(params, grads)
+        if self._last_call is not None:
+            dt = now - self._last_call
+            self._step_seconds = (
+                dt if self._step_seconds == 0.0 else 0.9 * self._step_seconds + 0.1 * dt
+            )
+        self._last_call = now
+
+        timestamp_ms = int(time.time() * 1000)
+        metrics: dict[str, float] = {}
+        loss_value = None if loss is None else _as_float(loss, "loss")
+        lr_value = None if lr is None else _as_float(lr, "lr")
+        if loss_value is not None:
+            metrics["loss"] = loss_value
+        if lr_value is not None:
+            metrics["lr"] = lr_value
+
+        grad_norms = param_norms = ratios = nonfinite = None
+        if self._snapshot is not None:
+            ratios = self._update_ratios(params)
+        loss_bad = loss_value is not None and not math.isfinite(loss_value)
+        if (
+            self._last_stats_step is None
+            or s - self._last_stats_step >= self._stats_interval
+            or loss_bad
+        ):
+            grad_norms, param_norms, nonfinite = self._statistics(s, params, grads, metrics)
+        self.run.log_metrics(s, metrics, timestamp_ms)
+
+        alerts = self.engine.observe_step(
+            StepObservation(
+                s,
+                loss_value,
+                lr_value,
+                grad_norms,
+                param_norms,
+                ratios,
+                nonfinite,
+                timestamp_ms / 1000,
+            )
+        )
+        report = None
+        if self._check_due(s, loss_fn, loss_bad):
+            report = self._run_check(s, params, grads, loss_fn, timestamp_ms)
+            if report is not None:
+                alerts = alerts + self.engine.observe_check(
+                    CheckObservation(s, report.to_dict(), timestamp_ms / 1000)
+                )
+        for alert in alerts:
+            self._dispatch(alert, timestamp_ms)
+        if self._stop_alert is not None:
+            alert, self._stop_alert = self._stop_alert, None
+            self.run.flush(self.options["flush_timeout"])
+            raise AlertStop(
+                f"stopped by alert rule '{alert.rule}' at step {alert.step}: {alert.message}", alert
+            )
+        return report
+
+    def _statistics(self, s, params, grads, metrics):
+        t0 = time.perf_counter()
+        named_params = _named(params)
+        named_grads = {name: np.asarray(_lookup(grads, key)) for name, key in self._key_map.items()}
+        stats = tensor_stats(named_params, named_grads)
+        grad_norms, param_norms, nonfinite = {}, {}, {}
+        for name, st in stats.items():
+            grad_norms[name] = st.grad_norm
+            param_norms[name] = st.param_norm
+            nonfinite[name] = st.nonfinite
+            metrics[f"grad_norm/{name}"] = st.grad_norm
+            metrics[f"param_norm/{name}"] = st.param_norm
+            if st.nonfinite:
+                metrics[f"nonfinite/{name}"] = float(st.nonfinite)
+        # Keep a copy to measure the update the optimizer is about to apply.
+        self._snapshot = (s, {name: p.copy() for name, p in named_params.items()})
+        self._last_stats_step = s
+        self._adapt_stats_interval(time.perf_counter() - t0, 3 * len(stats))
+        return grad_norms, param_norms, nonfinite
+
+    def _update_ratios(self, params) -> dict[str, float]:
+        s_prev, before = self._snapshot
+        self._snapshot = None
+        ratios = {
+            name: update_ratio(before[name], p)
+            for name, p in _named(params).items()
+            if name in before
+        }
+        self.run.log_metrics(s_prev, {f"update_ratio/{k}": v for k, v in ratios.items()})
+        return ratios
+
+    def _adapt_stats_interval(self, cost: float, num_metrics: int) -> None:
+        if self.options["stats_every"] != "auto" or self._step_seconds <= 0:
+            return
+        by_time = cost / (STATS_TIME_FRACTION * self._step_seconds)
+        by_rate = num_metrics / (STATS_MAX_METRICS_PER_SECOND * self._step_seconds)
+        self._stats_interval = int(
+            min(STATS_MAX_INTERVAL, max(1, math.ceil(max(by_time, by_rate))))
+        )
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _check_due(self, s: int, loss_fn, loss_bad: bool) -> bool:
+        every = self.options["every"]
+        if every is None or loss_bad:
+            return False
+        due = self._last_check_step is None or s - self._last_check_step >= every
+        if not due:
+            return False
+        if loss_fn is None:
+            if not self._warned_no_loss_fn:
+                self._warned_no_loss_fn = True
+                logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
+                               "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
+            return False
+        budget = self.options["budget"]
+        if budget is not None and self._last_check_step is not None:
+            elapsed = time.perf_counter() - self._started_at
+            if self._check_seconds + self._last_check_cost > budget * elapsed:
+                return False
+        return True
+
+    def _run_check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
+        seed = self.options["seed"]
+        if seed is not None:
+            seed = int(seed) + self._check_index  # reproducible, yet new coordinates each check
+        self._check_index += 1
+        self._last_check_step = s
+        t0 = time.perf_counter()
+        try:
+            report = check_gradients(
+                loss_fn, params, grads, mode=self.options["mode"], num_samples=self.options["num_samples"],
+                eps=self.options["eps"], seed=seed,
+            )  # fmt: skip
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop training
+            self.check_errors += 1
+            self._last_check_cost = time.perf_counter() - t0
+            self._check_seconds += self._last_check_cost
+            logger.warning("gradwatch: gradient check at step %d could not run: %s", s, exc)
+            self.run.set_tags({"gradwatch.check_error": f"step {s}: {exc}"[:5000]})
+            return None
+        self._last_check_cost = time.perf_counter() - t0
+        self._check_seconds += self._last_check_cost
+        self.checks += 1
+        self.checks_failed += not report.passed
+        self.last_report = report
+        metrics = {
+            "gradcheck/max_rel_error": report.max_rel_error,
+            "gradcheck/difference": report.difference,
+            "gradcheck/passed": 1.0 if report.passed else 0.0,
+            "gradcheck/num_evals": float(report.num_evals),
+            "gradcheck/seconds": report.seconds,
+        }
+        for name, tr in report.per_param.items():
+            metrics[f"gradcheck/rel_error/{name}"] = tr.max_rel_error
+        self.run.log_metrics(s, metrics, timestamp_ms)
+        self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": s, **report.to_dict()})
+        if not report.passed:
+            hint = ""
+            if report.per_param and len(report.mismatched_tensors) == len(report.per_param):
+                hint = ("\nhint: every tensor disagrees; is step() called after backprop and before "
+                        "the update, with loss_fn on the same batch as the gradients?")  # fmt: skip
+            logger.warning("gradwatch: step %d: %s%s", s, report, hint)
+        return report
+
+    # -- alerts ------------------------------------------------------------------------------
+
+    def _dispatch(self, alert, timestamp_ms: int) -> None:
+        self.alerts.append(alert)
+        self.delivery.deliver(alert)
+        if "mlflow" in alert.actions:
+            self._alert_count += 1
+            self.run.set_tags({f"gradwatch.alert.{alert.rule}": alert.text()[:5000]})
+            self.run.log_metrics(
+                alert.step, {"alerts/count": float(self._alert_count)}, timestamp_ms
+            )
+            self.run.append_artifact_line("gradwatch/alerts.jsonl", alert.to_dict())
+        if "stop" in alert.actions and self._stop_alert is None:
+            self._stop_alert = alert
+
+    # -- the decorator form ------------------------------------------------------------------
+
+    def wrap(
+        self,
+        train_step: Callable[..., tuple[Any, Any]],
+        lr: float | Callable[[], float] | None = None,
+    ):
+        """Wrap ``train_step(params, *batch) -> (loss, grads)`` so every call is a ``step()``.
+
+            train_step = watch.wrap(train_step, lr=0.1)
+            loss, grads = train_step(params, X_batch, Y_batch)
+
+        The function itself serves as the loss for checks (its loss output, same batch), so a
+        check costs forward *and* backward passes; pass ``loss_fn`` to ``step()`` yourself if
+        that matters.
+        """
+
+        @functools.wraps(train_step)
+        def wrapped(params, *batch, **kwargs):
+            loss, grads = train_step(params, *batch, **kwargs)
+            current_lr = lr() if callable(lr) else lr
+            self.step(params, grads, loss=loss, lr=current_lr,
+                      loss_fn=lambda p: train_step(p, *batch, **kwargs)[0])  # fmt: skip
+            return loss, grads
+
+        return wrapped
+
+
+def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
+    every = options["every"]
+    if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
+        raise InputError(
+            f"every must be a positive integer (steps between checks) or None; got {every!r}"
+        )
+    budget = options["budget"]
+    if budget is not None and not (isinstance(budget, (int, float)) and 0 < budget <= 1):
+        raise InputError(
+            f"budget must be a fraction of wall time in (0, 1], e.g. 0.05; got {budget!r}"
+        )
+    stats_every = options["stats_every"]
+    if stats_every != "auto" and (
+        isinstance(stats_every, bool) or not isinstance(stats_every, int) or stats_every < 1
+    ):
+        raise InputError(f"stats_every must be a positive integer or 'auto'; got {stats_every!r}")
+    from gradwatch.check import MODES
+
+    if options["mode"] not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}; got {options['mode']!r}")
+    flush = options["flush_timeout"]
+    if not isinstance(flush, (int, float)) or flush < 0:
+        raise InputError(f"flush_timeout must be seconds >= 0; got {flush!r}")
+    return options
+
+
+def _named(params: Any) -> dict[str, np.ndarray]:
+    if isinstance(params, Mapping):
+        return {str(k): v for k, v in params.items()}
+    return {str(i): v for i, v in enumerate(params)}
+
+
+def _lookup(grads: Any, key: Any) -> Any:
+    return grads[key]
