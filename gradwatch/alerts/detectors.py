@@ -17,6 +17,7 @@ validates against.
 from __future__ import annotations
 
 import bisect
+import difflib
 import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -48,6 +49,9 @@ Observation = StepObservation | CheckObservation
 REL_ERROR_CRITICAL = 1e-2
 REL_ERROR_WARNING = 1e-4
 REL_ERROR_GOOD = 1e-7
+# A correct backprop's check error grows as training shrinks the gradients (round-off over
+# |g|): a clean MLP drifts from 1e-9 to 1e-7. Drift below this is not worth an alert.
+DRIFT_IGNORE_BELOW = 1e-6
 # Floor for logs of norms and errors: keeps log(0) finite without changing real values.
 _TINY = 1e-300
 
@@ -214,7 +218,7 @@ def rel_error_drift(
     factor: float = 10.0,
     trend: float = 0.25,
     trend_factor: float = 3.0,
-    ignore_below: float = REL_ERROR_GOOD,
+    ignore_below: float = DRIFT_IGNORE_BELOW,
     stop_above: float = REL_ERROR_CRITICAL,
 ) -> Detector:
     """Fire when a tensor's check error creeps up before it becomes a check failure.
@@ -282,6 +286,7 @@ class NormStats(NamedTuple):
     mean: float = 0.0  # EWMA of log(norm)
     var: float = 0.0  # EWMA variance of log(norm)
     window: tuple[float, ...] = ()  # last norms, for method="median"
+    low: int = 0  # consecutive observations below the vanishing threshold
 
 
 class GradNormDriftState(NamedTuple):
@@ -320,6 +325,7 @@ def grad_norm_drift(
     ratio: float = 10.0,
     window: int = 50,
     direction: str = "both",
+    vanish_patience: int = 5,
 ) -> Detector:
     """Fire when a tensor's gradient norm explodes or vanishes relative to its own history.
 
@@ -330,7 +336,9 @@ def grad_norm_drift(
     statistics steps that only accumulate; the std is floored at ``min_std`` (log units,
     0.1 ~ 10 %) so a flat norm does not turn noise into huge scores. ``method="median"``:
     norm / median of the last ``window`` norms above ``ratio`` or below 1/``ratio``.
-    ``direction`` is one of ``both``, ``explosion``, ``vanishing``.
+    ``direction`` is one of ``both``, ``explosion``, ``vanishing``. One huge gradient is news,
+    one tiny one is not (minibatch bias gradients dip near zero all the time): vanishing
+    fires only after ``vanish_patience`` consecutive low observations.
     """
     if method not in GRAD_NORM_METHODS:
         raise ValueError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
@@ -360,10 +368,12 @@ def grad_norm_drift(
                 threshold = log_ratio
             if score is None:
                 continue
+            low = tensors[name].low + 1 if score < -threshold else 0
+            tensors[name] = tensors[name]._replace(low=low)
             if score > threshold and direction != "vanishing":
                 fired[name] = {"direction": "explosion", "norm": float(norm), "reference": ref,
                                "score": score}  # fmt: skip
-            elif score < -threshold and direction != "explosion":
+            elif low >= vanish_patience and direction != "explosion":
                 fired[name] = {"direction": "vanishing", "norm": float(norm), "reference": ref,
                                "score": score}  # fmt: skip
         new_state = GradNormDriftState(tensors)
@@ -680,7 +690,9 @@ class Param:
             if not isinstance(value, str):
                 raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
             if self.choices and value not in self.choices:
-                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}")
+                close = difflib.get_close_matches(value, self.choices, n=1, cutoff=0.6)
+                hint = f" (did you mean `{close[0]}`?)" if close else ""
+                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
         elif kind == "str_list":
             if isinstance(value, str):
                 value = [value]
@@ -747,7 +759,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "trend_factor": Param(
                 3.0, "float", "with the trend, latest / baseline at least this", minimum=1.0
             ),  # fmt: skip
-            "ignore_below": _pos(REL_ERROR_GOOD, "errors below this are good whatever the trend"),
+            "ignore_below": _pos(DRIFT_IGNORE_BELOW, "errors below this never count as drift"),
             "stop_above": _pos(REL_ERROR_CRITICAL, "above this check_failure takes over"),
         },
         "a tensor's check error rising against its own early baseline",
@@ -781,6 +793,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             ),  # fmt: skip
             "window": _count(50, "norms in the rolling median (method median)"),
             "direction": Param("both", "str", "both, explosion or vanishing", choices=DIRECTIONS),
+            "vanish_patience": _count(5, "consecutive low observations before vanishing fires"),
         },
         "per-tensor gradient norm explosion or vanishing",
     ),

@@ -1,0 +1,496 @@
+"""Load and validate ``gradwatch.yaml``: hook options, webhooks and alert rules.
+
+    config = gradwatch.load_config()                  # ./gradwatch.yaml if present, else defaults
+    config = gradwatch.load_config("runs/gradwatch.yaml")
+    engine = AlertEngine(config.rules); delivery = config.delivery()
+    run.log_params(config.loggable_params())          # secrets as "***"
+
+File shape (every key optional; see examples/alerts.yaml for all rule types and defaults)::
+
+    hook: {every: 100, num_samples: 32, mode: auto, experiment: mlp}
+    alerts:
+      defaults: true                # keep check_failure, nonfinite, loss_divergence
+      webhooks: {slack: {url: "${SLACK_WEBHOOK}", timeout: 5, retries: 3}}
+      rules:
+        - {name: grad-explosion, type: grad_norm_drift, cooldown: 200,
+           actions: [log, mlflow, "webhook:slack"], z: 6}
+
+The file is parsed with PyYAML's safe loader only (no ``!!python/...`` tags), and checked
+against an explicit schema: every problem is a :class:`~gradwatch.errors.ConfigError` whose
+message is one line, ``FILE:LINE: key `KEY`: problem (hint)``. ``${VAR}`` (or
+``${VAR:-default}``) in a string value expands from the environment; expanded values are
+secrets, like webhook URLs and headers, and never reach logs or MLflow params.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gradwatch.alerts.delivery import DEFAULT_QUEUE_SIZE, Delivery, WebhookSpec
+from gradwatch.alerts.detectors import DETECTORS, Param
+from gradwatch.alerts.engine import ACTIONS, Rule, check_action, default_rules
+from gradwatch.alerts.observations import SEVERITIES
+from gradwatch.check import MODES
+from gradwatch.errors import ConfigError
+
+__all__ = ["DEFAULT_CONFIG_FILE", "HOOK_OPTIONS", "Config", "load_config", "parse_config"]
+
+#: Looked up in the working directory when no path is given.
+DEFAULT_CONFIG_FILE = "gradwatch.yaml"
+REDACTED = "***"
+
+KeyPath = tuple[str | int, ...]
+
+#: Options of the ``hook:`` section. Only keys present in the file land in ``Config.hook``; the
+#: hook applies its own defaults (shown here for documentation) to the rest.
+HOOK_OPTIONS: dict[str, Param] = {
+    "every": Param(100, "int", "steps between gradient checks", minimum=1),
+    "num_samples": Param(32, "int", "coordinates/directions probed per check", minimum=1),
+    "mode": Param("auto", "str", "check mode", choices=MODES),
+    "eps": Param(
+        None, "float", "finite-difference step (null: automatic)", minimum=0, exclusive=True
+    ),
+    "seed": Param(None, "int", "seed of the checks' sampling (null: random)", minimum=0),
+    "budget": Param(
+        0.05,
+        "float",
+        "fraction of training time checks may use",
+        minimum=0,
+        exclusive=True,
+        maximum=1.0,
+    ),  # fmt: skip
+    "stats_every": Param(10, "int", "steps between grad/param norm statistics", minimum=1),
+    "experiment": Param(None, "str", "MLflow experiment name"),
+    "run_name": Param(None, "str", "MLflow run name"),
+    "tracking_uri": Param(None, "str", "MLflow tracking URI (null: MLFLOW_TRACKING_URI)"),
+    "journal_dir": Param(None, "str", "local journal directory (null: .gradwatch/journal)"),
+    "flush_timeout": Param(10.0, "float", "seconds to wait for MLflow at the end", minimum=0),
+    "rank_suffix": Param(None, "bool", "append the distributed rank to the run name"),
+    "params": Param(None, "mapping", "extra MLflow params {name: value}"),
+    "tags": Param(None, "mapping", "extra MLflow tags {name: value}"),
+}
+ALERTS_KEYS = ("defaults", "webhooks", "rules", "queue_size")
+WEBHOOK_OPTIONS: dict[str, Param] = {
+    "url": Param(None, "str", "http(s) URL to POST to (secret)"),
+    "timeout": Param(5.0, "float", "seconds per attempt", minimum=0, exclusive=True),
+    "retries": Param(3, "int", "attempts after the first failure", minimum=0),
+    "backoff": Param(0.5, "float", "seconds before the first retry, doubled each time", minimum=0),
+    "min_severity": Param(
+        "info", "str", "alerts below this severity are not sent", choices=SEVERITIES
+    ),  # fmt: skip
+    "headers": Param(None, "mapping", "extra request headers (secret, e.g. tokens)"),
+}
+RULE_KEYS = ("name", "type", "severity", "cooldown", "actions", "enabled")
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
+_USERINFO = re.compile(r"//([^/@:]*):[^/@]*@")
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration. Build it with :func:`load_config`.
+
+    config = load_config()
+    config.hook        # {"every": 100, ...}: only the keys the file sets
+    config.rules       # list[Rule]: defaults (unless disabled) then the file's rules
+    config.webhooks    # {name: WebhookSpec}
+    """
+
+    hook: dict[str, Any] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=default_rules)
+    webhooks: dict[str, WebhookSpec] = field(default_factory=dict)
+    path: str | None = None
+    queue_size: int = DEFAULT_QUEUE_SIZE
+    defaults: bool = True
+    secrets: frozenset[str] = frozenset()  # dotted keys whose values must never be shown
+
+    def delivery(self, callbacks: Mapping[str, Callable[..., Any]] | None = None) -> Delivery:
+        """A :class:`~gradwatch.alerts.Delivery` for these webhooks (plus ``callbacks``)."""
+        return Delivery(webhooks=self.webhooks, callbacks=callbacks, queue_size=self.queue_size)
+
+    def loggable_params(self) -> dict[str, str]:
+        """Flat ``{"gradwatch.<key>": str}`` for MLflow params; secrets are ``"***"``.
+
+            {"gradwatch.config": "gradwatch.yaml", "gradwatch.every": "100",
+             "gradwatch.alerts.webhooks": "slack",
+             "gradwatch.alerts.rule.grad-explosion": "type=grad_norm_drift cooldown=200 ..."}
+
+        Webhook URLs and headers never appear (only webhook names); nor does any value that
+        came from ``${VAR}``; a password in ``tracking_uri`` is masked.
+        """
+        out = {"gradwatch.config": self.path or "defaults"}
+        for key, value in self.hook.items():
+            if value is None:
+                continue  # null means "the hook's default": nothing to record
+            out[f"gradwatch.{key}"] = self._show(f"hook.{key}", value)
+        out["gradwatch.alerts.defaults"] = str(self.defaults).lower()
+        out["gradwatch.alerts.webhooks"] = ",".join(sorted(self.webhooks)) or "none"
+        for rule in self.rules:
+            parts = [f"type={rule.type}"]
+            if rule.severity:
+                parts.append(f"severity={rule.severity}")
+            parts += [f"cooldown={rule.cooldown}", "actions=" + ",".join(rule.actions)]
+            if not rule.enabled:
+                parts.append("enabled=false")
+            for k, v in rule.params.items():
+                shown = f"<{len(v)} metrics>" if k == "baseline" and v is not None else v
+                parts.append(f"{k}={self._show(f'rule.{rule.name}.{k}', shown)}")
+            out[f"gradwatch.alerts.rule.{rule.name}"] = " ".join(parts)
+        return out
+
+    def _show(self, dotted: str, value: Any) -> str:
+        if dotted in self.secrets:
+            return REDACTED
+        if isinstance(value, Mapping):
+            inner = ", ".join(f"{k}: {self._show(f'{dotted}.{k}', v)}" for k, v in value.items())
+            return "{" + inner + "}"
+        if isinstance(value, (list, tuple)):
+            return ",".join(str(v) for v in value)
+        if isinstance(value, bool):
+            return str(value).lower()
+        return _USERINFO.sub(r"//\1:" + REDACTED + "@", str(value))
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate a config file.
+
+        config = gradwatch.load_config()            # ./gradwatch.yaml, or defaults if absent
+        config = gradwatch.load_config("ci.yaml")   # ConfigError if missing or invalid
+
+    Raises ConfigError (one line: file, line, key, problem and fix).
+    """
+    if path is None:
+        if not Path(DEFAULT_CONFIG_FILE).is_file():
+            return Config()
+        path = DEFAULT_CONFIG_FILE
+    shown = os.fspath(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found; check the path", path=shown) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file: {exc}", path=shown) from None
+    return parse_config(text, shown)
+
+
+def parse_config(text: str, path: str = "<string>") -> Config:
+    """Validate YAML ``text`` as if it were the file ``path`` (used in messages).
+
+    config = parse_config("alerts: {defaults: false}", "inline.yaml")
+    """
+    ctx = _Ctx(path)
+    data = ctx.compose(text)
+    if data is None:
+        raise ConfigError(
+            "config file is empty; write at least `hook:` or `alerts:` (see examples/alerts.yaml)",
+            path=path,
+            line=1,
+        )
+    return _validate(ctx, data)
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing with line numbers
+
+
+class _Ctx:
+    """Line numbers and secret-ness of every key path, and error construction."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lines: dict[KeyPath, int] = {}
+        self.env: dict[KeyPath, str] = {}  # key path -> first ${VAR} expanded into it
+
+    def error(self, keypath: KeyPath, message: str) -> ConfigError:
+        line = None
+        for i in range(len(keypath), -1, -1):  # nearest located ancestor
+            if keypath[:i] in self.lines:
+                line = self.lines[keypath[:i]]
+                break
+        return ConfigError(message, path=self.path, line=line, key=_dotted(keypath) or None)
+
+    def compose(self, text: str) -> Any:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            return None if node is None else self._build(loader, node, ())
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = mark.line + 1 if mark is not None else None
+            problem = " ".join(f"{exc.context or ''} {exc.problem or ''}".split())
+            raise ConfigError(f"invalid YAML: {problem}", path=self.path, line=line) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"invalid YAML: {' '.join(str(exc).split())}", path=self.path
+            ) from None
+        finally:
+            loader.dispose()
+
+    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, keypath: KeyPath) -> Any:
+        self.lines.setdefault(keypath, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            self._check_tag(node, keypath, "tag:yaml.org,2002:map")
+            loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                key = self._build(loader, key_node, (*keypath, "<key>"))
+                if not isinstance(key, str):
+                    raise self.error(keypath, f"keys must be strings, got {key!r}")
+                sub = (*keypath, key)
+                if key in out:
+                    self.lines[sub] = key_node.start_mark.line + 1
+                    raise self.error(sub, "duplicate key; each key may appear once")
+                self.lines[sub] = key_node.start_mark.line + 1
+                out[key] = self._build(loader, value_node, sub)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            self._check_tag(node, keypath, "tag:yaml.org,2002:seq")
+            return [self._build(loader, n, (*keypath, i)) for i, n in enumerate(node.value)]
+        self._check_tag(node, keypath, None)
+        value = loader.construct_object(node, deep=True)
+        if isinstance(value, str):
+            value = self._expand(value, keypath)
+        return value
+
+    def _check_tag(self, node: yaml.Node, keypath: KeyPath, expected: str | None) -> None:
+        ok = node.tag == expected if expected else node.tag in yaml.SafeLoader.yaml_constructors
+        if not ok:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            self.lines[keypath] = node.start_mark.line + 1
+            raise self.error(
+                keypath,
+                f"YAML tag {tag} is not allowed: the config is loaded with yaml.safe_load, "
+                "write plain values",
+            )
+
+    def _expand(self, value: str, keypath: KeyPath) -> str:
+        def sub(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            self.env.setdefault(keypath, name)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise self.error(
+                keypath,
+                f"environment variable {name} is not set (export it, or write ${{{name}:-default}})",
+            )
+
+        return _ENV.sub(sub, value)
+
+
+def _dotted(keypath: KeyPath) -> str:
+    out = ""
+    for part in keypath:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _suggest(word: str, allowed: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
+
+
+def _unknown(ctx: _Ctx, keypath: KeyPath, allowed: list[str] | tuple[str, ...]) -> ConfigError:
+    key = str(keypath[-1])
+    return ctx.error(keypath, f"unknown key{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Schema
+
+
+def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
+    """Check ``value`` against ``spec``; values from ${VAR} are converted, never echoed."""
+    from_env = keypath in ctx.env
+    if from_env and isinstance(value, str) and spec.kind in ("int", "float", "bool"):
+        try:
+            converted = yaml.safe_load(value)
+        except yaml.YAMLError:
+            converted = value
+        if isinstance(converted, (int, float, bool)):
+            value = converted
+    if spec.kind == "float" and isinstance(value, str) and _FLOAT.match(value.strip()):
+        value = float(value)  # PyYAML (YAML 1.1) reads `1e-2` as a string; YAML 1.2 does not
+    if spec.kind == "mapping":
+        if value is None:
+            return None
+        if not isinstance(value, Mapping):
+            raise ctx.error(keypath, f"expected a mapping, got {type(value).__name__}")
+        for k, v in value.items():
+            if isinstance(v, (Mapping, list)):
+                raise ctx.error((*keypath, k), "expected a plain value (string, number, bool)")
+        return dict(value)
+    try:
+        return spec.check(value)
+    except ValueError as exc:
+        if from_env:
+            var = ctx.env[keypath]
+            raise ctx.error(keypath, f"value of ${{{var}}} is not a valid {spec.kind}") from None
+        raise ctx.error(keypath, str(exc)) from None
+
+
+def _mapping(ctx: _Ctx, keypath: KeyPath, value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ctx.error(keypath, f"{what} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def _validate(ctx: _Ctx, data: Any) -> Config:
+    if not isinstance(data, Mapping):
+        raise ctx.error((), f"the top level must be a mapping with `hook` and/or `alerts`, "
+                            f"got {type(data).__name__}")  # fmt: skip
+    for key in data:
+        if key not in ("hook", "alerts"):
+            raise _unknown(ctx, (key,), ("hook", "alerts"))
+    hook = _validate_hook(ctx, _mapping(ctx, ("hook",), data.get("hook"), "`hook`"))
+    alerts = _mapping(ctx, ("alerts",), data.get("alerts"), "`alerts`")
+    for key in alerts:
+        if key not in ALERTS_KEYS:
+            raise _unknown(ctx, ("alerts", key), ALERTS_KEYS)
+    defaults = _value(ctx, ("alerts", "defaults"), alerts.get("defaults", True),
+                      Param(True, "bool", "keep the default rules"))  # fmt: skip
+    queue_size = _value(ctx, ("alerts", "queue_size"), alerts.get("queue_size", DEFAULT_QUEUE_SIZE),
+                        Param(DEFAULT_QUEUE_SIZE, "int", "queue per target", minimum=1))  # fmt: skip
+    webhooks = _validate_webhooks(ctx, alerts.get("webhooks"))
+    rules = _validate_rules(ctx, alerts.get("rules"), webhooks, defaults)
+    secrets = {f"hook.{_dotted(k[1:])}" for k in ctx.env if k[:1] == ("hook",)}
+    secrets |= {f"rule.{_rule_label(data, k)}" for k in ctx.env if k[:2] == ("alerts", "rules")}
+    return Config(hook=hook, rules=rules, webhooks=webhooks, path=ctx.path, queue_size=queue_size,
+                  defaults=defaults, secrets=frozenset(secrets))  # fmt: skip
+
+
+def _rule_label(data: Mapping[str, Any], keypath: KeyPath) -> str:
+    """``alerts.rules[2].url`` -> ``<rule name>.url`` (for loggable_params)."""
+    rule = data["alerts"]["rules"][keypath[2]]
+    name = rule.get("name") or rule.get("type")
+    return ".".join(str(p) for p in (name, *keypath[3:4]))
+
+
+def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in hook.items():
+        if key not in HOOK_OPTIONS:
+            raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
+        out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key])
+    return out
+
+
+def _validate_webhooks(ctx: _Ctx, raw: Any) -> dict[str, WebhookSpec]:
+    webhooks = {}
+    for name, spec in _mapping(ctx, ("alerts", "webhooks"), raw, "`webhooks`").items():
+        keypath: KeyPath = ("alerts", "webhooks", name)
+        if not _NAME.match(name):
+            raise ctx.error(keypath, "webhook names are letters, digits, '_', '.', '-'")
+        if isinstance(spec, str):  # shorthand: `slack: ${SLACK_WEBHOOK}`
+            if keypath in ctx.env:
+                ctx.env[(*keypath, "url")] = ctx.env[keypath]
+            spec = {"url": spec}
+        spec = _mapping(ctx, keypath, spec, f"webhook `{name}`")
+        kwargs = {}
+        for key, value in spec.items():
+            if key not in WEBHOOK_OPTIONS:
+                raise _unknown(ctx, (*keypath, key), tuple(WEBHOOK_OPTIONS))
+            kwargs[key] = _value(ctx, (*keypath, key), value, WEBHOOK_OPTIONS[key])
+        url = kwargs.get("url")
+        if not url:
+            raise ctx.error((*keypath, "url"), "webhook needs a `url` (e.g. url: ${SLACK_WEBHOOK})")
+        if not re.match(r"^https?://[^/\s]+", url):
+            # The value is a secret: say what is wrong without echoing it.
+            raise ctx.error((*keypath, "url"), "url must start with http:// or https:// and a host")
+        kwargs["headers"] = {str(k): str(v) for k, v in (kwargs.get("headers") or {}).items()}
+        webhooks[name] = WebhookSpec(**kwargs)
+    return webhooks
+
+
+def _validate_rules(
+    ctx: _Ctx, raw: Any, webhooks: Mapping[str, WebhookSpec], defaults: bool
+) -> list[Rule]:
+    if raw is None:
+        raw = []
+    if not isinstance(raw, list):
+        raise ctx.error(("alerts", "rules"), f"rules must be a list, got {type(raw).__name__}")
+    rules: dict[str, Rule] = {r.name: r for r in default_rules()} if defaults else {}
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        rule = _validate_rule(ctx, ("alerts", "rules", i), item, webhooks)
+        if rule.name in seen:
+            raise ctx.error(("alerts", "rules", i, "name"), f"duplicate rule name {rule.name!r}")
+        seen.add(rule.name)
+        rules[rule.name] = rule  # same name as a default rule: replaces it
+    return list(rules.values())
+
+
+def _validate_rule(
+    ctx: _Ctx, keypath: KeyPath, item: Any, webhooks: Mapping[str, WebhookSpec]
+) -> Rule:
+    item = _mapping(ctx, keypath, item, "each rule")
+    kinds = tuple(DETECTORS)
+    kind = item.get("type", item.get("name") if item.get("name") in DETECTORS else None)
+    if kind is None:
+        raise ctx.error(keypath, f"rule needs a `type`; allowed: {', '.join(kinds)}")
+    if kind not in DETECTORS:
+        raise ctx.error((*keypath, "type"),
+                        f"unknown rule type {kind!r}{_suggest(str(kind), kinds)}; "
+                        f"allowed: {', '.join(kinds)}")  # fmt: skip
+    spec = DETECTORS[kind]
+    allowed = (*RULE_KEYS, *spec.params)
+    for key in item:
+        if key not in allowed:
+            raise _unknown(ctx, (*keypath, key), allowed)
+    name = _value(ctx, (*keypath, "name"), item.get("name", kind), Param("", "str", "rule name"))
+    if not _NAME.match(name):
+        raise ctx.error((*keypath, "name"), "rule names are letters, digits, '_', '.', '-'")
+    severity = item.get("severity")
+    if severity is not None and severity not in SEVERITIES:
+        raise ctx.error((*keypath, "severity"),
+                        f"unknown severity {severity!r}{_suggest(str(severity), SEVERITIES)}; "
+                        f"allowed: {', '.join(SEVERITIES)}")  # fmt: skip
+    cooldown = _value(ctx, (*keypath, "cooldown"), item.get("cooldown", Rule.cooldown),
+                      Param(0, "int", "steps", minimum=0))  # fmt: skip
+    enabled = _value(ctx, (*keypath, "enabled"), item.get("enabled", True), Param(True, "bool", ""))
+    actions = _validate_actions(ctx, (*keypath, "actions"), item.get("actions"), webhooks)
+    params = {k: _value(ctx, (*keypath, k), v, spec.params[k])
+              for k, v in item.items() if k in spec.params}  # fmt: skip
+    try:
+        return Rule(name=name, type=kind, severity=severity, params=params, cooldown=cooldown,
+                    actions=actions, enabled=enabled)  # fmt: skip
+    except ConfigError as exc:  # cross-parameter problems found by the detector factory
+        raise ctx.error(keypath, exc.problem) from None
+
+
+def _validate_actions(
+    ctx: _Ctx, keypath: KeyPath, raw: Any, webhooks: Mapping[str, WebhookSpec]
+) -> tuple[str, ...]:
+    if raw is None:
+        return Rule.actions
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
+        raise ctx.error(keypath, "actions must be a list of strings, e.g. [log, mlflow]")
+    forms = (*ACTIONS, "webhook:<name>", "callback:<name>")
+    for i, action in enumerate(raw):
+        try:
+            check_action(action)
+        except ValueError:
+            raise ctx.error((*keypath, i), f"unknown action {action!r}{_suggest(action, ACTIONS)}; "
+                                           f"allowed: {', '.join(forms)}") from None  # fmt: skip
+        if action.startswith("webhook:") and action[8:] not in webhooks:
+            known = tuple(webhooks)
+            raise ctx.error((*keypath, i),
+                            f"no webhook named {action[8:]!r}{_suggest(action[8:], known)}; "
+                            f"define it under alerts.webhooks (defined: {', '.join(known) or 'none'})")  # fmt: skip
+        if action == "webhook" and not webhooks:
+            raise ctx.error((*keypath, i), "action `webhook` but no alerts.webhooks are defined")
+    return tuple(raw)
