@@ -207,7 +207,7 @@ def test_wrap_reuses_the_step_function_as_the_loss(tracking_uri):
     with gradwatch.GradWatch(every=5, experiment="hook-wrap") as watch:
         step_fn = watch.wrap(train_step, lr=0.05)
         assert step_fn.__name__ == "train_step"
-        for s in range(10):
+        for _ in range(10):
             loss, grads = step_fn(mlp.params, X[:32], Y[:32])
             for k in mlp.params:
                 mlp.params[k] -= 0.05 * grads["d" + k]
