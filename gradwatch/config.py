@@ -52,7 +52,7 @@ KeyPath = tuple[str | int, ...]
 #: Options of the ``hook:`` section. Only keys present in the file land in ``Config.hook``; the
 #: hook applies its own defaults (shown here for documentation) to the rest.
 HOOK_OPTIONS: dict[str, Param] = {
-    "every": Param(100, "int", "steps between gradient checks", minimum=1),
+    "every": Param(100, "int", "steps between checks (null: none)", minimum=1, nullable=True),
     "num_samples": Param(32, "int", "coordinates/directions probed per check", minimum=1),
     "mode": Param("auto", "str", "check mode", choices=MODES),
     "eps": Param(
@@ -60,20 +60,22 @@ HOOK_OPTIONS: dict[str, Param] = {
     ),
     "seed": Param(None, "int", "seed of the checks' sampling (null: random)", minimum=0),
     "budget": Param(
-        0.05,
+        None,
         "float",
-        "fraction of training time checks may use",
+        "fraction of wall time checks may use (null: no limit)",
         minimum=0,
         exclusive=True,
         maximum=1.0,
     ),  # fmt: skip
-    "stats_every": Param(10, "int", "steps between grad/param norm statistics", minimum=1),
+    "stats_every": Param(
+        "auto", "int_or_auto", "steps between norm statistics, or auto", minimum=1
+    ),  # fmt: skip
     "experiment": Param(None, "str", "MLflow experiment name"),
     "run_name": Param(None, "str", "MLflow run name"),
     "tracking_uri": Param(None, "str", "MLflow tracking URI (null: MLFLOW_TRACKING_URI)"),
     "journal_dir": Param(None, "str", "local journal directory (null: .gradwatch/journal)"),
     "flush_timeout": Param(10.0, "float", "seconds to wait for MLflow at the end", minimum=0),
-    "rank_suffix": Param(None, "bool", "append the distributed rank to the run name"),
+    "rank_suffix": Param(False, "bool", "every rank logs its own run <name>-rank<N>"),
     "params": Param(None, "mapping", "extra MLflow params {name: value}"),
     "tags": Param(None, "mapping", "extra MLflow tags {name: value}"),
 }

@@ -227,3 +227,13 @@ def test_bad_secret_value_is_not_echoed(tmp_path, monkeypatch):
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_hook_options_follow_the_hooks_semantics(tmp_path):
+    path = write(
+        tmp_path, "hook: {every: null, budget: null, stats_every: auto, rank_suffix: true}\n"
+    )
+    assert load_config(path).hook == {
+        "every": None, "budget": None, "stats_every": "auto", "rank_suffix": True}  # fmt: skip
+    err = error_of(write(tmp_path, "hook:\n  stats_every: sometimes\n"))
+    assert err.line == 2 and "integer or auto" in str(err)

@@ -661,7 +661,9 @@ class Param:
     """A detector parameter: default, type (``kind``), bounds and documentation."""
 
     default: Any
-    kind: str  # "float" | "int" | "bool" | "str" | "str_list" | "series"
+    kind: (
+        str  # "float" | "int" | "int_or_auto" | "bool" | "str" | "str_list" | "series" | "mapping"
+    )
     doc: str
     minimum: float | None = None
     exclusive: bool = False  # minimum itself not allowed
@@ -674,6 +676,12 @@ class Param:
         kind = self.kind
         if value is None and (self.nullable or self.default is None):
             return None
+        if kind == "int_or_auto":
+            if value == "auto":
+                return value
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"expected an integer or auto, got {value!r}")
+            kind = "int"
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
@@ -704,7 +712,7 @@ class Param:
                 isinstance(v, Mapping) for v in value.values()
             ):
                 raise ValueError("expected a mapping metric -> {step: value}")
-        if self.minimum is not None and kind in ("float", "int"):
+        if self.minimum is not None and kind in ("float", "int") and value != "auto":
             if value < self.minimum or (self.exclusive and value == self.minimum):
                 op = ">" if self.exclusive else ">="
                 raise ValueError(f"must be {op} {self.minimum:g}, got {value!r}")
