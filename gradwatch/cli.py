@@ -96,10 +96,10 @@ def _fail_cleanly(fn: Callable) -> Callable:
         except GradwatchError as err:
             raise click.ClickException(str(err)) from None
         except Exception as err:
-            from gradwatch.compare import _one_line
+            from gradwatch.compare import one_line
 
             if type(err).__module__.split(".")[0] in {"mlflow", "requests", "urllib3"}:
-                raise click.ClickException(f"MLflow: {_one_line(err)}") from None
+                raise click.ClickException(f"MLflow: {one_line(err)}") from None
             raise
 
     return wrapper
@@ -155,7 +155,7 @@ def run_compare(
             where = f"experiment {experiment!r}" + (f", sweep {sweep_id}" if sweep_id else "")
             click.echo(f"no runs in {where} at {client.tracking_uri}", err=True)
             return []
-        if progress and len(runs) > 1:
+        if progress and len(runs) > 1 and sys.stderr.isatty():
             with click.progressbar(length=len(runs), label="reading runs", file=sys.stderr) as bar:
                 results = compare.summarize_runs(client, runs, lambda _run: bar.update(1))
         else:
@@ -374,3 +374,207 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
         f"    gradwatch compare --experiment {experiment} --sweep {result.sweep_id} "
         f"--plot demo.png" + ("" if tracking_uri is None else f" --tracking-uri {uri}")
     )
+
+
+# ----------------------------------------------------------------------------- monitor
+
+
+class _StderrLogging:
+    """Show gradwatch's log records (alerts, retries) on stderr while a command runs."""
+
+    def __init__(self, level: int) -> None:
+        import logging
+
+        self.logger = logging.getLogger("gradwatch")
+        self.handler = logging.StreamHandler(sys.stderr)
+        self.handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+        )
+        self.level = level
+
+    def __enter__(self) -> _StderrLogging:
+        self.saved = self.logger.level
+        self.logger.addHandler(self.handler)
+        self.logger.setLevel(self.level)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.saved)
+
+
+def _poll_line(result: Any) -> str:
+    line = f"{result.runs} active run(s), {result.observations} new observation(s)"
+    line += f", {len(result.sent)} alert(s) sent"
+    if result.already_sent:
+        line += f", {result.already_sent} already sent before"
+    return line
+
+
+@main.command("monitor", context_settings=CONTEXT)
+@click.option("--experiment", "-e", required=True, metavar="NAME", help="Experiment to watch.")
+@click.option(
+    "--rules",
+    "rules_path",
+    type=click.Path(exists=True, dir_okay=False),
+    metavar="FILE",
+    help="gradwatch.yaml with alert rules and webhooks. Default: ./gradwatch.yaml if present, "
+    "else the default rules (check_failure, nonfinite, loss_divergence).",
+)
+@click.option(
+    "--baseline",
+    "baseline_run_id",
+    metavar="RUN_ID",
+    help="Baseline run for baseline drift. Default: newest run tagged gradwatch.baseline=true.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Seconds between polls.",
+)
+@click.option("--once", is_flag=True, help="Poll once and exit (for cron).")
+@click.option(
+    "--settle",
+    type=click.FloatRange(min=0),
+    default=5.0,
+    show_default=True,
+    help="Judge a running run's newest step only once its metrics are this many seconds old.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and alerts on stderr.")
+@tracking_uri_option
+@_fail_cleanly
+def monitor_cmd(
+    experiment: str,
+    rules_path: str | None,
+    baseline_run_id: str | None,
+    interval: float,
+    once: bool,
+    settle: float,
+    quiet: bool,
+    tracking_uri: str | None,
+) -> None:
+    """Watch an experiment's running runs and raise alerts server-side.
+
+    \b
+    Reads the metrics the hook logged, evaluates the same alert rules (plus baseline drift
+    against the run tagged gradwatch.baseline=true, or --baseline), and delivers alerts to
+    the rules' webhooks. What was sent is remembered in the run's tags
+    (gradwatch.monitor.alerted.<rule>), so a restart or the next cron run sends nothing twice.
+    MLflow outages are logged and retried; SIGTERM/SIGINT stop it cleanly.
+
+    \b
+      gradwatch monitor --experiment mlp --rules gradwatch.yaml --interval 10
+      gradwatch monitor --experiment mlp --once        # from cron
+    """
+    import logging
+    import signal
+    import threading
+
+    from gradwatch.compare import resolve_tracking_uri
+    from gradwatch.config import load_config
+    from gradwatch.monitor import Monitor
+
+    config = load_config(rules_path)
+    uri = resolve_tracking_uri(tracking_uri)
+    with _StderrLogging(logging.WARNING if quiet else logging.INFO):
+        monitor = Monitor(uri, experiment, rules=config.rules, delivery=config.delivery(),
+                          baseline_run_id=baseline_run_id, settle=settle)  # fmt: skip
+        if once:
+            try:
+                result = monitor.poll()
+            finally:
+                left = monitor.close(timeout=30.0)
+            click.echo(_poll_line(result), err=True)
+            failed = monitor.delivery.stats.get("failed", 0) + left
+            if failed:
+                raise click.ClickException(f"{failed} alert delivery(ies) failed; see the log")
+            return
+
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: Any) -> None:
+            stop.set()
+
+        saved = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+        def on_poll(result: Any, error: BaseException | None) -> None:
+            if result is not None and (result.sent or not quiet):
+                click.echo(_poll_line(result), err=True)
+
+        click.echo(
+            f"monitoring experiment {experiment!r} at {uri} every {interval:g}s "
+            "(Ctrl-C or SIGTERM to stop)",
+            err=True,
+        )
+        try:
+            monitor.run(interval=interval, stop=stop, on_poll=on_poll)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+            left = monitor.close(timeout=10.0)
+        click.echo("monitor stopped" + (f"; {left} alert(s) undelivered" if left else ""), err=True)
+
+
+# -------------------------------------------------------------------------------- sync
+
+
+@main.command("sync", context_settings=CONTEXT)
+@click.argument("journal", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--journal-dir",
+    default=os.path.join(".gradwatch", "journal"),
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where to look for journals when none is named.",
+)
+@click.option(
+    "--tracking-uri",
+    metavar="URI",
+    help="Upload here instead of the tracking URI recorded in each journal.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=60.0,
+    show_default=True,
+    help="Seconds to keep retrying an unreachable server per journal.",
+)
+@_fail_cleanly
+def sync_cmd(
+    journal: str | None, journal_dir: str, tracking_uri: str | None, timeout: float
+) -> None:
+    """Upload what crashed or offline runs left in their journals (idempotent).
+
+    \b
+    With no JOURNAL, syncs every journal in --journal-dir not yet fully landed (skipping those
+    a live process is still writing). Running it twice uploads nothing twice.
+
+    \b
+      gradwatch sync
+      gradwatch sync .gradwatch/journal/20250101-120000-ab12cd34ef56.jsonl
+    """
+    from gradwatch import tracking
+
+    if journal is not None:
+        paths = [journal]
+    else:
+        statuses = tracking.pending_journals(journal_dir)
+        for s in statuses:
+            if s.live:
+                click.echo(f"skipping {s.path}: still being written by a live process", err=True)
+        paths = [str(s.path) for s in statuses if s.needs_sync]
+        if not paths:
+            click.echo(f"nothing to sync in {journal_dir}")
+            return
+    incomplete = 0
+    for path in paths:
+        result = tracking.sync_journal(path, tracking_uri=tracking_uri, timeout=timeout)
+        click.echo(str(result))
+        if not result.complete:
+            incomplete += 1
+    if incomplete:
+        raise click.ClickException(
+            f"{incomplete} journal(s) not fully landed; run `gradwatch sync` again later"
+        )

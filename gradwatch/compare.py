@@ -13,10 +13,11 @@ Verdicts
 --------
 ``diverged``
     The run's loss (or a tensor, per the hook's ``nonfinite/<t>`` counts) went non-finite at
-    any step, or the final loss is more than :data:`DIVERGENCE_FACTOR` times the best loss
-    *and* above the first loss, i.e. the run ended worse than it started and far from the
-    best it reached. The second clause keeps a run that reached 1e-4 and wobbles back to 1e-3
-    from counting as diverged.
+    any step; or, after reaching its best, the loss blew up to more than
+    :data:`DIVERGENCE_FACTOR` times that best (the ``loss_divergence`` alert's default factor)
+    *and* the run ended above its first loss. The second clause keeps a run that reached 1e-4
+    and wobbles back to 1e-3 from counting as diverged, and catches the run that exploded
+    and then collapsed to a dead network (ReLUs that never fire again) with a finite loss.
 ``stalled``
     Not diverged, and the best loss improved on the first by less than
     :data:`STALL_TOLERANCE` (relative): the learning rate is too small to learn.
@@ -55,6 +56,7 @@ __all__ = [
     "format_table",
     "get_client",
     "is_finite",
+    "one_line",
     "plot_runs",
     "quick_http",
     "resolve_tracking_uri",
@@ -76,6 +78,8 @@ NONFINITE_PREFIX = "nonfinite/"
 ALERT_TAG_PREFIXES = ("gradwatch.alert.", "gradwatch.monitor.alerted.")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 OUTPUTS = ("table", "json", "csv")
+#: The plot's loss axis ends this factor above the highest first loss (diverging runs clip).
+LOSS_CLIP_DECADES = 1e4
 
 # MLflow clamps +-inf to the largest double on the way in.
 _FLOAT_MAX = sys.float_info.max
@@ -198,14 +202,15 @@ def select_runs(
             runs = [r for r in runs if r.info.status in statuses]
         return list(runs)
     except MlflowException as err:
-        raise TrackingError(f"MLflow at {client.tracking_uri}: {_one_line(err)}") from None
+        raise TrackingError(f"MLflow at {client.tracking_uri}: {one_line(err)}") from None
 
 
 def _quote(value: str) -> str:
     return value.replace("'", "\\'")
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (MLflow errors carry pages of JSON)."""
     text = str(getattr(err, "message", None) or err).strip().splitlines()
     return text[0] if text else type(err).__name__
 
@@ -303,7 +308,8 @@ def loss_verdict(losses: Sequence[float]) -> tuple[float | None, float | None, f
     if len(finite) < len(losses):
         return first, final, best, True
     assert best is not None
-    diverged = final > DIVERGENCE_FACTOR * best and final > first
+    peak_after_best = max(losses[losses.index(best) :])
+    diverged = final > first and peak_after_best > DIVERGENCE_FACTOR * best
     return first, final, best, diverged
 
 
@@ -375,17 +381,25 @@ def summarize_runs(client, runs: Sequence, progress=None) -> list[tuple[RunSumma
             if progress is not None:
                 progress(run)
     except MlflowException as err:
-        raise TrackingError(f"MLflow at {client.tracking_uri}: {_one_line(err)}") from None
+        raise TrackingError(f"MLflow at {client.tracking_uri}: {one_line(err)}") from None
     return out
 
 
 # ----------------------------------------------------------------------- formatting
 
 
-def _param_columns(summaries: Sequence[RunSummary]) -> list[str]:
+def _param_columns(summaries: Sequence[RunSummary]) -> tuple[list[str], dict[str, str]]:
+    """Params that differ between runs (table columns), and those every run shares."""
     keys = sorted({k for s in summaries for k in user_params(s.params)})
+    shared = {}
+    if len(summaries) > 1:
+        for k in keys:
+            values = {s.params.get(k) for s in summaries}
+            if len(values) == 1 and None not in values:
+                shared[k] = values.pop()
     # lr is what sweeps vary: put it first.
-    return sorted(keys, key=lambda k: (k != "lr", k))
+    cols = sorted((k for k in keys if k not in shared), key=lambda k: (k != "lr", k))
+    return cols, shared
 
 
 def _num(value: float | None, fmt: str = ".4g") -> str:
@@ -400,7 +414,7 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
 
 def table_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table, as strings."""
-    pcols = _param_columns(summaries)
+    pcols, _shared = _param_columns(summaries)
     header = ["run", *pcols, "last step", "final loss", "best loss", "diverged", "checks", "failed",
               "max rel err", "alerts", "verdict"]  # fmt: skip
     rows = []
@@ -442,7 +456,11 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
         return "  ".join(out).rstrip()
 
     sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    out = [line(header), sep, *(line(r) for r in rows)]
+    shared = _param_columns(summaries)[1]
+    if shared:
+        out.append("same for all runs: " + ", ".join(f"{k}={v}" for k, v in shared.items()))
+    return "\n".join(out)
 
 
 def format_json(summaries: Sequence[RunSummary]) -> str:
@@ -514,9 +532,9 @@ def plot_runs(curves: Sequence[RunCurves], path: str, title: str | None = None) 
     """Write one PNG: loss (top) and worst gradient-check relative error (bottom) vs step.
 
     Both panels share the step axis and use a log y-scale (losses and relative errors span
-    decades; a diverging run's 1e13 and a learning run's 1e-3 fit together). Non-finite
-    points are dropped and the last finite one marked with an ``x``; runs with failed checks
-    are drawn dashed. The bottom panel shades the bands: < 1e-7 good, > 1e-2 a bug.
+    decades). Losses are clipped :data:`LOSS_CLIP_DECADES` above the highest first loss, so a
+    run diverging to 1e170 does not flatten the others; non-finite points are dropped and a
+    diverged run's last point is marked with an ``x``; runs with failed checks are dashed. The bottom panel shades the bands: < 1e-7 good, > 1e-2 a bug.
     """
     import matplotlib
 
@@ -528,10 +546,16 @@ def plot_runs(curves: Sequence[RunCurves], path: str, title: str | None = None) 
     fig, (ax_loss, ax_err) = plt.subplots(2, 1, figsize=(10, 8), sharex=True)
     cmap = plt.get_cmap("tab20" if len(curves) > 10 else "tab10")
     any_loss = any_err = False
+    # A diverging run reaches 1e170: clip the loss axis a few decades above where the runs
+    # started, so the ones that learn stay readable; clipped runs run into the top edge.
+    firsts = [v for c in curves for _, v in c.loss[:1] if is_finite(v) and v > 0]
+    top = max(firsts) * LOSS_CLIP_DECADES if firsts else None
     for i, c in enumerate(curves):
         color = cmap(i % cmap.N)
         style = "--" if c.checks_failed else "-"
         loss = [(s, v) for s, v in c.loss if is_finite(v) and v > 0]
+        if top is not None:
+            loss = [(s, min(v, top)) for s, v in loss]
         if loss:
             any_loss = True
             xs, ys = zip(*loss, strict=True)
@@ -549,6 +573,9 @@ def plot_runs(curves: Sequence[RunCurves], path: str, title: str | None = None) 
     ax_err.set_xlabel("step")
     if any_loss:
         ax_loss.set_yscale("log")
+        if top is not None:
+            ax_loss.set_ylim(top=top * 2)
+            ax_loss.axhline(top, color="grey", linewidth=0.6, linestyle=":")
     if any_err:
         ax_err.set_yscale("log")
         ax_err.axhspan(1e-2, 1.5, color="red", alpha=0.08, label="> 1e-2: bug")
