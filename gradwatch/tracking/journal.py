@@ -1,0 +1,242 @@
+"""Append-only JSONL journal: the durable buffer between training and MLflow.
+
+    writer = JournalWriter.create(journal_dir, header)     # one file per run
+    writer.append({"t": "m", "ts": 1700000000000, "st": 3, "m": {"loss": 0.5}})
+    for rec in read_records(writer.path): ...
+
+Every record is one complete line written with a single ``os.write`` on an ``O_APPEND``
+descriptor before ``append`` returns, so a ``kill -9`` of the training process loses
+nothing that was accepted. No fsync per record: the page cache survives a process crash,
+and an fsync per training step would cost milliseconds. A crash *during* a write can leave
+a torn last line without its newline; readers only ever consume newline-terminated lines
+and skip a line that does not parse.
+
+Line format (compact JSON, one object per line; ``s`` = sequence number, ``ts`` = the
+original wall-clock time in ms, which is also what MLflow stores, so re-sending a record
+is recognised as a duplicate):
+
+    {"s":0,"t":"h","v":1,"id":UUID,"uri":..,"exp":..,"exp_id":..,"name":..,"tags":{..},
+     "run_id":..,"attached":bool,"ts":..,"pid":..}             header (first line)
+    {"s":N,"t":"m","ts":..,"st":STEP,"m":{key: value}}         metrics
+    {"s":N,"t":"p","ts":..,"p":{key: "value"}}                 params
+    {"s":N,"t":"g","ts":..,"g":{key: "value"}}                 tags
+    {"s":N,"t":"a","ts":..,"path":"gradwatch/checks.jsonl","r":{..}}   artifact line
+    {"s":N,"t":"f","ts":..,"src":"f/N/name","path":"gradwatch"}       artifact file copy
+    {"s":N,"t":"e","ts":..,"status":"FINISHED"}                end of run
+
+Next to ``NAME.jsonl`` live ``NAME.state.json`` (the shipper's acknowledged offset, see
+shipper.py) and ``NAME.files/`` (copied artifact files, artifact-line files).
+
+The writer holds an exclusive ``flock`` on the journal for its lifetime; the kernel drops
+it when the process dies, which is how ``sync`` tells a crashed run from a live one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DEFAULT_JOURNAL_DIR",
+    "HEADER",
+    "METRICS",
+    "PARAMS",
+    "TAGS",
+    "ARTIFACT_LINE",
+    "ARTIFACT_FILE",
+    "END",
+    "JournalWriter",
+    "files_dir",
+    "is_live",
+    "new_journal_id",
+    "read_header",
+    "read_records",
+    "scan_lines",
+    "state_path",
+]
+
+DEFAULT_JOURNAL_DIR = ".gradwatch/journal"
+FORMAT_VERSION = 1
+
+HEADER, METRICS, PARAMS, TAGS, ARTIFACT_LINE, ARTIFACT_FILE, END = "h", "m", "p", "g", "a", "f", "e"
+
+
+def _default(obj: Any) -> Any:
+    # numpy scalars (np.float32, np.int64, ...) and 0-d arrays have .item(); anything else
+    # is stringified rather than failing a training step over a log value.
+    item = getattr(obj, "item", None)
+    if callable(item):
+        try:
+            return item()
+        except (TypeError, ValueError):
+            pass
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    return str(obj)
+
+
+# The C encoder is used (indent=None); `default` only runs for non-JSON types.
+# allow_nan stays on: NaN/Infinity are valid MLflow metric values and json.loads reads them.
+_encode = json.JSONEncoder(separators=(",", ":"), default=_default).encode
+
+
+def new_journal_id() -> str:
+    return uuid.uuid4().hex
+
+
+def state_path(journal_path: str | os.PathLike) -> Path:
+    """Sidecar file holding the shipper's acknowledged offset and the run id."""
+    p = Path(journal_path)
+    return p.with_name(p.stem + ".state.json")
+
+
+def files_dir(journal_path: str | os.PathLike) -> Path:
+    """Folder holding artifact files copied at log time and artifact-line files."""
+    p = Path(journal_path)
+    return p.with_name(p.stem + ".files")
+
+
+class JournalWriter:
+    """Appends records to one journal file; thread-safe; one ``os.write`` per record.
+
+    Usage: ``w = JournalWriter.create(dir, header); seq = w.append(record); w.close()``.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd = fd
+        self._lock = threading.Lock()
+        self._seq = -1
+        self.dropped = 0
+        self.last_error: OSError | None = None
+
+    @classmethod
+    def create(cls, directory: str | os.PathLike, header: dict[str, Any]) -> JournalWriter:
+        """Create a new journal file in ``directory`` and write ``header`` as its first line."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        path = directory / f"{stamp}-{header['id'][:12]}.jsonl"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+        fd = os.open(path, flags, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        writer = cls(path, fd)
+        if writer.append(dict(header, t=HEADER)) is None:
+            raise OSError(f"cannot write journal header to {path}: {writer.last_error}")
+        return writer
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last record written (the header is 0)."""
+        return self._seq
+
+    def append(self, record: dict[str, Any]) -> int | None:
+        """Write ``record`` as one line; return its sequence number (None if the disk failed).
+
+        The JSON is encoded outside the lock; the sequence number is spliced in front of it
+        under the lock so that sequence order is file order.
+        """
+        body = _encode(record)
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"journal {self.path} is closed")
+            seq = self._seq + 1
+            data = (f'{{"s":{seq},' + body[1:] + "\n").encode()
+            try:
+                written = os.write(self._fd, data)
+                while written < len(data):  # only on a nearly full disk; keeps the line whole
+                    written += os.write(self._fd, data[written:])
+            except OSError as err:
+                # A full or failing disk must not kill training: count and report it instead.
+                self.dropped += 1
+                self.last_error = err
+                return None
+            self._seq = seq
+            return seq
+
+    def close(self) -> None:
+        """Close the descriptor, which also releases the flock."""
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
+
+
+def is_live(journal_path: str | os.PathLike) -> bool:
+    """True while a process still holds the journal open for writing."""
+    try:
+        fd = os.open(journal_path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def scan_lines(
+    fd: int, offset: int, max_bytes: int
+) -> tuple[list[tuple[int, dict[str, Any] | None]], int]:
+    """Read complete lines from ``offset``: ([(end_offset, record or None if corrupt)], end).
+
+    Reads about ``max_bytes`` (more if a single line is longer). A trailing fragment with
+    no newline - a line still being written, or torn by a crash - is left for later.
+    """
+    size = max_bytes
+    while True:
+        data = os.pread(fd, size, offset)
+        cut = data.rfind(b"\n")
+        if cut >= 0 or len(data) < size:
+            break
+        size *= 2  # one line longer than the chunk: read more
+    if cut < 0:
+        return [], offset
+    out: list[tuple[int, dict[str, Any] | None]] = []
+    pos = 0
+    while pos <= cut:
+        nl = data.index(b"\n", pos)
+        line = data[pos:nl]
+        pos = nl + 1
+        try:
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                rec = None
+        except ValueError:
+            rec = None
+        out.append((offset + pos, rec))
+    return out, offset + cut + 1
+
+
+def read_records(journal_path: str | os.PathLike, offset: int = 0) -> Iterator[dict[str, Any]]:
+    """Yield every parseable, newline-terminated record from ``offset`` (torn tail skipped)."""
+    fd = os.open(journal_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while True:
+            lines, offset_next = scan_lines(fd, offset, 1 << 20)
+            if not lines:
+                return
+            for _, rec in lines:
+                if rec is not None:
+                    yield rec
+            offset = offset_next
+    finally:
+        os.close(fd)
+
+
+def read_header(journal_path: str | os.PathLike) -> dict[str, Any]:
+    """The journal's header record; ValueError if the first line is not a header."""
+    for rec in read_records(journal_path):
+        if rec.get("t") == HEADER:
+            return rec
+        break
+    raise ValueError(f"{journal_path}: first line is not a gradwatch journal header")

@@ -1,0 +1,395 @@
+"""The facade the hook uses: a run whose every ``log_*`` call is one journal line.
+
+    run = open_run(experiment="mlp", run_name="baseline")
+    run.log_params({"gradwatch.every": 100})
+    for step in range(n):
+        run.log_metrics(step, {"loss": loss})
+    result = run.close("FINISHED", timeout=10.0)    # CloseResult; never raises on outage
+
+``log_*`` returns after one ``os.write`` (a few microseconds); a daemon shipper thread does
+all MLflow work. See journal.py for the file format and shipper.py for delivery.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import shutil
+import time
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gradwatch.errors import InputError, TrackingError
+from gradwatch.tracking.journal import (
+    ARTIFACT_FILE,
+    ARTIFACT_LINE,
+    DEFAULT_JOURNAL_DIR,
+    END,
+    FORMAT_VERSION,
+    METRICS,
+    PARAMS,
+    TAGS,
+    JournalWriter,
+    files_dir,
+    new_journal_id,
+)
+from gradwatch.tracking.shipper import Shipper, ShipperSettings
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "RUN_STATUSES",
+    "CloseResult",
+    "RunTracker",
+    "display_path",
+    "open_run",
+    "pending_message",
+    "resolve_tracking_uri",
+]
+
+logger = logging.getLogger("gradwatch")
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# A "full batch": wake the shipper early once this many metrics are waiting.
+_FULL_BATCH_METRICS = 1000
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
+
+    A relative sqlite path is made absolute, so ``gradwatch sync`` run from another
+    directory lands in the same database.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        uri = prefix + os.path.abspath(uri[len(prefix) :])
+    return uri
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to cwd when it lies under it (what a user would type)."""
+    path = Path(path).absolute()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def pending_message(pending: int, journal_path: str | os.PathLike) -> str:
+    shown = display_path(journal_path)
+    return (
+        f"gradwatch: {pending} records still pending in {shown}; "
+        f"run `gradwatch sync {shown}` when the server is back"
+    )
+
+
+@dataclass(frozen=True)
+class CloseResult:
+    """What ``RunTracker.close`` achieved; ``str(result)`` is the human message."""
+
+    status: str
+    run_id: str | None
+    shipped: int  # records MLflow acknowledged over the run's lifetime
+    pending: int  # records still only in the journal (0 = everything landed)
+    dropped: int  # entities MLflow rejected (each was logged as a warning)
+    journal_path: Path
+    message: str
+
+    @property
+    def complete(self) -> bool:
+        return self.pending == 0
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RunTracker:
+    """One MLflow run fed through a journal. Create it with ``open_run``."""
+
+    def __init__(
+        self, writer: JournalWriter, header: dict[str, Any], settings: ShipperSettings
+    ) -> None:
+        self._writer = writer
+        self.header = header
+        self.journal_path: Path = writer.path
+        self.journal_id: str = header["id"]
+        self.tracking_uri: str = header["uri"]
+        self.attached: bool = bool(header.get("attached"))
+        self._metrics_since_wake = 0
+        self._closed: CloseResult | None = None
+        self._shipper = Shipper(writer.path, settings=settings, header=header)
+        self._shipper.start()
+
+    # ----------------------------------------------------------------- logging
+    def log_metrics(
+        self, step: int, metrics: dict[str, float], timestamp_ms: int | None = None
+    ) -> None:
+        """Append one metrics record (all keys share ``step`` and the timestamp)."""
+        if not metrics:
+            return
+        ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+        self._append({"t": METRICS, "ts": ts, "st": int(step), "m": metrics})
+        self._metrics_since_wake += len(metrics)
+        if self._metrics_since_wake >= _FULL_BATCH_METRICS:
+            self._metrics_since_wake = 0
+            self._shipper.notify_data()
+
+    def log_params(self, params: dict[str, object]) -> None:
+        """Append params; values are ``str()``'d (the shipper truncates to 6000 chars)."""
+        if params:
+            self._append({"t": PARAMS, "ts": _now_ms(), "p": {str(k): str(v) for k, v in params.items()}})  # fmt: skip
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        """Append tags; values are ``str()``'d (the shipper truncates to 8000 chars)."""
+        if tags:
+            self._append({"t": TAGS, "ts": _now_ms(), "g": {str(k): str(v) for k, v in tags.items()}})  # fmt: skip
+
+    def append_artifact_line(self, artifact_path: str, record: dict) -> None:
+        """Append ``record`` as one JSON line of the artifact ``artifact_path``.
+
+        The artifact file (e.g. ``gradwatch/checks.jsonl``) is re-uploaded whole at most
+        every ``artifact_interval`` seconds and at close.
+        """
+        self._append({"t": ARTIFACT_LINE, "ts": _now_ms(), "path": _artifact_path(artifact_path), "r": record})  # fmt: skip
+
+    def log_artifact_file(self, local_path: str, artifact_path: str = "gradwatch") -> None:
+        """Copy ``local_path`` next to the journal now; the shipper uploads the copy."""
+        src = Path(local_path)
+        if not src.is_file():
+            raise InputError(f"log_artifact_file: {local_path!r} is not a file; pass an existing file path")  # fmt: skip
+        self._check_open()
+        seq = self._writer.last_seq + 1
+        rel = f"f/{seq}-{os.getpid()}/{src.name}"
+        dest = files_dir(self.journal_path) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest)
+        target = artifact_path.strip("/") if artifact_path else ""
+        self._append({"t": ARTIFACT_FILE, "ts": _now_ms(), "src": rel, "path": target})
+
+    def _append(self, record: dict[str, Any]) -> None:
+        if self._closed is not None:
+            raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
+        if self._writer.append(record) is None and self._writer.dropped == 1:
+            logger.error("gradwatch: cannot write journal %s (%s); records are being lost",
+                         self.journal_path, self._writer.last_error)  # fmt: skip
+
+    def _check_open(self) -> None:
+        if self._closed is not None:
+            raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
+
+    # ----------------------------------------------------------------- state
+    @property
+    def run_id(self) -> str | None:
+        """The MLflow run id; None until the run exists on the server."""
+        return self._shipper.run_id
+
+    @property
+    def pending(self) -> int:
+        """Records written to the journal that MLflow has not acknowledged yet."""
+        behind = self._writer.last_seq - max(self._shipper.state.acked_seq, 0)
+        if self._closed is not None and not self._shipper.finalized:
+            behind = max(behind, 1)  # the run's end status has not been set yet
+        return max(behind, 0)
+
+    @property
+    def shipped(self) -> int:
+        return self._shipper.state.shipped
+
+    @property
+    def dropped(self) -> int:
+        return self._shipper.state.dropped + self._writer.dropped
+
+    # ----------------------------------------------------------------- flush/close
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` s for everything logged so far to land; return pending."""
+        target = self._writer.last_seq
+        self._shipper.kick()
+        self._shipper.wait(lambda: self._shipper.state.acked_seq >= target, timeout)
+        return self.pending
+
+    def close(self, status: str = "FINISHED", timeout: float = 10.0) -> CloseResult:
+        """End the run: write the end record, ship for at most ``timeout`` s, set ``status``.
+
+        ``status`` is FINISHED, FAILED or KILLED; a run we attached to is not ended. Never
+        raises on an outage: what did not land stays in the journal and the returned
+        message (also logged as a warning) says how to sync it. Closing twice returns the
+        first result.
+        """
+        if self._closed is not None:
+            return self._closed
+        status = str(status).upper()
+        if status not in RUN_STATUSES:
+            raise InputError(f"close: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
+        deadline = time.monotonic() + timeout
+        self._append({"t": END, "ts": _now_ms(), "status": status})
+        self._shipper.request_close()
+        self._shipper.wait(lambda: self._shipper.finalized, deadline - time.monotonic())
+        self._shipper.abort()
+        self._shipper.join(min(1.0, deadline - time.monotonic()))
+        self._writer.close()
+        self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
+        pending = self.pending
+        if pending:
+            message = pending_message(pending, self.journal_path)
+            logger.warning("%s", message)
+        else:
+            message = f"gradwatch: run {self.run_id} complete ({self.shipped} records shipped)"
+        result = CloseResult(
+            status=status,
+            run_id=self.run_id,
+            shipped=self.shipped,
+            pending=pending,
+            dropped=self.dropped,
+            journal_path=self.journal_path,
+            message=message,
+        )
+        self._closed = result
+        return result
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def __enter__(self) -> RunTracker:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close("FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.close("KILLED")
+        else:
+            self.close("FAILED")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _artifact_path(artifact_path: str) -> str:
+    parts = str(artifact_path).replace("\\", "/").strip("/").split("/")
+    if not artifact_path or any(p in ("", ".", "..") for p in parts):
+        raise InputError(
+            f"artifact_path {artifact_path!r} must be a relative path like 'gradwatch/checks.jsonl'"
+        )
+    return "/".join(parts)
+
+
+def _context(tracking_uri: str | None, experiment: str | None) -> dict[str, Any]:
+    """Resolve the run to attach to and the experiment, without any network call."""
+    import mlflow
+
+    out: dict[str, Any] = {"run_id": None, "uri": tracking_uri, "exp": experiment, "exp_id": None}
+    active = mlflow.active_run()
+    if active is not None:
+        out["run_id"] = active.info.run_id
+        out["uri"] = tracking_uri or mlflow.get_tracking_uri()
+    return out
+
+
+def _default_experiment() -> tuple[str | None, str | None]:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+    exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
+    try:
+        from mlflow.tracking import fluent
+
+        exp_id = fluent._active_experiment_id or exp_id  # set by mlflow.set_experiment()
+        if fluent._active_experiment_id:
+            name = None
+    except (ImportError, AttributeError):
+        pass
+    return name, exp_id
+
+
+def _context_tags(user_tags: dict[str, str]) -> dict[str, str]:
+    # mlflow.user, mlflow.source.name, git commit...: resolved here, in the training process,
+    # because a later `gradwatch sync` runs elsewhere.
+    try:
+        from mlflow.tracking.context.registry import resolve_tags
+
+        return {str(k): str(v) for k, v in resolve_tags(user_tags).items()}
+    except Exception:  # context providers are best effort; never fail open_run over them
+        return dict(user_tags)
+
+
+_open_trackers: weakref.WeakSet[RunTracker] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    # Best effort for a script that never called close(): a short flush; the journal keeps
+    # the rest for `gradwatch sync`.
+    for tracker in list(_open_trackers):
+        if not tracker.closed:
+            try:
+                tracker.flush(timeout=2.0)
+            except Exception:
+                pass
+
+
+def open_run(
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    tags: dict[str, str] | None = None,
+    journal_dir: str | os.PathLike | None = None,
+    attach_active: bool = True,
+    run_id: str | None = None,
+    *,
+    settings: ShipperSettings | None = None,
+) -> RunTracker:
+    """Start a journaled MLflow run and its shipper thread; makes no network call itself.
+
+    Usage: ``run = open_run(experiment="mlp"); run.log_metrics(0, {"loss": 1.0}); run.close()``
+
+    tracking_uri: None -> ``MLFLOW_TRACKING_URI`` -> ``sqlite:///mlflow.db`` (cwd).
+    experiment: experiment name, created if missing (None -> MLflow's active/default one).
+    run_name, tags: for the run created by the shipper (tags also set on an attached run).
+    journal_dir: where ``NAME.jsonl`` goes (default ``.gradwatch/journal`` in cwd).
+    attach_active: if ``mlflow.active_run()`` exists, log into it and never end it.
+    run_id: log into this existing run instead (also never ended by gradwatch).
+    settings: shipper timing (interval, backoff, request timeout); tests shorten them.
+    """
+    import gradwatch
+
+    user_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    attached_id = run_id
+    uri = tracking_uri
+    if attached_id is None and attach_active:
+        ctx = _context(tracking_uri, experiment)
+        attached_id, uri = ctx["run_id"], ctx["uri"]
+    uri = resolve_tracking_uri(uri)
+    exp_name, exp_id = (experiment, None) if experiment else _default_experiment()
+    attached = attached_id is not None
+    run_tags = dict(user_tags) if attached else _context_tags(user_tags)
+    run_tags.setdefault("gradwatch.version", gradwatch.__version__)
+    header = {
+        "v": FORMAT_VERSION,
+        "id": new_journal_id(),
+        "uri": uri,
+        "exp": exp_name,
+        "exp_id": exp_id,
+        "name": run_name,
+        "tags": run_tags,
+        "user": run_tags.get("mlflow.user"),
+        "run_id": attached_id,
+        "attached": attached,
+        "ts": _now_ms(),
+        "pid": os.getpid(),
+    }
+    directory = Path(journal_dir or DEFAULT_JOURNAL_DIR).absolute()
+    try:
+        writer = JournalWriter.create(directory, header)
+    except OSError as err:
+        raise TrackingError(
+            f"cannot create a journal in {directory} ({err}); pass journal_dir= a writable folder"
+        ) from err
+    tracker = RunTracker(writer, header, settings or ShipperSettings())
+    if attached and run_tags:
+        tracker.set_tags(run_tags)  # an existing run gets the tags through the journal
+    _open_trackers.add(tracker)
+    return tracker
