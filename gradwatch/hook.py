@@ -228,7 +228,15 @@ class GradWatch:
         self.run.log_params({**self.user_params, **self._loggable_options()})
         if self.config.path:
             self.run.log_artifact_file(self.config.path, "gradwatch")
-        self.engine = AlertEngine(self.rules)
+        rules = self.rules
+        if any(r.type == "baseline_drift" and r.enabled for r in rules):
+            # Loads the baseline run's series now (a request at start-up); a baseline that
+            # cannot be loaded disables only that rule. `gradwatch monitor` is the better home
+            # for baseline drift when the server may be down while training starts.
+            from gradwatch.alerts import attach_baselines
+
+            rules = attach_baselines(rules, tracking_uri=self.run.tracking_uri)
+        self.engine = AlertEngine(rules)
         self.delivery = self.config.delivery(self.callbacks)
         self._install_sigterm()
         return self
