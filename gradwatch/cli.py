@@ -302,6 +302,7 @@ def sweep_cmd(
         raise click.UsageError("give the values to sweep, e.g. --lr 1 0.1 0.01")
     experiment = experiment or "sweep-" + os.path.splitext(os.path.basename(script))[0]
     plan = sweep.plan_sweep(script, grid, experiment, script_args, tracking_uri=tracking_uri)
+    sweep.ensure_experiment(tracking_uri, experiment)
     click.echo(
         f"sweep {plan.sweep_id}: {len(plan.runs)} run(s) of {script} in experiment "
         f"{experiment!r}, {parallel} at a time; logs in {plan.runs[0].log_path.parent}",
@@ -320,7 +321,11 @@ def sweep_cmd(
         )
         for line in r.log_tail().splitlines():
             click.echo(f"    {line}", err=True)
-    summaries = run_compare(tracking_uri, experiment, sweep_id=plan.sweep_id, progress=False)
+    try:
+        summaries = run_compare(tracking_uri, experiment, sweep_id=plan.sweep_id, progress=False)
+    except InputError as err:  # e.g. every run failed before creating the experiment
+        click.echo(f"no summary: {err}", err=True)
+        summaries = []
     if len(summaries) < len(results) - len(failed):
         click.echo(
             f"warning: {len(summaries)} run(s) tagged gradwatch.sweep_id={plan.sweep_id} for "
@@ -368,12 +373,12 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     run_compare(uri, experiment, sweep_id=result.sweep_id, progress=False)
     click.echo()
     click.echo("Open the runs in the MLflow UI:")
-    click.echo(f"    {demo.ui_command(uri)}")
-    click.echo("Compare them again (with a plot):")
-    click.echo(
-        f"    gradwatch compare --experiment {experiment} --sweep {result.sweep_id} "
-        f"--plot demo.png" + ("" if tracking_uri is None else f" --tracking-uri {uri}")
-    )
+    click.echo(f"    {demo.ui_command(uri, result.experiment_id)}")
+    click.echo("Compare them again, with a plot:")
+    again = f"gradwatch compare --experiment {experiment} --sweep {result.sweep_id} --plot demo.png"
+    if tracking_uri is not None and tracking_uri != os.environ.get("MLFLOW_TRACKING_URI"):
+        again += f" --tracking-uri {uri}"
+    click.echo(f"    {again}")
 
 
 # ----------------------------------------------------------------------------- monitor

@@ -26,7 +26,15 @@ from pathlib import Path
 from gradwatch.errors import InputError
 from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME, ENV_SWEEP_ID, param_env_name
 
-__all__ = ["SweepPlan", "SweepResult", "SweepRun", "new_sweep_id", "plan_sweep", "run_sweep"]
+__all__ = [
+    "SweepPlan",
+    "SweepResult",
+    "SweepRun",
+    "ensure_experiment",
+    "new_sweep_id",
+    "plan_sweep",
+    "run_sweep",
+]
 
 DEFAULT_LOG_DIR = os.path.join(".gradwatch", "sweeps")
 
@@ -121,6 +129,30 @@ def plan_sweep(
         log_path = Path(log_dir) / sweep_id / f"{safe}.log"
         runs.append(SweepRun(run_name, values, [*base, *script_args], env, log_path))
     return SweepPlan(sweep_id, experiment, runs)
+
+
+def ensure_experiment(tracking_uri: str | None, experiment: str) -> str:
+    """Create the sweep's experiment (and a fresh sqlite store) before the runs start.
+
+    Parallel runs would otherwise race to create both: two processes initializing one sqlite
+    file, or creating the same experiment, and one of them failing.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from gradwatch.compare import get_client, one_line, quick_http
+    from gradwatch.errors import TrackingError
+
+    try:
+        with quick_http():
+            client = get_client(tracking_uri, must_exist=False)
+            exp = client.get_experiment_by_name(experiment)
+            if exp is not None:
+                return exp.experiment_id
+            return client.create_experiment(experiment)
+    except MlflowException as err:
+        if "RESOURCE_ALREADY_EXISTS" in str(err.error_code):  # created meanwhile: fine
+            return client.get_experiment_by_name(experiment).experiment_id
+        raise TrackingError(f"cannot create experiment {experiment!r}: {one_line(err)}") from None
 
 
 def _launch(run: SweepRun, timeout: float | None) -> SweepResult:

@@ -206,6 +206,7 @@ def test_bad_arguments_are_one_line_usage_errors(tmp_path):
     assert "bad.yaml:3" in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow  # restarts a dedicated server: ~15 s on a quiet machine
 def test_service_survives_server_restart_and_stops_on_sigterm(tmp_path, receiver):
     server = MlflowServer(tmp_path / "server").start()
     proc = None
@@ -255,3 +256,37 @@ def _wait(cond, timeout: float, proc: subprocess.Popen) -> None:
             raise AssertionError(f"monitor exited early:\n{proc.stdout.read()}")
         time.sleep(0.2)
     raise AssertionError("timed out waiting for the monitor")
+
+
+def test_rules_evaluated_on_what_the_hook_really_logged(tracking_uri, receiver, tmp_path):
+    """A live hook run with a backprop bug: the monitor rebuilds its checks and fires."""
+
+    import gradwatch
+    from gradwatch.demo import MLP, make_blobs
+
+    X, y = make_blobs(n=64, dim=8, classes=3, seed=0)
+    mlp = MLP([8, 16, 3], seed=0)
+    params = mlp.params
+    experiment = f"monitor-hook-{time.time_ns()}"
+    watch = gradwatch.GradWatch(every=10, experiment=experiment, run_name="buggy", config=False)
+    watch.start()
+    try:
+        for _ in range(30):
+            loss, grads = mlp.loss_and_grads(params, X, y)
+            grads["dW2"] = grads["dW2"] * 2.0
+            watch.step(params, grads, loss=loss, lr=0.1, loss_fn=lambda p: mlp.loss(p, X, y))
+            for k in params:
+                params[k] -= 0.1 * grads["d" + k]
+        assert watch.run.flush(timeout=30) == 0
+        config = _config(tmp_path / "gradwatch.yaml", receiver.url,
+                         "    - {name: bug, type: check_failure, actions: [webhook]}\n")  # fmt: skip
+        result = CliRunner().invoke(
+            main, ["monitor", "-e", experiment, "--rules", config, "--once", "--settle", "0"]
+        )
+        assert result.exit_code == 0, result.output
+    finally:
+        watch.close()
+    assert receiver.rules() == ["bug"]  # once: the cooldown covers the later checks
+    alert = receiver.bodies[0]["alert"]
+    assert alert["step"] == 0 and alert["severity"] == "critical"
+    assert "W2" in alert["message"]

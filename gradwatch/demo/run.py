@@ -75,6 +75,17 @@ class DemoResult:
     tracking_uri: str
     final_losses: dict[str, float | None] = field(default_factory=dict)
 
+    @property
+    def experiment_id(self) -> str | None:
+        """The experiment's id in MLflow (None if it cannot be looked up)."""
+        from mlflow import MlflowClient
+
+        try:
+            exp = MlflowClient(self.tracking_uri).get_experiment_by_name(self.experiment)
+        except Exception:  # only used to print a nicer URL
+            return None
+        return exp.experiment_id if exp is not None else None
+
 
 def plan(
     steps: int = 300,

@@ -1,0 +1,193 @@
+"""The gradwatch command end to end against a real MLflow server: demo -> compare verdicts,
+sweep of a real training script, sync of a journal left offline, and argument errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from mlflow_server import free_port
+
+import gradwatch
+from gradwatch.cli import main
+from gradwatch.demo.run import plan, ui_command
+from gradwatch.errors import InputError
+from gradwatch.params import param, param_env_name, sweep_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_help_everywhere():
+    runner = CliRunner()
+    top = runner.invoke(main, ["--help"])
+    assert top.exit_code == 0
+    for command in ("demo", "compare", "sweep", "monitor", "sync"):
+        assert command in top.output
+        result = runner.invoke(main, [command, "--help"])
+        assert result.exit_code == 0 and "Usage: " in result.output, command
+    assert gradwatch.__version__ in runner.invoke(main, ["--version"]).output
+
+
+def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
+    experiment = f"demo-{time.time_ns()}"
+    result = CliRunner().invoke(main, ["demo", "--quick", "--experiment", experiment])
+    assert result.exit_code == 0, result.output
+    assert f"open {tracking_uri}/#/experiments/" in result.output
+    sweep = re.search(r"--sweep (\S+)", result.output).group(1)
+
+    out = CliRunner().invoke(
+        main, ["compare", "-e", experiment, "--sweep", sweep, "--format", "json"]
+    )
+    assert out.exit_code == 0, out.output
+    records = {r["run_name"]: r for r in json.loads(out.stdout)}
+    assert set(records) == {spec.run_name for spec in plan()}
+    for name, rec in records.items():
+        lr = float(rec["params"]["lr"])
+        bug = name.endswith("BUG")
+        assert rec["checks"] >= 1, name
+        if bug:
+            assert rec["checks_failed"] == rec["checks"], f"{name}: the planted bug must fail"
+            assert rec["max_rel_error"] > 1e-2 and "check_failure" in rec["alert_rules"]
+        else:
+            assert rec["checks_failed"] == 0, f"{name}: correct backprop must pass"
+            assert rec["max_rel_error"] < 1e-4
+        if lr == 10:
+            assert rec["diverged"], f"{name} must be flagged diverged"
+        else:
+            assert not rec["diverged"], name
+        if lr == 1e-10:
+            assert rec["stalled"], f"{name} barely moves"
+        if lr == 0.5:
+            assert not rec["stalled"] and rec["final_loss"] < 0.5 * rec["params"].get("x", 1) * 1.0
+            assert rec["final_loss"] < records[name.replace("0.5", "1e-10")]["final_loss"] / 2
+
+
+def test_ui_command_names_the_store(tmp_path):
+    path = os.path.abspath("mlflow.db")
+    assert ui_command("sqlite:///mlflow.db") == f"mlflow ui --backend-store-uri sqlite:///{path}"
+    assert ui_command("http://127.0.0.1:5000/", "3") == "open http://127.0.0.1:5000/#/experiments/3"
+
+
+TRAIN = textwrap.dedent(
+    """
+    import numpy as np
+    import gradwatch
+
+    lr = gradwatch.param("lr", 0.1)
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(64, 3)), rng.normal(size=64)
+    params = {"w": np.zeros(3)}
+
+    def loss_fn(p):
+        return float(np.mean((X @ p["w"] - y) ** 2))
+
+    with gradwatch.GradWatch(every=5, params={"lr": lr}, config=False) as watch:
+        for step in range(20):
+            grads = {"w": 2 * X.T @ (X @ params["w"] - y) / len(y)}
+            watch.step(params, grads, loss=loss_fn(params), lr=lr, loss_fn=loss_fn)
+            params["w"] = params["w"] - lr * grads["w"]
+    """
+)
+
+
+def test_sweep_runs_the_script_once_per_lr(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    experiment = f"sweep-{time.time_ns()}"
+    result = CliRunner().invoke(
+        main, ["sweep", str(script), "--lr", "0.1", "0.01", "1e-10", "--parallel", "2",
+               "--experiment", experiment],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["lr=0.01", "lr=0.1", "lr=1e-10"]
+    sweep_ids = {r.data.tags.get("gradwatch.sweep_id") for r in runs}
+    assert len(sweep_ids) == 1 and None not in sweep_ids
+    assert sweep_ids.pop() in result.output
+    for r in runs:
+        assert r.data.params["lr"] == r.info.run_name.split("=")[1]
+        assert r.info.status == "FINISHED"
+    # The summary table at the end lists all three.
+    for name in ("lr=0.1", "lr=0.01", "lr=1e-10"):
+        assert name in result.stdout
+
+
+def test_sweep_reports_failing_runs(tmp_path, tracking_uri):
+    script = tmp_path / "boom.py"
+    script.write_text("import sys\nprint('exploding now')\nsys.exit(3)\n")
+    result = CliRunner().invoke(main, ["sweep", str(script), "--lr", "1", "2"])
+    assert result.exit_code == 1
+    assert "2 of 2 run(s) failed" in result.output and "exploding now" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_sweep_argument_errors(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("pass\n")
+    runner = CliRunner()
+    for args, needle in [
+        (["sweep", str(script)], "give the values to sweep"),
+        (["sweep", str(script), "--lr", "abc"], "'abc' is not a valid float"),
+        (["sweep", str(script), "--lr", "0.1", "--parallel", "0"], "--parallel"),
+        (["sweep", str(tmp_path / "missing.py"), "--lr", "0.1"], "does not exist"),
+        (["sweep", str(script), "-p", "batch"], "is not NAME=V1,V2"),
+    ]:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert "Usage: " in result.output and needle in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_param_reads_typed_values(monkeypatch):
+    assert param("lr", 0.1) == 0.1
+    monkeypatch.setenv("GRADWATCH_PARAM_LR", "1e-3")
+    monkeypatch.setenv("GRADWATCH_PARAM_EPOCHS", "7")
+    monkeypatch.setenv("GRADWATCH_PARAM_SHUFFLE", "off")
+    monkeypatch.setenv("GRADWATCH_PARAM_HIDDEN_SIZE", "12")
+    assert gradwatch.param("lr", 0.1) == 1e-3
+    assert param("epochs", 3) == 7 and isinstance(param("epochs", 3), int)
+    assert param("shuffle", True) is False
+    assert param("hidden-size", 8) == 12 and param_env_name("hidden-size").endswith("HIDDEN_SIZE")
+    assert param("lr", None) == "1e-3"
+    monkeypatch.setenv("GRADWATCH_PARAM_EPOCHS", "three")
+    with pytest.raises(InputError, match="GRADWATCH_PARAM_EPOCHS='three'"):
+        param("epochs", 3)
+    assert sweep_params()["lr"] == "1e-3"
+
+
+def test_sync_lands_an_offline_journal_once(tracking_uri, tmp_path):
+    from gradwatch.tracking import open_run
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    run = open_run(tracking_uri=dead, experiment=f"sync-{time.time_ns()}", run_name="offline")
+    for step in range(5):
+        run.log_metrics(step, {"loss": 1.0 / (step + 1)})
+    closed = run.close("FINISHED", timeout=0.5)
+    assert closed.pending > 0
+
+    runner = CliRunner()
+    listing = runner.invoke(main, ["sync", "--tracking-uri", tracking_uri])
+    assert listing.exit_code == 0, listing.output
+    assert "synced" in listing.output
+    again = runner.invoke(main, ["sync", "--tracking-uri", tracking_uri])
+    assert again.exit_code == 0 and "nothing to sync" in again.output
+
+    client = MlflowClient(tracking_uri)
+    [landed] = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="attributes.run_name = 'offline'",
+    )
+    assert [m.step for m in client.get_metric_history(landed.info.run_id, "loss")] == list(range(5))
+
+    missing = runner.invoke(main, ["sync", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
