@@ -383,3 +383,20 @@ def test_bad_options_are_rejected(kwargs):
 def test_list_params_length_mismatch():
     with pytest.raises(InputError, match="2 arrays but grads has 1"):
         gradwatch.check_gradients(lambda p: 0.0, [np.ones(2), np.ones(2)], [np.ones(2)])
+
+
+def test_strided_views_are_checked_in_place_and_restored():
+    base = np.random.default_rng(0).normal(size=(6, 4))
+    other = np.random.default_rng(1).normal(size=(6, 4))
+    params = {"W": base.T, "v": other[::2, 1]}  # non-contiguous views
+    before = base.tobytes() + other.tobytes()
+    loss = lambda p: float(np.sum(np.tanh(p["W"]) ** 2) + np.sum(np.sin(p["v"])))
+    grads = {"W": 2 * np.tanh(base.T) * (1 - np.tanh(base.T) ** 2), "v": np.cos(other[::2, 1])}
+    report = gradwatch.check_gradients(loss, params, grads, seed=0)
+    assert report.passed, str(report)
+    bad = {"W": grads["W"].copy(), "v": grads["v"]}
+    bad["W"][2, 3] += 1.0
+    assert gradwatch.check_gradients(
+        loss, params, bad, mode="directional", num_samples=2
+    ).mismatched_tensors == ["W"]
+    assert base.tobytes() + other.tobytes() == before

@@ -17,7 +17,7 @@ import numpy as np
 from gradwatch.check._inputs import Tensor, normalize
 from gradwatch.check._probes import Evaluator, central_coord, loss_precision
 from gradwatch.check._steps import central_step, coord_rtol
-from gradwatch.check._triage import Context, localize_direction, probe_direction, triage_coordinate
+from gradwatch.check._triage import Context, probe_direction, triage_coordinate, triage_direction
 from gradwatch.check.report import CheckReport, Probe, TensorReport
 from gradwatch.errors import InputError, LossError
 
@@ -237,16 +237,17 @@ def _probe_coordinates(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol, fu
 def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> None:
     size = t.array.size
     backup = t.work.copy()
-    everything = np.arange(size)
     max_probes = 2 * int(math.ceil(math.log2(size + 1))) + 8
     for _ in range(count):
-        signs = rng.integers(0, 2, size=size).astype(np.float64) * 2.0 - 1.0
-        probe = probe_direction(ctx, t, backup, signs, everything, h, rtol)
+        # ±1 signs as int8: one cheap pass; scaled to a unit vector inside the probe.
+        signs = rng.integers(0, 2, size=size, dtype=np.int8) * np.int8(2) - np.int8(1)
+        probe = probe_direction(ctx, t, backup, signs, 0, size, h, rtol)
         if probe.verdict != "ok":
-            verdict, note, leaves = localize_direction(
-                ctx, t, backup, signs, everything, h, rtol, max_probes
+            verdict, resolved, note, leaves = triage_direction(
+                ctx, t, backup, signs, h, rtol, max_probes
             )
             probe.verdict, probe.note = verdict, note
+            probe.resolved = resolved  # type: ignore[attr-defined]
             seen = set(tr.indices)
             tr.coords.extend(leaf for leaf in leaves if leaf.index not in seen)
         tr.directions.append(probe)

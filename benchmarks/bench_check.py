@@ -1,0 +1,171 @@
+"""Check modes compared on the bug zoo, and the cost of a check against its loss evaluations.
+
+    python benchmarks/bench_check.py                 # zoo table + cost table
+    python benchmarks/bench_check.py --seeds 20
+
+Part 1 (detection): every network of tests/zoo.py (13 backprop bugs, 9 correct networks that
+naive checks misjudge) over --seeds seeds, with gradwatch's modes (auto = the default,
+sampled, directional, full) and the classic recipe (full, eps=1e-7 in the parameters' own
+precision, "mistake" above difference 2e-7) as the baseline.
+
+Part 2 (cost): on the benchmark MLP (784-256-10, batch 128) a default check's wall time
+divided by (its loss evaluations x one forward pass), timed in the same run; and the classic
+roll/unroll implementation (a copy of the parameter vector per evaluation) on a slice, for
+comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from zoo import BUGS, CORRECT  # noqa: E402
+
+import gradwatch  # noqa: E402
+from gradwatch.demo import MLP, make_blobs  # noqa: E402
+
+
+def naive_check(loss_fn, params, grads, eps=1e-7, threshold=2e-7) -> tuple[bool, int]:
+    """The course recipe: perturb every coordinate by ±eps in place, difference > 2e-7 = bug."""
+    a, n, evals = [], [], 0
+    for name, value in params.items():
+        g = grads["d" + name].reshape(-1)
+        flat = value.reshape(-1)
+        for i in range(flat.size):
+            old = flat[i].copy()
+            flat[i] = old + eps
+            jp = loss_fn(params)
+            flat[i] = old - eps
+            jm = loss_fn(params)
+            flat[i] = old
+            evals += 2
+            a.append(float(g[i]))
+            n.append((jp - jm) / (2 * eps))
+    a, n = np.array(a), np.array(n)
+    diff = np.linalg.norm(a - n) / (np.linalg.norm(a) + np.linalg.norm(n))
+    return bool(diff <= threshold), evals
+
+
+def zoo_table(seeds: int) -> None:
+    modes = ["auto", "sampled", "directional", "full", "classic"]
+    rows = {
+        m: {"caught": 0, "bugs": 0, "false": 0, "correct": 0, "evals": [], "secs": []}
+        for m in modes
+    }
+    for _label, cases, is_bug in [("bug", BUGS, True), ("correct", CORRECT, False)]:
+        for net in cases.values():
+            for seed in range(seeds):
+                params, X, y = net.make(seed)
+                grads = net.backward(params, X, y)
+                loss_fn = lambda p: net.loss(p, X, y)
+                for mode in modes:
+                    t0 = time.perf_counter()
+                    if mode == "classic":
+                        passed, evals = naive_check(loss_fn, params, grads)
+                    else:
+                        r = gradwatch.check_gradients(loss_fn, params, grads, mode=mode, seed=seed)
+                        passed, evals = r.passed, r.num_evals
+                    row = rows[mode]
+                    row["secs"].append(time.perf_counter() - t0)
+                    row["evals"].append(evals)
+                    if is_bug:
+                        row["bugs"] += 1
+                        row["caught"] += not passed
+                    else:
+                        row["correct"] += 1
+                        row["false"] += not passed
+    print(
+        f"\nDetection on the zoo ({len(BUGS)} bugs, {len(CORRECT)} correct networks, {seeds} seeds each)\n"
+    )
+    print(
+        "| mode | bugs caught | false alarms | loss evals per check (median) | ms per check (median) |"
+    )
+    print("|---|---|---|---|---|")
+    for mode, row in rows.items():
+        name = (
+            "classic (full, eps=1e-7, diff > 2e-7)"
+            if mode == "classic"
+            else mode + (" (default)" if mode == "auto" else "")
+        )
+        print(
+            f"| {name} | {row['caught']}/{row['bugs']} | {row['false']}/{row['correct']} | "
+            f"{statistics.median(row['evals']):.0f} | {1e3 * statistics.median(row['secs']):.2f} |"
+        )
+
+
+def cost_table(repeats: int) -> None:
+    X, y = make_blobs(1024, 784, 10, seed=0)
+    mlp = MLP([784, 256, 10], seed=0)
+    params, xb, yb = mlp.params, X[:128], y[:128]
+    _, grads = mlp.loss_and_grads(params, xb, yb)
+    loss_fn = lambda p: mlp.loss(p, xb, yb)
+    for _ in range(20):
+        loss_fn(params)
+    ratios, evals, secs, fwd = [], [], [], []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(50):
+            loss_fn(params)
+        forward = (time.perf_counter() - t0) / 50
+        report = gradwatch.check_gradients(loss_fn, params, grads, seed=r)
+        ratios.append(report.seconds / (report.num_evals * forward))
+        evals.append(report.num_evals)
+        secs.append(report.seconds)
+        fwd.append(forward)
+    # The classic roll/unroll method: theta+ = np.copy(theta) for every evaluation.
+    theta = np.concatenate([v.reshape(-1) for v in params.values()])
+    shapes = [(k, v.shape, v.size) for k, v in params.items()]
+
+    def unroll(vec):
+        out, i = {}, 0
+        for k, shape, size in shapes:
+            out[k] = vec[i : i + size].reshape(shape)
+            i += size
+        return out
+
+    coords = 20
+    t0 = time.perf_counter()
+    for i in range(coords):
+        plus = np.copy(theta)
+        plus[i] += 1e-7
+        loss_fn(unroll(plus))
+        minus = np.copy(theta)
+        minus[i] -= 1e-7
+        loss_fn(unroll(minus))
+    classic_per_eval = (time.perf_counter() - t0) / (2 * coords)
+    print(
+        f"\nCost of a default check on the MLP 784-256-10, batch 128 ({theta.size} parameters, {repeats} repeats)\n"
+    )
+    print("| quantity | median |\n|---|---|")
+    print(f"| one forward pass | {1e3 * statistics.median(fwd):.3f} ms |")
+    print(f"| loss evaluations per default check | {statistics.median(evals):.0f} |")
+    print(f"| check wall time | {1e3 * statistics.median(secs):.1f} ms |")
+    print(f"| wall time / (evaluations x forward pass) | {statistics.median(ratios):.3f} |")
+    print(
+        f"| classic roll/unroll: time per evaluation / forward pass | {classic_per_eval / statistics.median(fwd):.3f} |"
+    )
+    print(
+        f"| classic full check would take (2n evaluations) | {2 * theta.size * classic_per_eval:.0f} s |"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    zoo_table(args.seeds)
+    cost_table(args.repeats)
+
+
+if __name__ == "__main__":
+    main()
