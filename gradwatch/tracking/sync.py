@@ -162,7 +162,7 @@ def _sync(shipper: Shipper, timeout: float) -> SyncResult:
     settings = shipper.settings
     deadline = time.monotonic() + timeout
     shipped_before = shipper.state.shipped
-    already = shipper.finalized and shipper.pending_bytes() == 0
+    already = shipper.finalized and _count_lines(shipper.path, shipper.state.offset) == 0
     delay = 0.0
     last_error: BaseException | None = None
     while not already:
