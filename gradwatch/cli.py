@@ -357,7 +357,7 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
 
     \b
     The classic 3-layer network of the gradient-checking exercise and a small MLP are each
-    trained at lr = 0.5 (learns), 10 (diverges) and 1e-10 (barely moves), once with correct
+    trained at lr = 0.2 (learns), 10 (diverges) and 1e-10 (barely moves), once with correct
     backprop and once with a planted bug, every run watched by gradwatch.GradWatch and logged
     to MLflow. Ends with the comparison table and the command that opens the MLflow UI.
     """

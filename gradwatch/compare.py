@@ -35,6 +35,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
@@ -209,10 +210,18 @@ def _quote(value: str) -> str:
     return value.replace("'", "\\'")
 
 
+_UNREACHABLE = re.compile(r"Connection refused|Failed to establish|Max retries exceeded|timed out")
+
+
 def one_line(err: BaseException) -> str:
-    """The first line of an error's message (MLflow errors carry pages of JSON)."""
-    text = str(getattr(err, "message", None) or err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    """A short, one-line account of an error (MLflow's carry urllib3's whole retry story)."""
+    text = str(getattr(err, "message", None) or err).strip()
+    found = _UNREACHABLE.search(text)
+    if found:
+        reason = "connection refused" if "refused" in text else found.group(0).lower()
+        return f"server unreachable ({reason}); is it running, and is the URI right?"
+    lines = text.splitlines()
+    return lines[0][:300] if lines else type(err).__name__
 
 
 def fetch_histories(client, run, keys: Iterable[str] | None = None) -> dict[str, list]:

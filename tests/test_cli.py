@@ -64,9 +64,10 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
             assert not rec["diverged"], name
         if lr == 1e-10:
             assert rec["stalled"], f"{name} barely moves"
-        if lr == 0.5:
-            assert not rec["stalled"] and rec["final_loss"] < 0.5 * rec["params"].get("x", 1) * 1.0
-            assert rec["final_loss"] < records[name.replace("0.5", "1e-10")]["final_loss"] / 2
+        if lr == 0.2:
+            # It learns, bug or not: the loss alone would not give the bug away.
+            assert not rec["stalled"]
+            assert rec["final_loss"] < records[name.replace("0.2", "1e-10")]["final_loss"] / 2
 
 
 def test_ui_command_names_the_store(tmp_path):

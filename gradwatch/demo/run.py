@@ -1,12 +1,13 @@
 """``gradwatch demo``: two small networks, three learning rates, with and without a bug.
 
-    specs = plan(steps=300)                 # 12 runs: {classic, mlp} x {0.5, 10, 1e-10} x {ok, bug}
+    specs = plan(steps=300)                 # 12 runs: {classic, mlp} x {0.2, 10, 1e-10} x {ok, bug}
     result = run_demo(specs, tracking_uri="sqlite:///mlflow.db", experiment="gradwatch-demo")
     print(ui_command("sqlite:///mlflow.db"))
 
 The three learning rates are the three regimes of gradient descent from the course notes:
-0.5 learns, 10 diverges (the loss blows up or goes NaN within a few steps) and 1e-10 barely
-moves. Each model is trained once with correct backprop and once with a planted bug:
+0.2 learns, 10 diverges (the loss blows up or goes NaN within a few steps) and 1e-10 barely
+moves. At 0.2 the buggy runs learn too, their loss curves look fine: only the gradient checks
+give the bug away, which is the point of keeping them on. Each model is trained once with correct backprop and once with a planted bug:
 
 - ``classic``: the 3-layer LINEAR-RELU-LINEAR-RELU-LINEAR-SIGMOID network of the exercise on a
   seeded 2-class set of 4 features, the bug being the exercise's own (dW2 twice too large,
@@ -38,7 +39,7 @@ from gradwatch.params import TAG_SWEEP_ID
 __all__ = ["DEMO_LRS", "DemoResult", "DemoRun", "plan", "run_demo", "train", "ui_command"]
 
 #: learns, diverges, barely moves.
-DEMO_LRS: tuple[float, ...] = (0.5, 10.0, 1e-10)
+DEMO_LRS: tuple[float, ...] = (0.2, 10.0, 1e-10)
 MODELS: tuple[str, ...] = ("classic", "mlp")
 #: Unnormalized features: raw-scale inputs are what make lr=10 blow up.
 FEATURE_SCALE = 10.0
