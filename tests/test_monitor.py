@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow_server import MlflowServer
 
-from gradwatch.alerts import AlertEngine, Rule, StepObservation
+from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
 from gradwatch.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
 
@@ -189,6 +189,9 @@ def test_observations_rebuild_steps_and_checks():
     engine = AlertEngine([Rule("cf", "check_failure")])
     assert [a.rule for a in engine.observe_check(obs[2])] == ["cf"]
     assert check_report({"gradcheck/passed": 1.0})["passed"] is True
+    bare = check_report({"gradcheck/passed": 0.0, "gradcheck/max_rel_error": 0.2})
+    assert [a.rule for a in AlertEngine([Rule("cf", "check_failure")]).observe_check(
+        CheckObservation(step=5, report=bare))] == ["cf"]  # fmt: skip
     assert engine.observe_step(StepObservation(step=2, loss=0.3)) == []
 
 
