@@ -508,6 +508,8 @@ class GradWatch:
         }
         for name, tr in report.per_param.items():
             metrics[f"gradcheck/rel_error/{name}"] = tr.max_rel_error
+            if tr.num_mismatches:
+                metrics[f"gradcheck/mismatches/{name}"] = float(tr.num_mismatches)
         self.run.log_metrics(s, metrics, timestamp_ms)
         self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": s, **report.to_dict()})
         if not report.passed:
