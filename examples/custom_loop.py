@@ -105,7 +105,7 @@ def main() -> None:
     print(f"final loss {loss:.4f}, lr {schedule.current():g}")
     print(f"checks: {watch.checks}, failed: {watch.checks_failed}")
     print(f"last check: {report}")
-    print(f"run {watch.close_result.run_id}: {watch.close_result.status}")
+    print(watch.close_result)  # run id and records shipped, or what is pending and how to sync
 
 
 if __name__ == "__main__":

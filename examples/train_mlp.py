@@ -108,7 +108,7 @@ def main() -> None:
     print(f"alerts via callback: {len(received)}")
     for alert in received:
         print(f"  {alert.text()}")
-    print(f"run {result.run_id}: {result.status}, {result.pending} records pending")
+    print(result)  # "run <id> complete", or the records still pending and the sync command
     print(f"tracking URI: {watch.run.tracking_uri}")
 
 
