@@ -93,8 +93,8 @@ class GradWatch:
     Args:
         every: steps between gradient checks (a check also runs at the first step);
             ``None`` turns checks off (statistics only).
-        experiment, run_name: MLflow names (defaults: ``GRADWATCH_EXPERIMENT``/``_RUN_NAME``
-            set by ``gradwatch sweep``, else MLflow's defaults).
+        experiment, run_name: MLflow names. ``GRADWATCH_EXPERIMENT``/``GRADWATCH_RUN_NAME``,
+            set by ``gradwatch sweep`` for the scripts it runs, override both.
         params: your hyper-parameters, logged as MLflow params as they are (``{"lr": 0.1}``).
         tags: extra MLflow tags.
         tracking_uri: MLflow tracking URI; default ``MLFLOW_TRACKING_URI``, else the embedded
@@ -149,9 +149,11 @@ class GradWatch:
             "run_name": os.environ.get(ENV_RUN_NAME),
         }
         options = dict(DEFAULTS)
-        options.update({k: v for k, v in env.items() if v})
         options.update(self.config.hook)
         options.update({k: v for k, v in given.items() if v is not _UNSET})
+        # `gradwatch sweep` sets these for the scripts it runs: the sweep decides where its
+        # runs go, so they win over the script's own arguments and its gradwatch.yaml.
+        options.update({k: v for k, v in env.items() if v})
         self.options = _validate_options(options)
         self.user_params = dict(self.config.hook.get("params") or {}) | dict(params or {})
         self.user_tags = {
