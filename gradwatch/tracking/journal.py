@@ -133,6 +133,11 @@ class JournalWriter:
         return writer
 
     @property
+    def fd(self) -> int:
+        """The write descriptor (holds the flock); a forked shipper closes its copy."""
+        return self._fd
+
+    @property
     def last_seq(self) -> int:
         """Sequence number of the last record written (the header is 0)."""
         return self._seq

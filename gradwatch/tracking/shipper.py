@@ -87,6 +87,8 @@ class ShipperSettings:
     request_timeout: seconds one HTTP request may take (connect and read).
     artifact_interval: artifact-line files are re-uploaded at most this often (and at end).
     chunk_bytes: journal bytes read per round; bounds memory during catch-up.
+    process: ship from a forked child process (the default where ``os.fork`` exists) rather
+        than a thread, so shipping never holds the training process's GIL (ship_process.py).
     """
 
     interval: float = 1.0
@@ -95,6 +97,7 @@ class ShipperSettings:
     request_timeout: float = 10.0
     artifact_interval: float = 30.0
     chunk_bytes: int = 1 << 20
+    process: bool = True
 
 
 @dataclass

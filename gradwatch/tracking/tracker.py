@@ -36,6 +36,7 @@ from gradwatch.tracking.journal import (
     files_dir,
     new_journal_id,
 )
+from gradwatch.tracking.ship_process import ForkedShipper, fork_available
 from gradwatch.tracking.shipper import Shipper, ShipperSettings
 
 __all__ = [
@@ -121,8 +122,12 @@ class RunTracker:
         self.attached: bool = bool(header.get("attached"))
         self._metrics_since_wake = 0
         self._closed: CloseResult | None = None
-        self._shipper = Shipper(writer.path, settings=settings, header=header)
-        self._shipper.start()
+        self._shipper: Shipper | ForkedShipper
+        if settings.process and fork_available():
+            self._shipper = ForkedShipper.start(writer.path, header, settings, writer.fd)
+        else:
+            self._shipper = Shipper(writer.path, settings=settings, header=header)
+            self._shipper.start()
 
     # ----------------------------------------------------------------- logging
     def log_metrics(
