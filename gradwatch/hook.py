@@ -258,6 +258,7 @@ class GradWatch:
         self._last_stats_step: int | None = None
         self._snapshot: tuple[int, dict[str, np.ndarray]] | None = None
         self._last_call: float | None = None
+        self._ratio_cost = 0.0
         self._step_seconds = 0.0  # EWMA of the wall time between step() calls
         self._started_at = time.perf_counter()
         self._check_seconds = 0.0
@@ -434,6 +435,7 @@ class GradWatch:
         return grad_norms, param_norms, nonfinite
 
     def _update_ratios(self, params) -> dict[str, float]:
+        t0 = time.perf_counter()
         s_prev, before = self._snapshot
         self._snapshot = None
         ratios = {
@@ -442,12 +444,14 @@ class GradWatch:
             if name in before
         }
         self.run.log_metrics(s_prev, {f"update_ratio/{k}": v for k, v in ratios.items()})
+        self._ratio_cost = time.perf_counter() - t0
         return ratios
 
     def _adapt_stats_interval(self, cost: float, num_metrics: int) -> None:
         if self.options["stats_every"] != "auto" or self._step_seconds <= 0:
             return
-        by_time = cost / (STATS_TIME_FRACTION * self._step_seconds)
+        # The statistics step and the update ratio on the step after it are one cost.
+        by_time = (cost + self._ratio_cost) / (STATS_TIME_FRACTION * self._step_seconds)
         by_rate = num_metrics / (STATS_MAX_METRICS_PER_SECOND * self._step_seconds)
         self._stats_interval = int(
             min(STATS_MAX_INTERVAL, max(1, math.ceil(max(by_time, by_rate))))
