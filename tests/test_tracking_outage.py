@@ -156,7 +156,7 @@ def test_training_sigkilled_then_sync_lands_everything_once(tracking_uri, tmp_pa
     assert logged == list(range(len(logged))) and len(logged) > 2000
     (status,) = pending_journals(journal_dir)
     assert status.needs_sync and not status.live and status.pending > 0
-    assert status.run_id is not None  # the child had created its run before it died
+    # Whether or not the shipper had created the run before it died, sync finds or makes it.
 
     result = sync_journal(journal, settings=FAST)
     assert result.complete and result.incomplete and result.status == "FAILED", result.message
@@ -178,10 +178,11 @@ def test_orphaned_shipper_lands_everything_when_only_training_is_killed(tracking
     journal_dir = tmp_path / "journal"
     journal, child = _start_and_kill(tracking_uri, journal_dir, whole_group=False)
     logged = [r["st"] for r in read_records(journal) if r.get("t") == "m"]
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 150  # the shipper's own limit is ORPHAN_GRACE (60 s) of work
     while pending_journals(journal_dir) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert pending_journals(journal_dir) == [], "the orphaned shipper should finish on its own"
+    left = pending_journals(journal_dir)
+    assert left == [], f"the orphaned shipper should finish on its own: {left}"
     client = mlflow.MlflowClient(tracking_uri)
     run_id = json.loads(journal.with_suffix(".state.json").read_text())["run_id"]
     got = client.get_run(run_id)

@@ -133,11 +133,6 @@ class JournalWriter:
         return writer
 
     @property
-    def fd(self) -> int:
-        """The write descriptor (holds the flock); a forked shipper closes its copy."""
-        return self._fd
-
-    @property
     def last_seq(self) -> int:
         """Sequence number of the last record written (the header is 0)."""
         return self._seq
@@ -165,6 +160,16 @@ class JournalWriter:
                 return None
             self._seq = seq
             return seq
+
+    def forget_fd(self) -> None:
+        """In a forked child: close this process's copy of the descriptor (the parent's
+        flock stays) and write nothing more."""
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
 
     def close(self) -> None:
         """Close the descriptor, which also releases the flock."""

@@ -27,6 +27,7 @@ from gradwatch.tracking.journal import (
     scan_lines,
     state_path,
 )
+from gradwatch.tracking.ship_process import ship_lock_path, shipper_running
 from gradwatch.tracking.shipper import Shipper, ShipperSettings, ShipState
 from gradwatch.tracking.tracker import display_path, pending_message
 
@@ -97,7 +98,7 @@ def journal_status(journal_path: str | os.PathLike) -> JournalStatus:
         run_id=state.run_id or header.get("run_id"),
         pending=_count_lines(path, state.offset),
         finalized=state.finalized is not None,
-        live=is_live(path),
+        live=is_live(path) or shipper_running(path),
     )
 
 
@@ -146,14 +147,29 @@ def sync_journal(
                 f"sync: journal {display_path(path)} is still being written by a live process; "
                 "its own shipper is sending it (sync it after that process exits)"
             ) from None
+        ship_lock = os.open(ship_lock_path(path), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
         try:
-            shipper = Shipper(path, tracking_uri=tracking_uri, settings=settings)
-        except (ValueError, KeyError) as err:
-            raise TrackingError(f"sync: {journal_path} is not a gradwatch journal ({err})") from err
+            fcntl.flock(ship_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(ship_lock)
+            raise TrackingError(
+                f"sync: journal {display_path(path)} is being shipped by its shipper process "
+                "right now (it gives up at most a minute after its training process ended); "
+                "sync it after that"
+            ) from None
         try:
-            return _sync(shipper, timeout)
+            try:
+                shipper = Shipper(path, tracking_uri=tracking_uri, settings=settings)
+            except (ValueError, KeyError) as err:
+                raise TrackingError(
+                    f"sync: {journal_path} is not a gradwatch journal ({err})"
+                ) from err
+            try:
+                return _sync(shipper, timeout)
+            finally:
+                shipper.close_fd()
         finally:
-            shipper.close_fd()
+            os.close(ship_lock)
     finally:
         os.close(lock_fd)
 

@@ -36,7 +36,7 @@ from gradwatch.tracking.journal import (
     files_dir,
     new_journal_id,
 )
-from gradwatch.tracking.ship_process import ForkedShipper, fork_available
+from gradwatch.tracking.ship_process import ProcessShipper
 from gradwatch.tracking.shipper import Shipper, ShipperSettings
 
 __all__ = [
@@ -122,10 +122,16 @@ class RunTracker:
         self.attached: bool = bool(header.get("attached"))
         self._metrics_since_wake = 0
         self._closed: CloseResult | None = None
-        self._shipper: Shipper | ForkedShipper
-        if settings.process and fork_available():
-            self._shipper = ForkedShipper.start(writer.path, header, settings, writer.fd)
-        else:
+        self._pid = os.getpid()
+        self._shipper: Shipper | ProcessShipper | None = None
+        if settings.process:
+            try:
+                self._shipper = ProcessShipper.start(writer.path, header, settings)
+            except OSError as err:  # no process to spare: a thread still ships everything
+                logger.warning(
+                    "gradwatch: cannot start a shipper process (%s); using a thread", err
+                )
+        if self._shipper is None:
             self._shipper = Shipper(writer.path, settings=settings, header=header)
             self._shipper.start()
 
@@ -176,6 +182,8 @@ class RunTracker:
         self._append({"t": ARTIFACT_FILE, "ts": _now_ms(), "src": rel, "path": target})
 
     def _append(self, record: dict[str, Any]) -> None:
+        if self._pid != _PID[0]:
+            return  # a fork of the training process (a user's worker): the run is not its own
         if self._closed is not None:
             raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
         if self._writer.append(record) is None and self._writer.dropped == 1:
@@ -226,6 +234,10 @@ class RunTracker:
         """
         if self._closed is not None:
             return self._closed
+        if self._pid != _PID[0]:
+            raise TrackingError(
+                "this run belongs to the process that opened it, not to a fork of it"
+            )
         status = str(status).upper()
         if status not in RUN_STATUSES:
             raise InputError(f"close: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
@@ -322,6 +334,19 @@ def _context_tags(user_tags: dict[str, str]) -> dict[str, str]:
 
 
 _open_trackers: weakref.WeakSet[RunTracker] = weakref.WeakSet()
+_PID = [os.getpid()]
+
+
+def _after_fork_in_child() -> None:
+    # A user's os.fork()/multiprocessing worker inherits open runs: it must neither write
+    # into their journals nor keep their flocks (sync would think the journal is live).
+    _PID[0] = os.getpid()
+    for tracker in list(_open_trackers):
+        tracker._writer.forget_fd()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register
