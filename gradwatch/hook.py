@@ -36,7 +36,7 @@ from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservatio
 from gradwatch.check import CheckReport, check_gradients
 from gradwatch.check._inputs import match_gradient_keys
 from gradwatch.config import Config, load_config
-from gradwatch.errors import AlertStop, GradwatchError, InputError
+from gradwatch.errors import AlertStop, GradwatchError, InputError, LossError
 from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME, ENV_SWEEP_ID, TAG_SWEEP_ID
 from gradwatch.stats import tensor_stats, update_ratio
 
@@ -155,10 +155,9 @@ class GradWatch:
         # runs go, so they win over the script's own arguments and its gradwatch.yaml.
         options.update({k: v for k, v in env.items() if v})
         self.options = _validate_options(options)
-        self.user_params = dict(self.config.hook.get("params") or {}) | dict(params or {})
+        self.user_params = self._redacted("params") | dict(params or {})
         self.user_tags = {
-            str(k): str(v)
-            for k, v in {**(self.config.hook.get("tags") or {}), **(tags or {})}.items()
+            str(k): str(v) for k, v in {**self._redacted("tags"), **(tags or {})}.items()
         }
         self.rules = list(rules) if rules is not None else list(self.config.rules)
         self.callbacks = dict(callbacks or {})
@@ -181,6 +180,14 @@ class GradWatch:
             return load_config()
         return load_config(config)
 
+    def _redacted(self, section: str) -> dict[str, Any]:
+        """The config's ``hook.params``/``hook.tags`` with values from ``${VAR}`` masked."""
+        values = self.config.hook.get(section) or {}
+        return {
+            k: "***" if f"hook.{section}.{k}" in self.config.secrets else v
+            for k, v in values.items()
+        }
+
     @property
     def every(self) -> int | None:
         return self.options["every"]
@@ -191,8 +198,9 @@ class GradWatch:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            status = "FINISHED"
+        if exc_type is None or (issubclass(exc_type, SystemExit) and not self._terminated
+                                and getattr(exc, "code", None) in (0, None)):  # fmt: skip
+            status = "FINISHED"  # sys.exit(0) inside the block is a normal end
         elif issubclass(exc_type, KeyboardInterrupt) or (
             issubclass(exc_type, SystemExit) and self._terminated
         ):
@@ -227,9 +235,23 @@ class GradWatch:
             tags=tags,
             journal_dir=self.options["journal_dir"],
         )
+        try:
+            self._start_run_parts()
+        except BaseException:
+            # Nothing may leave a run open behind a failed start (Ctrl-C during start-up, a
+            # baseline that raised): end it, and leave this object closed and restartable.
+            self._closed = True
+            self._restore_sigterm()
+            self.close_result = self.run.close(
+                "FAILED", timeout=min(2.0, self.options["flush_timeout"])
+            )
+            raise
+        return self
+
+    def _start_run_parts(self) -> None:
         self.run.log_params({**self.user_params, **self._loggable_options()})
         if self.config.path:
-            self.run.log_artifact_file(self.config.path, "gradwatch")
+            self._log_config_file(self.config.path)
         rules = self.rules
         if any(r.type == "baseline_drift" and r.enabled for r in rules):
             # Loads the baseline run's series now (a request at start-up); a baseline that
@@ -241,7 +263,31 @@ class GradWatch:
         self.engine = AlertEngine(rules)
         self.delivery = self.config.delivery(self.callbacks)
         self._install_sigterm()
-        return self
+
+    def _log_config_file(self, path: str) -> None:
+        """Upload the config file with literal webhook URLs and headers masked (``${VAR}``
+        placeholders are kept: they name a variable, not its secret value)."""
+        import tempfile
+
+        import yaml
+
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+        hooks = (data.get("alerts") or {}).get("webhooks") or {}
+        for spec in hooks.values():
+            if not isinstance(spec, dict):
+                continue
+            if isinstance(spec.get("url"), str) and "${" not in spec["url"]:
+                spec["url"] = "***"
+            if isinstance(spec.get("headers"), dict):
+                spec["headers"] = {k: v if isinstance(v, str) and v.startswith("${") else "***"
+                                   for k, v in spec["headers"].items()}  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = os.path.join(tmp, os.path.basename(path))
+            with open(copy, "w") as fh:
+                fh.write(f"# {os.path.basename(path)} as used by this run (secrets masked)\n")
+                yaml.safe_dump(data, fh, sort_keys=False)
+            self.run.log_artifact_file(copy, "gradwatch")
 
     def _loggable_options(self) -> dict[str, str]:
         shown = {f"gradwatch.{k}": "none" if v is None else str(v) for k, v in self.options.items()
@@ -296,7 +342,8 @@ class GradWatch:
             elif error is not None and status == "FAILED":
                 summary["gradwatch.error"] = f"{type(error).__name__}: {error}"[:5000]
             self.run.set_tags(summary)
-            self.delivery.close(timeout=min(5.0, self.options["flush_timeout"]))
+            if getattr(self, "delivery", None) is not None:
+                self.delivery.close(timeout=min(5.0, self.options["flush_timeout"]))
         finally:
             self.close_result = self.run.close(status, timeout=self.options["flush_timeout"])
         return self.close_result
@@ -312,6 +359,11 @@ class GradWatch:
             self._old_sigterm = None
 
     def _on_sigterm(self, signum, frame) -> None:
+        previous = self._old_sigterm
+        if previous is signal.SIG_IGN:
+            return  # the program chose to ignore SIGTERM; so do we
+        if callable(previous):
+            previous(signum, frame)  # e.g. the user's checkpoint-on-preemption handler
         self._terminated = True
         raise SystemExit(128 + signum)
 
@@ -491,15 +543,27 @@ class GradWatch:
                 loss_fn, params, grads, mode=self.options["mode"], num_samples=self.options["num_samples"],
                 eps=self.options["eps"], seed=seed,
             )  # fmt: skip
-        except InputError:
-            raise
+        except InputError as exc:
+            # Malformed params/grads are the caller's bug: say so at once. A loss that is not
+            # finite near the current parameters is the training's state: log it, go on.
+            if not isinstance(exc, LossError):
+                raise
+            return self._check_failed_to_run(s, exc, t0)
         except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop training
-            self.check_errors += 1
-            self._last_check_cost = time.perf_counter() - t0
-            self._check_seconds += self._last_check_cost
-            logger.warning("gradwatch: gradient check at step %d could not run: %s", s, exc)
-            self.run.set_tags({"gradwatch.check_error": f"step {s}: {exc}"[:5000]})
-            return None
+            return self._check_failed_to_run(s, exc, t0)
+        return self._record_check(s, report, t0, timestamp_ms)
+
+    def _check_failed_to_run(self, s: int, exc: BaseException, t0: float) -> None:
+        self.check_errors += 1
+        self._last_check_cost = time.perf_counter() - t0
+        self._check_seconds += self._last_check_cost
+        logger.warning("gradwatch: gradient check at step %d could not run: %s", s, exc)
+        self.run.set_tags({"gradwatch.check_error": f"step {s}: {exc}"[:5000]})
+        return None
+
+    def _record_check(
+        self, s: int, report: CheckReport, t0: float, timestamp_ms: int
+    ) -> CheckReport:
         self._last_check_cost = time.perf_counter() - t0
         self._check_seconds += self._last_check_cost
         self.checks += 1

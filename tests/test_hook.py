@@ -261,3 +261,68 @@ def test_embedded_default_store_without_any_server(tmp_path):
         run.info.status == "FINISHED"
         and len(client.get_metric_history(run.info.run_id, "loss")) == 25
     )
+
+
+def test_a_loss_that_cannot_be_checked_mid_run_is_logged_not_raised(tracking_uri):
+    def loss_hook(s, loss):
+        return loss
+
+    calls = {"n": 0}
+    with gradwatch.GradWatch(every=10, experiment="hook-losserror") as watch:
+        mlp = MLP([12, 16, 3], seed=0)
+        for s in range(25):
+            loss, grads = mlp.loss_and_grads(mlp.params, X[:32], Y[:32])
+
+            def loss_fn(p, s=s):
+                calls["n"] += 1
+                return float("nan") if s == 10 and calls["n"] > 3 else mlp.loss(p, X[:32], Y[:32])
+
+            watch.step(mlp.params, grads, loss=loss, loss_fn=loss_fn)
+    assert watch.check_errors == 1 and watch.checks == 2
+    run = _run(mlflow.MlflowClient(tracking_uri), "hook-losserror")
+    assert run.info.status == "FINISHED" and "step 10" in run.data.tags["gradwatch.check_error"]
+
+
+def test_sys_exit_zero_finishes_and_user_sigterm_handler_still_runs(tracking_uri):
+    with pytest.raises(SystemExit):
+        with gradwatch.GradWatch(every=None, experiment="hook-exit") as watch:
+            _train(watch, 5)
+            sys.exit(0)
+    assert _run(mlflow.MlflowClient(tracking_uri), "hook-exit").info.status == "FINISHED"
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with pytest.raises(SystemExit):
+            with gradwatch.GradWatch(every=None, experiment="hook-term-chain") as watch:
+                _train(watch, 5)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [signal.SIGTERM]
+    assert _run(mlflow.MlflowClient(tracking_uri), "hook-term-chain").info.status == "KILLED"
+
+
+def test_secrets_from_the_config_never_reach_mlflow(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("GW_TOKEN", "s3cr3t-token")
+    config = tmp_path / "gradwatch.yaml"
+    config.write_text(
+        textwrap.dedent("""
+        hook:
+          params: {api_key: "${GW_TOKEN}", width: 16}
+          tags: {owner: "${GW_TOKEN}"}
+        alerts:
+          webhooks:
+            slack: {url: "https://hooks.example.invalid/T000/B000/literal-secret"}
+    """)
+    )
+    with gradwatch.GradWatch(every=None, experiment="hook-secrets", config=str(config)) as watch:
+        _train(watch, 3)
+    client = mlflow.MlflowClient(tracking_uri)
+    run = _run(client, "hook-secrets")
+    shown = json.dumps([run.data.params, run.data.tags])
+    assert "s3cr3t" not in shown and "literal-secret" not in shown
+    assert run.data.params["api_key"] == "***" and run.data.params["width"] == "16"
+    uploaded = open(client.download_artifacts(run.info.run_id, "gradwatch/gradwatch.yaml")).read()
+    assert "literal-secret" not in uploaded and "s3cr3t" not in uploaded and "slack" in uploaded

@@ -119,6 +119,9 @@ def _run(
             "loss (training has already diverged or the loss has log(0))"
         )
     loss_eps = loss_precision(ev.last_raw)
+    if any(t.work is t.array and t.array.dtype.itemsize < 8 for t in tensors):
+        # Checked in their own precision: the loss carries that round-off, whatever it returns.
+        loss_eps = max([loss_eps] + [float(np.finfo(t.array.dtype).eps) for t in tensors])
     j0_again = ev()
     stochastic = abs(j0_again - j0) > STOCHASTIC_ULPS * loss_eps * max(abs(j0), 1e-300)
     per_param = {
@@ -159,26 +162,40 @@ def _run(
 
 
 def _choose_precision(loss_fn, params, work_params, tensors):
-    """Use float64 copies of low-precision tensors only if ``loss_fn`` honours them."""
-    note = ""
+    """Use float64 copies of low-precision tensors only if ``loss_fn`` honours them.
+
+    The returned dtype is not proof: a loss may cast to float32 inside and still return a
+    Python float. So the copies are nudged by 2^-30 relative — far below float32's resolution,
+    far above float64's — and the loss must move. Both calls count in ``num_evals``.
+    """
+    ev = Evaluator(loss_fn, work_params)
+    upcast = [t for t in tensors if t.work is not t.array]
     try:
-        raw64 = loss_fn(work_params)
-        ok = loss_precision(raw64) < 1e-10 and math.isfinite(
-            float(np.asarray(raw64).reshape(-1)[0])
-        )
+        before = ev()
+        ok = loss_precision(ev.last_raw) < 1e-10 and math.isfinite(before)
+        if ok and any(np.any(t.work) for t in upcast):
+            for t in upcast:
+                t.work *= 1.0 + 2.0**-30
+            try:
+                ok = ev() != before
+            finally:
+                for t in upcast:
+                    np.copyto(t.work, t.array)  # float32 -> float64 is exact
     except (LossError, InputError):
         raise
     except Exception:  # noqa: BLE001 - a loss that rejects float64 just falls back
         ok = False
     if ok:
-        return Evaluator(loss_fn, work_params), tensors, ""
-    for t in tensors:
+        return ev, tensors, ""
+    for t in upcast:
         t.work = t.array
+    fallback = Evaluator(loss_fn, params)
+    fallback.count = ev.count
     note = (
         "loss_fn does not compute in float64 on float64 copies of the low-precision parameters; "
         "they were checked in their own precision with float32 tolerances"
     )
-    return Evaluator(loss_fn, params), tensors, note
+    return fallback, tensors, note
 
 
 def _allocate(tensors: list[Tensor], num_samples: int) -> dict[str, int]:
