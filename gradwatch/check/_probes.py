@@ -77,12 +77,13 @@ def _safe_step(x: float, h: float, dtype: np.dtype) -> float:
     return max(h, 8.0 * float(np.spacing(np.asarray(abs(x), dtype=dtype))))
 
 
-def central_coord(
+def _evaluate_both_sides(
     ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float
-) -> tuple[float, float]:
-    """Central difference at one coordinate; returns ``(derivative, step used)``.
+) -> tuple[float, float, float, float, float, float]:
+    """Set θ_i to x+h then x−h in place, evaluate each, put x back bit for bit.
 
-    Divides by the step actually realized, (x+h) - (x-h), as scipy does.
+    Returns ``(x, x_plus, x_minus, J(x_plus), J(x_minus), h)`` with the values actually
+    stored (the realized step) and the step used.
     """
     arr = t.work
     saved = arr[index].copy()  # numpy scalar of the array's dtype: bit-exact
@@ -98,6 +99,17 @@ def central_coord(
     finally:
         arr[index] = saved
     _finite_or_raise((jp, jm), f"{t.name}{list(index)}", h)
+    return x, xp, xm, jp, jm, h
+
+
+def central_coord(
+    ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float
+) -> tuple[float, float]:
+    """Central difference at one coordinate; returns ``(derivative, step used)``.
+
+    Divides by the step actually realized, (x+h) - (x-h), as scipy does.
+    """
+    _, xp, xm, jp, jm, h = _evaluate_both_sides(ev, t, index, h)
     return (jp - jm) / (xp - xm), h
 
 
@@ -105,20 +117,7 @@ def one_sided_coord(
     ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float, j0: float
 ) -> tuple[float, float]:
     """Forward and backward differences at one coordinate (triage of kinks)."""
-    arr = t.work
-    saved = arr[index].copy()
-    x = float(saved)
-    h = _safe_step(x, h, arr.dtype)
-    try:
-        arr[index] = x + h
-        xp = float(arr[index])
-        jp = ev()
-        arr[index] = x - h
-        xm = float(arr[index])
-        jm = ev()
-    finally:
-        arr[index] = saved
-    _finite_or_raise((jp, jm), f"{t.name}{list(index)}", h)
+    x, xp, xm, jp, jm, _ = _evaluate_both_sides(ev, t, index, h)
     return (jp - j0) / (xp - x), (j0 - jm) / (x - xm)
 
 

@@ -55,6 +55,7 @@ __all__ = [
     "JournalWriter",
     "files_dir",
     "is_live",
+    "lock_held",
     "new_journal_id",
     "read_header",
     "read_records",
@@ -179,10 +180,10 @@ class JournalWriter:
                 self._fd = -1
 
 
-def is_live(journal_path: str | os.PathLike) -> bool:
-    """True while a process still holds the journal open for writing."""
+def lock_held(path: str | os.PathLike) -> bool:
+    """True while some process holds an exclusive ``flock`` on ``path``."""
     try:
-        fd = os.open(journal_path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     try:
@@ -192,6 +193,11 @@ def is_live(journal_path: str | os.PathLike) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def is_live(journal_path: str | os.PathLike) -> bool:
+    """True while a process still holds the journal open for writing."""
+    return lock_held(journal_path)
 
 
 def scan_lines(

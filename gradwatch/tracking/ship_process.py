@@ -40,7 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gradwatch.tracking.journal import scan_lines, state_path
+from gradwatch.tracking.journal import lock_held, scan_lines, state_path
 from gradwatch.tracking.shipper import Shipper, ShipperSettings, ShipState
 
 __all__ = ["ORPHAN_GRACE", "ProcessShipper", "ship_lock_path", "ship_log_path", "shipper_running"]
@@ -64,17 +64,7 @@ def ship_log_path(journal_path: str | os.PathLike) -> Path:
 
 def shipper_running(journal_path: str | os.PathLike) -> bool:
     """True while a shipper process holds the journal's ship lock."""
-    try:
-        fd = os.open(ship_lock_path(journal_path), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return lock_held(ship_lock_path(journal_path))
 
 
 class ProcessShipper:
