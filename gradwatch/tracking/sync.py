@@ -148,9 +148,7 @@ def sync_journal(
                 "its own shipper is sending it (sync it after that process exits)"
             ) from None
         ship_lock = os.open(ship_lock_path(path), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(ship_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock_within(ship_lock, SHIP_LOCK_WAIT):
             os.close(ship_lock)
             raise TrackingError(
                 f"sync: journal {display_path(path)} is being shipped by its shipper process "
@@ -172,6 +170,22 @@ def sync_journal(
             os.close(ship_lock)
     finally:
         os.close(lock_fd)
+
+
+#: A shipper process that has just finished still holds its lock for a moment while it exits.
+SHIP_LOCK_WAIT = 5.0
+
+
+def _lock_within(fd: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
 
 
 def _sync(shipper: Shipper, timeout: float) -> SyncResult:
