@@ -30,6 +30,7 @@ class Tensor:
     grad: np.ndarray  # float64 copy of the analytic gradient, same shape as array
     grad_dtype: np.dtype
     work: np.ndarray
+    snapshot: np.ndarray | None = None  # the untouched values, set by the engine
 
 
 def _param_items(params: Any) -> tuple[list[tuple[str, Any]], str]:

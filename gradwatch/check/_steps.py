@@ -40,7 +40,7 @@ ROUNDOFF_SAFETY = 1000.0
 
 def central_step(work: np.ndarray, loss_eps: float) -> float:
     """Step for central differences on one tensor: (EVAL_ULPS*EPS)^(1/3) * max(1, rms(tensor))."""
-    scale = float(np.sqrt(np.mean(np.square(work, dtype=np.float64)))) if work.size else 1.0
+    scale = float(np.sqrt(abs(np.vdot(work, work)) / work.size)) if work.size else 1.0
     if not np.isfinite(scale):
         scale = 1.0
     return float(np.cbrt(EVAL_ULPS * loss_eps) * max(1.0, scale))

@@ -93,6 +93,8 @@ def check_gradients(
     started = time.perf_counter()
     tensors, work_params, _ = normalize(params, grads, upcast=True)
     snapshots = [t.array.copy() for t in tensors]
+    for t, snap in zip(tensors, snapshots):
+        t.snapshot = snap  # read-only; also the directional probes' base values
     try:
         return _run(
             loss_fn, params, tensors, work_params, mode, int(num_samples), eps, seed, started
@@ -253,7 +255,7 @@ def _probe_coordinates(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol, fu
 
 def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> None:
     size = t.array.size
-    backup = t.work.copy()
+    backup = t.snapshot if t.work is t.array and t.snapshot is not None else t.work.copy()
     max_probes = 2 * int(math.ceil(math.log2(size + 1))) + 8
     for _ in range(count):
         # ±1 signs as int8: one cheap pass; scaled to a unit vector inside the probe.
