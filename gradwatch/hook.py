@@ -34,7 +34,7 @@ import numpy as np
 from gradwatch import __version__
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.check import CheckReport, check_gradients
-from gradwatch.check._inputs import match_gradient_keys
+from gradwatch.check._inputs import match_gradient_keys, param_items
 from gradwatch.config import Config, load_config
 from gradwatch.errors import AlertStop, GradwatchError, InputError, LossError
 from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME, ENV_SWEEP_ID, TAG_SWEEP_ID
@@ -296,7 +296,6 @@ class GradWatch:
 
     def _reset_state(self) -> None:
         self._next_step = 0
-        self._first_step: int | None = None
         self._key_map: dict[str, Any] | None = None
         self._stats_interval = (
             1 if self.options["stats_every"] == "auto" else int(self.options["stats_every"])
@@ -407,7 +406,6 @@ class GradWatch:
         s = self._next_step if step is None else int(step)
         self._next_step = s + 1
         if self._key_map is None:
-            self._first_step = s
             self._key_map = match_gradient_keys(params, grads)
         if self._last_call is not None:
             dt = now - self._last_call
@@ -469,7 +467,7 @@ class GradWatch:
     def _statistics(self, s, params, grads, metrics):
         t0 = time.perf_counter()
         named_params = _named(params)
-        named_grads = {name: np.asarray(_lookup(grads, key)) for name, key in self._key_map.items()}
+        named_grads = {name: np.asarray(grads[key]) for name, key in self._key_map.items()}
         stats = tensor_stats(named_params, named_grads)
         grad_norms, param_norms, nonfinite = {}, {}, {}
         for name, st in stats.items():
@@ -660,10 +658,5 @@ def _validate_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _named(params: Any) -> dict[str, np.ndarray]:
-    if isinstance(params, Mapping):
-        return {str(k): v for k, v in params.items()}
-    return {str(i): v for i, v in enumerate(params)}
-
-
-def _lookup(grads: Any, key: Any) -> Any:
-    return grads[key]
+    """``params`` by the names the check engine gives them ("W1", or "0", "1" for lists)."""
+    return dict(param_items(params)[0])

@@ -6,7 +6,7 @@ shape before ``loss_fn`` is called even once (scipy's habit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from gradwatch.errors import InputError
 
-__all__ = ["Tensor", "match_gradient_keys", "normalize"]
+__all__ = ["Tensor", "match_gradient_keys", "normalize", "param_items"]
 
 
 @dataclass
@@ -33,7 +33,7 @@ class Tensor:
     snapshot: np.ndarray | None = None  # the untouched values, set by the engine
 
 
-def _param_items(params: Any) -> tuple[list[tuple[str, Any]], str]:
+def param_items(params: Any) -> tuple[list[tuple[str, Any]], str]:
     if isinstance(params, Mapping):
         return [(str(k), v) for k, v in params.items()], "dict"
     if isinstance(params, (list, tuple)):
@@ -101,7 +101,7 @@ def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any,
     the caller's own container when nothing is upcast, else a container of the same kind whose
     low-precision arrays are float64 copies.
     """
-    items, kind = _param_items(params)
+    items, kind = param_items(params)
     if not items:
         raise InputError("params is empty: there is nothing to check")
     names = [n for n, _ in items]
@@ -165,10 +165,6 @@ def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any,
     return tensors, work_params, kind
 
 
-def as_names(params: Any) -> Sequence[str]:
-    return [n for n, _ in _param_items(params)[0]]
-
-
 def match_gradient_keys(params: Any, grads: Any) -> dict[str, Any]:
     """Validate ``params``/``grads`` like the check does and map each parameter name to the key
     (or list index) of its gradient, so callers can look gradients up cheaply every step.
@@ -176,7 +172,7 @@ def match_gradient_keys(params: Any, grads: Any) -> dict[str, Any]:
         match_gradient_keys({"W1": W1}, {"dW1": dW1}) == {"W1": "dW1"}
     """
     normalize(params, grads, upcast=False)
-    items, kind = _param_items(params)
+    items, kind = param_items(params)
     if kind == "list":
         return {name: i for i, (name, _) in enumerate(items)}
     keys = {str(k): k for k in grads}

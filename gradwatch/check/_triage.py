@@ -188,7 +188,7 @@ def localize_direction(
             if not tol.agree(analytic, numeric):
                 verdict, resolved, note = triage_coordinate(ctx, t, index, analytic, used, rtol)
                 probe.verdict, probe.note = verdict, note
-                probe.resolved = resolved  # type: ignore[attr-defined]
+                probe.resolved = resolved
             leaves.append(probe)
             if probe.verdict == "mismatch":
                 return "mismatch", f"localized to {probe.label}", leaves

@@ -249,7 +249,7 @@ def _probe_coordinates(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol, fu
             ctx, t, probe.index, probe.analytic, probe.step, rtol
         )
         probe.verdict, probe.note = verdict, note
-        probe.resolved = resolved  # type: ignore[attr-defined]
+        probe.resolved = resolved
         confirmed += verdict == "mismatch"
 
 
@@ -266,7 +266,7 @@ def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> 
                 ctx, t, backup, signs, h, rtol, max_probes
             )
             probe.verdict, probe.note = verdict, note
-            probe.resolved = resolved  # type: ignore[attr-defined]
+            probe.resolved = resolved
             seen = set(tr.indices)
             tr.coords.extend(leaf for leaf in leaves if leaf.index not in seen)
         tr.directions.append(probe)
@@ -288,18 +288,17 @@ def _note_ignored_params(per_param: dict[str, TensorReport], notes: list[str]) -
 
 def _resolved_error(p: Probe) -> float:
     if p.verdict in ("kink", "noise"):
-        return getattr(p, "resolved", 0.0)
+        return p.resolved
     return p.rel_error
 
 
 def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -> CheckReport:
-    analytic, numeric = [], []
-    for tr in per_param.values():
-        source = tr.coords if any(tr.coords for tr in per_param.values()) else tr.directions
-        for p in source:
-            analytic.append(p.analytic)
-            numeric.append(p.numeric)
-    a, n = np.asarray(analytic), np.asarray(numeric)
+    # The classic difference is over the checked coordinates; over the directions when no
+    # coordinate was checked (directional mode).
+    use_coords = any(tr.coords for tr in per_param.values())
+    probes = [p for tr in per_param.values() for p in (tr.coords if use_coords else tr.directions)]
+    a = np.asarray([p.analytic for p in probes])
+    n = np.asarray([p.numeric for p in probes])
     denom = float(np.linalg.norm(a) + np.linalg.norm(n)) if a.size else 0.0
     difference = float(np.linalg.norm(a - n)) / denom if denom > 0 else 0.0
     errors = [_resolved_error(p) for tr in per_param.values() for p in tr.probes]

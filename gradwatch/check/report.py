@@ -41,6 +41,9 @@ class Probe:
     step: float = 0.0
     size: int = 1
     note: str = ""
+    #: After triage, the error against the best-matching re-examination (a one-sided
+    #: derivative, a smaller step): what a ``kink`` or ``noise`` verdict really leaves.
+    resolved: float = 0.0
 
     @property
     def label(self) -> str:
