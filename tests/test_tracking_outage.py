@@ -19,19 +19,16 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow_server import MlflowServer
+from test_tracking import FAST
 
 from gradwatch.tracking import (
     INCOMPLETE_TAG,
-    ShipperSettings,
     open_run,
     pending_journals,
     read_records,
     sync_journal,
 )
 
-FAST = ShipperSettings(
-    interval=0.2, backoff_initial=0.1, backoff_max=0.5, request_timeout=5.0, artifact_interval=0.5
-)
 REPO = Path(__file__).resolve().parent.parent
 
 
