@@ -61,12 +61,20 @@ DEFAULTS: dict[str, Any] = {
     "rank_suffix": False,
 }
 #: With ``stats_every="auto"``, statistics may take this fraction of the loop's wall time...
-STATS_TIME_FRACTION = 0.01
+STATS_TIME_FRACTION = 0.005
 #: ...and may produce at most this many metrics per second: a local MLflow server ingests
 #: about 7k metrics/s in all (shared/MLFLOW.md), and a sweep runs several hooks at once.
 STATS_MAX_METRICS_PER_SECOND = 1000.0
 #: Auto statistics never go further apart than this many steps.
 STATS_MAX_INTERVAL = 1000
+#: Alerts are evaluated in batches of this many steps (at once on statistics, checks and a
+#: non-finite loss; every step when a rule can stop training)...
+ALERT_BATCH_STEPS = 32
+#: ...and at least this often, in seconds.
+ALERT_MAX_DELAY = 1.0
+#: A gap between two steps longer than this many typical steps is a pause (evaluation,
+#: checkpoint): it counts as this many steps of loop time.
+PAUSE_STEPS = 4
 _UNSET: Any = object()
 
 
@@ -102,9 +110,11 @@ class GradWatch:
         config: path of a gradwatch.yaml, a :class:`~gradwatch.config.Config`, ``None`` for
             ``./gradwatch.yaml`` if present, or ``False`` for no file.
         num_samples, mode, eps, seed: options of :func:`gradwatch.check_gradients`.
-        budget: fraction of wall time checks may take (e.g. 0.05): checks run at most every
-            ``every`` steps and only as often as the budget allows. ``None``: no limit.
-        stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 1% of the
+        budget: how much slower monitoring may make the loop, as a fraction of the loop's own
+            time (e.g. 0.05): everything the hook spends, checks included, stays within it, so
+            checks run at most every ``every`` steps and only as often as that allows.
+            ``None``: no limit.
+        stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 0.5% of the
             loop's time and 1000 metrics/s).
         rules: alert rules (default: the config's, else check failure, non-finite, loss
             divergence); ``callbacks``: ``{name: fn(alert)}`` for ``callback:<name>`` actions.
@@ -164,6 +174,7 @@ class GradWatch:
         self.rank = int(os.environ.get("RANK", "0") or 0) if rank is None else int(rank)
         self.enabled = self.rank == 0 or bool(self.options["rank_suffix"])
         self._started = False
+        self._recording = False  # started, enabled and not closed: step() records
         self._closed = False
         self.run = None
         self.close_result = None
@@ -218,6 +229,7 @@ class GradWatch:
             )
         self._reset_state()
         self._started, self._closed = True, False
+        self._recording = False
         if not self.enabled:
             return self
         from gradwatch.tracking import open_run  # MLflow is imported only when a run starts
@@ -261,8 +273,12 @@ class GradWatch:
 
             rules = attach_baselines(rules, tracking_uri=self.run.tracking_uri)
         self.engine = AlertEngine(rules)
+        # A rule that stops training must see every step as it happens.
+        stops = any("stop" in r.actions for r in self.engine.rules)
+        self._alert_batch = 1 if stops else ALERT_BATCH_STEPS
         self.delivery = self.config.delivery(self.callbacks)
         self._install_sigterm()
+        self._recording = True
 
     def _log_config_file(self, path: str) -> None:
         """Upload the config file with literal webhook URLs and headers masked (``${VAR}``
@@ -296,22 +312,29 @@ class GradWatch:
 
     def _reset_state(self) -> None:
         self._next_step = 0
+        self._quiet_until = 0  # steps before this one need no statistics and no check
+        self._budget_wait_until = 0  # a check postponed by the budget is not due before this
         self._key_map: dict[str, Any] | None = None
         self._stats_interval = (
             1 if self.options["stats_every"] == "auto" else int(self.options["stats_every"])
         )
         self._last_stats_step: int | None = None
         self._snapshot: tuple[int, dict[str, np.ndarray]] | None = None
-        self._last_call: float | None = None
+        self._stats_metrics = 0
         self._ratio_cost = 0.0
-        self._step_seconds = 0.0  # EWMA of the wall time between step() calls
-        self._started_at = time.perf_counter()
+        self._left_at: float | None = None  # when step() last returned
+        self._step_seconds = 0.0  # EWMA of the loop's own time per step (pauses clipped)
+        self._loop_seconds = 0.0  # the loop's own time so far, without the hook's
+        self._hook_seconds = 0.0  # time spent inside step(), checks included
+        self._pending_steps: list[tuple] = []  # steps the alert engine has not seen yet
+        self._alerts_fed_at = time.perf_counter()
         self._check_seconds = 0.0
         self._last_check_step: int | None = None
         self._last_check_cost = 0.0
         self._check_index = 0
         self.checks = 0
         self.checks_failed = 0
+        self.checks_deferred = 0  # times `budget` postponed a check `every` made due
         self.check_errors = 0
         self.last_report: CheckReport | None = None
         self.alerts: list[Any] = []
@@ -330,11 +353,14 @@ class GradWatch:
         if not self._started or self._closed:
             return self.close_result
         self._closed = True
+        self._recording = False
         self._restore_sigterm()
         if self.run is None:
             return None
         try:
+            self._feed_remaining_alerts()
             summary = {"gradwatch.checks": str(self.checks), "gradwatch.checks_failed": str(self.checks_failed),
+                       "gradwatch.checks_deferred": str(self.checks_deferred),
                        "gradwatch.alerts": str(self._alert_count)}  # fmt: skip
             if isinstance(error, AlertStop):
                 summary["gradwatch.stop_reason"] = str(error)[:5000]
@@ -346,6 +372,15 @@ class GradWatch:
         finally:
             self.close_result = self.run.close(status, timeout=self.options["flush_timeout"])
         return self.close_result
+
+    def _feed_remaining_alerts(self) -> None:
+        """At close: the steps since the last alert batch still get their alerts."""
+        if not self._pending_steps or getattr(self, "engine", None) is None:
+            return
+        try:
+            self._feed_alerts(time.perf_counter(), int(time.time() * 1000))
+        except Exception as exc:  # noqa: BLE001 - closing the run matters more
+            logger.warning("gradwatch: alerts for the last steps failed: %s", exc)
 
     # -- SIGTERM: end the run as KILLED -------------------------------------------------------
 
@@ -395,67 +430,102 @@ class GradWatch:
         the check's report on steps that ran one, else ``None``. Raises
         :class:`~gradwatch.AlertStop` when a rule with the ``stop`` action fired.
         """
-        if not self._started or self._closed:
-            raise GradwatchError(
-                "GradWatch.step() called outside a run: use `with GradWatch(...) as watch:` "
-                "or call watch.start() first"
-            )
-        if not self.enabled:
-            return None
-        now = time.perf_counter()
+        entered = time.perf_counter()
+        if not self._recording:
+            if not self._started or self._closed:
+                raise GradwatchError(
+                    "GradWatch.step() called outside a run: use `with GradWatch(...) as watch:` "
+                    "or call watch.start() first"
+                )
+            return None  # not this rank's run
+        # The loop's own time since step() last returned; a pause (an evaluation pass, a
+        # checkpoint) counts as PAUSE_STEPS typical steps. That time, not the wall clock, is
+        # what `budget` and the statistics' share are fractions of, so the hook's own time is
+        # not counted as the loop's and a pause buys no burst of checks.
+        if self._left_at is not None:
+            dt = entered - self._left_at
+            typical = self._step_seconds
+            if typical > 0.0:
+                dt = min(dt, PAUSE_STEPS * typical)
+                self._step_seconds = 0.9 * typical + 0.1 * dt
+            else:
+                self._step_seconds = dt
+            self._loop_seconds += dt
         s = self._next_step if step is None else int(step)
         self._next_step = s + 1
-        if self._key_map is None:
-            self._key_map = match_gradient_keys(params, grads)
-        if self._last_call is not None:
-            dt = now - self._last_call
-            self._step_seconds = (
-                dt if self._step_seconds == 0.0 else 0.9 * self._step_seconds + 0.1 * dt
-            )
-        self._last_call = now
-
+        loss_value = loss if loss is None or type(loss) is float else _as_float(loss, "loss")
+        lr_value = lr if lr is None or type(lr) is float else _as_float(lr, "lr")
+        loss_bad = loss_value is not None and not math.isfinite(loss_value)
         timestamp_ms = int(time.time() * 1000)
         metrics: dict[str, float] = {}
-        loss_value = None if loss is None else _as_float(loss, "loss")
-        lr_value = None if lr is None else _as_float(lr, "lr")
         if loss_value is not None:
             metrics["loss"] = loss_value
         if lr_value is not None:
             metrics["lr"] = lr_value
 
-        grad_norms = param_norms = ratios = nonfinite = None
-        if self._snapshot is not None:
-            ratios = self._update_ratios(params)
-        loss_bad = loss_value is not None and not math.isfinite(loss_value)
+        # Most steps write one journal line, queue one tuple for the alert engine and return:
+        # this is the cost every step pays, right after backprop has flushed the CPU caches.
+        # Statistics, alerts and checks run every few steps, when their code is warm.
+        if s < self._quiet_until and not loss_bad:
+            self.run.log_metrics(s, metrics, timestamp_ms)
+            pending = self._pending_steps
+            pending.append((s, loss_value, lr_value, None, None, timestamp_ms / 1000))
+            if len(pending) < self._alert_batch and entered - self._alerts_fed_at < ALERT_MAX_DELAY:
+                self._left_at = left = time.perf_counter()
+                self._hook_seconds += left - entered
+                return None
+            self._feed_alerts(entered, timestamp_ms)
+            return self._leave(entered)
+        return self._full_step(s, params, grads, loss_value, lr_value, metrics, loss_fn,
+                               loss_bad, timestamp_ms, entered)  # fmt: skip
+
+    def _full_step(self, s, params, grads, loss_value, lr_value, metrics, loss_fn, loss_bad,
+                   timestamp_ms, entered) -> CheckReport | None:  # fmt: skip
+        """A step with statistics, an update ratio, a check or a non-finite loss."""
+        if self._key_map is None:
+            self._key_map = match_gradient_keys(params, grads)
+
+        ratios = self._update_ratios(params) if self._snapshot is not None else None
+        stats = None
         if (
             self._last_stats_step is None
             or s - self._last_stats_step >= self._stats_interval
             or loss_bad
         ):
-            grad_norms, param_norms, nonfinite = self._statistics(s, params, grads, metrics)
+            stats = self._statistics(s, params, grads, metrics)
         self.run.log_metrics(s, metrics, timestamp_ms)
+        self._pending_steps.append((s, loss_value, lr_value, ratios, stats, timestamp_ms / 1000))
 
-        alerts = self.engine.observe_step(
-            StepObservation(
-                s,
-                loss_value,
-                lr_value,
-                grad_norms,
-                param_norms,
-                ratios,
-                nonfinite,
-                timestamp_ms / 1000,
-            )
-        )
+        check_due = self._check_due(s, loss_fn, loss_bad)
+        if (
+            check_due
+            or stats is not None
+            or len(self._pending_steps) >= self._alert_batch
+            or entered - self._alerts_fed_at >= ALERT_MAX_DELAY
+        ):
+            self._feed_alerts(entered, timestamp_ms)
+        if stats is not None:
+            self._adapt_stats_interval(time.perf_counter() - entered, self._stats_metrics)
         report = None
-        if self._check_due(s, loss_fn, loss_bad):
+        if check_due:
             report = self._run_check(s, params, grads, loss_fn, timestamp_ms)
-            if report is not None:
-                alerts = alerts + self.engine.observe_check(
-                    CheckObservation(s, report.to_dict(), timestamp_ms / 1000)
-                )
-        for alert in alerts:
-            self._dispatch(alert, timestamp_ms)
+        self._quiet_until = self._next_busy_step(s)
+        return self._leave(entered, report)
+
+    def _next_busy_step(self, s: int) -> int:
+        """The first step after ``s`` that may need statistics, an update ratio or a check."""
+        if self._snapshot is not None:
+            return s + 1
+        nxt = self._last_stats_step + self._stats_interval
+        every = self.options["every"]
+        if every is not None:
+            due = s + 1 if self._last_check_step is None else self._last_check_step + every
+            nxt = min(nxt, max(due, self._budget_wait_until))
+        return nxt
+
+    def _leave(self, entered: float, report: CheckReport | None = None) -> CheckReport | None:
+        self._left_at = time.perf_counter()
+        self._hook_seconds += self._left_at - entered
         if self._stop_alert is not None:
             alert, self._stop_alert = self._stop_alert, None
             self.run.flush(self.options["flush_timeout"])
@@ -464,8 +534,21 @@ class GradWatch:
             )
         return report
 
+    def _feed_alerts(self, now: float, timestamp_ms: int) -> None:
+        """Give the alert engine the steps queued since the last feed; dispatch what fires."""
+        self._alerts_fed_at = now
+        pending, self._pending_steps = self._pending_steps, []
+        for s, loss_value, lr_value, ratios, stats, ts in pending:
+            grad_norms = param_norms = nonfinite = None
+            if stats is not None:
+                grad_norms, param_norms, nonfinite = stats
+            observation = StepObservation(
+                s, loss_value, lr_value, grad_norms, param_norms, ratios, nonfinite, ts
+            )
+            for alert in self.engine.observe_step(observation):
+                self._dispatch(alert, timestamp_ms)
+
     def _statistics(self, s, params, grads, metrics):
-        t0 = time.perf_counter()
         named_params = _named(params)
         named_grads = {name: np.asarray(grads[key]) for name, key in self._key_map.items()}
         stats = tensor_stats(named_params, named_grads)
@@ -481,7 +564,7 @@ class GradWatch:
         # Keep a copy to measure the update the optimizer is about to apply.
         self._snapshot = (s, {name: p.copy() for name, p in named_params.items()})
         self._last_stats_step = s
-        self._adapt_stats_interval(time.perf_counter() - t0, 3 * len(stats))
+        self._stats_metrics = 3 * len(stats)
         return grad_norms, param_norms, nonfinite
 
     def _update_ratios(self, params) -> dict[str, float]:
@@ -498,9 +581,11 @@ class GradWatch:
         return ratios
 
     def _adapt_stats_interval(self, cost: float, num_metrics: int) -> None:
+        """Space statistics so that they take STATS_TIME_FRACTION of the loop's time."""
         if self.options["stats_every"] != "auto" or self._step_seconds <= 0:
             return
-        # The statistics step and the update ratio on the step after it are one cost.
+        # The statistics step (norms, journal line, the alert batch it feeds) and the update
+        # ratio on the step after it are one cost.
         by_time = (cost + self._ratio_cost) / (STATS_TIME_FRACTION * self._step_seconds)
         by_rate = num_metrics / (STATS_MAX_METRICS_PER_SECOND * self._step_seconds)
         self._stats_interval = int(
@@ -513,7 +598,9 @@ class GradWatch:
         every = self.options["every"]
         if every is None or loss_bad:
             return False
-        due = self._last_check_step is None or s - self._last_check_step >= every
+        due = self._last_check_step is None or (
+            s - self._last_check_step >= every and s >= self._budget_wait_until
+        )
         if not due:
             return False
         if loss_fn is None:
@@ -524,8 +611,14 @@ class GradWatch:
             return False
         budget = self.options["budget"]
         if budget is not None and self._last_check_step is not None:
-            elapsed = time.perf_counter() - self._started_at
-            if self._check_seconds + self._last_check_cost > budget * elapsed:
+            # Everything the hook spends, checks included, stays within budget x the loop's
+            # own time: wrapped/bare <= 1 + budget, whatever the statistics cost.
+            deficit = (self._hook_seconds + self._last_check_cost) / budget - self._loop_seconds
+            if deficit > 0:
+                # Come back when the loop has run long enough to pay for it, not every step.
+                steps = deficit / self._step_seconds if self._step_seconds > 0 else 1
+                self._budget_wait_until = s + max(1, min(int(steps), 1_000_000))
+                self.checks_deferred += 1
                 return False
         return True
 
@@ -537,6 +630,14 @@ class GradWatch:
         self._last_check_step = s
         t0 = time.perf_counter()
         try:
+            return self._check_and_record(s, params, grads, loss_fn, timestamp_ms, seed)
+        finally:
+            # The whole cost (evaluations, triage, journal, alerts) predicts the next check's.
+            self._last_check_cost = time.perf_counter() - t0
+            self._check_seconds += self._last_check_cost
+
+    def _check_and_record(self, s, params, grads, loss_fn, timestamp_ms, seed):
+        try:
             report = check_gradients(
                 loss_fn, params, grads, mode=self.options["mode"], num_samples=self.options["num_samples"],
                 eps=self.options["eps"], seed=seed,
@@ -546,24 +647,18 @@ class GradWatch:
             # finite near the current parameters is the training's state: log it, go on.
             if not isinstance(exc, LossError):
                 raise
-            return self._check_failed_to_run(s, exc, t0)
+            return self._check_failed_to_run(s, exc)
         except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop training
-            return self._check_failed_to_run(s, exc, t0)
-        return self._record_check(s, report, t0, timestamp_ms)
+            return self._check_failed_to_run(s, exc)
+        return self._record_check(s, report, timestamp_ms)
 
-    def _check_failed_to_run(self, s: int, exc: BaseException, t0: float) -> None:
+    def _check_failed_to_run(self, s: int, exc: BaseException) -> None:
         self.check_errors += 1
-        self._last_check_cost = time.perf_counter() - t0
-        self._check_seconds += self._last_check_cost
         logger.warning("gradwatch: gradient check at step %d could not run: %s", s, exc)
         self.run.set_tags({"gradwatch.check_error": f"step {s}: {exc}"[:5000]})
         return None
 
-    def _record_check(
-        self, s: int, report: CheckReport, t0: float, timestamp_ms: int
-    ) -> CheckReport:
-        self._last_check_cost = time.perf_counter() - t0
-        self._check_seconds += self._last_check_cost
+    def _record_check(self, s: int, report: CheckReport, timestamp_ms: int) -> CheckReport:
         self.checks += 1
         self.checks_failed += not report.passed
         self.last_report = report
@@ -579,7 +674,10 @@ class GradWatch:
             if tr.num_mismatches:
                 metrics[f"gradcheck/mismatches/{name}"] = float(tr.num_mismatches)
         self.run.log_metrics(s, metrics, timestamp_ms)
-        self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": s, **report.to_dict()})
+        details = report.to_dict()
+        self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": s, **details})
+        for alert in self.engine.observe_check(CheckObservation(s, details, timestamp_ms / 1000)):
+            self._dispatch(alert, timestamp_ms)
         if not report.passed:
             hint = ""
             if report.per_param and len(report.mismatched_tensors) == len(report.per_param):

@@ -143,7 +143,15 @@ class RunTracker:
         if not metrics:
             return
         ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        self._append({"t": METRICS, "ts": ts, "st": int(step), "m": metrics})
+        if self._pid != _PID[0]:
+            return  # a fork of the training process: the run is not its own (see _append)
+        self._check_open()
+        try:
+            seq = self._writer.append_metrics(ts, int(step), metrics)
+        except (TypeError, ValueError):  # a value float() rejects: the encoder stringifies it
+            seq = self._writer.append({"t": METRICS, "ts": ts, "st": int(step), "m": metrics})
+        if seq is None:
+            self._report_dropped()
         self._metrics_since_wake += len(metrics)
         if self._metrics_since_wake >= _FULL_BATCH_METRICS:
             self._metrics_since_wake = 0
@@ -186,7 +194,11 @@ class RunTracker:
             return  # a fork of the training process (a user's worker): the run is not its own
         if self._closed is not None:
             raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
-        if self._writer.append(record) is None and self._writer.dropped == 1:
+        if self._writer.append(record) is None:
+            self._report_dropped()
+
+    def _report_dropped(self) -> None:
+        if self._writer.dropped == 1:
             logger.error("gradwatch: cannot write journal %s (%s); records are being lost",
                          self.journal_path, self._writer.last_error)  # fmt: skip
 
