@@ -538,15 +538,16 @@ class GradWatch:
         """Give the alert engine the steps queued since the last feed; dispatch what fires."""
         self._alerts_fed_at = now
         pending, self._pending_steps = self._pending_steps, []
+        observations = []
         for s, loss_value, lr_value, ratios, stats, ts in pending:
             grad_norms = param_norms = nonfinite = None
             if stats is not None:
                 grad_norms, param_norms, nonfinite = stats
-            observation = StepObservation(
+            observations.append(StepObservation(
                 s, loss_value, lr_value, grad_norms, param_norms, ratios, nonfinite, ts
-            )
-            for alert in self.engine.observe_step(observation):
-                self._dispatch(alert, timestamp_ms)
+            ))  # fmt: skip
+        for alert in self.engine.observe_steps(observations):
+            self._dispatch(alert, timestamp_ms)
 
     def _statistics(self, s, params, grads, metrics):
         named_params = _named(params)
@@ -694,9 +695,9 @@ class GradWatch:
         if "mlflow" in alert.actions:
             self._alert_count += 1
             self.run.set_tags({f"gradwatch.alert.{alert.rule}": alert.text()[:5000]})
-            self.run.log_metrics(
-                alert.step, {"alerts/count": float(self._alert_count)}, timestamp_ms
-            )
+            # Stamped with the observed step's time (alerts are evaluated in batches).
+            when = int(alert.timestamp * 1000) if alert.timestamp else timestamp_ms
+            self.run.log_metrics(alert.step, {"alerts/count": float(self._alert_count)}, when)
             self.run.append_artifact_line("gradwatch/alerts.jsonl", alert.to_dict())
         if "stop" in alert.actions and self._stop_alert is None:
             self._stop_alert = alert

@@ -81,6 +81,70 @@ def test_journal_is_complete_before_return(tmp_path):
     run.close(timeout=0.2)
 
 
+_WRITER_CHILD = """
+import os, resource, signal, sys, time
+from gradwatch.tracking.journal import JournalWriter
+if len(sys.argv) > 2:  # a file-size limit standing in for a full disk
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+w = JournalWriter.create(sys.argv[1], {"id": "0123456789abcdef", "uri": "none"})
+print(w.path, flush=True)
+for step in range(40000):
+    w.append_metrics(1700000000000 + step, step, {"loss": 1.0 / (step + 1), "lr": 0.1})
+print(w.dropped, type(w.last_error).__name__, w.last_error and w.last_error.errno, flush=True)
+if len(sys.argv) > 2:
+    w.close()
+else:
+    time.sleep(60)  # killed here
+"""
+
+
+def _journal_child(tmp_path, *args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen(
+        [sys.executable, "-c", _WRITER_CHILD, str(tmp_path), *map(str, args)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_journal_lines_survive_kill9_and_readers_never_see_half_a_line(tmp_path):
+    import signal
+
+    child = _journal_child(tmp_path)
+    path = child.stdout.readline().strip()
+    seen = []  # read while the child writes: only whole lines, in order, none corrupt
+    while child.poll() is None and len(seen) < 5:
+        records = list(read_records(path))
+        assert [r["s"] for r in records] == list(range(len(records)))
+        seen.append(len(records))
+    assert child.stdout.readline().split()[0] == "0"  # all 40000 written, none dropped
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    records = list(read_records(path))
+    assert [r.get("st") for r in records[1:]] == list(range(40000))
+    assert records[-1]["m"] == {"loss": 1.0 / 40000, "lr": 0.1}
+    # The writer reserves the file ahead; past the last line it is zeros, which readers skip.
+    data = open(path, "rb").read()
+    end = data.rindex(b"\n") + 1
+    assert len(data) > end and data[end:] == bytes(len(data) - end)
+
+
+def test_journal_on_a_full_disk_drops_and_counts_instead_of_crashing(tmp_path):
+    limit = 1_500_000  # bytes: room for about 15000 of the 40000 lines
+    child = _journal_child(tmp_path, limit)
+    path = child.stdout.readline().strip()
+    dropped, error, errno_ = child.stdout.readline().split()
+    assert child.wait(timeout=30) == 0  # no SIGBUS, no SIGXFSZ: the process carried on
+    assert int(dropped) > 20000 and error == "OSError"
+    records = list(read_records(path))
+    steps = [r["st"] for r in records[1:]]
+    assert steps == list(range(len(steps))) and 10000 < len(steps) == 40000 - int(dropped)
+    assert os.path.getsize(path) <= limit
+
+
 def test_batch_limits_long_keys_and_values(tracking_uri):
     run = open_run(experiment="t-limits", settings=FAST)
     wide = {f"grad_norm/layer{i}": float(i) for i in range(2500)}  # > 1000 metrics in one step

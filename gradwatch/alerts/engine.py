@@ -185,12 +185,20 @@ class AlertEngine:
         """Feed one training step; return the alerts that survive cooldown (in rule order)."""
         return self._observe(obs)
 
+    def observe_steps(self, observations: Iterable[StepObservation]) -> list[Alert]:
+        """Feed several steps in order; the same alerts as ``observe_step`` on each in turn.
+
+        alerts = engine.observe_steps([StepObservation(s, loss) for s, loss in batch])
+        """
+        alerts, self._state = _apply(self.rules, self._detectors, self._state, observations)
+        return alerts
+
     def observe_check(self, obs: CheckObservation) -> list[Alert]:
         """Feed one gradient-check report; return the alerts that survive cooldown."""
         return self._observe(obs)
 
     def _observe(self, obs: StepObservation | CheckObservation) -> list[Alert]:
-        alerts, self._state = _apply(self.rules, self._detectors, self._state, obs)
+        alerts, self._state = _apply(self.rules, self._detectors, self._state, (obs,))
         return alerts
 
 
@@ -198,12 +206,24 @@ def _apply(
     rules: tuple[Rule, ...],
     detectors: Mapping[str, Detector],
     state: EngineState,
-    obs: StepObservation | CheckObservation,
+    observations: Iterable[StepObservation | CheckObservation],
 ) -> tuple[list[Alert], EngineState]:
+    # One copy of the state per batch of observations, not per observation: the hook feeds
+    # steps in batches, and this is most of the per-step cost of alerting.
     det_states = dict(state.detectors)
     last_step, last_sev = dict(state.last_step), dict(state.last_severity)
     fired, suppressed = dict(state.fired), dict(state.suppressed)
     alerts: list[Alert] = []
+    for obs in observations:
+        _apply_one(rules, detectors, obs, det_states, last_step, last_sev, fired, suppressed,
+                   alerts)  # fmt: skip
+    new_state = EngineState(det_states, last_step, last_sev, fired, suppressed,
+                            state.total + len(alerts))  # fmt: skip
+    return alerts, new_state
+
+
+def _apply_one(rules, detectors, obs, det_states, last_step, last_sev, fired, suppressed, alerts):
+    """Run every rule on ``obs``, updating the batch's working copies of the state."""
     now = obs.timestamp if obs.timestamp is not None else time.time()
     for rule in rules:
         finding, det_states[rule.name] = detectors[rule.name].update(det_states[rule.name], obs)
@@ -229,6 +249,3 @@ def _apply(
                 timestamp=now,
             )
         )
-    new_state = EngineState(det_states, last_step, last_sev, fired, suppressed,
-                            state.total + len(alerts))  # fmt: skip
-    return alerts, new_state

@@ -281,9 +281,6 @@ class Shipper:
     def finalized(self) -> bool:
         return self.state.finalized is not None
 
-    def pending_bytes(self) -> int:
-        return os.fstat(self._fd).st_size - self.state.offset
-
     # ----------------------------------------------------------------- run creation
     def _ensure_run(self) -> None:
         if self.state.run_id:
