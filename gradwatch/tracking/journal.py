@@ -192,29 +192,45 @@ class JournalWriter:
         body = f'"t":"m","ts":{ts},"st":{step},"m":{{{",".join(items)}}}}}'
         return self._write_body(body)
 
+    def append_loss_lr(self, ts: int, step: int, loss: float, lr: float) -> int | None:
+        """``append_metrics(ts, step, {"loss": loss, "lr": lr})`` for two finite floats.
+
+        The line most training steps write, formatted once, under the lock (see
+        append_metrics for why every call counts here).
+        """
+        with self._lock:
+            seq = self._seq + 1
+            line = (
+                f'{{"s":{seq},"t":"m","ts":{ts},"st":{step},"m":{{"loss":{loss!r},"lr":{lr!r}}}}}'
+            )
+            return self._put(seq, line.encode())
+
     def _write_body(self, body: str) -> int | None:
         with self._lock:
-            if self._fd < 0:
-                raise ValueError(f"journal {self.path} is closed")
             seq = self._seq + 1
-            data = f'{{"s":{seq},{body}\n'.encode()
-            start = self._end
-            end = start + len(data)
-            try:
-                if self._map is None or end > len(self._map):
-                    self._grow(end)
-            except (OSError, ValueError) as err:
-                # A full or failing disk must not kill training: count and report it instead.
-                self.dropped += 1
-                self.last_error = err if isinstance(err, OSError) else OSError(str(err))
-                return None
-            # The newline goes in last: a reader sees a line only once it is whole (bytes not
-            # yet visible read as zeros, where readers stop).
-            self._map[start : end - 1] = data[:-1]
-            self._map[end - 1] = 10
-            self._end = end
-            self._seq = seq
-            return seq
+            return self._put(seq, f'{{"s":{seq},{body}'.encode())
+
+    def _put(self, seq: int, line: bytes) -> int | None:
+        """Copy ``line`` and its newline into the map as record ``seq`` (lock held)."""
+        if self._fd < 0:
+            raise ValueError(f"journal {self.path} is closed")
+        start = self._end
+        end = start + len(line)
+        try:
+            if self._map is None or end >= len(self._map):
+                self._grow(end + 1)
+        except (OSError, ValueError) as err:
+            # A full or failing disk must not kill training: count and report it instead.
+            self.dropped += 1
+            self.last_error = err if isinstance(err, OSError) else OSError(str(err))
+            return None
+        # The newline goes in last: a reader sees a line only once it is whole (bytes not
+        # yet visible read as zeros, where readers stop).
+        self._map[start:end] = line
+        self._map[end] = 10
+        self._end = end + 1
+        self._seq = seq
+        return seq
 
     def _grow(self, needed: int) -> None:
         size = (needed // self.GROW_BYTES + 1) * self.GROW_BYTES
