@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "rank_suffix": False,
 }
 #: With ``stats_every="auto"``, statistics may take this fraction of the loop's wall time...
-STATS_TIME_FRACTION = 0.005
+STATS_TIME_FRACTION = 0.0025
 #: ...and may produce at most this many metrics per second: a local MLflow server ingests
 #: about 7k metrics/s in all (shared/MLFLOW.md), and a sweep runs several hooks at once.
 STATS_MAX_METRICS_PER_SECOND = 1000.0
@@ -129,7 +129,7 @@ class GradWatch:
             time (e.g. 0.05): everything the hook spends, checks included, stays within it, so
             checks run at most every ``every`` steps and only as often as that allows.
             ``None``: no limit.
-        stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 0.5% of the
+        stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 0.25% of the
             loop's time and 1000 metrics/s).
         rules: alert rules (default: the config's, else check failure, non-finite, loss
             divergence); ``callbacks``: ``{name: fn(alert)}`` for ``callback:<name>`` actions.
