@@ -327,8 +327,9 @@ class GradWatch:
 
     def _reset_state(self) -> None:
         self._next_step = 0
-        self._quiet_until = 0  # steps before this one need no statistics and no check
-        self._budget_wait_until = 0  # a check postponed by the budget is not due before this
+        # Steps before this one need no statistics and no check; the first step never does.
+        self._quiet_until: float = -math.inf
+        self._check_not_before = 0  # no check before this step (postponed by budget, no loss_fn)
         self._key_map: dict[str, Any] | None = None
         self._stats_interval = (
             1 if self.options["stats_every"] == "auto" else int(self.options["stats_every"])
@@ -475,8 +476,8 @@ class GradWatch:
         # Most steps write one journal line, queue one tuple for the alert engine and return:
         # this is the cost every step pays, right after backprop has flushed the CPU caches.
         # Statistics, alerts and checks run every few steps, when their code is warm.
-        if s < self._quiet_until and loss_value is not None and loss_value - loss_value == 0.0:
-            if lr_value is not None and lr_value - lr_value == 0.0:
+        if s < self._quiet_until and (loss_value is None or loss_value - loss_value == 0.0):
+            if loss_value is not None and lr_value is not None and lr_value - lr_value == 0.0:
                 self.run.log_loss_lr(s, loss_value, lr_value, timestamp_ms)
             else:
                 self.run.log_metrics(s, _scalars(loss_value, lr_value), timestamp_ms)
@@ -519,7 +520,10 @@ class GradWatch:
         ):
             self._feed_alerts(entered, timestamp_ms)
         if stats is not None:
-            self._adapt_stats_interval(time.perf_counter() - entered, self._stats_metrics)
+            cost = time.perf_counter() - entered
+            if ratios is not None:  # counted again by _adapt_stats_interval
+                cost -= self._ratio_cost
+            self._adapt_stats_interval(cost, self._stats_metrics)
         report = None
         if check_due:
             report = self._run_check(s, params, grads, loss_fn, timestamp_ms)
@@ -534,7 +538,7 @@ class GradWatch:
         every = self.options["every"]
         if every is not None:
             due = s + 1 if self._last_check_step is None else self._last_check_step + every
-            nxt = min(nxt, max(due, self._budget_wait_until))
+            nxt = min(nxt, max(due, self._check_not_before))
         return nxt
 
     def _leave(self, entered: float, report: CheckReport | None = None) -> CheckReport | None:
@@ -603,9 +607,10 @@ class GradWatch:
         # ratio on the step after it are one cost.
         by_time = (cost + self._ratio_cost) / (STATS_TIME_FRACTION * self._step_seconds)
         by_rate = num_metrics / (STATS_MAX_METRICS_PER_SECOND * self._step_seconds)
-        self._stats_interval = int(
-            min(STATS_MAX_INTERVAL, max(1, math.ceil(max(by_time, by_rate))))
-        )
+        # At most doubling at a time: one statistics step slowed by the machine (a page
+        # fault storm, a preempted core) must not thin out statistics for a thousand steps.
+        wanted = min(STATS_MAX_INTERVAL, max(1, math.ceil(max(by_time, by_rate))))
+        self._stats_interval = int(min(wanted, 2 * self._stats_interval))
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -613,12 +618,13 @@ class GradWatch:
         every = self.options["every"]
         if every is None or loss_bad:
             return False
-        due = self._last_check_step is None or (
-            s - self._last_check_step >= every and s >= self._budget_wait_until
+        due = s >= self._check_not_before and (
+            self._last_check_step is None or s - self._last_check_step >= every
         )
         if not due:
             return False
         if loss_fn is None:
+            self._check_not_before = s + every  # ask again in `every` steps, not every step
             if not self._warned_no_loss_fn:
                 self._warned_no_loss_fn = True
                 logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
@@ -633,7 +639,7 @@ class GradWatch:
             if deficit > 0:
                 # Come back when the loop has run long enough to pay for it, not every step.
                 steps = deficit / self._step_seconds if self._step_seconds > 0 else 1
-                self._budget_wait_until = s + max(1, min(int(steps), 1_000_000))
+                self._check_not_before = s + max(1, min(int(steps), 1_000_000))
                 self.checks_deferred += 1
                 return False
         return True

@@ -145,6 +145,28 @@ def test_journal_on_a_full_disk_drops_and_counts_instead_of_crashing(tmp_path):
     assert os.path.getsize(path) <= limit
 
 
+def test_journal_without_shared_maps_falls_back_to_writes(tmp_path, monkeypatch, caplog):
+    """File systems that cannot mmap (some FUSE, 9p) and platforms without posix_fallocate."""
+    import errno
+
+    from gradwatch.tracking import journal
+
+    def no_map(*args, **kwargs):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(journal.mmap, "mmap", no_map)
+    writer = journal.JournalWriter.create(tmp_path, {"id": "0123456789abcdef", "uri": "none"})
+    for step in range(100):
+        writer.append_loss_lr(1700000000000 + step, step, 0.5, 0.1)
+    writer.append_metrics(1700000000100, 100, {"loss": math.nan, 7: 1.0})
+    writer.close()
+    records = list(read_records(writer.path))
+    assert [r["s"] for r in records] == list(range(102)) and writer.dropped == 0
+    assert records[-1]["m"]["7"] == 1.0 and math.isnan(records[-1]["m"]["loss"])
+    assert b"\0" not in writer.path.read_bytes()
+    assert "writing each line instead" in caplog.text
+
+
 def test_batch_limits_long_keys_and_values(tracking_uri):
     run = open_run(experiment="t-limits", settings=FAST)
     wide = {f"grad_norm/layer{i}": float(i) for i in range(2500)}  # > 1000 metrics in one step

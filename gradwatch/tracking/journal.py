@@ -34,8 +34,10 @@ it when the process dies, which is how ``sync`` tells a crashed run from a live 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import logging
 import math
 import mmap
 import os
@@ -93,6 +95,10 @@ _json_key = json.JSONEncoder(ensure_ascii=True).encode
 _NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+logger = logging.getLogger("gradwatch")
+
+
 def _json_number(value: float) -> str:
     """``value`` as json.dumps writes it (NaN and Infinity included), without the encoder."""
     value = float(value)  # numpy scalars' repr is not JSON
@@ -142,6 +148,7 @@ class JournalWriter:
         self._seq = -1
         self._keys: dict[str, str] = {}  # metric key -> its JSON string, built once
         self._map: mmap.mmap | None = None
+        self._writes = False  # True: no map possible here, each line is a pwrite
         self._end = 0  # bytes of records written
         self.dropped = 0
         self.last_error: OSError | None = None
@@ -186,7 +193,9 @@ class JournalWriter:
         for k, v in metrics.items():
             jk = keys.get(k)
             if jk is None:
-                jk = keys[k] = _json_key(k)
+                jk = _json_key(k if isinstance(k, str) else str(k))
+                if len(keys) < 100_000:  # names that change every step are not worth keeping
+                    keys[k] = jk
             v = float(v)  # a numpy scalar's repr is not JSON
             items.append(f"{jk}:{v!r}" if v - v == 0.0 else f"{jk}:{_json_number(v)}")
         body = f'"t":"m","ts":{ts},"st":{step},"m":{{{",".join(items)}}}}}'
@@ -217,13 +226,19 @@ class JournalWriter:
         start = self._end
         end = start + len(line)
         try:
+            if self._writes:
+                return self._pwrite(seq, line)
             if self._map is None or end >= len(self._map):
                 self._grow(end + 1)
-        except (OSError, ValueError) as err:
-            # A full or failing disk must not kill training: count and report it instead.
+        except OSError as err:
+            if err.errno not in _DISK_FULL:
+                return self._fall_back_to_writes(seq, line, err)
+            # A full disk must not kill training: count and report it instead.
             self.dropped += 1
-            self.last_error = err if isinstance(err, OSError) else OSError(str(err))
+            self.last_error = err
             return None
+        except Exception as err:  # noqa: BLE001 - no fallocate or mremap here (macOS, ...)
+            return self._fall_back_to_writes(seq, line, err)
         # The newline goes in last: a reader sees a line only once it is whole (bytes not
         # yet visible read as zeros, where readers stop).
         self._map[start:end] = line
@@ -233,12 +248,36 @@ class JournalWriter:
         return seq
 
     def _grow(self, needed: int) -> None:
+        have = 0 if self._map is None else len(self._map)
         size = (needed // self.GROW_BYTES + 1) * self.GROW_BYTES
-        os.posix_fallocate(self._fd, 0, size)  # ENOSPC here, not SIGBUS on a page later
+        # ENOSPC here, not SIGBUS on a page later (on ext4/xfs/tmpfs; a copy-on-write file
+        # system such as btrfs or ZFS may still need space at write-back).
+        os.posix_fallocate(self._fd, have, size - have)
         if self._map is None:
             self._map = mmap.mmap(self._fd, size)
         else:
-            self._map.resize(size)
+            self._map.resize(size)  # also sets the file's size: the same `size` here
+
+    def _fall_back_to_writes(self, seq: int, line: bytes, err: BaseException) -> int | None:
+        """No shared map on this platform or file system: ``pwrite`` every line from now on."""
+        logger.warning("gradwatch: journal %s: cannot map it (%s: %s); writing each line "
+                       "instead (slower)", self.path, type(err).__name__, err)  # fmt: skip
+        self._writes = True
+        try:
+            return self._pwrite(seq, line)
+        except OSError as write_err:
+            self.dropped += 1
+            self.last_error = write_err
+            return None
+
+    def _pwrite(self, seq: int, line: bytes) -> int:
+        data = line + b"\n"
+        written = 0
+        while written < len(data):  # one call unless the disk is nearly full
+            written += os.pwrite(self._fd, data[written:], self._end + written)
+        self._end += len(data)
+        self._seq = seq
+        return seq
 
     def forget_fd(self) -> None:
         """In a forked child: close this process's copy of the descriptor and of the map
@@ -269,8 +308,8 @@ class JournalWriter:
             except OSError as err:  # the zeros left behind are harmless to readers
                 self.last_error = err
             finally:
-                os.close(self._fd)
-                self._fd = -1
+                fd, self._fd = self._fd, -1  # never closed twice, even if close fails
+                os.close(fd)
 
 
 def lock_held(path: str | os.PathLike) -> bool:

@@ -160,11 +160,14 @@ class RunTracker:
     def log_loss_lr(self, step: int, loss: float, lr: float, timestamp_ms: int) -> None:
         """``log_metrics(step, {"loss": loss, "lr": lr}, timestamp_ms)`` for finite floats:
         the one line most training steps write, with the least work (see append_loss_lr)."""
+        loss, lr = float(loss), float(lr)
+        if loss - loss != 0.0 or lr - lr != 0.0:  # NaN or Inf: spelled as JSON wants them
+            return self.log_metrics(step, {"loss": loss, "lr": lr}, timestamp_ms)
         if self._pid != _PID[0]:
             return  # a fork of the training process: the run is not its own (see _append)
         if self._closed is not None:
             self._check_open()
-        if self._writer.append_loss_lr(timestamp_ms, step, loss, lr) is None:
+        if self._writer.append_loss_lr(int(timestamp_ms), int(step), loss, lr) is None:
             self._report_dropped()
         self._metrics_since_wake += 2
         if self._metrics_since_wake >= _FULL_BATCH_METRICS:
