@@ -344,7 +344,6 @@ class GradWatch:
         self._hook_seconds = 0.0  # time spent inside step(), checks included
         self._pending_steps: list[tuple] = []  # steps the alert engine has not seen yet
         self._alerts_fed_at = time.perf_counter()
-        self._check_seconds = 0.0
         self._last_check_step: int | None = None
         self._last_check_cost = 0.0
         self._check_index = 0
@@ -520,9 +519,12 @@ class GradWatch:
         ):
             self._feed_alerts(entered, timestamp_ms)
         if stats is not None:
+            # This statistics step and the update ratio it causes on the next step are one
+            # cost; that ratio is not known yet, so the last one measured stands in for it
+            # (unless this step paid one already).
             cost = time.perf_counter() - entered
-            if ratios is not None:  # counted again by _adapt_stats_interval
-                cost -= self._ratio_cost
+            if ratios is None:
+                cost += self._ratio_cost
             self._adapt_stats_interval(cost, self._stats_metrics)
         report = None
         if check_due:
@@ -603,9 +605,7 @@ class GradWatch:
         """Space statistics so that they take STATS_TIME_FRACTION of the loop's time."""
         if self.options["stats_every"] != "auto" or self._step_seconds <= 0:
             return
-        # The statistics step (norms, journal line, the alert batch it feeds) and the update
-        # ratio on the step after it are one cost.
-        by_time = (cost + self._ratio_cost) / (STATS_TIME_FRACTION * self._step_seconds)
+        by_time = cost / (STATS_TIME_FRACTION * self._step_seconds)
         by_rate = num_metrics / (STATS_MAX_METRICS_PER_SECOND * self._step_seconds)
         # At most doubling at a time: one statistics step slowed by the machine (a page
         # fault storm, a preempted core) must not thin out statistics for a thousand steps.
@@ -656,7 +656,6 @@ class GradWatch:
         finally:
             # The whole cost (evaluations, triage, journal, alerts) predicts the next check's.
             self._last_check_cost = time.perf_counter() - t0
-            self._check_seconds += self._last_check_cost
 
     def _check_and_record(self, s, params, grads, loss_fn, timestamp_ms, seed):
         try:

@@ -184,9 +184,10 @@ class JournalWriter:
     def append_metrics(self, ts: int, step: int, metrics: dict[str, float]) -> int | None:
         """``append({"t": "m", "ts": ts, "st": step, "m": metrics})`` for float values.
 
-        The same line, formatted without the JSON encoder and in one frame: this runs once
-        per training step, right after the user's backprop has flushed the CPU caches, where
-        every avoided call is measurable (BENCHMARKS.md).
+        The same line, formatted without the JSON encoder (metric keys are encoded once):
+        statistics and checks write through here, inside the training step, right after the
+        user's backprop has flushed the CPU caches, where every avoided call is measurable
+        (BENCHMARKS.md). Raises ValueError/TypeError for a value ``float()`` rejects.
         """
         keys = self._keys
         items = []
@@ -196,16 +197,15 @@ class JournalWriter:
                 jk = _json_key(k if isinstance(k, str) else str(k))
                 if len(keys) < 100_000:  # names that change every step are not worth keeping
                     keys[k] = jk
-            v = float(v)  # a numpy scalar's repr is not JSON
-            items.append(f"{jk}:{v!r}" if v - v == 0.0 else f"{jk}:{_json_number(v)}")
+            items.append(f"{jk}:{_json_number(v)}")
         body = f'"t":"m","ts":{ts},"st":{step},"m":{{{",".join(items)}}}}}'
         return self._write_body(body)
 
     def append_loss_lr(self, ts: int, step: int, loss: float, lr: float) -> int | None:
         """``append_metrics(ts, step, {"loss": loss, "lr": lr})`` for two finite floats.
 
-        The line most training steps write, formatted once, under the lock (see
-        append_metrics for why every call counts here).
+        The line most training steps write, formatted once, under the lock: the cheapest
+        path there is (see append_metrics for why every call counts here).
         """
         with self._lock:
             seq = self._seq + 1

@@ -7,7 +7,8 @@
     result = run.close("FINISHED", timeout=10.0)    # CloseResult; never raises on outage
 
 ``log_*`` returns once its line is in the journal file (a copy into a shared memory map); a
-shipper (its own process, else a thread) does all MLflow work. See journal.py for the file format and shipper.py for delivery.
+shipper (its own process, else a thread) does all MLflow work. See journal.py for the file
+format and shipper.py for delivery.
 """
 
 from __future__ import annotations
