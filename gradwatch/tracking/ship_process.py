@@ -5,7 +5,7 @@ lines, builds requests or (with the embedded sqlite store) runs MLflow's SQL lay
 the training loop releases the GIL (each ``os.write``, each numpy call) the thread may keep it
 for up to the 5 ms switch interval. On the 1.6 ms/step benchmark MLP that cost the loop 30 %
 and more. The journal is already the interface between the two sides, so the shipper runs as
-``python -m gradwatch.tracking.ship_process JOURNAL`` — a fresh interpreter, not a fork: it
+a fresh interpreter running this module's ``main`` on the journal, not a fork: it
 shares no locks, sockets, database connections or open files with training, and works the
 same on every platform.
 
@@ -89,7 +89,9 @@ class ProcessShipper:
         log = open(ship_log_path(path), "ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gradwatch.tracking.ship_process", str(path),
+                # Not `-m gradwatch.tracking.ship_process`: the package imports this module
+                # first, and runpy would warn into the ship log about running it twice.
+                [sys.executable, "-c", _CHILD_MAIN, str(path),
                  "--settings", json.dumps(asdict(settings))],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
                 env=env,
@@ -202,6 +204,9 @@ def _shipped_without_end(shipper: Shipper) -> bool:
     # Complete lines only: a torn last line (crash mid-write) is never shippable.
     lines, _ = scan_lines(shipper._fd, shipper.state.offset, 1 << 16)
     return not lines
+
+
+_CHILD_MAIN = "import sys; from gradwatch.tracking.ship_process import main; sys.exit(main())"
 
 
 def main(argv: list[str] | None = None) -> int:
