@@ -8,7 +8,9 @@
 
 Every command takes ``--tracking-uri`` (else ``MLFLOW_TRACKING_URI``, else the embedded
 ``sqlite:///mlflow.db`` in the working directory). This module only parses arguments and
-prints: the work is done in gradwatch.compare, .sweep, .monitor, .demo.run and .tracking.
+prints: the work is done in gradwatch.runs (compare, sweep, monitor), gradwatch.demo.run and
+gradwatch.tracking. For its own process the command makes MLflow's client fail fast
+(gradwatch.mlflow_access.FAIL_FAST_SETTINGS) unless the user set those variables.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import functools
 import os
 import re
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +28,8 @@ import click
 
 from gradwatch import __version__
 from gradwatch.errors import ConfigError, GradwatchError, InputError
+from gradwatch.mlflow_access import apply_fail_fast_defaults, resolve_tracking_uri, restore_settings
+from gradwatch.secrets import mask_uri
 
 __all__ = ["main"]
 
@@ -77,10 +83,11 @@ def tracking_uri_option(fn: Callable) -> Callable:
 
 
 def _fail_cleanly(fn: Callable) -> Callable:
-    """Turn gradwatch and MLflow errors into one-line messages instead of tracebacks.
+    """Turn gradwatch's errors into one-line messages (credentials masked) instead of tracebacks.
 
     Bad input is a usage error (exit 2, with the usage line); a bad config file exits 2;
-    anything else gradwatch raises on purpose (server down, run failed) exits 1.
+    anything else gradwatch raises on purpose (server down, run failed) exits 1. MLflow's
+    own errors reach here already translated (gradwatch.mlflow_access.mlflow_errors).
     """
 
     @functools.wraps(fn)
@@ -88,47 +95,108 @@ def _fail_cleanly(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except InputError as err:
-            raise click.UsageError(str(err), click.get_current_context()) from None
+            raise click.UsageError(mask_uri(err), click.get_current_context()) from None
         except ConfigError as err:
-            exc = click.ClickException(str(err))
+            exc = click.ClickException(mask_uri(err))
             exc.exit_code = 2
             raise exc from None
         except GradwatchError as err:
-            raise click.ClickException(str(err)) from None
-        except Exception as err:
-            from gradwatch.compare import one_line
-
-            if type(err).__module__.split(".")[0] in {"mlflow", "requests", "urllib3"}:
-                raise click.ClickException(f"MLflow: {one_line(err)}") from None
-            raise
+            raise click.ClickException(mask_uri(err)) from None
 
     return wrapper
 
 
+class Progress:
+    """Where a long command is: one line on stderr, rewritten in place on a terminal.
+
+        progress = Progress(total=3)
+        progress.update("[1/3] lr=0.1: step 40/300")   # a terminal: redrawn at most 10x/s
+        progress.finished("[1/3] lr=0.1 ok")           # elsewhere: only these lines print
+
+    Pipes and CI logs get one line per finished item and no control characters.
+    """
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._lock = threading.Lock()
+        self._shown = 0.0
+        self._dirty = False
+
+    def update(self, text: str) -> None:
+        """Show ``text`` as the current state (terminal only; throttled)."""
+        if not self.live:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._shown < 0.1:
+                return
+            self._shown = now
+            self._write(text)
+
+    def finished(self, text: str) -> None:
+        """Print ``text`` as a line of its own (terminal and elsewhere)."""
+        with self._lock:
+            if self.live and self._dirty:
+                self.stream.write("\r\033[K")
+                self._dirty = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        """Clear the live line."""
+        with self._lock:
+            if self.live and self._dirty:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+                self._dirty = False
+
+    def _write(self, text: str) -> None:
+        width = max(20, _terminal_width() - 1)
+        self.stream.write("\r\033[K" + text[:width])
+        self.stream.flush()
+        self._dirty = True
+
+
+def _terminal_width() -> int:
+    import shutil
+
+    return shutil.get_terminal_size((80, 20)).columns
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(__version__, "-V", "--version", prog_name="gradwatch")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """gradwatch: gradient checks and training monitoring for numpy loops, tracked in MLflow.
 
     \b
     Start with:   gradwatch demo
     Then:         gradwatch compare --experiment gradwatch-demo --plot runs.png
     """
+    # This process is the command's: report an MLflow outage at once instead of retrying
+    # for minutes. Undone when the command ends (it may run inside another program).
+    added = apply_fail_fast_defaults()
+    ctx.call_on_close(lambda: restore_settings(added))
 
 
 # ----------------------------------------------------------------------------- compare
 
-_PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-
 
 def _check_plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from gradwatch.runs.plot import PLOT_SUFFIXES, require_matplotlib
+
     if value is None:
         return None
-    if not value.lower().endswith(_PLOT_SUFFIXES):
-        raise click.BadParameter(f"{value!r} must end in {', '.join(_PLOT_SUFFIXES)}")
+    if not value.lower().endswith(PLOT_SUFFIXES):
+        raise click.BadParameter(f"{value!r} must end in {', '.join(PLOT_SUFFIXES)}")
     parent = os.path.dirname(os.path.abspath(value))
     if not os.path.isdir(parent):
         raise click.BadParameter(f"directory {parent} does not exist")
+    try:
+        require_matplotlib()
+    except InputError as err:
+        raise click.BadParameter(str(err)) from None
     return value
 
 
@@ -144,26 +212,35 @@ def run_compare(
     plot: str | None = None,
     output: str = "table",
     progress: bool = True,
+    diff_only: bool = False,
 ) -> list:
     """Print the comparison of the selected runs (shared by compare, sweep and demo)."""
-    from gradwatch import compare
+    from gradwatch.mlflow_access import get_client
+    from gradwatch.runs import compare
 
-    with compare.quick_http():
-        client = compare.get_client(tracking_uri)
-        runs = compare.select_runs(client, experiment, run_ids=run_ids, sweep_id=sweep_id)
-        if not runs:
-            where = f"experiment {experiment!r}" + (f", sweep {sweep_id}" if sweep_id else "")
-            click.echo(f"no runs in {where} at {client.tracking_uri}", err=True)
-            return []
-        if progress and len(runs) > 1 and sys.stderr.isatty():
-            with click.progressbar(length=len(runs), label="reading runs", file=sys.stderr) as bar:
-                results = compare.summarize_runs(client, runs, lambda _run: bar.update(1))
-        else:
-            results = compare.summarize_runs(client, runs)
+    client = get_client(tracking_uri)
+    runs = compare.select_runs(client, experiment, run_ids=run_ids, sweep_id=sweep_id)
+    if not runs:
+        where = f"experiment {experiment!r}" + (f", sweep {sweep_id}" if sweep_id else "")
+        click.echo(f"no runs in {where} at {mask_uri(client.tracking_uri)}", err=True)
+        return []
+    status = Progress()
+    if progress and len(runs) > 1 and status.live:
+        count = iter(range(1, len(runs) + 1))
+
+        def step(_run: Any) -> None:
+            status.update(f"reading runs {next(count)}/{len(runs)}")
+
+        results = compare.summarize_runs(client, runs, step)
+        status.close()
+    else:
+        results = compare.summarize_runs(client, runs)
     summaries = [s for s, _ in results]
-    click.echo(compare.render(summaries, output))
+    click.echo(compare.render(summaries, output, diff_only=diff_only))
     if plot:
-        compare.plot_runs([c for _, c in results], plot)
+        from gradwatch.runs.plot import plot_runs
+
+        plot_runs([c for _, c in results], plot)
         click.echo(f"plot written to {plot}", err=True)
     return summaries
 
@@ -188,6 +265,9 @@ def run_compare(
     show_default=True,
     help="table for people; json/csv (one record per run) for scripts.",
 )
+@click.option(
+    "--diff-only", is_flag=True, help="Only the params whose values differ between the runs."
+)
 @tracking_uri_option
 @_fail_cleanly
 def compare_cmd(
@@ -196,24 +276,29 @@ def compare_cmd(
     sweep_id: str | None,
     plot: str | None,
     output: str,
+    diff_only: bool,
     tracking_uri: str | None,
 ) -> None:
     """Compare runs: loss, divergence, gradient checks and alerts, one line per run.
 
     \b
-    A run is "diverged" when its loss (or a tensor) went non-finite, or its final loss is
-    more than 10x its best and above its first; "stalled" when its best loss is within 1%
-    of its first. "failed" counts gradient checks that found mismatches (a backprop bug).
+    Judged on the smoothed loss (medians of the first and last tenth of the run):
+    "DIVERGED" when the loss (or a tensor) went non-finite, or rose to 10x its best and
+    ended above its start; "stalled" when the end is no lower than the start, within the
+    batches' noise. "BACKPROP BUG" when gradient checks failed and their probes show
+    neither clipping nor one constant factor; "clipped" when gradients sat on an
+    element-wise clipping bound ("grads xR" when they differ by one factor R).
 
     \b
       gradwatch compare --experiment gradwatch-demo --plot runs.png
       gradwatch compare --runs 1a2b3c 4d5e6f --format json
+      gradwatch compare --experiment mlp --diff-only
     """
     if not experiment and not run_ids:
         experiment = _default_experiment()
         if not experiment:
             raise click.UsageError("give --experiment NAME or --runs ID...")
-    run_compare(tracking_uri, experiment, run_ids, sweep_id, plot, output)
+    run_compare(tracking_uri, experiment, run_ids, sweep_id, plot, output, diff_only=diff_only)
 
 
 # ------------------------------------------------------------------------------- sweep
@@ -292,7 +377,7 @@ def sweep_cmd(
       gradwatch sweep train.py --lr 1 0.1 0.01 --parallel 2
       gradwatch sweep train.py --lr 0.1 0.01 -p batch=32,128 -- --epochs 3
     """
-    from gradwatch import sweep
+    from gradwatch.runs import sweep
 
     grid: dict[str, list[Any]] = {}
     if lrs:
@@ -308,12 +393,7 @@ def sweep_cmd(
         f"{experiment!r}, {parallel} at a time; logs in {plan.runs[0].log_path.parent}",
         err=True,
     )
-    with click.progressbar(length=len(plan.runs), label="running", file=sys.stderr) as bar:
-
-        def done(result: sweep.SweepResult) -> None:
-            bar.update(1)
-
-        results = sweep.run_sweep(plan, parallel=parallel, timeout=timeout, on_done=done)
+    results = _run_sweep_with_progress(sweep, plan, parallel, timeout)
     failed = [r for r in results if not r.ok]
     for r in failed:
         click.echo(
@@ -335,6 +415,39 @@ def sweep_cmd(
         )
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(results)} run(s) failed")
+
+
+def _run_sweep_with_progress(sweep: Any, plan: Any, parallel: int, timeout: float | None) -> list:
+    """Run the sweep, showing which runs are running and how many have finished."""
+    status = Progress()
+    total = len(plan.runs)
+    lock = threading.Lock()
+    running: dict[str, float] = {}
+    finished = [0]
+
+    def show() -> None:
+        names = ", ".join(running) or "-"
+        status.update(f"sweep: {finished[0]}/{total} done; running: {names}")
+
+    def started(run: Any) -> None:
+        with lock:
+            running[run.run_name] = time.monotonic()
+            show()
+
+    def done(result: Any) -> None:
+        with lock:
+            running.pop(result.run.run_name, None)
+            finished[0] += 1
+            outcome = "ok" if result.ok else f"FAILED (exit {result.returncode})"
+            status.finished(f"[{finished[0]}/{total}] {result.run.run_name}: {outcome} "
+                            f"in {result.seconds:.1f} s")  # fmt: skip
+            show()
+
+    try:
+        return sweep.run_sweep(plan, parallel=parallel, timeout=timeout, on_done=done,
+                               on_start=started)  # fmt: skip
+    finally:
+        status.close()
 
 
 # ------------------------------------------------------------------------------- demo
@@ -361,23 +474,37 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     backprop and once with a planted bug, every run watched by gradwatch.GradWatch and logged
     to MLflow. Ends with the comparison table and the command that opens the MLflow UI.
     """
-    from gradwatch.compare import resolve_tracking_uri
     from gradwatch.demo import run as demo
 
     uri = resolve_tracking_uri(tracking_uri)
     specs = demo.plan(steps=60 if quick else steps)
-    click.echo(f"gradwatch demo: {len(specs)} runs -> {uri}, experiment {experiment!r}", err=True)
-    with click.progressbar(length=len(specs), label="training", file=sys.stderr) as bar:
-        result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_done=bar.update)
+    click.echo(f"gradwatch demo: {len(specs)} runs -> {mask_uri(uri)}, experiment {experiment!r}",
+               err=True)  # fmt: skip
+    status = Progress()
+    index = {spec.run_name: i for i, spec in enumerate(specs, start=1)}
+
+    def on_step(spec: Any, step: int) -> None:
+        status.update(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: "
+                      f"step {step}/{spec.steps}")  # fmt: skip
+
+    def on_run(spec: Any, final_loss: float | None) -> None:
+        loss = "non-finite" if final_loss is None else f"{final_loss:.4g}"
+        status.finished(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: final loss {loss}")
+
+    try:
+        result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_step=on_step,
+                               on_run=on_run)  # fmt: skip
+    finally:
+        status.close()
     click.echo()
     run_compare(uri, experiment, sweep_id=result.sweep_id, progress=False)
     click.echo()
     click.echo("Open the runs in the MLflow UI:")
-    click.echo(f"    {demo.ui_command(uri, result.experiment_id)}")
+    click.echo(f"    {mask_uri(demo.ui_command(uri, result.experiment_id))}")
     click.echo("Compare them again, with a plot:")
     again = f"gradwatch compare --experiment {experiment} --sweep {result.sweep_id} --plot demo.png"
     if tracking_uri is not None and tracking_uri != os.environ.get("MLFLOW_TRACKING_URI"):
-        again += f" --tracking-uri {uri}"
+        again += f" --tracking-uri {mask_uri(uri)}"
     click.echo(f"    {again}")
 
 
@@ -413,6 +540,8 @@ def _poll_line(result: Any) -> str:
     line += f", {len(result.sent)} alert(s) sent"
     if result.already_sent:
         line += f", {result.already_sent} already sent before"
+    if result.failed:
+        line += f", {result.failed} not delivered (retried at the next poll)"
     return line
 
 
@@ -447,6 +576,12 @@ def _poll_line(result: Any) -> str:
     show_default=True,
     help="Judge a running run's newest step only once its metrics are this many seconds old.",
 )
+@click.option(
+    "--stale-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="MIN",
+    help="Alert (stale_run) when a RUNNING run logged no step for this many minutes.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and alerts on stderr.")
 @tracking_uri_option
 @_fail_cleanly
@@ -457,6 +592,7 @@ def monitor_cmd(
     interval: float,
     once: bool,
     settle: float,
+    stale_minutes: float | None,
     quiet: bool,
     tracking_uri: str | None,
 ) -> None:
@@ -477,24 +613,25 @@ def monitor_cmd(
     import signal
     import threading
 
-    from gradwatch.compare import resolve_tracking_uri
     from gradwatch.config import load_config
-    from gradwatch.monitor import Monitor
+    from gradwatch.runs.monitor import Monitor
 
     config = load_config(rules_path)
     uri = resolve_tracking_uri(tracking_uri)
     with _StderrLogging(logging.WARNING if quiet else logging.INFO):
         monitor = Monitor(uri, experiment, rules=config.rules, delivery=config.delivery(),
-                          baseline_run_id=baseline_run_id, settle=settle)  # fmt: skip
+                          baseline_run_id=baseline_run_id, settle=settle,
+                          stale_minutes=stale_minutes)  # fmt: skip
         if once:
             try:
                 result = monitor.poll()
             finally:
                 left = monitor.close(timeout=30.0)
             click.echo(_poll_line(result), err=True)
-            failed = monitor.delivery.stats.get("failed", 0) + left
-            if failed:
-                raise click.ClickException(f"{failed} alert delivery(ies) failed; see the log")
+            if left:
+                raise click.ClickException(
+                    f"{left} alert(s) not delivered; see the log (the next run sends them again)"
+                )
             return
 
         stop = threading.Event()
@@ -509,7 +646,7 @@ def monitor_cmd(
                 click.echo(_poll_line(result), err=True)
 
         click.echo(
-            f"monitoring experiment {experiment!r} at {uri} every {interval:g}s "
+            f"monitoring experiment {experiment!r} at {mask_uri(uri)} every {interval:g}s "
             "(Ctrl-C or SIGTERM to stop)",
             err=True,
         )
@@ -576,7 +713,7 @@ def sync_cmd(
     incomplete = 0
     for path in paths:
         result = tracking.sync_journal(path, tracking_uri=tracking_uri, timeout=timeout)
-        click.echo(str(result))
+        click.echo(mask_uri(result))
         if not result.complete:
             incomplete += 1
     if incomplete:

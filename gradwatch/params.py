@@ -20,6 +20,7 @@ import re
 from typing import Any, TypeVar
 
 from gradwatch.errors import InputError
+from gradwatch.schema import TAG_SWEEP_ID
 
 __all__ = [
     "ENV_EXPERIMENT",
@@ -36,8 +37,6 @@ ENV_PARAM_PREFIX = "GRADWATCH_PARAM_"
 ENV_EXPERIMENT = "GRADWATCH_EXPERIMENT"
 ENV_RUN_NAME = "GRADWATCH_RUN_NAME"
 ENV_SWEEP_ID = "GRADWATCH_SWEEP_ID"
-#: The MLflow tag that groups the runs of one sweep (``gradwatch compare --sweep ID``).
-TAG_SWEEP_ID = "gradwatch.sweep_id"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

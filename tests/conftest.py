@@ -1,7 +1,10 @@
-"""Shared fixtures: one real MLflow tracking server per test session.
+"""Shared fixtures: one real MLflow tracking server per test session, and the test markers.
 
 Tests that only read and write share ``mlflow_server``; a test that kills or restarts a
 server starts its own ``MlflowServer`` (see tests/mlflow_server.py).
+
+Markers: ``slow`` (long end-to-end runs) is set by hand; ``server`` is set here on every test
+that uses the shared server. ``pytest -m "not slow and not server"`` is the fast subset.
 """
 
 from __future__ import annotations
@@ -12,9 +15,21 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+from tests.mlflow_server import MlflowServer
 
-from mlflow_server import MlflowServer  # noqa: E402
+# Older test modules import their helpers as top-level modules (`from zoo import ...`); until
+# they say `from tests.zoo import ...`, the tests directory stays importable that way.
+_TESTS_DIR = str(Path(__file__).parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.append(_TESTS_DIR)
+
+SERVER_FIXTURES = {"mlflow_server", "tracking_uri"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
 
 
 @pytest.fixture(scope="session")

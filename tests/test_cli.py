@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
-from mlflow_server import free_port
+from tests.mlflow_server import free_port
 
 import gradwatch
 from gradwatch.cli import main

@@ -16,26 +16,52 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 
 from gradwatch.cli import main
-from gradwatch.compare import is_finite, is_stalled, loss_verdict
+from gradwatch.runs.verdicts import is_finite, loss_verdict
 
 NAN, INF = float("nan"), float("inf")
 
 
 def test_loss_verdicts():
-    assert loss_verdict([]) == (None, None, None, False)
-    assert loss_verdict([1.0, 0.5, 80.0]) == (1.0, 80.0, 0.5, True)
+    empty = loss_verdict([])
+    assert (empty.first, empty.final, empty.best, empty.diverged) == (None, None, None, False)
+    v = loss_verdict([1.0, 0.5, 80.0])
+    assert (v.first, v.final, v.best, v.diverged) == (1.0, 80.0, 0.5, True)
     # exploded, then collapsed to a dead network with a finite loss above the start
-    assert loss_verdict([0.7, 22.0, 1.06])[3] is True
+    assert loss_verdict([0.7, 22.0, 1.06]).diverged is True
     # reached 1e-4 and wobbles back to 1e-3: still far below where it started
-    assert loss_verdict([1.0, 1e-4, 1e-3])[3] is False
+    assert loss_verdict([1.0, 1e-4, 1e-3]).diverged is False
     # a spike early on that the run recovers from is not divergence
-    assert loss_verdict([4.45, 12.3, 0.1, 0.01])[3] is False
-    first, final, best, diverged = loss_verdict([1.0, 10.0, INF, NAN])
-    assert diverged and math.isnan(final) and best == 1.0
-    assert loss_verdict([1.0, 1.7976931348623157e308])[3], "MLflow stores inf as the max double"
-    assert is_stalled(1.0, 0.999, False) and not is_stalled(1.0, 0.5, False)
-    assert not is_stalled(1.0, 1.0, True)
+    assert loss_verdict([4.45, 12.3, 0.1, 0.01]).diverged is False
+    v = loss_verdict([1.0, 10.0, INF, NAN])
+    assert v.diverged and math.isnan(v.final) and v.best == 1.0 and not v.stalled
+    assert loss_verdict([1.0, 1.7976931348623157e308]).diverged, "MLflow stores inf as max double"
+    assert loss_verdict([1.0, 0.9995]).stalled and not loss_verdict([1.0, 0.5]).stalled
     assert not is_finite(None) and not is_finite(NAN) and is_finite(0.0)
+
+
+def test_noisy_flat_run_is_stalled_and_noisy_learning_run_is_not():
+    """lr=30 at chance: loss flat around 5.0 with big batch-to-batch noise. Its best single
+    batch is far below its first, which used to read as progress ("ok")."""
+    rng = np.random.default_rng(0)
+    flat = list(5.0 + rng.normal(0, 0.8, size=400))
+    verdict = loss_verdict(flat)
+    assert verdict.best < 0.7 * verdict.first, "the noise alone looks like progress"
+    assert verdict.stalled and not verdict.diverged
+    # The same noise on a curve that halves: learning, not stalled, not diverged.
+    learning = [5.0 * (1 - 0.5 * i / 400) + e for i, e in enumerate(rng.normal(0, 0.8, size=400))]
+    assert not loss_verdict(learning).stalled and not loss_verdict(learning).diverged
+    # Healthy minibatch noise: single batches spike far above the smoothed best (> 10x),
+    # the run still ends far below its start: not diverged.
+    spiky = [2.0 * 0.99**i for i in range(400)]
+    for i in range(20, 400, 37):
+        spiky[i] = 20 * spiky[i]
+    assert not loss_verdict(spiky).diverged and not loss_verdict(spiky).stalled
+    # A steady rise from a plateau well past 10x: diverged, though every value is finite.
+    rising = [1.0] * 200 + [1.0 * 1.05**i for i in range(200)]
+    assert loss_verdict(rising).diverged
+    # Blowing up only in the last few steps of a long run: diverged.
+    late = [1.0 / (1 + 0.01 * i) for i in range(1000)] + [50.0, 500.0, 5e3, 5e4, 5e5, 5e6]
+    assert loss_verdict(late).diverged
 
 
 def _run(client, exp_id, name, lr, losses, checks, tags=None, nonfinite=None):

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from mlflow_server import MlflowServer
+from tests.mlflow_server import MlflowServer
 
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main

@@ -34,7 +34,7 @@ import numpy as np
 from gradwatch.demo.classic import ClassicBugs, classic_backward, classic_forward
 from gradwatch.demo.data import make_blobs
 from gradwatch.demo.mlp import MLP
-from gradwatch.params import TAG_SWEEP_ID
+from gradwatch.schema import TAG_DEMO_BUG, TAG_DEMO_MODEL, TAG_SWEEP_ID
 
 __all__ = ["DEMO_LRS", "DemoResult", "DemoRun", "plan", "run_demo", "train", "ui_command"]
 
@@ -79,13 +79,15 @@ class DemoResult:
     @property
     def experiment_id(self) -> str | None:
         """The experiment's id in MLflow (None if it cannot be looked up)."""
-        from mlflow import MlflowClient
+        from gradwatch.errors import GradwatchError
+        from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors
 
         try:
-            exp = MlflowClient(self.tracking_uri).get_experiment_by_name(self.experiment)
-        except Exception:  # only used to print a nicer URL
+            client = get_client(self.tracking_uri, must_exist=False)
+            with mlflow_errors(client.tracking_uri):
+                return experiment_id(client, self.experiment)
+        except GradwatchError:  # only used to print a nicer URL
             return None
-        return exp.experiment_id if exp is not None else None
 
 
 def plan(
@@ -145,11 +147,12 @@ def train(
     tracking_uri: str,
     experiment: str,
     sweep_id: str,
+    on_step: Callable[[DemoRun, int], None] | None = None,
 ) -> float | None:
     """Train one run through GradWatch; returns its final loss (None if non-finite).
 
     A run whose loss goes non-finite is stopped right after that step has been recorded:
-    nothing more can be learnt from it.
+    nothing more can be learnt from it. ``on_step(spec, steps_done)`` follows progress.
     """
     import gradwatch
 
@@ -157,8 +160,7 @@ def train(
     params, loss_and_grads, loss_fn = make(spec.seed)
     every = max(1, spec.steps // CHECKS_PER_RUN)
     loss = None
-    tags = {TAG_SWEEP_ID: sweep_id, "gradwatch.demo.model": spec.model,
-            "gradwatch.demo.bug": spec.params["bug"]}  # fmt: skip
+    tags = {TAG_SWEEP_ID: sweep_id, TAG_DEMO_MODEL: spec.model, TAG_DEMO_BUG: spec.params["bug"]}
     with (
         gradwatch.GradWatch(
             every=every,
@@ -172,9 +174,11 @@ def train(
         ) as watch,  # fmt: skip
         np.errstate(all="ignore"),  # overflow is the point of lr=10
     ):
-        for _ in range(spec.steps):
+        for done in range(1, spec.steps + 1):
             loss, grads = loss_and_grads(params, spec.bug)
             watch.step(params, grads, loss=loss, lr=spec.lr, loss_fn=loss_fn)
+            if on_step is not None:
+                on_step(spec, done)
             if not math.isfinite(loss):
                 break
             for k in params:
@@ -188,13 +192,18 @@ def run_demo(
     experiment: str = "gradwatch-demo",
     sweep_id: str | None = None,
     on_done: Callable[[int], None] | None = None,
+    on_step: Callable[[DemoRun, int], None] | None = None,
+    on_run: Callable[[DemoRun, float | None], None] | None = None,
 ) -> DemoResult:
-    """Train every run in ``specs`` (one after the other); ``on_done(1)`` after each.
+    """Train every run in ``specs`` (one after the other).
+
+    Progress: ``on_step(spec, steps_done)`` during a run, ``on_run(spec, final_loss)`` and
+    ``on_done(1)`` after each.
 
     The hook's own warnings (failed checks, divergence alerts) are silenced while the demo
     trains: they are the expected outcome, and the comparison table shows them all.
     """
-    from gradwatch.sweep import new_sweep_id
+    from gradwatch.runs.sweep import new_sweep_id
 
     sweep_id = sweep_id or "demo-" + new_sweep_id()
     hook_logger = logging.getLogger("gradwatch")
@@ -203,7 +212,9 @@ def run_demo(
     losses: dict[str, float | None] = {}
     try:
         for spec in specs:
-            losses[spec.run_name] = train(spec, tracking_uri, experiment, sweep_id)
+            losses[spec.run_name] = train(spec, tracking_uri, experiment, sweep_id, on_step)
+            if on_run is not None:
+                on_run(spec, losses[spec.run_name])
             if on_done is not None:
                 on_done(1)
     finally:

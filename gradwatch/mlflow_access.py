@@ -1,0 +1,283 @@
+"""The one place gradwatch's readers talk to MLflow: the client, experiment lookup, fail-fast
+settings, and the translation of MLflow's errors into gradwatch's.
+
+    uri = resolve_tracking_uri(None)                  # arg, else MLFLOW_TRACKING_URI, else sqlite
+    client = get_client(uri)                          # InputError if the sqlite store is missing
+    with mlflow_errors(client.tracking_uri):          # MlflowException -> TrackingError, masked
+        exp_id = experiment_id(client, "mlp")         # InputError naming the known experiments
+        run = get_run(client, run_id)                 # InputError if there is no such run
+
+Used by ``compare``, ``monitor``, ``sweep`` and the CLI (``gradwatch.runs``), and meant for
+every other module that reads runs back. MLflow is imported inside the functions only:
+importing this module costs nothing.
+
+Fail-fast: MLflow's REST client retries a failing request 7 times with exponential backoff
+(minutes). A command should report an outage at once and a monitor polls again anyway, so
+the ``gradwatch`` command sets :data:`FAIL_FAST_SETTINGS` for its own process with
+:func:`apply_fail_fast_defaults` (a value the user set wins). Library functions never change
+the environment: in your own process MLflow's settings are yours. :func:`user_environ` is
+the environment without gradwatch's additions, for child processes (``gradwatch sweep``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from gradwatch.errors import InputError, TrackingError
+from gradwatch.secrets import mask_uri
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "FAIL_FAST_SETTINGS",
+    "apply_fail_fast_defaults",
+    "experiment_id",
+    "get_client",
+    "get_run",
+    "is_missing",
+    "metric_history",
+    "mlflow_errors",
+    "one_line",
+    "quick_http",
+    "resolve_tracking_uri",
+    "restore_settings",
+    "search_all",
+    "user_environ",
+]
+
+#: The embedded store used when no tracking URI is given (relative to the working directory).
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+_SQLITE = "sqlite:///"
+
+#: MLflow's own environment settings for a client that reports an outage instead of
+#: retrying for minutes: one retry, 10 s per request.
+FAIL_FAST_SETTINGS: dict[str, str] = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# What apply_fail_fast_defaults() added to the environment (key -> value it set).
+_applied: dict[str, str] = {}
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
+
+    resolve_tracking_uri("sqlite:///runs.db") == "sqlite:////abs/cwd/runs.db"
+
+    A relative sqlite path is made absolute, so a command run from another directory (or a
+    child process with another cwd) reaches the same database.
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if (
+        uri.startswith(_SQLITE)
+        and not uri.startswith(_SQLITE + "/")
+        and uri != _SQLITE + ":memory:"
+    ):
+        uri = _SQLITE + os.path.abspath(uri[len(_SQLITE) :])
+    return uri
+
+
+def get_client(tracking_uri: str | None = None, must_exist: bool = True) -> Any:
+    """An ``MlflowClient`` on :func:`resolve_tracking_uri` of ``tracking_uri``.
+
+        client = get_client("http://127.0.0.1:5000")
+
+    With ``must_exist``, a ``sqlite:///`` store that is not there raises InputError instead of
+    silently creating an empty database (which is what MLflow would do).
+    """
+    from mlflow import MlflowClient
+
+    uri = resolve_tracking_uri(tracking_uri)
+    if must_exist and uri.startswith(_SQLITE):
+        path = uri[len(_SQLITE) :]
+        if path != ":memory:" and not os.path.exists(path):
+            raise InputError(
+                f"no MLflow store at {path} (tracking URI {mask_uri(uri)}); "
+                "run `gradwatch demo` or pass --tracking-uri / set MLFLOW_TRACKING_URI"
+            )
+    return MlflowClient(uri)
+
+
+# ------------------------------------------------------------------------- errors
+
+
+_UNREACHABLE = re.compile(
+    r"Connection refused|Failed to establish|Max retries exceeded|timed out|Name or service not known"
+)
+
+
+def one_line(err: BaseException) -> str:
+    """A short, one-line, credential-free account of an error.
+
+    MLflow's carry urllib3's whole retry story; this keeps the cause.
+    """
+    text = str(getattr(err, "message", None) or err).strip()
+    found = _UNREACHABLE.search(text)
+    if found:
+        reason = "connection refused" if "refused" in text else found.group(0).lower()
+        return f"server unreachable ({reason}); is it running, and is the URI right?"
+    lines = text.splitlines()
+    return mask_uri(lines[0][:300] if lines else type(err).__name__)
+
+
+def _library_errors() -> tuple[type[BaseException], ...]:
+    """MLflow's exception class, and what its clients and stores raise beneath it."""
+    from mlflow.exceptions import MlflowException
+
+    errors: list[type[BaseException]] = [MlflowException, OSError]  # requests' errors are OSErrors
+    try:
+        from sqlalchemy.exc import SQLAlchemyError  # the embedded store's database errors
+
+        errors.append(SQLAlchemyError)
+    except ImportError:  # pragma: no cover - MLflow depends on SQLAlchemy
+        pass
+    return tuple(errors)
+
+
+@contextmanager
+def mlflow_errors(tracking_uri: str, doing: str | None = None) -> Iterator[None]:
+    """Translate MLflow's errors raised in the block into one-line TrackingErrors.
+
+        with mlflow_errors(client.tracking_uri, "cannot read runs"):
+            client.search_runs(...)
+
+    The message names the (masked) server and the cause: ``MLflow at http://bob:***@host:
+    server unreachable (connection refused); ...``. gradwatch's own errors pass through.
+    """
+    try:
+        yield
+    except TrackingError:
+        raise
+    except InputError:
+        raise
+    except _library_errors() as err:
+        what = f"{doing}: " if doing else ""
+        raise TrackingError(f"{what}MLflow at {mask_uri(tracking_uri)}: {one_line(err)}") from None
+
+
+def is_missing(err: BaseException) -> bool:
+    """True when MLflow says the requested run or experiment does not exist."""
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(err, "error_code", ""))
+
+
+def _is_already_there(err: BaseException) -> bool:
+    return "RESOURCE_ALREADY_EXISTS" in str(getattr(err, "error_code", ""))
+
+
+# ---------------------------------------------------------------------- lookups
+
+
+def experiment_id(client: Any, name: str, create: bool = False) -> str:
+    """The id of experiment ``name``; created when ``create`` (a race with another creator is
+    fine), else InputError listing the experiments there are.
+
+        exp_id = experiment_id(client, "mlp")
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    if create:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return client.create_experiment(name)
+        except MlflowException as err:
+            if not _is_already_there(err):
+                raise
+            return client.get_experiment_by_name(name).experiment_id
+    known = sorted(e.name for e in client.search_experiments(max_results=50))
+    raise InputError(
+        f"no experiment named {name!r} at {mask_uri(client.tracking_uri)}; "
+        f"known: {', '.join(known) or '(none)'}"
+    )
+
+
+def get_run(client: Any, run_id: str) -> Any:
+    """The run ``run_id``, or InputError saying there is none (and how to list runs)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if is_missing(err):
+            raise InputError(
+                f"no run {run_id!r} at {mask_uri(client.tracking_uri)}; "
+                "`gradwatch compare --experiment NAME` lists the runs"
+            ) from None
+        raise
+
+
+def metric_history(client: Any, run_id: str, key: str) -> list:
+    """Every logged value of ``key`` in ``run_id``, sorted by (step, timestamp)."""
+    history = client.get_metric_history(run_id, key)
+    return sorted(history, key=lambda m: (m.step, m.timestamp))
+
+
+def search_all(client: Any, experiment_ids: Sequence[str], filter_string: str = "",
+               order_by: Sequence[str] | None = None, page_size: int = 1000) -> list:  # fmt: skip
+    """Every run matching ``filter_string`` (all pages), in ``order_by`` order."""
+    runs: list = []
+    token = None
+    while True:
+        page = client.search_runs(list(experiment_ids), filter_string=filter_string,
+                                  max_results=page_size, order_by=list(order_by or ()),
+                                  page_token=token)  # fmt: skip
+        runs.extend(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return runs
+
+
+# ---------------------------------------------------------------- fail-fast settings
+
+
+def apply_fail_fast_defaults(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Set :data:`FAIL_FAST_SETTINGS` where the user has not; returns what was added.
+
+    For a process gradwatch owns (the ``gradwatch`` command). Undo with
+    :func:`restore_settings`.
+    """
+    env = os.environ if environ is None else environ
+    added = {}
+    for key, value in FAIL_FAST_SETTINGS.items():
+        if key not in env:
+            env[key] = value
+            added[key] = value
+    if environ is None:
+        _applied.update(added)
+    return added
+
+
+def restore_settings(
+    added: dict[str, str], environ: MutableMapping[str, str] | None = None
+) -> None:
+    """Remove what :func:`apply_fail_fast_defaults` added (unless changed since)."""
+    env = os.environ if environ is None else environ
+    for key, value in added.items():
+        if env.get(key) == value:
+            del env[key]
+        if environ is None and _applied.get(key) == value:
+            del _applied[key]
+
+
+def user_environ() -> dict[str, str]:
+    """``os.environ`` without the settings gradwatch added: for the user's child processes."""
+    env = dict(os.environ)
+    for key, value in _applied.items():
+        if env.get(key) == value:
+            del env[key]
+    return env
+
+
+@contextmanager
+def quick_http(max_retries: int = 1, timeout: int = 10) -> Iterator[None]:
+    """Kept for old imports; does nothing.
+
+    It used to change the process environment for the duration of the block, which other
+    threads saw too. The ``gradwatch`` command now applies :data:`FAIL_FAST_SETTINGS` once
+    for its own process (:func:`apply_fail_fast_defaults`).
+    """
+    yield

@@ -1,0 +1,192 @@
+"""What a run's curves and checks say: diverged, stalled, a backprop bug or clipped gradients.
+
+    v = loss_verdict(losses)          # v.diverged, v.stalled, v.start, v.end, v.first, ...
+    why = explain_failed_check(check) # "clipped", "scaled" or None, from one checks.jsonl record
+
+Pure functions of numbers and dicts (no MLflow), so the rules are tested directly.
+
+Loss verdicts are judged on a smoothed curve, because per-batch losses are noisy: the run is
+cut into tenths (at least one step each) and each tenth is represented by its median.
+``start`` is the first tenth's median and ``end`` the last one's.
+
+``diverged``
+    A non-finite loss at any step; or the smoothed curve, after its best tenth, rose to more
+    than :data:`DIVERGENCE_FACTOR` times that best *and* ended above where it started; or
+    the last few steps all sit that far above the best (an explosion in the final tenth).
+``stalled``
+    Not diverged, and ``start - end`` is within the noise: at most the larger of
+    :data:`STALL_TOLERANCE` × ``|start|`` and three standard errors of the difference of the
+    two medians (the per-step noise estimated from successive differences). A flat run with noisy batches is stalled; one that learns is
+    not, however noisy its batches.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gradwatch.schema import from_mlflow_value
+
+__all__ = [
+    "DIVERGENCE_FACTOR",
+    "STALL_TOLERANCE",
+    "LossVerdict",
+    "explain_failed_check",
+    "is_finite",
+    "loss_verdict",
+]
+
+#: The smoothed loss above this multiple of its best (and above the start) counts as diverged.
+DIVERGENCE_FACTOR = 10.0
+#: Relative improvement of the end over the start below which a run is "stalled" (at least).
+STALL_TOLERANCE = 0.01
+#: Standard errors of the start-end difference a real improvement must exceed.
+STALL_SIGMAS = 3.0
+#: Consecutive final steps that, all far above the best, make an explosion at the very end.
+TAIL_STEPS = 5
+#: Disagreeing probes whose analytic/numeric ratios agree within this share one factor.
+SCALE_TOLERANCE = 0.01
+
+_FLOAT_MAX = 1.7976931348623157e308
+
+
+def is_finite(value: float | None) -> bool:
+    """True for a real, finite number that is not MLflow's stand-in for infinity."""
+    return value is not None and math.isfinite(value) and abs(value) < _FLOAT_MAX
+
+
+@dataclass(frozen=True)
+class LossVerdict:
+    """The loss curve in a few numbers; ``start``/``end`` are the smoothed levels."""
+
+    first: float | None = None
+    final: float | None = None
+    best: float | None = None
+    start: float | None = None
+    end: float | None = None
+    diverged: bool = False
+    stalled: bool = False
+
+
+def _tenths(values: Sequence[float]) -> list[list[float]]:
+    n = len(values)
+    parts = min(10, n)
+    return [list(values[i * n // parts : (i + 1) * n // parts]) for i in range(parts)]
+
+
+def _batch_noise(values: Sequence[float]) -> float:
+    """The step-to-step noise (a standard deviation), robust to spikes and to the trend.
+
+    From the median absolute deviation of successive differences: a trend shifts the
+    differences only a little, where it would inflate the spread of the values themselves.
+    """
+    if len(values) < 3:
+        return 0.0
+    diffs = [b - a for a, b in zip(values, values[1:])]
+    mid = statistics.median(diffs)
+    return 1.4826 * statistics.median(abs(d - mid) for d in diffs) / math.sqrt(2)
+
+
+def loss_verdict(losses: Sequence[float]) -> LossVerdict:
+    """Judge a loss curve (values in step order); see the module docstring.
+
+    loss_verdict([1.0, 0.5, 80.0]).diverged is True
+    """
+    if not losses:
+        return LossVerdict()
+    values = [from_mlflow_value(v) for v in losses]
+    first, final = values[0], values[-1]
+    finite = [v for v in values if math.isfinite(v)]
+    best = min(finite) if finite else None
+    if len(finite) < len(values):
+        return LossVerdict(first, final, best, diverged=True)
+    tenths = _tenths(values)
+    levels = [statistics.median(t) for t in tenths]
+    start, end = levels[0], levels[-1]
+    low = min(levels)
+    peak_after = max(levels[levels.index(low) :])
+    diverged = False
+    if low > 0:
+        rose = end > start and peak_after > DIVERGENCE_FACTOR * low
+        tail = values[-min(TAIL_STEPS, len(values)) :]
+        exploded = len(values) > TAIL_STEPS and all(
+            v > DIVERGENCE_FACTOR * low and v > start for v in tail
+        )
+        diverged = rose or exploded
+    # Standard error of a median of w values: 1.2533 sigma / sqrt(w); two of them differ.
+    sigma = _batch_noise(values)
+    noise = STALL_SIGMAS * math.sqrt(2) * 1.2533 * sigma / math.sqrt(len(tenths[0]))
+    margin = max(STALL_TOLERANCE * abs(start), noise)
+    stalled = not diverged and len(values) > 1 and (start - end) <= margin
+    return LossVerdict(first, final, best, start, end, diverged, stalled)
+
+
+# ------------------------------------------------------------------------ checks
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _simple(bound: float) -> bool:
+    """A bound a person would type (5, 1.0, 0.25, 1e-3): at most 3 significant digits."""
+    return bound > 0 and float(f"{bound:.3g}") == bound
+
+
+def _clipping_explains(probes: Sequence[tuple[float, float]]) -> bool:
+    """True if every (analytic, numeric) pair is an element-wise clip at one bound ±c.
+
+    The analytic value is exactly ±c (to the bit) while the numeric slope is larger in
+    magnitude with the same sign. One bound shared by two or more probes, or a round one.
+    """
+    bounds = {abs(a) for a, _ in probes}
+    if len(bounds) != 1:
+        return False
+    c = bounds.pop()
+    if not c > 0 or not all(abs(n) > c and math.copysign(1, n) == math.copysign(1, a)
+                            for a, n in probes):  # fmt: skip
+        return False
+    return len(probes) >= 2 or _simple(c)
+
+
+def _shared_scale(probes: Sequence[tuple[float, float]]) -> float | None:
+    ratios = [a / n for a, n in probes if n != 0 and math.isfinite(a / n)]
+    if len(ratios) < 2 or len(ratios) < len(probes):
+        return None
+    mid = statistics.median(ratios)
+    if mid == 0 or any(abs(r - mid) > SCALE_TOLERANCE * abs(mid) for r in ratios):
+        return None
+    return mid
+
+
+def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float | None] | None:
+    """Why a failed check failed, when its probes show it was not a backprop bug.
+
+    ``check`` is one ``gradwatch/checks.jsonl`` record (``CheckReport.to_dict()``). Returns
+    ``("clipped", c)`` when every mismatching probe is an element-wise clip at ``±c``,
+    ``("scaled", r)`` when every one has analytic = ``r`` × numeric (within 1 %: a constant
+    factor, e.g. clip-by-norm or a loss averaged differently from its gradient), else None.
+    A mismatch in a directional probe, or any other mismatch, leaves the failure a bug.
+    """
+    probes: list[tuple[float, float]] = []
+    for tensor in (check.get("per_param") or {}).values():
+        for probe in tensor.get("directions") or ():
+            if probe.get("verdict") == "mismatch":
+                return None
+        for probe in tensor.get("coords") or ():
+            if probe.get("verdict") == "mismatch":
+                probes.append((_number(probe.get("analytic")), _number(probe.get("numeric"))))
+    if not probes or not all(math.isfinite(a) and math.isfinite(n) for a, n in probes):
+        return None
+    if _clipping_explains(probes):
+        return "clipped", abs(probes[0][0])
+    scale = _shared_scale(probes)
+    if scale is not None:
+        return "scaled", scale
+    return None

@@ -1,0 +1,1 @@
+"""gradwatch's tests; helpers are imported as ``tests.mlflow_server``, ``tests.postgres``, ..."""
