@@ -12,7 +12,9 @@ cut into tenths (at least one step each) and each tenth is represented by its me
 ``diverged``
     A non-finite loss at any step; or the smoothed curve, after its best tenth, rose to more
     than :data:`DIVERGENCE_FACTOR` times that best *and* ended above where it started; or
-    the last few steps all sit that far above the best (an explosion in the final tenth).
+    the last few steps all sit that far above the best (an explosion in the final tenth); or
+    the loss blew up ten-fold over its best and the smoothed end stayed above the first
+    loss by more than the noise (a network that died after one step too large).
 ``stalled``
     Not diverged, and ``start - end`` is within the noise: at most the larger of
     :data:`STALL_TOLERANCE` × ``|start|`` and three standard errors of the difference of the
@@ -107,21 +109,37 @@ def loss_verdict(losses: Sequence[float]) -> LossVerdict:
     levels = [statistics.median(t) for t in tenths]
     start, end = levels[0], levels[-1]
     low = min(levels)
-    peak_after = max(levels[levels.index(low) :])
-    diverged = False
-    if low > 0:
-        rose = end > start and peak_after > DIVERGENCE_FACTOR * low
-        tail = values[-min(TAIL_STEPS, len(values)) :]
-        exploded = len(values) > TAIL_STEPS and all(
-            v > DIVERGENCE_FACTOR * low and v > start for v in tail
-        )
-        diverged = rose or exploded
     # Standard error of a median of w values: 1.2533 sigma / sqrt(w); two of them differ.
     sigma = _batch_noise(values)
     noise = STALL_SIGMAS * math.sqrt(2) * 1.2533 * sigma / math.sqrt(len(tenths[0]))
+    diverged = low > 0 and (
+        _rose(levels, low) or _exploded_at_end(values, low, start) or _blew_up(values, end, noise)
+    )
     margin = max(STALL_TOLERANCE * abs(start), noise)
     stalled = not diverged and len(values) > 1 and (start - end) <= margin
     return LossVerdict(first, final, best, start, end, diverged, stalled)
+
+
+def _rose(levels: Sequence[float], low: float) -> bool:
+    """The smoothed curve climbed far above its best and ended above its start."""
+    peak_after = max(levels[levels.index(low) :])
+    return levels[-1] > levels[0] and peak_after > DIVERGENCE_FACTOR * low
+
+
+def _exploded_at_end(values: Sequence[float], low: float, start: float) -> bool:
+    """The last few steps all sit far above the best (too late for the tenths to show it)."""
+    tail = values[-TAIL_STEPS:]
+    return len(values) > TAIL_STEPS and all(v > DIVERGENCE_FACTOR * low and v > start
+                                            for v in tail)  # fmt: skip
+
+
+def _blew_up(values: Sequence[float], end: float, noise: float) -> bool:
+    """Blew up, then settled above the initial loss: a net that died (ReLUs that never fire
+    again) after a step too large. Too short-lived for the tenths, so judged on the values:
+    a peak after the best step above ten times it, and an end level above the first loss."""
+    best = min(values)
+    peak_after = max(values[values.index(best) :])
+    return best > 0 and peak_after > DIVERGENCE_FACTOR * best and end > values[0] + noise
 
 
 # ------------------------------------------------------------------------ checks
@@ -165,27 +183,40 @@ def _shared_scale(probes: Sequence[tuple[float, float]]) -> float | None:
     return mid
 
 
-def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float | None] | None:
+def _pair(probe: Mapping[str, Any]) -> tuple[float, float]:
+    return _number(probe.get("analytic")), _number(probe.get("numeric"))
+
+
+def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float] | None:
     """Why a failed check failed, when its probes show it was not a backprop bug.
 
+        explain_failed_check(record) == ("clipped", 5.0)
+
     ``check`` is one ``gradwatch/checks.jsonl`` record (``CheckReport.to_dict()``). Returns
-    ``("clipped", c)`` when every mismatching probe is an element-wise clip at ``±c``,
-    ``("scaled", r)`` when every one has analytic = ``r`` × numeric (within 1 %: a constant
-    factor, e.g. clip-by-norm or a loss averaged differently from its gradient), else None.
-    A mismatch in a directional probe, or any other mismatch, leaves the failure a bug.
+    ``("clipped", c)`` when every mismatching coordinate is an element-wise clip at ``±c``
+    (directional probes may then disagree only in tensors with such coordinates: a random
+    direction runs through the clipped ones); ``("scaled", r)`` when every mismatching probe
+    has analytic = ``r`` × numeric (within 1 %: a constant factor, e.g. clip-by-norm or a
+    loss averaged differently from its gradient); else None: a bug.
     """
-    probes: list[tuple[float, float]] = []
-    for tensor in (check.get("per_param") or {}).values():
-        for probe in tensor.get("directions") or ():
-            if probe.get("verdict") == "mismatch":
-                return None
+    coords: list[tuple[float, float]] = []
+    directions: list[tuple[float, float]] = []
+    direction_tensors: set[str] = set()
+    coord_tensors: set[str] = set()
+    for name, tensor in (check.get("per_param") or {}).items():
         for probe in tensor.get("coords") or ():
             if probe.get("verdict") == "mismatch":
-                probes.append((_number(probe.get("analytic")), _number(probe.get("numeric"))))
+                coords.append(_pair(probe))
+                coord_tensors.add(name)
+        for probe in tensor.get("directions") or ():
+            if probe.get("verdict") == "mismatch":
+                directions.append(_pair(probe))
+                direction_tensors.add(name)
+    probes = coords + directions
     if not probes or not all(math.isfinite(a) and math.isfinite(n) for a, n in probes):
         return None
-    if _clipping_explains(probes):
-        return "clipped", abs(probes[0][0])
+    if coords and _clipping_explains(coords) and direction_tensors <= coord_tensors:
+        return "clipped", abs(coords[0][0])
     scale = _shared_scale(probes)
     if scale is not None:
         return "scaled", scale

@@ -1,0 +1,154 @@
+"""gradwatch compare on runs written by the real hook: clipping is not a backprop bug, a
+constant factor is named, a noisy flat run is stalled, and --diff-only shows what differs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+import gradwatch
+from gradwatch.cli import main
+from gradwatch.runs.verdicts import explain_failed_check
+
+CLIP = 5.0
+
+
+def _regression(seed: int = 0):
+    """A linear least-squares model whose gradients often exceed the clipping bound."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(64, 5)) * 3
+    Y = rng.normal(size=(64, 3)) * 3
+    params = {"W": rng.normal(size=(5, 3)), "b": np.zeros(3)}
+
+    def loss_fn(p):
+        return float(np.mean(np.sum((X @ p["W"] + p["b"] - Y) ** 2, axis=1)))
+
+    def grads_of(p):
+        r = X @ p["W"] + p["b"] - Y
+        return {"W": 2 * X.T @ r / len(X), "b": 2 * r.sum(0) / len(X)}
+
+    return params, loss_fn, grads_of
+
+
+def _train(experiment: str, run_name: str, shape: str, steps: int = 12) -> None:
+    """Train through GradWatch with the gradients shaped as a script would hand them over.
+
+    ``clip``: clipped element-wise inside the function that returns them (the char-RNN way);
+    ``clip+bug``: the same, plus a real bug in ``b``; ``scaled``: a tenth of the gradient.
+    """
+    params, loss_fn, grads_of = _regression()
+    with gradwatch.GradWatch(every=4, experiment=experiment, run_name=run_name, config=False,
+                             params={"shape": shape, "lr": 0.01}) as watch:  # fmt: skip
+        for _ in range(steps):
+            grads = grads_of(params)
+            if shape.startswith("clip"):
+                grads = {k: np.clip(v, -CLIP, CLIP) for k, v in grads.items()}
+            if shape == "clip+bug":
+                grads["b"] = grads["b"] * 2.0 + 1.0
+            if shape == "scaled":
+                grads = {k: 0.1 * v for k, v in grads.items()}
+            watch.step(params, grads, loss=loss_fn(params), lr=0.01, loss_fn=loss_fn)
+            for k in params:
+                params[k] -= 0.01 * grads[k]
+
+
+def _records(experiment: str) -> dict[str, dict]:
+    result = CliRunner().invoke(main, ["compare", "-e", experiment, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    return {r["run_name"]: r for r in json.loads(result.stdout)}
+
+
+def test_clipping_inside_the_loss_function_is_not_a_backprop_bug(tracking_uri):
+    experiment = f"clip-{time.time_ns()}"
+    for shape in ("clip", "clip+bug", "scaled"):
+        _train(experiment, shape, shape)
+    records = _records(experiment)
+
+    clipped = records["clip"]
+    assert clipped["checks_failed"] >= 1, "today's engine fails these checks"
+    assert clipped["checks_explained"] == clipped["checks_failed"]
+    assert "BACKPROP BUG" not in clipped["verdict"] and "clipped" in clipped["verdict"]
+    assert clipped["clip_bound"] == CLIP
+
+    # Clipping must never hide a bug elsewhere in the same check.
+    assert "BACKPROP BUG" in records["clip+bug"]["verdict"]
+
+    scaled = records["scaled"]
+    assert scaled["checks_failed"] >= 1 and "BACKPROP BUG" not in scaled["verdict"]
+    assert scaled["grad_scale"] == pytest.approx(0.1, rel=1e-3)
+
+    table = CliRunner().invoke(main, ["compare", "-e", experiment]).stdout
+    assert f"clipped element-wise at ±{CLIP:g}" in table
+    assert "check the gradients before clipping" in table
+    assert "analytic = 0.1 × numeric" in table
+
+
+def _probe(analytic: float, numeric: float, verdict: str = "mismatch") -> dict:
+    return {"analytic": analytic, "numeric": numeric, "verdict": verdict}
+
+
+def test_explanations_need_the_whole_signature():
+    def check(coords, directions=()):
+        return {"per_param": {"W": {"coords": list(coords), "directions": list(directions)}}}
+
+    clip = [_probe(5.0, 6.6), _probe(-5.0, -19.8), _probe(0.2, 0.2, "ok")]
+    assert explain_failed_check(check(clip, [_probe(3.0, 9.0)])) == ("clipped", 5.0)
+    # the numeric slope is smaller than the bound, or of the other sign: not clipping
+    assert explain_failed_check(check([_probe(5.0, 4.0), _probe(-5.0, -19.8)])) is None
+    assert explain_failed_check(check([_probe(5.0, -6.0), _probe(-5.0, -19.8)])) is None
+    # two different bounds are no single clip
+    assert explain_failed_check(check([_probe(5.0, 6.0), _probe(-4.9, -19.8)])) is None
+    # one probe at an arbitrary value is no evidence; at a round bound it is
+    assert explain_failed_check(check([_probe(0.123456789, 0.5)])) is None
+    assert explain_failed_check(check([_probe(1.0, 3.0)])) == ("clipped", 1.0)
+    # a directional mismatch in a tensor without clipped coordinates stays a bug
+    other = {"per_param": {"W": {"coords": clip, "directions": []},
+                           "b": {"coords": [], "directions": [_probe(1.0, 2.0)]}}}  # fmt: skip
+    assert explain_failed_check(other) is None
+    scaled = [_probe(0.1 * n, n) for n in (3.0, -7.0, 11.0)]
+    assert explain_failed_check(check(scaled))[0] == "scaled"
+    assert explain_failed_check(check([*scaled, _probe(0.2, 1.0)])) is None
+
+
+def _log_run(client, exp_id, name, losses, params):
+    run = client.create_run(exp_id, run_name=name)
+    ts = int(time.time() * 1000)
+    metrics = [Metric("loss", float(v), ts, i) for i, v in enumerate(losses)]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run.info.run_id, metrics=metrics[start : start + 1000])
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(run.info.run_id)
+
+
+def test_noisy_flat_run_is_stalled_and_diff_only_shows_what_differs(tracking_uri):
+    """lr=30 at chance: the loss flat around 5.0 with batch noise was reported "ok"."""
+    client = MlflowClient(tracking_uri)
+    experiment = f"flat-{time.time_ns()}"
+    exp_id = client.create_experiment(experiment)
+    rng = np.random.default_rng(1)
+    flat = 5.0 + rng.normal(0, 0.8, size=600)
+    learning = 2.3 * np.exp(-np.arange(600) / 150) + 0.1 + np.abs(rng.normal(0, 0.3, size=600))
+    shared = {"batch": "10", "model": "sigmoid-30", "gradwatch.every": "100"}
+    _log_run(client, exp_id, "lr=30", flat, {"lr": "30", **shared})
+    _log_run(client, exp_id, "lr=3", learning, {"lr": "3", **shared, "gradwatch.every": "50"})
+    records = _records(experiment)
+    assert records["lr=30"]["stalled"] and records["lr=30"]["verdict"] == "stalled"
+    assert records["lr=30"]["best_loss"] < 0.6 * records["lr=30"]["first_loss"]
+    assert not records["lr=3"]["stalled"] and records["lr=3"]["verdict"] == "ok"
+
+    diff = CliRunner().invoke(main, ["compare", "-e", experiment, "--diff-only"])
+    assert diff.exit_code == 0, diff.output
+    header = diff.stdout.splitlines()[0].split()
+    assert header == ["run", "lr", "gradwatch.every"]
+    as_json = CliRunner().invoke(main, ["compare", "-e", experiment, "--diff-only", "--format",
+                                        "json"])  # fmt: skip
+    assert [r["params"] for r in json.loads(as_json.stdout)] == [
+        {"gradwatch.every": "100", "lr": "30"},
+        {"gradwatch.every": "50", "lr": "3"},
+    ]
