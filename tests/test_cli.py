@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
-from tests.mlflow_server import free_port
 
 import gradwatch
 from gradwatch.cli import main
 from gradwatch.demo.run import plan, ui_command
 from gradwatch.errors import InputError
 from gradwatch.params import param, param_env_name, sweep_params
+from tests.mlflow_server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 

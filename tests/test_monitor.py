@@ -17,11 +17,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from tests.mlflow_server import MlflowServer
 
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
 from gradwatch.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
+from tests.mlflow_server import MlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
 
