@@ -3,8 +3,10 @@
 Tests that only read and write share ``mlflow_server``; a test that kills or restarts a
 server starts its own ``MlflowServer`` (see tests/mlflow_server.py).
 
-Markers: ``slow`` (long end-to-end runs) is set by hand; ``server`` is set here on every test
-that uses the shared server. ``pytest -m "not slow and not server"`` is the fast subset.
+Markers: ``slow`` (long end-to-end runs) is set by hand; ``server`` (needs a real MLflow
+server or store process) is set here on every test that uses the shared server, and on the
+tests below that start their own. ``pytest -m "not slow and not server"`` is the fast subset
+(under a minute).
 """
 
 from __future__ import annotations
@@ -24,11 +26,22 @@ if _TESTS_DIR not in sys.path:
     sys.path.append(_TESTS_DIR)
 
 SERVER_FIXTURES = {"mlflow_server", "tracking_uri"}
+#: Modules whose every test runs its own servers.
+SERVER_MODULES = {"test_stack.py"}
+#: Tests that start an embedded store, a shipper or a killed writer of their own (seconds
+#: each); better marked in their files with ``@pytest.mark.server``.
+SERVER_TESTS = {
+    "test_custom_loop_on_the_embedded_store",
+    "test_embedded_sqlite_is_the_default",
+    "test_embedded_default_store_without_any_server",
+    "test_journal_lines_survive_kill9_and_readers_never_see_half_a_line",
+}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if uses_server or item.path.name in SERVER_MODULES or item.originalname in SERVER_TESTS:
             item.add_marker(pytest.mark.server)
 
 
