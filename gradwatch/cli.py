@@ -142,6 +142,7 @@ class Progress:
                 self._dirty = False
             self.stream.write(text + "\n")
             self.stream.flush()
+            self._shown = 0.0  # the next state shows at once, not after the throttle
 
     def close(self) -> None:
         """Clear the live line."""

@@ -3,6 +3,7 @@ sweep of a real training script, sync of a journal left offline, and argument er
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -40,6 +41,10 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     result = CliRunner().invoke(main, ["demo", "--quick", "--experiment", experiment])
     assert result.exit_code == 0, result.output
     assert f"open {tracking_uri}/#/experiments/" in result.output
+    # Progress: one line per finished run (stderr is no terminal here: no redraws).
+    assert re.search(r"\[1/12\] classic lr=0\.2: final loss \d", result.stderr)
+    assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d", result.stderr)
+    assert "\r" not in result.stderr
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
 
     out = CliRunner().invoke(
@@ -192,3 +197,49 @@ def test_sync_lands_an_offline_journal_once(tracking_uri, tmp_path):
 
     missing = runner.invoke(main, ["sync", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_live_on_a_terminal_and_one_line_per_item_elsewhere():
+    from gradwatch.cli import Progress
+
+    pipe = io.StringIO()
+    progress = Progress(pipe)
+    progress.update("[1/2] lr=0.1: step 10/300")
+    progress.finished("[1/2] lr=0.1: final loss 0.3")
+    progress.close()
+    assert pipe.getvalue() == "[1/2] lr=0.1: final loss 0.3\n", "no control characters in logs"
+
+    tty = _Terminal()
+    progress = Progress(tty)
+    progress.update("[1/2] lr=0.1: step 10/300")
+    progress.finished("[1/2] lr=0.1: final loss 0.3")
+    progress.update("[2/2] lr=1: step 1/300")
+    progress.close()
+    out = tty.getvalue()
+    assert out.startswith("\r\x1b[K[1/2] lr=0.1: step 10/300")
+    assert "\r\x1b[K[1/2] lr=0.1: final loss 0.3\n" in out and out.endswith("\r\x1b[K")
+
+
+def test_sweep_says_which_run_finished(tracking_uri, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    script = tmp_path / "train.py"
+    script.write_text(TRAIN)
+    result = CliRunner().invoke(main, ["sweep", str(script), "--lr", "0.1", "0.01"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"\[1/2\] lr=0\.1: ok in \d+\.\d s", result.stderr)
+    assert re.search(r"\[2/2\] lr=0\.01: ok in \d+\.\d s", result.stderr)
+    assert "\r" not in result.stderr, "not a terminal: no progress redraws"
+
+
+def test_demo_reports_each_step_of_a_run(tracking_uri):
+    from gradwatch.demo.run import DemoRun, train
+
+    seen = []
+    spec = DemoRun("mlp", 0.2, False, steps=12)
+    train(spec, tracking_uri, f"steps-{time.time_ns()}", "s", on_step=lambda s, n: seen.append(n))
+    assert seen == list(range(1, 13))
