@@ -67,6 +67,7 @@ from gradwatch.schema import (
     observations_from_metrics,
     rows_by_step,
 )
+from gradwatch.secrets import mask_uri
 
 __all__ = [
     "BASELINE_TAG",
@@ -231,8 +232,9 @@ class Monitor:
         return loaded
 
     def _note(self, key: str, msg: str, *args: Any) -> None:
-        # Retried every poll: say it once, not every 10 s.
-        logger.log(logging.DEBUG if key in self._warned else logging.WARNING, msg, *args)
+        # Retried every poll: say it once, not every 10 s. Errors may quote a URI: masked.
+        level = logging.DEBUG if key in self._warned else logging.WARNING
+        logger.log(level, msg, *(mask_uri(a) if isinstance(a, Exception) else a for a in args))
         self._warned.add(key)
 
     # -- polling ---------------------------------------------------------------------------
