@@ -76,12 +76,14 @@ __all__ = [
     "STALE_RULE",
     "TAG_ALERTED",
     "TAG_STATE",
+    "ConfirmedDelivery",
     "Monitor",
     "PollResult",
     "alert_for_run",
     "check_report",
     "observations",
     "settled_upto",
+    "stale_run_alert",
 ]
 
 logger = logging.getLogger("gradwatch.monitor")
@@ -180,7 +182,7 @@ class Monitor:
         self.settle = settle
         self.clock = clock
         self.stale_minutes = stale_minutes
-        self.delivery_timeout = delivery_timeout
+        self.confirmed = ConfirmedDelivery(self.delivery, delivery_timeout)
         self._configured = list(default_rules() if rules is None else rules)
         self._rules: list[Rule] | None = None  # with baselines loaded; built on first poll
         self._baseline_missing = False  # look for a baseline again at the next poll
@@ -327,58 +329,15 @@ class Monitor:
             self._followed.pop(run_id, None)
         return len(obs), skipped, len(state.undelivered)
 
-    # -- stale runs ------------------------------------------------------------------------
-
-    def _stale_rule(self) -> Rule | None:
-        for rule in self._rules or ():
-            if rule.type == STALE_RULE and rule.enabled:
-                return rule
-        return None
-
     def _stale_alert(self, run: Any, histories: Mapping[str, Sequence]) -> Alert | None:
-        """``stale_run`` when a running run's newest step is older than ``stale_minutes``."""
-        rule = self._stale_rule()
+        rule = next((r for r in self._rules or () if r.type == STALE_RULE and r.enabled), None)
         minutes = rule.params.get("minutes") if rule is not None else self.stale_minutes
         if minutes is None:
             return None
-        rows = rows_by_step(histories)
-        last_step = max(rows) if rows else -1
-        last_ms = rows[last_step]["_ts"] if rows else int(run.info.start_time or 0)
-        idle = self.clock() - last_ms / 1000.0
-        if idle < float(minutes) * 60.0:
-            return None
-        targets = ("webhook",) if self.delivery.webhooks else ()
-        actions = rule.actions if rule is not None else ("log", "mlflow", *targets)
-        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000.0))
-        return Alert(
-            rule=rule.name if rule is not None else STALE_RULE,
-            kind=STALE_RULE,
-            severity=(rule.severity if rule is not None else None) or "warning",
-            step=max(last_step, 0),
-            message=(
-                f"run is RUNNING but logged no step for {idle / 60:.0f} min (last step "
-                f"{last_step} at {since}); did its process or host die?"
-            ),  # fmt: skip
-            details={"minutes_idle": round(idle / 60, 1), "last_step": last_step},
-            actions=tuple(actions),
-            timestamp=last_ms / 1000.0,
-        )
+        return stale_run_alert(run, histories, self.clock(), float(minutes), rule,
+                               webhooks=bool(self.delivery.webhooks))  # fmt: skip
 
     # -- delivery --------------------------------------------------------------------------
-
-    def _targets(self, alert: Alert) -> list[str]:
-        """One delivery target per entry: ``webhook`` and ``callback`` expanded by name."""
-        targets: list[str] = []
-        for action in alert.actions:
-            if action in _NOT_TARGETS:
-                continue
-            if action == "webhook":
-                targets += [f"webhook:{name}" for name in self.delivery.webhooks]
-            elif action == "callback":
-                targets += [f"callback:{name}" for name in self.delivery.callbacks]
-            else:
-                targets.append(action)
-        return targets
 
     def _raise(self, run: Any, state: _Followed, alert: Alert, sent: list) -> None:
         logger.info("run %s (%s): %s", state.run_name, run.info.run_id[:8], alert.text())
@@ -388,12 +347,12 @@ class Monitor:
             MlflowAlertSink(ClientRecorder(self.client, run.info.run_id), log_count=False).record(
                 alert
             )
-        self._deliver(run, state, alert, self._targets(alert), sent)
+        self._deliver(run, state, alert, self.confirmed.targets(alert), sent)
 
     def _deliver(self, run: Any, state: _Followed, alert: Alert, targets: list[str],
                  sent: list) -> None:  # fmt: skip
         """Send to each target, waiting for the outcome; remember the alert once all have it."""
-        left = [t for t in targets if not self._deliver_to(alert_for_run(alert, run), t)]
+        left = [t for t in targets if not self.confirmed.send(alert_for_run(alert, run), t)]
         key = (alert.rule, alert.step)
         if left:
             state.undelivered[key] = (alert, left)
@@ -406,21 +365,6 @@ class Monitor:
             state.alerted[alert.rule] = alert.step
             self.client.set_tag(run.info.run_id, f"{TAG_ALERTED}{alert.rule}", str(alert.step))
         sent.append((state.run_name, alert))
-
-    def _deliver_to(self, alert: Alert, target: str) -> bool:
-        """Deliver ``alert`` to one target and wait: True once it got there."""
-        before = self.delivery.stats
-        self.delivery.deliver(dataclasses.replace(alert, actions=(target,)))
-        deadline = time.monotonic() + self.delivery_timeout
-        stats = self.delivery.stats
-        while stats["pending"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-            stats = self.delivery.stats
-        return (
-            not stats["pending"]
-            and stats["failed"] == before["failed"]
-            and stats["dropped"] == before["dropped"]
-        )
 
     # -- service ---------------------------------------------------------------------------
 
@@ -450,6 +394,80 @@ class Monitor:
         """Deliver what is queued (within ``timeout`` s); returns alerts left undelivered."""
         left = sum(len(s.undelivered) for s in self._followed.values())
         return self.delivery.close(timeout) + left
+
+
+class ConfirmedDelivery:
+    """Delivers an alert to one target at a time and waits for the outcome.
+
+        confirmed = ConfirmedDelivery(delivery, timeout=60)
+        ok = all(confirmed.send(alert, t) for t in confirmed.targets(alert))
+
+    ``Delivery`` itself never blocks and reports outcomes only as counts; one alert to one
+    target at a time turns those counts into this alert's outcome.
+    """
+
+    def __init__(self, delivery: Delivery, timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> None:
+        self.delivery = delivery
+        self.timeout = timeout
+
+    def targets(self, alert: Alert) -> list[str]:
+        """One target per entry: ``webhook`` and ``callback`` expanded by name."""
+        targets: list[str] = []
+        for action in alert.actions:
+            if action in _NOT_TARGETS:
+                continue
+            if action == "webhook":
+                targets += [f"webhook:{name}" for name in self.delivery.webhooks]
+            elif action == "callback":
+                targets += [f"callback:{name}" for name in self.delivery.callbacks]
+            else:
+                targets.append(action)
+        return targets
+
+    def send(self, alert: Alert, target: str) -> bool:
+        """Deliver ``alert`` to ``target`` and wait: True once it got there."""
+        before = self.delivery.stats
+        self.delivery.deliver(dataclasses.replace(alert, actions=(target,)))
+        deadline = time.monotonic() + self.timeout
+        stats = self.delivery.stats
+        while stats["pending"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+            stats = self.delivery.stats
+        return (
+            not stats["pending"]
+            and stats["failed"] == before["failed"]
+            and stats["dropped"] == before["dropped"]
+        )
+
+
+def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, minutes: float,
+                    rule: Rule | None = None, webhooks: bool = False) -> Alert | None:  # fmt: skip
+    """``stale_run`` when RUNNING ``run``'s newest step is older than ``minutes`` at ``now``.
+
+    Without a configured ``rule`` the alert is logged, recorded in the run and sent to every
+    webhook (``webhooks``).
+    """
+    rows = rows_by_step(histories)
+    last_step = max(rows) if rows else -1
+    last_ms = rows[last_step]["_ts"] if rows else int(run.info.start_time or 0)
+    idle = now - last_ms / 1000.0
+    if idle < minutes * 60.0:
+        return None
+    default_actions = ("log", "mlflow", *(("webhook",) if webhooks else ()))
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last_ms / 1000.0))
+    return Alert(
+        rule=rule.name if rule is not None else STALE_RULE,
+        kind=STALE_RULE,
+        severity=(rule.severity if rule is not None else None) or "warning",
+        step=max(last_step, 0),
+        message=(
+            f"run is RUNNING but logged no step for {idle / 60:.0f} min (last step "
+            f"{last_step} at {since}); did its process or host die?"
+        ),  # fmt: skip
+        details={"minutes_idle": round(idle / 60, 1), "last_step": last_step},
+        actions=tuple(rule.actions) if rule is not None else default_actions,
+        timestamp=last_ms / 1000.0,
+    )
 
 
 def alert_for_run(alert: Alert, run: Any) -> Alert:
