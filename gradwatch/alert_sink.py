@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from gradwatch.alerts.observations import Alert
+from gradwatch.mlflow_access import log_metrics, log_tags
 from gradwatch.schema import ALERT_COUNT, ARTIFACT_ALERTS, TAG_ALERT
 
 __all__ = ["MAX_TAG_TEXT", "ClientRecorder", "MlflowAlertSink", "RunRecorder"]
@@ -71,17 +72,9 @@ class ClientRecorder:
         self.run_id = run_id
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        log_tags(self.client, self.run_id, tags)
 
     def log_metrics(
         self, step: int, metrics: Mapping[str, float], timestamp_ms: int | None = None
     ) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
-        ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
-        batch = [Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=batch)
+        log_metrics(self.client, self.run_id, step, metrics, timestamp_ms)

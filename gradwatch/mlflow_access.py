@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,10 +34,13 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "FAIL_FAST_SETTINGS",
     "apply_fail_fast_defaults",
+    "artifact_text",
     "experiment_id",
     "get_client",
     "get_run",
     "is_missing",
+    "log_metrics",
+    "log_tags",
     "metric_history",
     "mlflow_errors",
     "one_line",
@@ -229,6 +232,41 @@ def search_all(client: Any, experiment_ids: Sequence[str], filter_string: str = 
         token = getattr(page, "token", None)
         if not token:
             return runs
+
+
+def artifact_text(client: Any, run_id: str, path: str) -> str | None:
+    """The text of the run's artifact ``path``, or None when the run has no such artifact."""
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory(prefix="gradwatch-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except (MlflowException, OSError):
+            return None
+        with open(local, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+
+def log_tags(client: Any, run_id: str, tags: Mapping[str, object]) -> None:
+    """Set several tags of ``run_id`` in one request."""
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
+
+
+def log_metrics(client: Any, run_id: str, step: int, metrics: Mapping[str, float],
+                timestamp_ms: int | None = None) -> None:  # fmt: skip
+    """Log ``metrics`` at ``step`` of ``run_id`` in one request (timestamp: now by default)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    ts = int(time.time() * 1000) if timestamp_ms is None else int(timestamp_ms)
+    client.log_batch(
+        run_id, metrics=[Metric(k, float(v), ts, int(step)) for k, v in metrics.items()]
+    )
 
 
 # ---------------------------------------------------------------- fail-fast settings

@@ -2,7 +2,8 @@
 
 - the check engine (``gradwatch.check``) imports nothing of tracking, alerts, the hook or MLflow;
 - sinks (``gradwatch.tracking``, ``gradwatch.alerts``) never import the hook;
-- reading runs back (``gradwatch.runs``) imports neither the hook nor the writing pipeline;
+- reading runs back (``gradwatch.runs``) imports neither the hook nor the writing pipeline,
+  and reaches MLflow only through ``gradwatch.mlflow_access`` (so do the CLI and the sink);
 - no module imports another package's private (underscore) modules or names.
 """
 
@@ -94,8 +95,10 @@ def test_the_graph_is_read():
         ("gradwatch.check", ("gradwatch.tracking", "gradwatch.alerts", "gradwatch.hook", "mlflow")),
         ("gradwatch.tracking", ("gradwatch.hook",)),
         ("gradwatch.alerts", ("gradwatch.hook",)),
-        ("gradwatch.runs", ("gradwatch.hook", "gradwatch.tracking")),
+        ("gradwatch.runs", ("gradwatch.hook", "gradwatch.tracking", "mlflow")),
         ("gradwatch.schema", ("gradwatch.hook", "gradwatch.tracking", "mlflow")),
+        ("gradwatch.alert_sink", ("gradwatch.hook", "mlflow")),
+        ("gradwatch.cli", ("mlflow",)),
     ],
 )
 def test_layers(layer, forbidden):

@@ -28,14 +28,19 @@ import csv
 import io
 import json
 import math
-import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gradwatch.errors import InputError
+from gradwatch.mlflow_access import (
+    artifact_text,
+    get_run,
+    metric_history,
+    mlflow_errors,
+    search_all,
+)
 from gradwatch.mlflow_access import experiment_id as lookup_experiment
-from gradwatch.mlflow_access import get_run, metric_history, mlflow_errors, search_all
 from gradwatch.runs.verdicts import explain_failed_check, is_finite, loss_verdict
 from gradwatch.schema import (
     ALERT_COUNT,
@@ -128,20 +133,15 @@ def fetch_histories(client: Any, run: Any, keys: Iterable[str] | None = None) ->
 
 def fetch_check_records(client: Any, run: Any) -> list[dict[str, Any]] | None:
     """The run's ``gradwatch/checks.jsonl`` records, or None when it has none to read."""
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="gradwatch-") as tmp:
+    text = artifact_text(client, run.info.run_id, ARTIFACT_CHECKS)
+    if text is None:
+        return None
+    records = []
+    for line in text.splitlines():
         try:
-            path = client.download_artifacts(run.info.run_id, ARTIFACT_CHECKS, tmp)
-        except (MlflowException, OSError):
-            return None
-        records = []
-        with open(path, encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    records.append(json.loads(line))
-                except ValueError:
-                    continue  # a torn last line of a run that is still writing
+            records.append(json.loads(line))
+        except ValueError:
+            continue  # a torn last line of a run that is still writing
     return records
 
 
