@@ -20,7 +20,7 @@ from mlflow.entities import Metric
 
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
-from gradwatch.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
+from gradwatch.runs.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
 from tests.mlflow_server import MlflowServer
 
 REPO = Path(__file__).resolve().parents[1]
