@@ -109,7 +109,7 @@ def _fail_cleanly(fn: Callable) -> Callable:
 class Progress:
     """Where a long command is: one line on stderr, rewritten in place on a terminal.
 
-        progress = Progress(total=3)
+        progress = Progress()                          # on sys.stderr
         progress.update("[1/3] lr=0.1: step 40/300")   # a terminal: redrawn at most 10x/s
         progress.finished("[1/3] lr=0.1 ok")           # elsewhere: only these lines print
 
