@@ -4,15 +4,23 @@ from gradwatch.check import check_gradients
 report = check_gradients(loss_fn, params, grads, mode="auto", num_samples=32)
 """
 
-from gradwatch.check.engine import DEFAULT_NUM_SAMPLES, MODES, check_gradients
+from gradwatch.check.engine import (
+    DEFAULT_NUM_SAMPLES,
+    MAX_NUM_SAMPLES,
+    MODES,
+    check_gradients,
+    validate_options,
+)
 from gradwatch.check.report import VERDICTS, CheckReport, Probe, TensorReport
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
+    "MAX_NUM_SAMPLES",
     "MODES",
     "VERDICTS",
     "CheckReport",
     "Probe",
     "TensorReport",
     "check_gradients",
+    "validate_options",
 ]
