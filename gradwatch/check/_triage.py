@@ -28,6 +28,7 @@ outright is localized: split in halves and probed again, down to single coordina
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -133,13 +134,31 @@ def classify_line(
     err = abs(a - extrapolated)
     floor = max(tol.atol, tol.rtol * max(abs(a), abs(extrapolated)))
     ladder = f"D({2 * h:.1e})={d_2h:.9g}, D({h:.1e})={d_h:.9g}, D({h / 2:.1e})={d_half:.9g}"
+    jump = (fwd - bwd) - curvature * h1  # the one-sided split a kink leaves beyond curvature
+    split = abs(jump)
     if err <= floor:
+        # Quiet either way; the resolved error says which explanation the evidence favours, so
+        # it stays at round-off level on a correct network (a drift signal, not a verdict).
+        side = extrapolated + math.copysign(0.5 * split, a - extrapolated)
+        if split >= err and abs(a - side) < err:
+            note = (
+                f"a kink here: the one-sided derivatives differ by {jump:.2e} beyond the "
+                f"curvature; the analytic value is the one-sided derivative {side:.9g}"
+            )
+            return LineResult("kink", tol.rel_error(a, side), note)
+        if abs(mid - extrapolated) > STAYS_PUT * err:
+            # The ladder does not follow h² (a kink in the curvature nearby): the small step,
+            # which no such point reaches, is the better estimate.
+            note = (
+                f"the central difference changes with the step unlike truncation ({ladder}); "
+                f"agrees at step {h1:.1e} ({mid:.9g})"
+            )
+            return LineResult("noise", tol.rel_error(a, mid), note)
         note = (
             f"truncation or round-off: agrees with the extrapolated derivative "
             f"{extrapolated:.9g} (error estimate {spread:.1e}; {ladder})"
         )
         return LineResult("noise", tol.rel_error(a, extrapolated), note)
-    split = abs((fwd - bwd) - curvature * h1)  # the one-sided split a kink leaves
     stays_put = abs(mid - extrapolated) <= STAYS_PUT * err and split <= STAYS_PUT * err
     if err > RICHARDSON_SAFETY * spread and stays_put:
         note = (
