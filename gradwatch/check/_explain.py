@@ -32,14 +32,22 @@ EVERY_TENSOR_HINT = (
 )
 
 
-def clip_bounds(tensors: list[Tensor]) -> dict[str, float]:
-    """Per tensor, its largest |gradient| c when c is a common bound: at least two entries of
-    the tensors whose largest |gradient| is c sit exactly at ±c.
+#: Round clipping bounds (1, 2, 5 times a power of ten, 0.01 to 5000) as floats, bit for bit.
+ROUND_BOUNDS = frozenset(float(f"{m}e{k}") for m in (1, 2, 5) for k in range(-2, 4))
 
-    Ordinary float gradients practically never share their maximum magnitude to the last bit;
-    ``np.clip(g, -5, 5)`` makes every entry beyond the bound exactly ±5. One lone entry at a
-    bound is not recognized (it is reported as whatever triage finds), so clipping can never
-    explain away a single wrong value.
+
+def clip_bounds(tensors: list[Tensor]) -> dict[str, float]:
+    """Per tensor, its largest |gradient| c when c looks like an element-wise clipping bound.
+
+    c is a bound when, bit for bit, either
+    - two or more entries (of the tensors whose largest |gradient| is c) sit exactly at ±c:
+      ordinary float gradients practically never share their largest magnitude to the last
+      bit, while ``np.clip(g, -5, 5)`` makes every entry beyond the bound exactly ±5; or
+    - c is a round number (1, 2 or 5 times a power of ten, 0.01 to 5000) and the largest
+      |gradient| of all tensors: one entry clipped at 5.0 exactly. A computed gradient lands
+      on a round number to the last bit only in toy losses.
+    A probe is then ``clipped`` only where its analytic value is exactly ±c *and* the loss is
+    steeper in the same direction, so an understated clipped slope is the only thing excused.
     """
     maxima: dict[str, tuple[float, int]] = {}
     for t in tensors:
@@ -52,7 +60,12 @@ def clip_bounds(tensors: list[Tensor]) -> dict[str, float]:
     shared: dict[float, int] = {}
     for top, count in maxima.values():
         shared[top] = shared.get(top, 0) + count
-    return {name: top for name, (top, _) in maxima.items() if shared[top] >= 2}
+    overall = max((top for top, _ in maxima.values()), default=0.0)
+    return {
+        name: top
+        for name, (top, _) in maxima.items()
+        if shared[top] >= 2 or (top == overall and top in ROUND_BOUNDS)
+    }
 
 
 def _format_factor(ratio: float) -> str:
@@ -82,11 +95,13 @@ def explain_disagreements(per_param: dict[str, TensorReport]) -> list[str]:
     notes = []
     clipped = {name: tr for name, tr in per_param.items() if tr.num_clipped}
     if clipped:
-        probes = [p for tr in clipped.values() for p in tr.probes if p.verdict == "clipped"]
+        # Coordinates only: a direction's analytic value is a projection, not the bound.
+        probes = [p for tr in clipped.values() for p in tr.coords if p.verdict == "clipped"]
         bounds = sorted({abs(p.analytic) for p in probes})
         notes.append(
-            f"gradients clipped element-wise: {len(probes)} probed coordinates of "
-            f"{', '.join(clipped)} sit exactly at the bound "
+            f"gradients clipped element-wise: {len(probes)} probed "
+            f"coordinate{'s' if len(probes) != 1 else ''} of "
+            f"{', '.join(clipped)} {'sit' if len(probes) != 1 else 'sits'} exactly at the bound "
             f"{' / '.join(f'±{b:.6g}' for b in bounds)} while the loss is steeper in the same "
             f"direction; {CLIPPING_ADVICE} (give step() the unclipped gradients, or clip after "
             "step()). Clipped coordinates do not fail the check"
