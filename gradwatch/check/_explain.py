@@ -72,7 +72,7 @@ def _format_factor(ratio: float) -> str:
     text = f"{ratio:.4g}"
     if 0 < ratio < 0.5:
         inverse = 1.0 / ratio
-        if abs(inverse - round(inverse)) <= SHARED_RATIO_TOLERANCE * inverse:
+        if abs(inverse - round(inverse)) <= 1e-4 * inverse:  # e.g. 1/batch size
             text += f" (1/{round(inverse)})"
     return text
 
