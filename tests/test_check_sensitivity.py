@@ -123,3 +123,20 @@ def test_a_bug_that_agrees_at_a_larger_step_is_still_a_mismatch():
     assert not report.passed, str(report)
     assert all(p.verdict == "mismatch" for p in report.per_param["0"].coords)
     assert report.max_rel_error == pytest.approx(1e-4, rel=0.05)
+
+
+def test_a_growing_bias_error_is_visible_from_1e6_and_fails_by_2e5():
+    # A backprop error in b1 doubling between checks, from 1e-6: the per-tensor error a drift
+    # detector reads tracks it from the start (different coordinates drawn at each check), and
+    # the check itself fails once it passes ~2e-5.
+    for seed in range(3):
+        loss_fn, params, grads = _trained_mlp(seed)
+        for k in range(7):
+            delta = 1e-6 * 2**k
+            wrong = _scaled(grads, "b1", delta)
+            report = gradwatch.check_gradients(loss_fn, params, wrong, seed=100 * seed + k)
+            b1 = report.to_dict()["per_param"]["b1"]["max_rel_error"]
+            assert b1 == pytest.approx(delta, rel=0.2)
+            others = [t.max_rel_error for n, t in report.per_param.items() if n != "b1"]
+            assert max(others) < 1e-7
+            assert report.passed == (delta < 1e-5), f"δ={delta}:\n{report}"

@@ -133,7 +133,7 @@ def classify_line(
     tol = tol_at(h)
     err = abs(a - extrapolated)
     floor = max(tol.atol, tol.rtol * max(abs(a), abs(extrapolated)))
-    ladder = f"D({2 * h:.1e})={d_2h:.9g}, D({h:.1e})={d_h:.9g}, D({h / 2:.1e})={d_half:.9g}"
+    ladder = f"{d_2h:.8g}, {d_h:.8g}, {d_half:.8g} at steps {2 * h:.1e}, {h:.1e}, {h / 2:.1e}"
     jump = (fwd - bwd) - curvature * h1  # the one-sided split a kink leaves beyond curvature
     split = abs(jump)
     if err <= floor:
@@ -143,7 +143,7 @@ def classify_line(
         if split >= err and abs(a - side) < err:
             note = (
                 f"a kink here: the one-sided derivatives differ by {jump:.2e} beyond the "
-                f"curvature; the analytic value is the one-sided derivative {side:.9g}"
+                f"curvature; the analytic value is the one-sided derivative {side:.8g}"
             )
             return LineResult("kink", tol.rel_error(a, side), note)
         if abs(mid - extrapolated) > STAYS_PUT * err:
@@ -151,28 +151,28 @@ def classify_line(
             # which no such point reaches, is the better estimate.
             note = (
                 f"the central difference changes with the step unlike truncation ({ladder}); "
-                f"agrees at step {h1:.1e} ({mid:.9g})"
+                f"agrees at step {h1:.1e} ({mid:.8g})"
             )
             return LineResult("noise", tol.rel_error(a, mid), note)
         note = (
             f"truncation or round-off: agrees with the extrapolated derivative "
-            f"{extrapolated:.9g} (error estimate {spread:.1e}; {ladder})"
+            f"{extrapolated:.8g} (error estimate {spread:.1e})"
         )
         return LineResult("noise", tol.rel_error(a, extrapolated), note)
     stays_put = abs(mid - extrapolated) <= STAYS_PUT * err and split <= STAYS_PUT * err
     if err > RICHARDSON_SAFETY * spread and stays_put:
         note = (
-            f"smooth here, off at every step: numeric {extrapolated:.9g} (extrapolated; error "
-            f"estimate {spread:.1e}), {mid:.9g} at step {h1:.1e}; {ladder}"
+            f"smooth here: numeric {extrapolated:.6g} at every step from {2 * h:.1e} down to "
+            f"{h1:.1e} (extrapolated; error estimate {spread:.1e})"
         )
         return LineResult("mismatch", tol.rel_error(a, extrapolated), note, True)
     if tol1.agree(a, mid):
         note = (
             f"the central difference changes with the step ({ladder}) and agrees at step "
-            f"{h1:.1e} ({mid:.9g}): a kink within the larger steps or truncation"
+            f"{h1:.1e} ({mid:.8g}): a kink within the larger steps or truncation"
         )
         return LineResult("noise", tol1.rel_error(a, mid), note)
-    note = f"numeric {mid:.9g} at step {h1:.1e}, {extrapolated:.9g} extrapolated: matches neither"
+    note = f"numeric {mid:.6g} at step {h1:.1e}, {extrapolated:.6g} extrapolated: matches neither"
     return LineResult("mismatch", tol1.rel_error(a, mid), note)
 
 

@@ -59,8 +59,11 @@ def check_gradients(
 
     Args:
         loss_fn: ``loss_fn(params) -> float``, the loss at the given parameters (bind the batch
-            in a closure). It receives ``params`` itself (float64 copies of float32 tensors).
-        params: dict of float arrays (``{"W1": ..., "b1": ...}``) or a list/tuple of arrays.
+            in a closure). It receives a shallow copy of the ``params`` container holding the
+            same arrays (float64 copies of float32 tensors), so rebinding or adding keys
+            inside ``loss_fn`` never changes the caller's dict.
+        params: dict of float arrays (``{"W1": ..., "b1": ...}``), a namedtuple of arrays
+            (tensors named by its fields) or a list/tuple of arrays.
             Perturbed in place and restored bit for bit; never replaced.
         grads: the backprop gradients, keyed like ``params`` or ``"dW1"`` for ``"W1"`` (a list
             in the same order for list params); same shapes as the parameters.
@@ -77,8 +80,11 @@ def check_gradients(
             in ``report.seed`` so any check can be repeated.
 
     Returns:
-        A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs)
-        or an inconclusive check (a non-deterministic loss); kinks and noise do not fail.
+        A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs,
+        non-finite gradient entries) or an inconclusive check (a non-deterministic loss);
+        noise, kinks and element-wise clipped coordinates do not fail. ``max_rel_error`` is
+        what remains after triage (see :class:`TensorReport`); notes name clipping, a
+        constant factor between analytic and numeric, or why every tensor may disagree.
 
     Raises:
         InputError: malformed params/grads or options (before any evaluation).

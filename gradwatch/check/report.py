@@ -63,8 +63,12 @@ class Probe:
     def __str__(self) -> str:
         text = (
             f"{self.label}: analytic {self.analytic:.6g} numeric {self.numeric:.6g} "
-            f"rel {self.rel_error:.1e} ({self.verdict})"
+            f"rel {self.rel_error:.1e}"
         )
+        resolved_differs = self.rel_error > 0 and not 0.5 <= self.resolved / self.rel_error <= 2
+        if self.verdict in ("noise", "kink") and resolved_differs:
+            text += f" (resolved {self.resolved:.1e})"
+        text += f" ({self.verdict})"
         return f"{text} {self.note}" if self.note else text
 
     def to_dict(self) -> dict[str, Any]:
