@@ -59,6 +59,8 @@ __all__ = [
 RICHARDSON_SAFETY = 3.0
 #: "Stays put": the small step must reproduce the discrepancy to within this fraction of it.
 STAYS_PUT = 0.5
+#: "Vanishes": at the small step the discrepancy is below this fraction of the first one.
+VANISHES = 0.1
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,15 @@ def classify_line(
         note = f"at a kink: left {bwd:.6g}, right {fwd:.6g}, analytic matches neither"
         return LineResult("mismatch", best, note)
     mid = 0.5 * (fwd + bwd)
+    if tol1.agree(a, mid) and abs(a - mid) <= VANISHES * abs(a - d_h):
+        # Noise's plainest signature, for the price of the one-sided pair: the discrepancy
+        # at h all but vanishes at h1 (truncation falls as h², a kink the larger step crossed
+        # is not reached). A backprop error would be as large at h1 as at h.
+        note = (
+            f"the discrepancy at step {h:.1e} vanishes at step {h1:.1e} (numeric {mid:.8g}): "
+            "truncation, or a kink the larger step crossed"
+        )
+        return LineResult("noise", tol1.rel_error(a, mid), note)
     d_2h, _ = central(2.0 * h)
     d_half, curvature = central(0.5 * h)
     extrapolated = (4.0 * d_h - d_2h) / 3.0
@@ -153,7 +164,7 @@ def classify_line(
                 f"the central difference changes with the step unlike truncation ({ladder}); "
                 f"agrees at step {h1:.1e} ({mid:.8g})"
             )
-            return LineResult("noise", tol.rel_error(a, mid), note)
+            return LineResult("noise", tol1.rel_error(a, mid), note)
         note = (
             f"truncation or round-off: agrees with the extrapolated derivative "
             f"{extrapolated:.8g} (error estimate {spread:.1e})"
