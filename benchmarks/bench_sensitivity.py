@@ -80,12 +80,35 @@ def main() -> None:
     for tensor in TENSORS:
         cells = " | ".join(f"{flagged[(tensor, d)]}/{args.seeds}" for d in DELTAS)
         print(f"| {tensor} | {cells} |")
+    growth_table(args.seeds, args.steps)
     print(
         f"\ncorrect network: {false_alarms}/{args.seeds} false alarms; evaluations per passing "
         f"check (median) {statistics.median(passing_evals) if passing_evals else 'n/a'}; "
         f"max rel error of the correct checks {max(resolved):.1e}; "
         f"{cpu_seconds() - started:.0f} CPU s"
     )
+
+
+def growth_table(seeds: int, steps: int) -> None:
+    """A b1 error doubling from 1e-6 between checks: the per-tensor error a drift detector
+    reads (``to_dict()["per_param"]["b1"]["max_rel_error"]``) and when the check fails."""
+    print("\nA growing error in b1 (x2 per check from 1e-6): per-tensor b1 max_rel_error / δ\n")
+    deltas = [1e-6 * 2**k for k in range(7)]
+    print("| seed | clean, all tensors | " + " | ".join(f"δ={d:.1e}" for d in deltas) + " |")
+    print("|---|---|" + "---|" * len(deltas))
+    for seed in range(seeds):
+        mlp, params, xb, yb = trained_mlp(seed, steps)
+        _, grads = mlp.loss_and_grads(params, xb, yb)
+        loss_fn = lambda p: mlp.loss(p, xb, yb)  # noqa: E731
+        clean = gradwatch.check_gradients(loss_fn, params, grads, seed=seed).to_dict()
+        worst = max(t["max_rel_error"] for t in clean["per_param"].values())
+        cells = []
+        for k, delta in enumerate(deltas):
+            wrong = dict(grads, db1=grads["db1"] * (1.0 + delta))
+            r = gradwatch.check_gradients(loss_fn, params, wrong, seed=100 * seed + k).to_dict()
+            ratio = r["per_param"]["b1"]["max_rel_error"] / delta
+            cells.append(f"{ratio:.2f}" + (" FAIL" if not r["passed"] else ""))
+        print(f"| {seed} | {worst:.1e} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -3,12 +3,14 @@
 Noise has a signature; a backprop error does not. Along the probed line (one coordinate or a
 random direction) the central difference D(s) = f' + c·s² + r(s) changes with the step s as
 truncation (∝ s²) and round-off (∝ 1/s) predict, while an analytic value off by Δ stays off by
-Δ at every step. So a disagreeing probe is re-measured at 2h and h/2 and at a small one-sided
-step h1 (~h/200 in float64), and judged on what Richardson extrapolation leaves:
+Δ at every step. So a disagreeing probe is re-measured with one-sided differences at a small
+step h1 (~h/185 in float64) and, unless those settle it, with central differences at 2h and
+h/2, and judged on what Richardson extrapolation leaves:
 
 - ``kink``: the one-sided derivatives at h1 differ (a non-differentiable point within h1)
   and the analytic value is one of them or between them.
-- ``noise``: the analytic value agrees with the extrapolated derivative (4·D(h) − D(2h))/3 to
+- ``noise``: the discrepancy at h all but vanishes at h1 (two evaluations, as a passing check
+  always paid); or the analytic value agrees with the extrapolated derivative (4·D(h) − D(2h))/3 to
   within its own error estimate (the spread between the extrapolations from (2h, h) and
   (h, h/2)) and the round-off floor; or the discrepancy changes with the step (a kink crossed
   by the larger steps) and vanishes at the small step h1.
