@@ -150,28 +150,7 @@ def classify_line(
     jump = (fwd - bwd) - curvature * h1  # the one-sided split a kink leaves beyond curvature
     split = abs(jump)
     if err <= floor:
-        # Quiet either way; the resolved error says which explanation the evidence favours, so
-        # it stays at round-off level on a correct network (a drift signal, not a verdict).
-        side = extrapolated + math.copysign(0.5 * split, a - extrapolated)
-        if split >= err and abs(a - side) < err:
-            note = (
-                f"a kink here: the one-sided derivatives differ by {jump:.2e} beyond the "
-                f"curvature; the analytic value is the one-sided derivative {side:.8g}"
-            )
-            return LineResult("kink", tol.rel_error(a, side), note)
-        if abs(mid - extrapolated) > STAYS_PUT * err:
-            # The ladder does not follow h² (a kink in the curvature nearby): the small step,
-            # which no such point reaches, is the better estimate.
-            note = (
-                f"the central difference changes with the step unlike truncation ({ladder}); "
-                f"agrees at step {h1:.1e} ({mid:.8g})"
-            )
-            return LineResult("noise", tol1.rel_error(a, mid), note)
-        note = (
-            f"truncation or round-off: agrees with the extrapolated derivative "
-            f"{extrapolated:.8g} (error estimate {spread:.1e})"
-        )
-        return LineResult("noise", tol.rel_error(a, extrapolated), note)
+        return _resolve_agreement(a, extrapolated, spread, mid, jump, h1, ladder, tol, tol1)
     stays_put = abs(mid - extrapolated) <= STAYS_PUT * err and split <= STAYS_PUT * err
     if err > RICHARDSON_SAFETY * spread and stays_put:
         note = (
@@ -187,6 +166,43 @@ def classify_line(
         return LineResult("noise", tol1.rel_error(a, mid), note)
     note = f"numeric {mid:.6g} at step {h1:.1e}, {extrapolated:.6g} extrapolated: matches neither"
     return LineResult("mismatch", tol1.rel_error(a, mid), note)
+
+
+def _resolve_agreement(
+    a: float,
+    extrapolated: float,
+    spread: float,
+    mid: float,
+    jump: float,
+    h1: float,
+    ladder: str,
+    tol: Tolerance,
+    tol1: Tolerance,
+) -> LineResult:
+    """The analytic value agrees with the extrapolation: quiet either way. The resolved error
+    says which explanation the evidence favours, so it stays at round-off level on a correct
+    network (a drift signal, not a verdict)."""
+    err = abs(a - extrapolated)
+    side = extrapolated + math.copysign(0.5 * abs(jump), a - extrapolated)
+    if abs(jump) >= err and abs(a - side) < err:
+        note = (
+            f"a kink here: the one-sided derivatives differ by {jump:.2e} beyond the "
+            f"curvature; the analytic value is the one-sided derivative {side:.8g}"
+        )
+        return LineResult("kink", tol.rel_error(a, side), note)
+    if abs(mid - extrapolated) > STAYS_PUT * err:
+        # The ladder does not follow h² (a kink in the curvature nearby): the small step,
+        # which no such point reaches, is the better estimate.
+        note = (
+            f"the central difference changes with the step unlike truncation ({ladder}); "
+            f"agrees at step {h1:.1e} ({mid:.8g})"
+        )
+        return LineResult("noise", tol1.rel_error(a, mid), note)
+    note = (
+        f"truncation or round-off: agrees with the extrapolated derivative "
+        f"{extrapolated:.8g} (error estimate {spread:.1e})"
+    )
+    return LineResult("noise", tol.rel_error(a, extrapolated), note)
 
 
 def is_clipped(ctx: Context, analytic: float, numeric: float) -> bool:
