@@ -36,6 +36,7 @@ def test_gradients_clipped_inside_the_loss_function_are_named_not_failed():
         note = next(n for n in report.notes if "clipped" in n)
         assert "by" in note and "±5" in note and "check the gradients before clipping" in note
         assert report.per_param["by"].to_dict()["num_clipped"] >= 1
+        assert "by" in report.clipped_tensors and report.to_dict()["num_clipped"] >= 1
         assert "every tensor disagrees" not in str(report)
 
 

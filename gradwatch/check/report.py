@@ -198,6 +198,15 @@ class CheckReport:
         return sum(t.num_mismatches for t in self.per_param.values())
 
     @property
+    def num_clipped(self) -> int:
+        return sum(t.num_clipped for t in self.per_param.values())
+
+    @property
+    def clipped_tensors(self) -> list[str]:
+        """Tensors with probes at an element-wise clipping bound (they do not fail the check)."""
+        return [name for name, t in self.per_param.items() if t.num_clipped]
+
+    @property
     def mismatched_tensors(self) -> list[str]:
         return [name for name, t in self.per_param.items() if t.num_mismatches]
 
@@ -236,6 +245,7 @@ class CheckReport:
             "loss": _num(self.loss),
             "stochastic_loss": self.stochastic_loss,
             "num_mismatches": self.num_mismatches,
+            "num_clipped": self.num_clipped,
             "notes": list(self.notes),
             "per_param": {name: t.to_dict() for name, t in self.per_param.items()},
         }
