@@ -4,6 +4,7 @@ from gradwatch.check import check_gradients
 report = check_gradients(loss_fn, params, grads, mode="auto", num_samples=32)
 """
 
+from gradwatch.check._inputs import match_gradient_keys, param_items
 from gradwatch.check.engine import (
     DEFAULT_NUM_SAMPLES,
     MAX_NUM_SAMPLES,
@@ -22,5 +23,7 @@ __all__ = [
     "Probe",
     "TensorReport",
     "check_gradients",
+    "match_gradient_keys",
+    "param_items",
     "validate_options",
 ]
