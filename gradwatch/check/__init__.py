@@ -4,15 +4,26 @@ from gradwatch.check import check_gradients
 report = check_gradients(loss_fn, params, grads, mode="auto", num_samples=32)
 """
 
-from gradwatch.check.engine import DEFAULT_NUM_SAMPLES, MODES, check_gradients
+from gradwatch.check._inputs import match_gradient_keys, param_items
+from gradwatch.check.engine import (
+    DEFAULT_NUM_SAMPLES,
+    MAX_NUM_SAMPLES,
+    MODES,
+    check_gradients,
+    validate_options,
+)
 from gradwatch.check.report import VERDICTS, CheckReport, Probe, TensorReport
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
+    "MAX_NUM_SAMPLES",
     "MODES",
     "VERDICTS",
     "CheckReport",
     "Probe",
     "TensorReport",
     "check_gradients",
+    "match_gradient_keys",
+    "param_items",
+    "validate_options",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 
 from gradwatch.errors import InputError
 
-__all__ = ["Tensor", "match_gradient_keys", "normalize", "param_items"]
+__all__ = ["Tensor", "is_namedtuple", "match_gradient_keys", "normalize", "param_items"]
 
 
 @dataclass
@@ -33,9 +33,20 @@ class Tensor:
     snapshot: np.ndarray | None = None  # the untouched values, set by the engine
 
 
+def is_namedtuple(value: Any) -> bool:
+    return isinstance(value, tuple) and isinstance(getattr(value, "_fields", None), tuple)
+
+
 def param_items(params: Any) -> tuple[list[tuple[str, Any]], str]:
+    """``([(name, array), ...], kind)``; kind is ``"dict"``, ``"namedtuple"`` or ``"list"``.
+
+    A namedtuple's tensors are named by its fields, so its gradients may come as the same
+    namedtuple, a dict keyed by the field names, or a list in field order.
+    """
     if isinstance(params, Mapping):
         return [(str(k), v) for k, v in params.items()], "dict"
+    if is_namedtuple(params):
+        return [(str(k), v) for k, v in zip(params._fields, params)], "namedtuple"
     if isinstance(params, (list, tuple)):
         return [(str(i), v) for i, v in enumerate(params)], "list"
     raise InputError(
@@ -46,6 +57,11 @@ def param_items(params: Any) -> tuple[list[tuple[str, Any]], str]:
 
 def _grad_lookup(grads: Any, names: list[str], kind: str) -> dict[str, Any]:
     """Match gradients to parameter names; accepts the backprop convention ``dW1`` for ``W1``."""
+    if kind == "namedtuple":
+        if is_namedtuple(grads):
+            grads = dict(zip(grads._fields, grads))
+        elif isinstance(grads, (list, tuple)):
+            kind = "list"
     if kind == "list":
         if not isinstance(grads, (list, tuple)) or isinstance(grads, Mapping):
             raise InputError(
@@ -60,7 +76,7 @@ def _grad_lookup(grads: Any, names: list[str], kind: str) -> dict[str, Any]:
         return dict(zip(names, grads))
     if not isinstance(grads, Mapping):
         raise InputError(
-            f"params is a dict, so grads must be a dict keyed like it ('W1' or 'dW1'), "
+            f"params is a {kind}, so grads must be a dict keyed like it ('W1' or 'dW1'), "
             f"got {type(grads).__name__}"
         )
     keys = {str(k): v for k, v in grads.items()}
@@ -158,6 +174,8 @@ def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any,
             for t in tensors:
                 work_params[t.name] = t.work
             # Keep any caller key order; a dict subclass is rebuilt as a plain dict.
+        elif kind == "namedtuple":
+            work_params = type(params)(*(t.work for t in tensors))
         else:
             work_params = type(params)(t.work for t in tensors)
     else:
@@ -173,7 +191,7 @@ def match_gradient_keys(params: Any, grads: Any) -> dict[str, Any]:
     """
     normalize(params, grads, upcast=False)
     items, kind = param_items(params)
-    if kind == "list":
+    if kind == "list" or (kind == "namedtuple" and not isinstance(grads, Mapping)):
         return {name: i for i, (name, _) in enumerate(items)}
     keys = {str(k): k for k in grads}
     return {name: keys[name] if name in keys else keys["d" + name] for name, _ in items}

@@ -6,7 +6,8 @@ afterwards; the engine additionally restores every tensor from its snapshot in a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import copy
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,15 @@ import numpy as np
 from gradwatch.check._inputs import Tensor
 from gradwatch.errors import LossError
 
-__all__ = ["Evaluator", "central_coord", "one_sided_coord", "directional", "loss_precision"]
+__all__ = [
+    "Evaluator",
+    "central_coord",
+    "central_coord_curvature",
+    "one_sided_coord",
+    "directional",
+    "directional_values",
+    "loss_precision",
+]
 
 
 def loss_precision(value: Any) -> float:
@@ -47,8 +56,23 @@ def _as_scalar(value: Any) -> float:
     )
 
 
+def _fresh_container(params: Any) -> Any:
+    """A shallow copy of a mutable container (same array objects), so a ``loss_fn`` that
+    rebinds or adds keys changes only its own copy, never the caller's dict or list, and
+    every call sees the arrays the check perturbs."""
+    if type(params) is dict:
+        return dict(params)
+    if isinstance(params, (list, Mapping)):
+        try:
+            return copy.copy(params)
+        except Exception:  # noqa: BLE001 - an uncopyable container is passed as it is
+            return params
+    return params  # tuples and namedtuples cannot be rebound
+
+
 class Evaluator:
-    """Calls ``loss_fn(work_params)``, counts calls and checks that the result is a scalar."""
+    """Calls ``loss_fn`` on a shallow copy of ``work_params``, counts calls and checks that
+    the result is a scalar."""
 
     def __init__(self, loss_fn: Callable[[Any], Any], work_params: Any) -> None:
         self.loss_fn = loss_fn
@@ -58,7 +82,7 @@ class Evaluator:
 
     def __call__(self) -> float:
         self.count += 1
-        raw = self.loss_fn(self.work_params)
+        raw = self.loss_fn(_fresh_container(self.work_params))
         self.last_raw = raw
         return _as_scalar(raw)
 
@@ -113,6 +137,17 @@ def central_coord(
     return (jp - jm) / (xp - xm), h
 
 
+def central_coord_curvature(
+    ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float, j0: float
+) -> tuple[float, float, float]:
+    """Central difference and second difference at one coordinate:
+    ``(derivative, curvature, step used)``; the curvature predicts how far the one-sided
+    derivatives of a smooth point differ."""
+    x, xp, xm, jp, jm, h = _evaluate_both_sides(ev, t, index, h)
+    curvature = ((jp - j0) / (xp - x) - (j0 - jm) / (x - xm)) / (0.5 * (xp - xm))
+    return (jp - jm) / (xp - xm), curvature, h
+
+
 def one_sided_coord(
     ev: Evaluator, t: Tensor, index: tuple[int, ...], h: float, j0: float
 ) -> tuple[float, float]:
@@ -121,14 +156,14 @@ def one_sided_coord(
     return (jp - j0) / (xp - x), (j0 - jm) / (x - xm)
 
 
-def directional(
+def directional_values(
     ev: Evaluator, t: Tensor, backup: np.ndarray, signs: np.ndarray, lo: int, hi: int, h: float
-) -> tuple[float, float]:
-    """Compare along a random ±1 direction over flat coordinates ``[lo, hi)``, scaled to length h.
+) -> tuple[float, float, float]:
+    """Move along a random ±1 direction over flat coordinates ``[lo, hi)``, scaled to length h.
 
-    Returns ``(analytic, numeric)``: analytic is g·Δ/(2h) for the displacement Δ = θ+ − θ−
-    and numeric is (J(θ+) − J(θ−))/(2h), the same normalization on both sides. Only the
-    segment is touched, so bisection probes cost O(segment), not O(tensor).
+    Returns ``(analytic, J(θ+), J(θ−))``: analytic is g·Δ/(2h) for the displacement
+    Δ = θ+ − θ−, the directional derivative on the same scale as (J(θ+) − J(θ−))/(2h). Only
+    the segment is touched, so bisection probes cost O(segment), not O(tensor).
     """
     arr = t.work
     c = h / np.sqrt(hi - lo)
@@ -157,4 +192,12 @@ def directional(
         analytic = float(np.dot(g.reshape(-1), disp.reshape(-1))) / h
     else:
         analytic = float(np.dot(g.reshape(-1), realized.reshape(-1))) / (2 * h)
+    return analytic, jp, jm
+
+
+def directional(
+    ev: Evaluator, t: Tensor, backup: np.ndarray, signs: np.ndarray, lo: int, hi: int, h: float
+) -> tuple[float, float]:
+    """``(analytic, numeric)`` along a random direction: see :func:`directional_values`."""
+    analytic, jp, jm = directional_values(ev, t, backup, signs, lo, hi, h)
     return analytic, (jp - jm) / (2 * h)

@@ -14,17 +14,27 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.check._explain import clip_bounds, explain_disagreements
 from gradwatch.check._inputs import Tensor, normalize
 from gradwatch.check._probes import Evaluator, central_coord, loss_precision
 from gradwatch.check._steps import central_step, coord_rtol
-from gradwatch.check._triage import Context, probe_direction, triage_coordinate, triage_direction
+from gradwatch.check._triage import (
+    Context,
+    clipped_note,
+    is_clipped,
+    probe_direction,
+    triage_coordinate,
+    triage_direction,
+)
 from gradwatch.check.report import CheckReport, Probe, TensorReport
 from gradwatch.errors import InputError, LossError
 
-__all__ = ["check_gradients", "MODES", "DEFAULT_NUM_SAMPLES"]
+__all__ = ["check_gradients", "validate_options", "MODES", "DEFAULT_NUM_SAMPLES", "MAX_NUM_SAMPLES"]
 
 MODES = ("auto", "sampled", "directional", "full")
 DEFAULT_NUM_SAMPLES = 32
+#: More samples than this is a typo (or a wish for mode="full"), not a plan.
+MAX_NUM_SAMPLES = 2**31 - 1
 #: Two calls at the same parameters may differ by this many ulps of the loss before the loss
 #: is called non-deterministic (summation order can legitimately differ by an ulp or two).
 STOCHASTIC_ULPS = 16.0
@@ -49,8 +59,11 @@ def check_gradients(
 
     Args:
         loss_fn: ``loss_fn(params) -> float``, the loss at the given parameters (bind the batch
-            in a closure). It receives ``params`` itself (float64 copies of float32 tensors).
-        params: dict of float arrays (``{"W1": ..., "b1": ...}``) or a list/tuple of arrays.
+            in a closure). It receives a shallow copy of the ``params`` container holding the
+            same arrays (float64 copies of float32 tensors), so rebinding or adding keys
+            inside ``loss_fn`` never changes the caller's dict.
+        params: dict of float arrays (``{"W1": ..., "b1": ...}``), a namedtuple of arrays
+            (tensors named by its fields) or a list/tuple of arrays.
             Perturbed in place and restored bit for bit; never replaced.
         grads: the backprop gradients, keyed like ``params`` or ``"dW1"`` for ``"W1"`` (a list
             in the same order for list params); same shapes as the parameters.
@@ -67,31 +80,27 @@ def check_gradients(
             in ``report.seed`` so any check can be repeated.
 
     Returns:
-        A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs)
-        or an inconclusive check (a non-deterministic loss); kinks and noise do not fail.
+        A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs,
+        non-finite gradient entries) or an inconclusive check (a non-deterministic loss);
+        noise, kinks and element-wise clipped coordinates do not fail. ``max_rel_error`` is
+        what remains after triage (see :class:`TensorReport`); notes name clipping, a
+        constant factor between analytic and numeric, or why every tensor may disagree.
 
     Raises:
         InputError: malformed params/grads or options (before any evaluation).
         LossError: ``loss_fn`` did not return a finite scalar.
     """
-    if mode not in MODES:
-        raise InputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
-    if (
-        isinstance(num_samples, bool)
-        or not isinstance(num_samples, (int, np.integer))
-        or num_samples < 1
-    ):
-        raise InputError(f"num_samples must be a positive integer; got {num_samples!r}")
-    if eps is not None and not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise InputError(f"eps must be a positive float or None (automatic); got {eps!r}")
+    validate_options(mode, num_samples, eps, seed)
     if not callable(loss_fn):
         raise InputError(
             f"loss_fn must be callable as loss_fn(params) -> float; got {type(loss_fn).__name__}"
         )
-    if seed is None:
-        seed = int(np.random.SeedSequence().entropy % (2**32))
+    seed = int(np.random.SeedSequence().entropy % (2**32)) if seed is None else int(seed)
     started = time.perf_counter()
     tensors, work_params, _ = normalize(params, grads, upcast=True)
+    refused = _nonfinite_gradients(tensors, mode, seed, started)
+    if refused is not None:
+        return refused
     snapshots = [t.array.copy() for t in tensors]
     for t, snap in zip(tensors, snapshots):
         t.snapshot = snap  # read-only; also the directional probes' base values
@@ -102,6 +111,101 @@ def check_gradients(
     finally:
         for t, snap in zip(tensors, snapshots):
             np.copyto(t.array, snap)
+
+
+#: Non-finite gradient entries listed per tensor (the note gives the count of all of them).
+LISTED_NONFINITE = 5
+
+
+def _nonfinite_gradients(tensors: list[Tensor], mode, seed, started) -> CheckReport | None:
+    """Fail the check at once when any analytic gradient entry is NaN or ±inf.
+
+    One ``isfinite`` pass over every gradient, whether or not a coordinate would be drawn: a
+    non-finite gradient is wrong whatever the loss does, and no finite difference is needed
+    (none is evaluated) to say so.
+    """
+    bad = {t.name: np.flatnonzero(~np.isfinite(t.grad)) for t in tensors}
+    if not any(flat.size for flat in bad.values()):
+        return None
+    per_param, notes = {}, []
+    for t in tensors:
+        tr = TensorReport(t.name, tuple(t.array.shape), str(t.array.dtype), 0.0)
+        per_param[t.name] = tr
+        flat_bad = bad[t.name]
+        for flat in flat_bad[:LISTED_NONFINITE]:
+            index = tuple(int(i) for i in np.unravel_index(int(flat), t.array.shape))
+            value = float(t.grad.reshape(-1)[flat])
+            tr.coords.append(
+                Probe(
+                    t.name,
+                    index,
+                    value,
+                    math.nan,
+                    math.inf,
+                    "mismatch",
+                    note="analytic gradient is not finite",
+                )  # fmt: skip
+            )
+        if flat_bad.size:
+            shown = ", ".join(
+                f"{p.label} = {p.analytic}" for p in tr.coords[: min(3, flat_bad.size)]
+            )
+            more = f" and {flat_bad.size - 3} more" if flat_bad.size > 3 else ""
+            notes.append(
+                f"the analytic gradient of '{t.name}' is not finite in {flat_bad.size} of "
+                f"{t.grad.size} entries ({shown}{more}): backprop overflowed or divided by zero "
+                "(or the loss already diverged); loss_fn was not evaluated"
+            )
+    return CheckReport(
+        passed=False,
+        status="failed",
+        max_rel_error=math.inf,
+        difference=math.nan,
+        num_evals=0,
+        seconds=time.perf_counter() - started,
+        mode=mode,
+        seed=seed,
+        loss=math.nan,
+        stochastic_loss=False,
+        per_param=per_param,
+        notes=notes,
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def validate_options(
+    mode: str = "auto",
+    num_samples: Any = DEFAULT_NUM_SAMPLES,
+    eps: Any = None,
+    seed: Any = None,
+) -> None:
+    """Raise :class:`InputError` naming the first bad check option (the same rules for
+    arguments and configuration files).
+
+        validate_options(mode="auto", num_samples=32, eps=None, seed=0)
+    """
+    if mode not in MODES:
+        raise InputError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
+    if not _is_int(num_samples) or not 1 <= num_samples <= MAX_NUM_SAMPLES:
+        raise InputError(
+            f"num_samples must be an integer from 1 to {MAX_NUM_SAMPLES}; got {num_samples!r} "
+            "(to check every coordinate use mode='full')"
+        )
+    if eps is not None and not (
+        isinstance(eps, (int, float, np.floating))
+        and not isinstance(eps, bool)
+        and math.isfinite(eps)
+        and eps > 0
+    ):
+        raise InputError(f"eps must be a positive float or None (automatic); got {eps!r}")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**64):
+        raise InputError(
+            f"seed must be an integer from 0 to 2**64 - 1, or None (drawn and recorded); "
+            f"got {seed!r}"
+        )
 
 
 def _run(
@@ -141,6 +245,7 @@ def _run(
     rng = np.random.default_rng(seed)
     checkable = [t for t in tensors if t.array.size > 0]
     plan = _allocate(checkable, num_samples)
+    bounds = clip_bounds(checkable)
     for t in checkable:
         h = float(eps) if eps is not None else central_step(t.work, loss_eps)
         grad_eps = float(np.finfo(t.grad_dtype).eps)
@@ -149,7 +254,7 @@ def _run(
         if grad_eps > np.finfo(np.float64).eps * 1.01:
             # A float32 analytic gradient carries round-off relative to the tensor's scale.
             extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
-        ctx = Context(ev, j0, loss_eps, extra_atol)
+        ctx = Context(ev, j0, loss_eps, extra_atol, bounds.get(t.name))
         tr = per_param[t.name]
         tr.step = h
         if mode in ("auto", "sampled", "full"):
@@ -159,6 +264,7 @@ def _run(
             directions = 1 if mode == "auto" else plan[t.name]
             _probe_directions(ctx, t, tr, rng, directions, h, rtol)
     _note_ignored_params(per_param, notes)
+    notes.extend(explain_disagreements(per_param))
     status = "failed" if any(tr.num_mismatches for tr in per_param.values()) else "passed"
     return _report(per_param, status, ev, started, mode, seed, j0, False, notes)
 
@@ -231,26 +337,21 @@ def _probe_coordinates(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol, fu
         probe = Probe(
             t.name, index, analytic, numeric, tol.rel_error(analytic, numeric), "ok", used
         )
-        if not math.isfinite(analytic):
-            probe.verdict, probe.note, probe.rel_error = (
-                "mismatch",
-                "analytic gradient is not finite",
-                math.inf,
-            )
-        elif not tol.agree(analytic, numeric):
+        if not tol.agree(analytic, numeric):  # gradients are finite: checked up front
             disagreeing.append(probe)
         tr.coords.append(probe)
     confirmed = 0
     for probe in sorted(disagreeing, key=lambda p: -p.rel_error):
+        if is_clipped(ctx, probe.analytic, probe.numeric):
+            probe.verdict, probe.note = "clipped", clipped_note(ctx.clip_bound)
+            continue
         if confirmed >= MAX_CONFIRMED_PER_TENSOR:
             probe.verdict, probe.note = "mismatch", "(tensor already confirmed mismatched)"
             continue
-        verdict, resolved, note = triage_coordinate(
-            ctx, t, probe.index, probe.analytic, probe.step, rtol
+        probe.verdict, probe.resolved, probe.note = triage_coordinate(
+            ctx, t, probe.index, probe.analytic, probe.numeric, probe.step, rtol
         )
-        probe.verdict, probe.note = verdict, note
-        probe.resolved = resolved
-        confirmed += verdict == "mismatch"
+        confirmed += probe.verdict == "mismatch"
 
 
 def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> None:
@@ -263,7 +364,7 @@ def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> 
         probe = probe_direction(ctx, t, backup, signs, 0, size, h, rtol)
         if probe.verdict != "ok":
             verdict, resolved, note, leaves = triage_direction(
-                ctx, t, backup, signs, h, rtol, max_probes
+                ctx, t, backup, signs, probe, rtol, max_probes
             )
             probe.verdict, probe.note = verdict, note
             probe.resolved = resolved
@@ -286,12 +387,6 @@ def _note_ignored_params(per_param: dict[str, TensorReport], notes: list[str]) -
             )
 
 
-def _resolved_error(p: Probe) -> float:
-    if p.verdict in ("kink", "noise"):
-        return p.resolved
-    return p.rel_error
-
-
 def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -> CheckReport:
     # The classic difference is over the checked coordinates; over the directions when no
     # coordinate was checked (directional mode).
@@ -301,11 +396,10 @@ def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -
     n = np.asarray([p.numeric for p in probes])
     denom = float(np.linalg.norm(a) + np.linalg.norm(n)) if a.size else 0.0
     difference = float(np.linalg.norm(a - n)) / denom if denom > 0 else 0.0
-    errors = [_resolved_error(p) for tr in per_param.values() for p in tr.probes]
     return CheckReport(
         passed=status == "passed",
         status=status,
-        max_rel_error=max(errors) if errors else 0.0,
+        max_rel_error=max((tr.max_rel_error for tr in per_param.values()), default=0.0),
         difference=difference,
         num_evals=ev.count,
         seconds=time.perf_counter() - started,

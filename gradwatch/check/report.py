@@ -13,10 +13,13 @@ from typing import Any
 
 __all__ = ["Probe", "TensorReport", "CheckReport", "VERDICTS"]
 
-#: ``ok``: agrees; ``noise``: disagreed at first, explained by round-off or truncation (it
-#: shrinks as the step is refined); ``kink``: a non-differentiable point (ReLU at 0) was crossed
-#: and the analytic value is a one-sided derivative there; ``mismatch``: a backprop bug.
-VERDICTS = ("ok", "noise", "kink", "mismatch")
+#: ``ok``: agrees; ``noise``: disagreed at first, explained by round-off or truncation (the
+#: discrepancy changes with the step as they predict and vanishes in the extrapolation);
+#: ``kink``: a non-differentiable point (ReLU at 0) lies within the step and the analytic value
+#: is a one-sided derivative there; ``clipped``: the analytic value sits exactly at a bound ±c
+#: shared by other entries while the loss is steeper (element-wise gradient clipping; does not
+#: fail the check); ``mismatch``: a backprop bug. In order of severity.
+VERDICTS = ("ok", "noise", "kink", "clipped", "mismatch")
 _SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
 
 
@@ -41,9 +44,15 @@ class Probe:
     step: float = 0.0
     size: int = 1
     note: str = ""
-    #: After triage, the error against the best-matching re-examination (a one-sided
-    #: derivative, a smaller step): what a ``kink`` or ``noise`` verdict really leaves.
-    resolved: float = 0.0
+    #: The relative error that remains after triage: against the extrapolated derivative
+    #: (noise, mismatch) or the one-sided derivative on the analytic value's side (kink);
+    #: ``rel_error`` when the probe agreed at once. ``None`` at construction means "not
+    #: triaged" and is replaced by ``rel_error``.
+    resolved: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.resolved is None:
+            self.resolved = self.rel_error
 
     @property
     def label(self) -> str:
@@ -54,8 +63,12 @@ class Probe:
     def __str__(self) -> str:
         text = (
             f"{self.label}: analytic {self.analytic:.6g} numeric {self.numeric:.6g} "
-            f"rel {self.rel_error:.1e} ({self.verdict})"
+            f"rel {self.rel_error:.1e}"
         )
+        resolved_differs = self.rel_error > 0 and not 0.5 <= self.resolved / self.rel_error <= 2
+        if self.verdict in ("noise", "kink") and resolved_differs:
+            text += f" (resolved {self.resolved:.1e})"
+        text += f" ({self.verdict})"
         return f"{text} {self.note}" if self.note else text
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +77,7 @@ class Probe:
             "analytic": _num(self.analytic),
             "numeric": _num(self.numeric),
             "rel_error": _num(self.rel_error),
+            "resolved": _num(self.resolved),
             "verdict": self.verdict,
             "step": _num(self.step),
             "size": self.size,
@@ -114,8 +128,21 @@ class TensorReport:
 
     @property
     def max_rel_error(self) -> float:
+        """The largest triage-resolved error (``Probe.resolved``), clipped probes excluded:
+        stable from check to check on a correct network, kinks and noise included only with
+        what remains after triage."""
+        errs = [p.resolved for p in self.probes if p.verdict != "clipped"]
+        return max(errs, key=_sortable) if errs else 0.0
+
+    @property
+    def max_raw_rel_error(self) -> float:
+        """The largest first-pass error (``Probe.rel_error``), before triage."""
         errs = [p.rel_error for p in self.probes]
-        return max(errs) if errs else 0.0
+        return max(errs, key=_sortable) if errs else 0.0
+
+    @property
+    def num_clipped(self) -> int:
+        return sum(p.verdict == "clipped" for p in self.probes)
 
     @property
     def num_mismatches(self) -> int:
@@ -132,8 +159,10 @@ class TensorReport:
             "dtype": self.dtype,
             "step": _num(self.step),
             "max_rel_error": _num(self.max_rel_error),
+            "max_raw_rel_error": _num(self.max_raw_rel_error),
             "verdict": self.verdict,
             "num_mismatches": self.num_mismatches,
+            "num_clipped": self.num_clipped,
             "coords": [p.to_dict() for p in self.coords],
             "directions": [p.to_dict() for p in self.directions],
         }
@@ -146,7 +175,8 @@ class CheckReport:
     ``passed`` is False when any probe is a ``mismatch`` or when the check was inconclusive
     (``status == "inconclusive"``, e.g. a non-deterministic loss). ``difference`` is the classic
     ‖g − g̃‖/(‖g‖ + ‖g̃‖) over the checked coordinates (over the directional probes when no
-    coordinate was checked). Relative-error bands: > 1e-2 almost surely a bug, 1e-4…1e-2
+    coordinate was checked). ``max_rel_error`` is the largest triage-resolved error of any
+    tensor (see :attr:`TensorReport.max_rel_error`). Relative-error bands: > 1e-2 almost surely a bug, 1e-4…1e-2
     suspicious, < 1e-7 good (float64).
     """
 
@@ -166,6 +196,15 @@ class CheckReport:
     @property
     def num_mismatches(self) -> int:
         return sum(t.num_mismatches for t in self.per_param.values())
+
+    @property
+    def num_clipped(self) -> int:
+        return sum(t.num_clipped for t in self.per_param.values())
+
+    @property
+    def clipped_tensors(self) -> list[str]:
+        """Tensors with probes at an element-wise clipping bound (they do not fail the check)."""
+        return [name for name, t in self.per_param.items() if t.num_clipped]
 
     @property
     def mismatched_tensors(self) -> list[str]:
@@ -206,6 +245,7 @@ class CheckReport:
             "loss": _num(self.loss),
             "stochastic_loss": self.stochastic_loss,
             "num_mismatches": self.num_mismatches,
+            "num_clipped": self.num_clipped,
             "notes": list(self.notes),
             "per_param": {name: t.to_dict() for name, t in self.per_param.items()},
         }
