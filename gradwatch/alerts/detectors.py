@@ -438,60 +438,105 @@ def nonfinite() -> Detector:
 
 class LossDivergenceState(NamedTuple):
     n: int = 0  # finite losses seen
-    initial: float = 0.0  # first finite loss: sets the scale floor
-    best: float = math.inf  # lowest loss so far
-    prev: float = math.nan  # previous loss
-    streak: int = 0  # consecutive increases
-    streak_start: float = math.nan  # loss before the current streak of increases
+    log_floor: float = -math.inf  # log of floor x |first loss|: lower losses count as this
+    recent: tuple[float, ...] = ()  # log losses of the last `window` steps, oldest first
+    best: float = math.inf  # lowest smoothed log level so far
+    reference: float = math.nan  # slowly following smoothed log level (EWMA of the level)
+
+
+def _noise(xs: Sequence[float]) -> float:
+    """Std of the step-to-step noise of ``xs``, from their first differences: a steady trend
+    (a loss rising x1.5 per step) is not noise, so it does not raise the bar it must pass."""
+    if len(xs) < 3:
+        return 0.0
+    diffs = [b - a for a, b in zip(xs, xs[1:], strict=False)]
+    mean = sum(diffs) / len(diffs)
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (2 * (len(diffs) - 1)))
 
 
 def loss_divergence(
     factor: float = 10.0,
-    patience: int = 10,
-    min_rise: float = 0.5,
+    window: int = 30,
+    fast: int = 3,
+    rise: float = 2.0,
+    z: float = 5.0,
+    halflife: float = 100.0,
     floor: float = 0.01,
 ) -> Detector:
-    """Fire when the loss blows up: above ``factor`` x its best so far, or rising for long.
+    """Fire when the loss blows up or climbs steadily; not on minibatch noise.
 
-        det = loss_divergence(factor=10.0, patience=10)
+        det = loss_divergence(factor=10.0, window=30)
 
-    Level test: loss > best + (factor - 1) * scale, scale = max(|best|, ``floor`` x |first
-    loss|) -- i.e. loss > factor * best for a positive loss, while a loss that converged to
-    ~0 is not compared against a vanishing best. Trend test: ``patience`` consecutive
-    increases (0 disables it) that together add at least ``min_rise`` x scale. Normal noisy
-    SGD passes both; lr=10 on x0^2 + x1^2 (x361 per step) fails at the first step.
+    Minibatch losses are noisy (with batches of 10 a healthy run's batch loss swings far past
+    10x its best batch), so no test reads a single batch. On log losses:
+
+    - explosion (``test: factor``): the median of the last ``fast`` losses is ``factor`` x
+      above the lowest *level* so far (level: the geometric mean of the last ``window``
+      losses) and ``z`` noise-sigmas above it. lr=10 on x0^2 + x1^2 fires at step 3.
+    - rise (``test: trend``): the level stands ``rise`` x above a slow reference (an EWMA of
+      the level with ``halflife`` steps) and ``z`` standard errors above it. A loss rising
+      x1.05 per step from a noisy plateau fires after ~30-55 steps, x1.02 after ~50-120.
+
+    The noise is the run's own step-to-step spread (std of first differences of the log
+    losses, so a steady trend is not counted as noise): a run whose batches differ by 100x
+    needs a larger excursion to fire. Losses below ``floor`` x the first loss count as that
+    floor, so a loss converging to ~0 is not judged against a vanishing best. NaN/Inf losses
+    are the ``nonfinite`` rule's.
     """
+    log_factor, log_rise = math.log(factor), math.log(rise)
+    alpha = 1.0 - 0.5 ** (1.0 / halflife)
+    min_level = min(fast, window)  # losses needed before a level counts as the best
 
     def update(state: LossDivergenceState, obs: Observation):
         loss = obs.loss if isinstance(obs, StepObservation) else None
         if not _finite(loss):
             return None, state
         loss = float(loss)
-        initial = loss if state.n == 0 else state.initial
-        best = min(state.best, loss)
-        rising = state.n > 0 and loss > state.prev
-        streak = state.streak + 1 if rising else 0
-        streak_start = (state.streak_start if state.streak else state.prev) if rising else loss
-        new_state = LossDivergenceState(state.n + 1, initial, best, loss, streak, streak_start)
-        if state.n == 0:
-            return None, new_state
-        scale = max(abs(state.best), floor * abs(initial), _TINY)
-        if loss > state.best + (factor - 1.0) * scale:
-            message = (
-                f"loss diverging: {loss:.4g} is above {factor:g}x its best so far "
-                f"({state.best:.4g}); learning rate too large?"
-            )
-            return Finding(message, {"loss": loss, "best": state.best, "test": "factor"}), new_state
-        if patience and streak >= patience and loss - streak_start >= min_rise * scale:
-            message = (
-                f"loss rising for {streak} consecutive observations: {streak_start:.4g} -> "
-                f"{loss:.4g}"
-            )
-            details = {"loss": loss, "best": state.best, "streak": streak, "test": "trend"}
-            return Finding(message, details), new_state
+        log_floor = state.log_floor
+        if state.n == 0 and loss != 0.0:
+            log_floor = math.log(floor * abs(loss)) if floor > 0 else -math.inf
+        x = max(math.log(loss), log_floor) if loss > 0 else log_floor
+        recent = (state.recent + (x,))[-window:]
+        n = state.n + 1
+        level = sum(recent) / len(recent)
+        best = min(state.best, level) if n >= min_level else state.best
+        reference = state.reference
+        if n == window:
+            reference = level
+        elif n > window:
+            reference += alpha * (level - reference)
+        new_state = LossDivergenceState(n, log_floor, recent, best, reference)
+        # Each test first compares with its fixed ratio (cheap), then with the run's own noise
+        # (the batch-to-batch spread of log losses): a run whose batches differ by 10x from
+        # one another needs a larger excursion to count.
+        if n > min_level:
+            burst = _median(recent[-fast:])
+            if burst - state.best >= log_factor:
+                # Noise measured before the burst: an explosion must not set its own bar.
+                if burst - state.best >= z * _noise(recent[:-fast]):
+                    return _explosion(math.exp(burst), math.exp(state.best), factor), new_state
+        if n > window and level - state.reference >= log_rise:
+            if level - state.reference >= z * _noise(recent) / math.sqrt(window):
+                return _rise(math.exp(level), math.exp(state.reference), window), new_state
         return None, new_state
 
     return Detector(LossDivergenceState, update)
+
+
+def _explosion(burst: float, best: float, factor: float) -> Finding:
+    message = (
+        f"loss diverging: {burst:.4g} (median of the last steps) is above {factor:g}x its "
+        f"lowest smoothed level ({best:.4g}); learning rate too large?"
+    )
+    return Finding(message, {"loss": burst, "best": best, "test": "factor"})
+
+
+def _rise(level: float, reference: float, window: int) -> Finding:
+    message = (
+        f"loss rising steadily: its median over the last {window} steps is {level:.4g}, "
+        f"{level / reference:.3g}x its recent level ({reference:.4g}); learning rate too large?"
+    )
+    return Finding(message, {"loss": level, "reference": reference, "test": "trend"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -812,17 +857,28 @@ DETECTORS: dict[str, DetectorSpec] = {
         loss_divergence,
         {
             "factor": Param(
-                10.0, "float", "loss above factor x best so far fires", minimum=1.0, exclusive=True
+                10.0,
+                "float",
+                "recent losses above factor x the lowest smoothed level fire",
+                minimum=1.0,
+                exclusive=True,
             ),  # fmt: skip
-            "patience": _count(10, "consecutive increases that fire (0: off)", minimum=0),
-            "min_rise": Param(
-                0.5, "float", "rise over the streak, in units of scale", minimum=0.0
+            "window": _count(30, "losses in the smoothed level (a geometric mean)", minimum=3),
+            "fast": _count(3, "losses in the median the factor test reads"),
+            "rise": Param(
+                2.0,
+                "float",
+                "smoothed level above rise x its slow reference fires",
+                minimum=1.0,
+                exclusive=True,
             ),  # fmt: skip
+            "z": _pos(5.0, "the rise must also exceed z standard errors of the level"),
+            "halflife": _pos(100.0, "steps: how slowly the rise test's reference follows"),
             "floor": Param(
-                0.01, "float", "scale floor as a fraction of the first loss", minimum=0.0
+                0.01, "float", "losses below floor x the first loss count as that", minimum=0.0
             ),  # fmt: skip
         },
-        "loss blowing up (too-large learning rate)",
+        "loss blowing up or climbing steadily (too-large learning rate)",
         severity="critical",
     ),
     "stalled_learning": DetectorSpec(
