@@ -302,35 +302,36 @@ def bench_divergent(steps: int) -> list[dict]:
     return rows
 
 
-def drift_lead(seeds: int = 5, check_every: int = 50) -> list[dict]:
-    """A backprop error planted in b1 of a 20-32-3 ReLU MLP, 1e-6 at step 0 and doubling every
-    100 steps, checked every ``check_every`` steps by the real engine (16 samples): the first
-    step each default check rule flags it, against the step the planted error crosses 2e-5."""
+def drift_lead(sizes: list[int], seeds: int, check_every: int = 50) -> list[dict]:
+    """A backprop error planted in b1 of a ReLU MLP, 1e-6 at step 0 and doubling every 100
+    steps, checked every ``check_every`` steps by the real engine (its default samples): the
+    first step each default check rule flags it, against the step it crosses 2e-5."""
     from gradwatch import check_gradients
     from gradwatch.alerts import CheckObservation, Rule
 
     crosses = 100 * math.log2(20)
     rows = []
     for seed in range(seeds):
-        X, y = make_blobs(n=512, dim=20, classes=3, seed=seed)
-        mlp = MLP([20, 32, 3], seed=seed)
+        X, y = make_blobs(n=1024, dim=sizes[0], classes=sizes[-1], seed=seed)
+        mlp = MLP(sizes, seed=seed)
         rng = np.random.default_rng(seed)
         engines = {kind: AlertEngine([Rule(kind, kind)]) for kind in ("rel_error_drift",
                                                                        "check_failure")}  # fmt: skip
         first: dict[str, int] = {}
-        for step in range(1000):
-            idx = rng.integers(0, len(y), size=64)
+        for step in range(600):
+            idx = rng.integers(0, len(y), size=128)
             loss, grads = mlp.loss_and_grads(mlp.params, X[idx], y[idx])
             grads["db1"] = grads["db1"] * (1.0 + 1e-6 * 2.0 ** (step / 100))
             if step % check_every == 0 and step > 0:
                 report = check_gradients(lambda p, i=idx: mlp.loss(p, X[i], y[i]), mlp.params,
-                                         grads, num_samples=16, seed=step).to_dict()  # fmt: skip
+                                         grads, seed=step).to_dict()  # fmt: skip
                 for kind, engine in engines.items():
                     if engine.observe_check(CheckObservation(step, report)):
                         first.setdefault(kind, step)
             for k in mlp.params:
                 mlp.params[k] -= 0.1 * grads["d" + k]
-        rows.append({"seed": seed, "crosses_2e-5": crosses, **first})
+        rows.append({"model": "-".join(map(str, sizes)), "seed": seed, "crosses_2e-5": crosses,
+                     **first})  # fmt: skip
     return rows
 
 
@@ -360,10 +361,10 @@ def main() -> None:
         delay = "missed" if r["delay"] is None else str(r["delay"])
         early = f" (false before: {r['false_before_onset']})" if r["false_before_onset"] else ""
         print(f"| {r['case']} | {r['onset']} | {what}{early} | {delay} |")
-    drift = drift_lead()
-    print("\n| seed | rel_error_drift fires at | planted error then | check_failure fires at "
+    drift = drift_lead([20, 32, 3], 5) + drift_lead([784, 256, 10], 4)
+    print("\n| model | seed | rel_error_drift fires at | planted error then | check_failure fires at "
           "| planted error then | lead on 2e-5 (steps) |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for r in drift:
         cells = []
         for kind in ("rel_error_drift", "check_failure"):
@@ -371,7 +372,7 @@ def main() -> None:
             cells += ["never", "-"] if s is None else [str(s), f"{1e-6 * 2 ** (s / 100):.2g}"]
         flagged = min((r[k] for k in ("rel_error_drift", "check_failure") if k in r), default=None)
         lead = "missed" if flagged is None else f"{r['crosses_2e-5'] - flagged:.0f}"
-        print(f"| {r['seed']} | {' | '.join(cells)} | {lead} |")
+        print(f"| {r['model']} | {r['seed']} | {' | '.join(cells)} | {lead} |")
     print(f"\nCPU {cpu_seconds() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:

@@ -142,3 +142,40 @@ def test_real_checks_flag_a_growing_b1_error_before_2e5(seed):
     # What drift reads is the error of the tensor at that check: stable, near the planted one.
     errors = {step: per["b1"]["max_rel_error"] for step, per in reports}
     assert growing(flagged[1]) / 3 < errors[flagged[1]] < 3 * growing(flagged[1])
+
+
+def _engine_reports_resolved_errors() -> bool:
+    """The check engine's contract: ``max_rel_error`` resolved, ``max_raw_rel_error`` beside it."""
+    X, y = make_blobs(n=8, dim=3, classes=2, seed=0)
+    mlp = MLP([3, 2], seed=0)
+    _, grads = mlp.loss_and_grads(mlp.params, X, y)
+    report = gradwatch.check_gradients(lambda p: mlp.loss(p, X, y), mlp.params, grads)
+    return "max_raw_rel_error" in report.to_dict()["per_param"]["W1"]
+
+
+@pytest.mark.xfail(
+    not _engine_reports_resolved_errors(),
+    reason="the first-pass max_rel_error of this engine jumps to 5e-3 at checks where b1 has "
+    "noise probes, which buries the early baseline; passes once max_rel_error is resolved",
+    strict=False,
+)
+def test_mnist_sized_mlp_flags_a_growing_b1_error_before_2e5():
+    # The issue's setting: 784-256-10, batches of 128, checks every 50 steps, default samples;
+    # seed 2 is a run whose first-pass b1 errors spike at steps 100-200.
+    X, y = make_blobs(n=1024, dim=784, classes=10, seed=2)
+    mlp = MLP([784, 256, 10], seed=2)
+    rng = np.random.default_rng(2)
+    reports = []
+    for step in range(CROSSES_2E5 + 1):
+        idx = rng.integers(0, len(y), size=128)
+        _, grads = mlp.loss_and_grads(mlp.params, X[idx], y[idx])
+        grads["db1"] = grads["db1"] * (1.0 + growing(step))
+        if step % CHECK_EVERY == 0 and step > 0:
+            report = gradwatch.check_gradients(
+                lambda p, i=idx: mlp.loss(p, X[i], y[i]), mlp.params, grads, seed=step
+            )
+            reports.append((step, report.to_dict()["per_param"]))
+        for k in mlp.params:
+            mlp.params[k] -= 0.1 * grads["d" + k]
+    flagged = first_flag(reports)
+    assert flagged is not None and flagged[1] <= CROSSES_2E5, flagged
