@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gradwatch.alerts.observations import Alert
-from gradwatch.errors import GradwatchError
+from gradwatch.errors import GradwatchError, InputError
 
 __all__ = ["DEFAULT_QUEUE_SIZE", "Delivery", "WebhookSpec", "redact_url"]
 
@@ -164,7 +164,7 @@ class Delivery:
         queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+            raise InputError(f"queue_size must be >= 1, got {queue_size}")
         self.webhooks = dict(webhooks or {})
         self.callbacks = dict(callbacks or {})
         self._abort = threading.Event()  # set when close() gives up: cuts backoff sleeps short

@@ -17,14 +17,17 @@ validates against.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import difflib
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gradwatch.alerts.observations import CheckObservation, StepObservation
+from gradwatch.errors import InputError
 
 __all__ = [
     "DETECTORS",
@@ -35,11 +38,13 @@ __all__ = [
     "baseline_drift",
     "build_detector",
     "check_failure",
+    "dead_units",
     "grad_norm_drift",
     "loss_divergence",
     "nonfinite",
     "rel_error_drift",
     "stalled_learning",
+    "threshold",
 ]
 
 Observation = StepObservation | CheckObservation
@@ -346,9 +351,9 @@ def grad_norm_drift(
     fires only after ``vanish_patience`` consecutive low observations.
     """
     if method not in GRAD_NORM_METHODS:
-        raise ValueError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
+        raise InputError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     log_ratio = math.log(ratio)
 
     def update(state: GradNormDriftState, obs: Observation):
@@ -601,6 +606,166 @@ def stalled_learning(
 
 
 # --------------------------------------------------------------------------------------------
+# Observations by metric name (threshold, baseline_drift)
+
+#: Check-report fields and the metric names the hook logs them under.
+CHECK_METRICS = {"max_rel_error": "gradcheck/max_rel_error", "difference": "gradcheck/difference",
+                 "num_evals": "gradcheck/num_evals", "seconds": "gradcheck/seconds"}  # fmt: skip
+STEP_SERIES = {"grad_norm": "grad_norms", "param_norm": "param_norms",
+               "update_ratio": "update_ratios", "nonfinite": "nonfinite"}  # fmt: skip
+
+
+def observation_metrics(obs: Observation) -> dict[str, float]:
+    """``obs`` as ``{metric name: value}``, named as the hook logs them (finite values only).
+
+    observation_metrics(StepObservation(3, loss=0.5, grad_norms={"W1": 2.0}))
+    # {"loss": 0.5, "grad_norm/W1": 2.0}
+    """
+    out: dict[str, Any] = {}
+    if isinstance(obs, StepObservation):
+        out.update(obs.metrics or {})
+        out["loss"], out["lr"] = obs.loss, obs.lr
+        for prefix, attr in STEP_SERIES.items():
+            for name, v in (getattr(obs, attr) or {}).items():
+                out[f"{prefix}/{name}"] = v
+    else:
+        report = obs.report
+        for key, metric in CHECK_METRICS.items():
+            out[metric] = _num(report.get(key))
+        if report.get("passed") is not None:
+            out["gradcheck/passed"] = 1.0 if report["passed"] else 0.0
+        for name, t in (report.get("per_param") or {}).items():
+            out[f"gradcheck/rel_error/{name}"] = _num(t.get("max_rel_error"))
+            if t.get("num_mismatches"):
+                out[f"gradcheck/mismatches/{name}"] = t["num_mismatches"]
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
+# --------------------------------------------------------------------------------------------
+# threshold
+
+
+class ThresholdState(NamedTuple):
+    beyond: Mapping[str, int] = {}  # metric -> consecutive observations beyond the bound
+
+
+def threshold(
+    metric: str = "loss",
+    above: float | None = None,
+    below: float | None = None,
+    n: int = 1,
+) -> Detector:
+    """Fire when a metric (or each metric matching a glob) is beyond a bound ``n`` times in a row.
+
+        det = threshold("grad_norm/*", above=100.0, n=3)      # any tensor's norm > 100, 3x
+        det = threshold("gradcheck/passed", below=0.5)        # every failed check
+
+    ``metric`` is a name as logged in MLflow (``loss``, ``lr``, ``grad_norm/W1``,
+    ``gradcheck/max_rel_error``, ``grad_zero_frac/W1``, a user metric in
+    ``StepObservation.metrics``) or an fnmatch glob; each matching name keeps its own count.
+    Give ``above``, ``below`` or both (outside the band fires). A name not observed at a step
+    keeps its count (statistics are logged every few steps).
+    """
+    if above is None and below is None:
+        raise InputError("threshold needs `above` or `below` (or both)")
+    if above is not None and below is not None and below >= above:
+        raise InputError(f"below ({below:g}) must be smaller than above ({above:g})")
+    is_glob = any(c in metric for c in "*?[")
+
+    def beyond(value: float) -> bool:
+        return (above is not None and value > above) or (below is not None and value < below)
+
+    def update(state: ThresholdState, obs: Observation):
+        values = observation_metrics(obs)
+        names = fnmatch.filter(values, metric) if is_glob else [metric] * (metric in values)
+        if not names:
+            return None, state
+        counts = dict(state.beyond)
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1 if beyond(values[name]) else 0
+        new_state = ThresholdState(counts)
+        hits = sorted(name for name in names if counts[name] >= n)
+        if not hits:
+            return None, new_state
+        bound = " and ".join(f"{op} {v:g}" for op, v in (("above", above), ("below", below))
+                             if v is not None)  # fmt: skip
+        first = hits[0]
+        times = f" for {counts[first]} observations" if n > 1 else ""
+        message = f"{_fmt_names(hits)} {'is' if len(hits) == 1 else 'are'} beyond the bound " \
+                  f"({first} = {values[first]:.4g}, bound: {bound}){times}"  # fmt: skip
+        details = {"metric": first, "values": {h: values[h] for h in hits},
+                   "above": above, "below": below, "n": n}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(ThresholdState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# dead_units
+
+
+class ZeroFracHistory(NamedTuple):
+    baseline: tuple[float, ...] = ()  # first fractions seen
+    high: int = 0  # consecutive observations high above the baseline
+
+
+class DeadUnitsState(NamedTuple):
+    tensors: Mapping[str, ZeroFracHistory] = {}
+
+
+ZERO_FRAC_PREFIX = "grad_zero_frac/"
+
+
+def dead_units(
+    jump: float = 0.25, min_frac: float = 0.5, patience: int = 5, baseline: int = 5
+) -> Detector:
+    """Fire when a tensor's fraction of exactly-zero gradients jumps and stays high.
+
+        det = dead_units(jump=0.25, min_frac=0.5, patience=5)
+
+    Reads ``grad_zero_frac/<tensor>`` (from ``StepObservation.metrics``, logged on statistics
+    steps). A tensor's first ``baseline`` observations set its usual level (median: a ReLU
+    layer has some zeros by nature, a sparse embedding many). It fires when the fraction is at
+    least ``min_frac`` and ``jump`` above that level for ``patience`` observations in a row:
+    units that stopped receiving gradient (dead ReLUs after a too-large step, a saturated
+    layer), not one batch that happened to miss them.
+    """
+
+    def update(state: DeadUnitsState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.metrics:
+            return None, state
+        fracs = {k[len(ZERO_FRAC_PREFIX) :]: v for k, v in obs.metrics.items()
+                 if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+        if not fracs:
+            return None, state
+        tensors = dict(state.tensors)
+        dead: dict[str, dict[str, float]] = {}
+        for name, frac in fracs.items():
+            hist = tensors.get(name, ZeroFracHistory())
+            if len(hist.baseline) < baseline:
+                tensors[name] = hist._replace(baseline=hist.baseline + (float(frac),))
+                continue
+            usual = _median(hist.baseline)
+            high = hist.high + 1 if frac >= min_frac and frac - usual >= jump else 0
+            tensors[name] = hist._replace(high=high)
+            if high >= patience:
+                dead[name] = {"zero_frac": float(frac), "usual": usual, "observations": high}
+        new_state = DeadUnitsState(tensors)
+        if not dead:
+            return None, new_state
+        order = sorted(dead, key=lambda n: -(dead[n]["zero_frac"] - dead[n]["usual"]))
+        d = dead[order[0]]
+        message = (
+            f"dead units in {_fmt_names(order)}: {d['zero_frac']:.0%} of {order[0]}'s gradient "
+            f"entries are exactly zero (usually {d['usual']:.0%}) for {d['observations']} "
+            "observations; dead ReLUs after a too-large step, or a saturated layer?"
+        )
+        return Finding(message, {"tensor": order[0], "tensors": dead}), new_state
+
+    return Detector(DeadUnitsState, update)
+
+
+# --------------------------------------------------------------------------------------------
 # baseline_drift
 
 
@@ -609,25 +774,6 @@ class BaselineDriftState(NamedTuple):
 
 
 DEFAULT_BASELINE_METRICS = ("grad_norm/*", "gradcheck/max_rel_error", "gradcheck/rel_error/*")
-
-
-def observation_metrics(obs: Observation) -> dict[str, float]:
-    """The metric names the tracking pipeline uses for ``obs`` (``grad_norm/W1``, ...)."""
-    out: dict[str, float] = {}
-    if isinstance(obs, StepObservation):
-        if obs.loss is not None:
-            out["loss"] = obs.loss
-        for prefix, values in (("grad_norm", obs.grad_norms), ("param_norm", obs.param_norms),
-                               ("update_ratio", obs.update_ratios)):  # fmt: skip
-            for name, v in (values or {}).items():
-                out[f"{prefix}/{name}"] = v
-    else:
-        if obs.report.get("max_rel_error") is not None:
-            out["gradcheck/max_rel_error"] = obs.report["max_rel_error"]
-        for name, t in (obs.report.get("per_param") or {}).items():
-            if t.get("max_rel_error") is not None:
-                out[f"gradcheck/rel_error/{name}"] = t["max_rel_error"]
-    return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
 def baseline_drift(
@@ -722,7 +868,7 @@ class Param:
     nullable: bool = False  # null / None allowed (means "not given")
 
     def check(self, value: Any) -> Any:
-        """Return ``value`` normalized, or raise ValueError describing what is wrong."""
+        """Return ``value`` normalized, or raise InputError describing what is wrong."""
         kind = self.kind
         if value is None and (self.nullable or self.default is None):
             return None
@@ -730,53 +876,66 @@ class Param:
             if value == "auto":
                 return value
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer or auto, got {value!r}")
+                raise InputError(f"expected an integer or auto, got {value!r}")
             kind = "int"
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected a number, got {type(value).__name__} {value!r}")
             value = float(value)
             if not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got {value!r}")
+                raise InputError(f"expected a finite number, got {value!r}")
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected an integer, got {type(value).__name__} {value!r}")
         elif kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {value!r}")
+                raise InputError(f"expected true or false, got {value!r}")
         elif kind == "str":
             if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected a string, got {type(value).__name__} {value!r}")
             if self.choices and value not in self.choices:
                 close = difflib.get_close_matches(value, self.choices, n=1, cutoff=0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else ""
-                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
+                raise InputError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
         elif kind == "str_list":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"expected a list of strings, got {value!r}")
+                raise InputError(f"expected a list of strings, got {value!r}")
             value = tuple(value)
         elif kind == "series":
             if not isinstance(value, Mapping) or not all(
                 isinstance(v, Mapping) for v in value.values()
             ):
-                raise ValueError("expected a mapping metric -> {step: value}")
+                raise InputError("expected a mapping metric -> {step: value}")
         if self.minimum is not None and kind in ("float", "int") and value != "auto":
             if value < self.minimum or (self.exclusive and value == self.minimum):
                 op = ">" if self.exclusive else ">="
-                raise ValueError(f"must be {op} {self.minimum:g}, got {value!r}")
+                raise InputError(f"must be {op} {self.minimum:g}, got {value!r}")
         if self.maximum is not None and kind in ("float", "int") and value > self.maximum:
-            raise ValueError(f"must be <= {self.maximum:g}, got {value!r}")
+            raise InputError(f"must be <= {self.maximum:g}, got {value!r}")
         return value
 
 
-def _pos(default: float, doc: str) -> Param:
-    return Param(default, "float", doc, minimum=0.0, exclusive=True)
+# Parameter declarations carry no default: each default is written once, in its factory's
+# signature, and copied into DETECTORS by _spec.
+_FROM_SIGNATURE: Any = object()
 
 
-def _count(default: int, doc: str, minimum: int = 1) -> Param:
-    return Param(default, "int", doc, minimum=minimum)
+def _param(kind: str, doc: str, **bounds: Any) -> Param:
+    return Param(_FROM_SIGNATURE, kind, doc, **bounds)
+
+
+def _pos(doc: str) -> Param:
+    return _param("float", doc, minimum=0.0, exclusive=True)
+
+
+def _above_one(doc: str) -> Param:
+    return _param("float", doc, minimum=1.0, exclusive=True)
+
+
+def _count(doc: str, minimum: int = 1) -> Param:
+    return _param("int", doc, minimum=minimum)
 
 
 @dataclass(frozen=True)
@@ -789,129 +948,137 @@ class DetectorSpec:
     severity: str | None = "warning"
 
 
+def _spec(
+    factory: Callable[..., Detector],
+    params: Mapping[str, Param],
+    summary: str,
+    severity: str | None = "warning",
+) -> DetectorSpec:
+    """``params`` with their defaults read from ``factory``'s signature (declared once)."""
+    signature = inspect.signature(factory).parameters
+    if list(signature) != list(params):  # a programming error: fail at import, in tests
+        raise TypeError(f"{factory.__name__}: DETECTORS declares {list(params)}, "
+                        f"the factory takes {list(signature)}")  # fmt: skip
+    filled = {name: dataclasses.replace(p, default=signature[name].default)
+              for name, p in params.items()}  # fmt: skip
+    return DetectorSpec(factory, filled, summary, severity)
+
+
 DETECTORS: dict[str, DetectorSpec] = {
-    "check_failure": DetectorSpec(
+    "check_failure": _spec(
         check_failure,
         {
-            "critical": _pos(REL_ERROR_CRITICAL, "max rel error above this -> critical"),
-            "warning": _pos(REL_ERROR_WARNING, "max rel error from this up -> warning (else info)"),
-            "min_mismatches": _count(1, "mismatching coordinates needed for a tensor to fail"),
-            "max_coords": _count(5, "worst coordinates reported per tensor"),
+            "critical": _pos("max rel error above this -> critical"),
+            "warning": _pos("max rel error from this up -> warning (else info)"),
+            "min_mismatches": _count("mismatching coordinates needed for a tensor to fail"),
+            "max_coords": _count("worst coordinates reported per tensor"),
         },
         "a gradient check found mismatching coordinates",
         severity=None,
     ),
-    "rel_error_drift": DetectorSpec(
+    "rel_error_drift": _spec(
         rel_error_drift,
         {
-            "window": _count(3, "recent checks whose median is compared (one spike is not drift)"),
-            "baseline_checks": _count(3, "first checks of a tensor that form its baseline"),
-            "factor": Param(
-                3.0,
-                "float",
-                "each recent error / baseline at least this fires",
-                minimum=1.0,
-                exclusive=True,
-            ),  # fmt: skip
-            "ignore_below": _pos(DRIFT_IGNORE_BELOW, "errors below this never count as drift"),
-            "stop_above": _pos(REL_ERROR_CRITICAL, "above this check_failure takes over"),
+            "window": _count("recent checks whose median is compared (one spike is not drift)"),
+            "baseline_checks": _count("first checks of a tensor that form its baseline"),
+            "factor": _above_one("median of recent errors / baseline at least this fires"),
+            "ignore_below": _pos("errors below this never count as drift (float64)"),
+            "stop_above": _pos("above this check_failure takes over"),
         },
         "a tensor's check error rising and staying above its own early level",
     ),
-    "grad_norm_drift": DetectorSpec(
+    "grad_norm_drift": _spec(
         grad_norm_drift,
         {
-            "method": Param(
-                "zscore",
-                "str",
-                "zscore (EWMA) or median (rolling median ratio)",
-                choices=GRAD_NORM_METHODS,
+            "method": _param(
+                "str", "zscore (EWMA) or median (rolling median ratio)", choices=GRAD_NORM_METHODS
             ),  # fmt: skip
-            "z": _pos(6.0, "|z| of log(norm) that fires (method zscore)"),
-            "alpha": Param(
-                0.05,
-                "float",
-                "EWMA weight of the newest norm",
-                minimum=0.0,
-                exclusive=True,
-                maximum=1.0,
+            "z": _pos("|z| of log(norm) that fires (method zscore)"),
+            "alpha": _param(
+                "float", "EWMA weight of the newest norm", minimum=0.0, exclusive=True, maximum=1.0
             ),  # fmt: skip
-            "warmup": _count(20, "statistics steps that only accumulate before firing", 0),
-            "min_std": _pos(0.1, "floor of the std of log(norm) (0.1 ~ 10 %)"),
-            "ratio": Param(
-                10.0,
-                "float",
-                "norm / rolling median that fires (method median)",
-                minimum=1.0,
-                exclusive=True,
-            ),  # fmt: skip
-            "window": _count(50, "norms in the rolling median (method median)"),
-            "direction": Param("both", "str", "both, explosion or vanishing", choices=DIRECTIONS),
-            "vanish_patience": _count(5, "consecutive low observations before vanishing fires"),
+            "warmup": _count("statistics steps that only accumulate before firing", 0),
+            "min_std": _pos("floor of the std of log(norm) (0.1 ~ 10 %)"),
+            "ratio": _above_one("norm / rolling median that fires (method median)"),
+            "window": _count("norms in the rolling median (method median)"),
+            "direction": _param("str", "both, explosion or vanishing", choices=DIRECTIONS),
+            "vanish_patience": _count("consecutive low observations before vanishing fires"),
         },
         "per-tensor gradient norm explosion or vanishing",
     ),
-    "nonfinite": DetectorSpec(
+    "nonfinite": _spec(
         nonfinite, {}, "NaN/Inf in the loss, gradients or parameters", severity="critical"
     ),
-    "loss_divergence": DetectorSpec(
+    "loss_divergence": _spec(
         loss_divergence,
         {
-            "factor": Param(
-                10.0,
-                "float",
-                "recent losses above factor x the lowest smoothed level fire",
-                minimum=1.0,
-                exclusive=True,
-            ),  # fmt: skip
-            "window": _count(30, "losses in the smoothed level (a geometric mean)", minimum=3),
-            "fast": _count(3, "losses in the median the factor test reads"),
-            "rise": Param(
-                2.0,
-                "float",
-                "smoothed level above rise x its slow reference fires",
-                minimum=1.0,
-                exclusive=True,
-            ),  # fmt: skip
-            "z": _pos(5.0, "the rise must also exceed z standard errors of the level"),
-            "halflife": _pos(100.0, "steps: how slowly the rise test's reference follows"),
-            "floor": Param(
-                0.01, "float", "losses below floor x the first loss count as that", minimum=0.0
+            "factor": _above_one("recent losses above factor x the lowest smoothed level fire"),
+            "window": _count("losses in the smoothed level (a geometric mean)", minimum=3),
+            "fast": _count("losses in the median the factor test reads"),
+            "rise": _above_one("smoothed level above rise x its slow reference fires"),
+            "z": _pos("a finding must also exceed z noise-sigmas of the run"),
+            "halflife": _pos("steps: how slowly the rise test's reference follows"),
+            "floor": _param(
+                "float", "losses below floor x the first loss count as that", minimum=0.0
             ),  # fmt: skip
         },
         "loss blowing up or climbing steadily (too-large learning rate)",
         severity="critical",
     ),
-    "stalled_learning": DetectorSpec(
+    "stalled_learning": _spec(
         stalled_learning,
         {
-            "min_ratio": _pos(1e-6, "update/weight ratio below this counts as stalled"),
-            "patience": _count(20, "consecutive stalled statistics steps that fire"),
-            "estimate": Param(True, "bool", "without update_ratios use lr*|g|/|θ| (plain SGD)"),
+            "min_ratio": _pos("update/weight ratio below this counts as stalled"),
+            "patience": _count("consecutive stalled statistics steps that fire"),
+            "estimate": _param("bool", "without update_ratios use lr*|g|/|θ| (plain SGD)"),
         },
         "updates too small to learn (too-small learning rate)",
     ),
-    "baseline_drift": DetectorSpec(
+    "threshold": _spec(
+        threshold,
+        {
+            "metric": _param("str", "metric name or glob, as logged (loss, grad_norm/*, ...)"),
+            "above": _param("float", "values above this are beyond the bound", nullable=True),
+            "below": _param("float", "values below this are beyond the bound", nullable=True),
+            "n": _count("consecutive observations beyond the bound that fire"),
+        },
+        "any metric above or below a bound for n observations in a row",
+    ),
+    "dead_units": _spec(
+        dead_units,
+        {
+            "jump": _param(
+                "float",
+                "rise of the zero fraction over its usual level that counts",
+                minimum=0.0,
+                exclusive=True,
+                maximum=1.0,
+            ),  # fmt: skip
+            "min_frac": _param(
+                "float",
+                "zero fraction that counts as high",
+                minimum=0.0,
+                exclusive=True,
+                maximum=1.0,
+            ),  # fmt: skip
+            "patience": _count("consecutive high observations that fire"),
+            "baseline": _count("first observations that set a tensor's usual level"),
+        },
+        "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
+    ),
+    "baseline_drift": _spec(
         baseline_drift,
         {
-            "baseline": Param(None, "series", "metric -> {step: value}; filled by the loader"),
-            "metrics": Param(DEFAULT_BASELINE_METRICS, "str_list", "metric name globs compared"),
-            "factor": Param(
-                3.0,
-                "float",
-                "norms outside [1/factor, factor] x baseline fire",
-                minimum=1.0,
-                exclusive=True,
+            "baseline": _param("series", "metric -> {step: value}; filled by the loader"),
+            "metrics": _param("str_list", "metric name globs compared"),
+            "factor": _above_one("norms outside [1/factor, factor] x baseline fire"),
+            "error_factor": _param(
+                "float", "check errors above this x baseline fire", minimum=1.0
             ),  # fmt: skip
-            "error_factor": Param(
-                100.0, "float", "check errors above this x baseline fire", minimum=1.0
-            ),  # fmt: skip
-            "ignore_below": _pos(REL_ERROR_GOOD, "check errors below this are never drift"),
-            "step_tolerance": _count(0, "match the nearest baseline step within this", 0),
-            "run_id": Param(
-                None, "str", "baseline run id (default: latest tagged gradwatch.baseline)"
-            ),
-            "experiment": Param(None, "str", "experiment searched for the tagged baseline run"),
+            "ignore_below": _pos("check errors below this are never drift"),
+            "step_tolerance": _count("match the nearest baseline step within this", 0),
+            "run_id": _param("str", "baseline run id (default: latest tagged gradwatch.baseline)"),
+            "experiment": _param("str", "experiment searched for the tagged baseline run"),
         },
         "this run departs from a baseline run at the same steps",
     ),
@@ -923,18 +1090,18 @@ def build_detector(kind: str, params: Mapping[str, Any] | None = None) -> Detect
 
         det = build_detector("loss_divergence", {"factor": 5.0})
 
-    Raises ValueError naming the parameter (unknown names list the allowed ones).
+    Raises InputError naming the parameter (unknown names list the allowed ones).
     """
     if kind not in DETECTORS:
-        raise ValueError(f"unknown rule type {kind!r}; allowed: {', '.join(DETECTORS)}")
+        raise InputError(f"unknown rule type {kind!r}; allowed: {', '.join(DETECTORS)}")
     spec = DETECTORS[kind]
     kwargs = {}
     for name, value in (params or {}).items():
         if name not in spec.params:
             allowed = ", ".join(spec.params) or "none"
-            raise ValueError(f"unknown parameter {name!r} for {kind}; allowed: {allowed}")
+            raise InputError(f"unknown parameter {name!r} for {kind}; allowed: {allowed}")
         try:
             kwargs[name] = spec.params[name].check(value)
         except ValueError as exc:
-            raise ValueError(f"parameter {name!r} of {kind}: {exc}") from None
+            raise InputError(f"parameter {name!r} of {kind}: {exc}") from None
     return spec.factory(**kwargs)
