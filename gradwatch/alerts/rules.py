@@ -35,10 +35,10 @@ __all__ = [
     "validate_rule",
 ]
 
-#: Plain actions (``webhook``/``callback``: all of them); ``webhook:<name>`` and
-#: ``callback:<name>`` name one.
+#: Plain actions (``webhook``/``callback``: all of them); ``webhook:<name>``,
+#: ``callback:<name>`` and ``email:<name>`` name one.
 ACTIONS: tuple[str, ...] = ("log", "mlflow", "webhook", "callback", "stop")
-ACTION_PREFIXES: tuple[str, ...] = ("webhook:", "callback:")
+ACTION_PREFIXES: tuple[str, ...] = ("webhook:", "callback:", "email:")
 DEFAULT_ACTIONS: tuple[str, ...] = ("log", "mlflow")
 #: Steps a rule stays quiet after an alert. Checks run every ~100 steps, so 1000 steps means a
 #: persistent failure is re-announced about every tenth check.
@@ -103,8 +103,10 @@ def _check_cooldown(cooldown: Any) -> int:
     return cooldown
 
 
-def _check_actions(actions: Any, webhooks: Collection[str] | None) -> tuple[str, ...]:
-    """Each action's form; with ``webhooks`` given, also that each named webhook exists."""
+def _check_actions(
+    actions: Any, webhooks: Collection[str] | None, emails: Collection[str] | None = None
+) -> tuple[str, ...]:
+    """Each action's form; with ``webhooks``/``emails`` given, that each named one exists."""
     if isinstance(actions, str):
         actions = [actions]
     if not isinstance(actions, (list, tuple)):
@@ -114,6 +116,13 @@ def _check_actions(actions: Any, webhooks: Collection[str] | None) -> tuple[str,
             check_action(action)
         except InputError as exc:
             raise ConfigError(str(exc), key=f"actions.{i}") from None
+        if action.startswith("email:") and emails is not None and action[6:] not in emails:
+            known = sorted(emails)
+            raise ConfigError(
+                f"no email target named {action[6:]!r}{_suggest(action[6:], known)}; define it "
+                f"under alerts.email (defined: {', '.join(known) or 'none'})",
+                key=f"actions.{i}",
+            )
         if webhooks is None:
             continue
         if action.startswith("webhook:") and action[8:] not in webhooks:
@@ -190,7 +199,9 @@ class Rule:
         return self.severity or DETECTORS[self.type].severity
 
 
-def validate_rule(spec: Any, *, webhooks: Collection[str] | None = None) -> Rule:
+def validate_rule(
+    spec: Any, *, webhooks: Collection[str] | None = None, emails: Collection[str] | None = None
+) -> Rule:
     """Build a :class:`Rule` from a mapping written as in ``gradwatch.yaml``.
 
         validate_rule({"type": "loss_divergence", "factor": 5.0})   # name defaults to the type
@@ -200,7 +211,8 @@ def validate_rule(spec: Any, *, webhooks: Collection[str] | None = None) -> Rule
     Keys are :data:`RULE_KEYS` plus the detector's parameters (listed in
     :data:`~gradwatch.alerts.detectors.DETECTORS`); ``type`` may be left out when ``name`` is a
     rule type. With ``webhooks`` (the names defined), ``webhook:<name>`` actions must name one
-    of them and a bare ``webhook`` needs at least one. Raises ConfigError whose ``key`` is the
+    of them and a bare ``webhook`` needs at least one; with ``emails``, ``email:<name>`` must
+    name a defined e-mail target. Raises ConfigError whose ``key`` is the
     offending key relative to the rule: ``type``, ``severity``, ``actions.1``, ``factor``...
     """
     if not isinstance(spec, Mapping):
@@ -225,7 +237,7 @@ def validate_rule(spec: Any, *, webhooks: Collection[str] | None = None) -> Rule
         severity=_check_severity(spec.get("severity")),
         params={k: v for k, v in spec.items() if k not in RULE_KEYS},
         cooldown=_check_cooldown(spec.get("cooldown", DEFAULT_COOLDOWN)),
-        actions=DEFAULT_ACTIONS if actions is None else _check_actions(actions, webhooks),
+        actions=DEFAULT_ACTIONS if actions is None else _check_actions(actions, webhooks, emails),
         enabled=enabled,
     )
 
