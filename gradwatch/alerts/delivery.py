@@ -38,11 +38,20 @@ from dataclasses import dataclass, field
 from email.message import EmailMessage
 from typing import Any
 
-from gradwatch.alerts.observations import Alert
+from gradwatch.alerts.detectors import Param
+from gradwatch.alerts.observations import SEVERITIES, Alert
 from gradwatch.errors import GradwatchError, InputError
 from gradwatch.secrets import mask_uri
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "Delivery", "EmailSpec", "WebhookSpec", "redact_url"]
+__all__ = [
+    "DEFAULT_QUEUE_SIZE",
+    "EMAIL_OPTIONS",
+    "Delivery",
+    "EmailSpec",
+    "WebhookSpec",
+    "email_spec",
+    "redact_url",
+]
 
 logger = logging.getLogger("gradwatch.alerts")
 
@@ -130,6 +139,39 @@ class EmailSpec:
             f"EmailSpec(host={self.host!r}, port={self.port}, sender={self.sender!r}, "
             f"to={self.to!r}, starttls={self.starttls}{login})"
         )
+
+
+#: The keys of ``alerts.email.<name>`` in gradwatch.yaml, with defaults (``from`` is
+#: :attr:`EmailSpec.sender`; ``host``, ``from`` and ``to`` are required).
+EMAIL_OPTIONS: dict[str, Param] = {
+    "host": Param(None, "str", "SMTP server host"),
+    "port": Param(25, "int", "SMTP port (587 with starttls, usually)", minimum=1, maximum=65535),
+    "from": Param(None, "str", "sender address"),
+    "to": Param(None, "str_list", "recipient address(es)"),
+    "starttls": Param(False, "bool", "upgrade to TLS (certificate verified) before logging in"),
+    "username": Param(None, "str", "SMTP login (null: no login)"),
+    "password": Param(None, "str", "SMTP password (secret: use ${VAR})"),
+    "timeout": Param(DEFAULT_TIMEOUT, "float", "seconds per attempt", minimum=0, exclusive=True),
+    "retries": Param(DEFAULT_RETRIES, "int", "attempts after the first failure", minimum=0),
+    "backoff": Param(
+        DEFAULT_BACKOFF, "float", "seconds before the first retry, doubled", minimum=0
+    ),  # fmt: skip
+    "min_severity": Param(
+        "info", "str", "alerts below this severity are not sent", choices=SEVERITIES
+    ),  # fmt: skip
+}
+
+
+def email_spec(options: Mapping[str, Any]) -> EmailSpec:
+    """An :class:`EmailSpec` from checked ``alerts.email.<name>`` options (YAML key names).
+
+    email_spec({"host": "smtp.example.com", "from": "gw@example.com", "to": ["me@x.org"]})
+    """
+    for key in ("host", "from", "to"):
+        if options.get(key) is None:
+            raise InputError(f"email needs `{key}`")
+    kwargs = {("sender" if k == "from" else k): v for k, v in options.items() if v is not None}
+    return EmailSpec(**kwargs)
 
 
 def email_message(alert: Alert, spec: EmailSpec) -> EmailMessage:
