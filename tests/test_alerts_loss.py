@@ -137,3 +137,11 @@ def test_rules_can_be_tuned_for_faster_detection(healthy):
     default = alerts(rising)[0][1]
     fast = alerts(rising, rules=[Rule("div", "loss_divergence", params={"z": 3.0, "window": 20})])
     assert fast[0][1] < default
+
+
+def test_zero_and_negative_losses_are_handled():
+    # A negative log-likelihood that keeps falling, and a loss that starts at exactly 0.
+    assert alerts([-0.5 * s for s in range(300)]) == []
+    assert alerts([0.0] * 100) == []
+    fired = alerts([0.0] * 100 + [1.0] * 5)  # from exactly 0 to 1: an infinite ratio
+    assert fired and fired[0][:2] == ("loss_divergence", 101)  # two of the last three
