@@ -503,11 +503,11 @@ def loss_divergence(
             return None, state
         loss = float(loss)
         log_floor = state.log_floor
-        if state.n == 0 and loss != 0.0:
-            log_floor = math.log(floor * abs(loss)) if floor > 0 else -math.inf
+        if state.n == 0:  # _TINY: a zero first loss (or floor 0) must not make it -inf
+            log_floor = math.log(max(floor * abs(loss), _TINY))
         # A loss <= 0 (a negative log-likelihood can be) counts as the floor: the rule judges
-        # rises of a positive loss; _TINY keeps a zero first loss from making it -inf.
-        x = max(math.log(loss) if loss > 0 else -math.inf, log_floor, math.log(_TINY))
+        # rises of a positive loss.
+        x = max(math.log(loss), log_floor) if loss > 0 else log_floor
         recent = (state.recent + (x,))[-window:]
         n = state.n + 1
         level = sum(recent) / len(recent)
