@@ -689,7 +689,7 @@ def threshold(
         hits = sorted(name for name in names if counts[name] >= n)
         if not hits:
             return None, new_state
-        bound = " and ".join(f"{op} {v:g}" for op, v in (("above", above), ("below", below))
+        bound = " or ".join(f"{op} {v:g}" for op, v in (("above", above), ("below", below))
                              if v is not None)  # fmt: skip
         first = hits[0]
         times = f" for {counts[first]} observations" if n > 1 else ""
