@@ -12,27 +12,31 @@ de-duplication; delivery does the I/O. MLflow is imported only by the baseline l
 from __future__ import annotations
 
 from gradwatch.alerts.baseline import attach_baselines, find_baseline_run, load_baseline
-from gradwatch.alerts.delivery import Delivery, WebhookSpec, redact_url
+from gradwatch.alerts.delivery import Delivery, EmailSpec, WebhookSpec, redact_url
 from gradwatch.alerts.detectors import DETECTORS, Detector, Finding, build_detector
-from gradwatch.alerts.engine import (
+from gradwatch.alerts.engine import AlertEngine, EngineState
+from gradwatch.alerts.observations import SEVERITIES, Alert, CheckObservation, StepObservation
+from gradwatch.alerts.rules import (
     ACTIONS,
     DEFAULT_COOLDOWN,
-    AlertEngine,
-    EngineState,
+    RULE_KEYS,
     Rule,
+    check_action,
     default_rules,
+    validate_rule,
 )
-from gradwatch.alerts.observations import SEVERITIES, Alert, CheckObservation, StepObservation
 
 __all__ = [
     "ACTIONS",
     "DEFAULT_COOLDOWN",
     "DETECTORS",
+    "RULE_KEYS",
     "SEVERITIES",
     "Alert",
     "AlertEngine",
     "CheckObservation",
     "Delivery",
+    "EmailSpec",
     "Detector",
     "EngineState",
     "Finding",
@@ -41,8 +45,10 @@ __all__ = [
     "WebhookSpec",
     "attach_baselines",
     "build_detector",
+    "check_action",
     "default_rules",
     "find_baseline_run",
     "load_baseline",
     "redact_url",
+    "validate_rule",
 ]

@@ -1,25 +1,32 @@
-"""Delivering alerts: Python logging, webhooks and callbacks, never blocking training.
+"""Delivering alerts: Python logging, webhooks, e-mail and callbacks, never blocking training.
 
     delivery = Delivery(webhooks={"slack": WebhookSpec(url=os.environ["SLACK_WEBHOOK"])},
+                        emails={"oncall": EmailSpec("smtp.example.com", sender="gw@example.com",
+                                                    to=("oncall@example.com",))},
                         callbacks={"pager": page_me})
     delivery.deliver(alert)          # returns at once
     delivery.close(timeout=5.0)      # drain what it can, then give up
 
 Per alert, ``alert.actions`` decide where it goes: ``log`` -> logger ``gradwatch.alerts`` at a
 level matching the severity (in the caller's thread: cheap); ``webhook`` -> every configured
-webhook, ``webhook:<name>`` -> one; ``callback`` -> every callback, ``callback:<name>`` -> one.
-``mlflow`` and ``stop`` belong to the hook and are ignored here.
+webhook, ``webhook:<name>`` -> one; ``email:<name>`` -> one SMTP recipient list; ``callback``
+-> every callback, ``callback:<name>`` -> one. ``mlflow`` and ``stop`` belong to the hook and
+are ignored here.
 
-Each webhook and the callbacks get their own background thread and bounded queue: a slow
-endpoint delays nothing but itself, and when a queue is full the oldest alert is dropped and
-counted (``delivery.stats["dropped"]``). Webhook URLs are secrets: they are never logged;
-messages show :func:`redact_url` forms like ``https://hooks.example/…redacted``.
+Each webhook, each e-mail target and the callbacks get their own background thread and bounded
+queue: a slow endpoint delays nothing but itself, and when a queue is full the oldest alert is
+dropped and counted (``delivery.stats["dropped"]``). Webhooks and e-mail share the retry rules
+(``retries`` more attempts on a transient failure, ``backoff`` doubling). Webhook URLs and SMTP
+passwords are secrets: never logged; messages show :func:`redact_url` forms like
+``https://hooks.example/…redacted``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import smtplib
+import ssl
 import threading
 import time
 import urllib.error
@@ -28,12 +35,23 @@ import urllib.request
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from typing import Any
 
-from gradwatch.alerts.observations import Alert
-from gradwatch.errors import GradwatchError
+from gradwatch.alerts.detectors import Param
+from gradwatch.alerts.observations import SEVERITIES, Alert
+from gradwatch.errors import GradwatchError, InputError
+from gradwatch.secrets import mask_uri
 
-__all__ = ["DEFAULT_QUEUE_SIZE", "Delivery", "WebhookSpec", "redact_url"]
+__all__ = [
+    "DEFAULT_QUEUE_SIZE",
+    "EMAIL_OPTIONS",
+    "Delivery",
+    "EmailSpec",
+    "WebhookSpec",
+    "email_spec",
+    "redact_url",
+]
 
 logger = logging.getLogger("gradwatch.alerts")
 
@@ -81,6 +99,89 @@ class WebhookSpec:
             f"WebhookSpec(url={redact_url(self.url)!r}, timeout={self.timeout}, "
             f"retries={self.retries}, backoff={self.backoff}, min_severity={self.min_severity!r})"
         )
+
+
+@dataclass(frozen=True, repr=False)
+class EmailSpec:
+    """An SMTP server and recipients for ``email:<name>`` actions. ``password`` is a secret.
+
+        EmailSpec("smtp.example.com", port=587, sender="gradwatch@example.com",
+                  to=("oncall@example.com",), starttls=True, username="gw", password=pw)
+
+    ``starttls`` upgrades the connection (certificate verified) before ``username``/``password``
+    log in; ``timeout``, ``retries``, ``backoff`` and ``min_severity`` work as for webhooks:
+    connection errors and 4xx SMTP answers are retried, 5xx and refused logins are not.
+    """
+
+    host: str
+    sender: str
+    to: tuple[str, ...]
+    port: int = 25
+    starttls: bool = False
+    username: str | None = None
+    password: str | None = None
+    timeout: float = DEFAULT_TIMEOUT
+    retries: int = DEFAULT_RETRIES
+    backoff: float = DEFAULT_BACKOFF
+    min_severity: str = "info"
+
+    def __post_init__(self) -> None:
+        to = (self.to,) if isinstance(self.to, str) else tuple(self.to)
+        if not to or not all(isinstance(a, str) and "@" in a for a in to):
+            raise InputError(f"email `to` needs one or more addresses, got {self.to!r}")
+        if not isinstance(self.sender, str) or "@" not in self.sender:
+            raise InputError(f"email `from` must be an address, got {self.sender!r}")
+        object.__setattr__(self, "to", to)
+
+    def __repr__(self) -> str:
+        login = f", username={self.username!r}, password='***'" if self.username else ""
+        return (
+            f"EmailSpec(host={self.host!r}, port={self.port}, sender={self.sender!r}, "
+            f"to={self.to!r}, starttls={self.starttls}{login})"
+        )
+
+
+#: The keys of ``alerts.email.<name>`` in gradwatch.yaml, with defaults (``from`` is
+#: :attr:`EmailSpec.sender`; ``host``, ``from`` and ``to`` are required).
+EMAIL_OPTIONS: dict[str, Param] = {
+    "host": Param(None, "str", "SMTP server host"),
+    "port": Param(25, "int", "SMTP port (587 with starttls, usually)", minimum=1, maximum=65535),
+    "from": Param(None, "str", "sender address"),
+    "to": Param(None, "str_list", "recipient address(es)"),
+    "starttls": Param(False, "bool", "upgrade to TLS (certificate verified) before logging in"),
+    "username": Param(None, "str", "SMTP login (null: no login)"),
+    "password": Param(None, "str", "SMTP password (secret: use ${VAR})"),
+    "timeout": Param(DEFAULT_TIMEOUT, "float", "seconds per attempt", minimum=0, exclusive=True),
+    "retries": Param(DEFAULT_RETRIES, "int", "attempts after the first failure", minimum=0),
+    "backoff": Param(
+        DEFAULT_BACKOFF, "float", "seconds before the first retry, doubled", minimum=0
+    ),  # fmt: skip
+    "min_severity": Param(
+        "info", "str", "alerts below this severity are not sent", choices=SEVERITIES
+    ),  # fmt: skip
+}
+
+
+def email_spec(options: Mapping[str, Any]) -> EmailSpec:
+    """An :class:`EmailSpec` from checked ``alerts.email.<name>`` options (YAML key names).
+
+    email_spec({"host": "smtp.example.com", "from": "gw@example.com", "to": ["me@x.org"]})
+    """
+    for key in ("host", "from", "to"):
+        if options.get(key) is None:
+            raise InputError(f"email needs `{key}`")
+    kwargs = {("sender" if k == "from" else k): v for k, v in options.items() if v is not None}
+    return EmailSpec(**kwargs)
+
+
+def email_message(alert: Alert, spec: EmailSpec) -> EmailMessage:
+    """Subject: the alert's one line; body: that line and the alert as JSON."""
+    message = EmailMessage()
+    message["Subject"] = alert.text()[:200]
+    message["From"] = spec.sender
+    message["To"] = ", ".join(spec.to)
+    message.set_content(f"{alert.text()}\n\n{json.dumps(alert.to_dict(), indent=2, default=str)}\n")
+    return message
 
 
 def payload(alert: Alert) -> dict[str, Any]:
@@ -161,11 +262,13 @@ class Delivery:
         webhooks: Mapping[str, WebhookSpec] | None = None,
         callbacks: Mapping[str, Callable[[Alert], Any]] | None = None,
         *,
+        emails: Mapping[str, EmailSpec] | None = None,
         queue_size: int = DEFAULT_QUEUE_SIZE,
     ) -> None:
         if queue_size < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size}")
+            raise InputError(f"queue_size must be >= 1, got {queue_size}")
         self.webhooks = dict(webhooks or {})
+        self.emails = dict(emails or {})
         self.callbacks = dict(callbacks or {})
         self._abort = threading.Event()  # set when close() gives up: cuts backoff sleeps short
         self._lock = threading.Lock()
@@ -175,6 +278,10 @@ class Delivery:
         self._hooks = {
             name: _Worker(f"webhook-{name}", self._post_fn(name, spec), queue_size)
             for name, spec in self.webhooks.items()
+        }
+        self._mails = {
+            name: _Worker(f"email-{name}", self._mail_fn(name, spec), queue_size)
+            for name, spec in self.emails.items()
         }
         self._callbacks = _Worker("callbacks", self._call, queue_size)
 
@@ -192,6 +299,8 @@ class Delivery:
                     self._to_webhook(name, alert)
             elif action.startswith("webhook:"):
                 self._to_webhook(action.partition(":")[2], alert)
+            elif action.startswith("email:"):
+                self._to_email(action.partition(":")[2], alert)
             elif action == "callback":
                 for name in self.callbacks:
                     self._callbacks.put((name, alert))
@@ -206,7 +315,7 @@ class Delivery:
     @property
     def stats(self) -> dict[str, int]:
         """``sent``, ``failed`` (gave up), ``dropped`` (queue full) and ``pending`` counts."""
-        workers = [*self._hooks.values(), self._callbacks]
+        workers = [*self._hooks.values(), *self._mails.values(), self._callbacks]
         with self._lock:
             out = dict(self._counts)
         out["dropped"] = sum(w.dropped for w in workers)
@@ -221,7 +330,8 @@ class Delivery:
         """
         self._closed = True
         deadline = time.monotonic() + timeout
-        left = sum(w.close(deadline) for w in [*self._hooks.values(), self._callbacks])
+        workers = [*self._hooks.values(), *self._mails.values(), self._callbacks]
+        left = sum(w.close(deadline) for w in workers)
         self._abort.set()
         return left
 
@@ -241,12 +351,15 @@ class Delivery:
         worker = self._hooks.get(name)
         if worker is None:
             self._warn_once(f"webhook {name!r}", list(self._hooks))
-            return
-        min_sev = self.webhooks[name].min_severity
-        order = list(_LEVELS)
-        if min_sev in order and order.index(alert.severity) < order.index(min_sev):
-            return
-        worker.put(alert)
+        elif _severe_enough(alert, self.webhooks[name].min_severity):
+            worker.put(alert)
+
+    def _to_email(self, name: str, alert: Alert) -> None:
+        worker = self._mails.get(name)
+        if worker is None:
+            self._warn_once(f"email {name!r}", list(self._mails))
+        elif _severe_enough(alert, self.emails[name].min_severity):
+            worker.put(alert)
 
     def _warn_once(self, what: str, known: list[str]) -> None:
         if what not in self._warned:
@@ -275,21 +388,62 @@ class Delivery:
             body = json.dumps(payload(alert), default=str).encode()
             headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
             headers.update(spec.headers)
-            problem = "not attempted"
-            for attempt in range(spec.retries + 1):
-                if attempt and self._abort.wait(spec.backoff * 2 ** (attempt - 1)):
-                    break  # close() gave up waiting
-                retry, problem = _post_once(spec, body, headers)
-                if problem is None:
-                    self._count("sent")
-                    return
-                if not retry:
-                    break
-            self._count("failed")
-            logger.warning("gradwatch could not deliver alert %s (step %d) to %s: %s",
-                           alert.rule, alert.step, label, problem)  # fmt: skip
+            self._with_retries(alert, label, spec, lambda: _post_once(spec, body, headers))
 
         return post
+
+    def _mail_fn(self, name: str, spec: EmailSpec) -> Callable[[Alert], None]:
+        label = f"email {name!r} (smtp {spec.host}:{spec.port})"
+
+        def mail(alert: Alert) -> None:
+            message = email_message(alert, spec)
+            self._with_retries(alert, label, spec, lambda: _mail_once(spec, message))
+
+        return mail
+
+    def _with_retries(self, alert: Alert, label: str, spec: Any, once: Callable) -> None:
+        """``once() -> (retryable, problem or None)``, retried as ``spec`` says; counted."""
+        problem = "not attempted"
+        for attempt in range(spec.retries + 1):
+            if attempt and self._abort.wait(spec.backoff * 2 ** (attempt - 1)):
+                break  # close() gave up waiting
+            retry, problem = once()
+            if problem is None:
+                self._count("sent")
+                return
+            if not retry:
+                break
+        self._count("failed")
+        logger.warning("gradwatch could not deliver alert %s (step %d) to %s: %s",
+                       alert.rule, alert.step, label, problem)  # fmt: skip
+
+
+def _severe_enough(alert: Alert, min_severity: str) -> bool:
+    order = list(_LEVELS)
+    return min_severity not in order or order.index(alert.severity) >= order.index(min_severity)
+
+
+def _mail_once(spec: EmailSpec, message: EmailMessage) -> tuple[bool, str | None]:
+    """One SMTP session: ``(retryable, problem or None)``. Problems never contain the password."""
+    try:
+        with smtplib.SMTP(spec.host, spec.port, timeout=spec.timeout) as smtp:
+            if spec.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            if spec.username:
+                smtp.login(spec.username, spec.password or "")
+            smtp.send_message(message)
+        return False, None
+    except smtplib.SMTPAuthenticationError as exc:
+        return False, f"login refused (SMTP {exc.smtp_code})"
+    except smtplib.SMTPRecipientsRefused as exc:
+        return False, f"recipients refused: {', '.join(exc.recipients)}"
+    except smtplib.SMTPResponseException as exc:
+        return 400 <= exc.smtp_code < 500, f"SMTP {exc.smtp_code}"
+    except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, TLS failure
+        text = mask_uri(str(exc))
+        if spec.password:
+            text = text.replace(spec.password, "***")
+        return True, f"{type(exc).__name__}: {text}"
 
 
 def _post_once(spec: WebhookSpec, body: bytes, headers: dict[str, str]) -> tuple[bool, str | None]:

@@ -17,14 +17,17 @@ validates against.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import difflib
 import fnmatch
+import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gradwatch.alerts.observations import CheckObservation, StepObservation
+from gradwatch.errors import InputError
 
 __all__ = [
     "DETECTORS",
@@ -35,11 +38,13 @@ __all__ = [
     "baseline_drift",
     "build_detector",
     "check_failure",
+    "dead_units",
     "grad_norm_drift",
     "loss_divergence",
     "nonfinite",
     "rel_error_drift",
     "stalled_learning",
+    "threshold",
 ]
 
 Observation = StepObservation | CheckObservation
@@ -52,6 +57,9 @@ REL_ERROR_GOOD = 1e-7
 # A correct backprop's check error grows as training shrinks the gradients (round-off over
 # |g|): a clean MLP drifts from 1e-9 to 1e-7. Drift below this is not worth an alert.
 DRIFT_IGNORE_BELOW = 1e-6
+# Checks of float32 (and lower) tensors work to a 200x looser tolerance (2e-3 against 1e-5).
+LOW_PRECISION = ("float32", "float16", "bfloat16")
+LOW_PRECISION_ERROR_SCALE = 200.0
 # Floor for logs of norms and errors: keeps log(0) finite without changing real values.
 _TINY = 1e-300
 
@@ -116,6 +124,17 @@ def _fmt_names(names: Sequence[str], limit: int = 4) -> str:
 # --------------------------------------------------------------------------------------------
 # check_failure
 
+#: Probe verdicts that fail a check. ``clipped`` (an analytic value sitting exactly at a
+#: clipping bound), ``kink`` and ``noise`` are explained disagreements and do not.
+FAILING_VERDICTS = ("mismatch",)
+
+
+def _clipped_note(per_param: Mapping[str, Mapping[str, Any]]) -> str:
+    clipped = {name: sum(p.get("verdict") == "clipped" for p in _probes(t))
+               for name, t in per_param.items()}  # fmt: skip
+    shown = [f"{n} clipped coordinate(s) in {name}" for name, n in clipped.items() if n]
+    return f" ({'; '.join(shown)}: not counted)" if shown else ""
+
 
 class CheckFailureState(NamedTuple):
     checks: int = 0  # checks seen
@@ -146,7 +165,7 @@ def check_failure(
         for name, tensor in per_param.items():
             if int(tensor.get("num_mismatches") or 0) < min_mismatches:
                 continue
-            coords = [dict(p) for p in _probes(tensor) if p.get("verdict") == "mismatch"]
+            coords = [dict(p) for p in _probes(tensor) if p.get("verdict") in FAILING_VERDICTS]
             # NaN errors sort first: a NaN probe is the most alarming.
             coords.sort(
                 key=lambda p: (
@@ -175,7 +194,7 @@ def check_failure(
         message = (
             f"gradient check failed in {_fmt_names(order)}: {worst_name} has "
             f"{worst['num_mismatches']} mismatching coordinate(s), max rel error "
-            f"{worst['max_rel_error']:.3g}{where}"
+            f"{worst['max_rel_error']:.3g}{where}{_clipped_note(per_param)}"
         )
         details = {"tensor": worst_name, "tensors": failing,
                    "max_rel_error": worst["max_rel_error"]}  # fmt: skip
@@ -190,20 +209,12 @@ def check_failure(
 
 
 class ErrorHistory(NamedTuple):
-    baseline: tuple[float, ...] = ()  # log10 errors of the first checks
-    recent: tuple[float, ...] = ()  # log10 errors of the last `window` checks after those
+    baseline: tuple[float, ...] = ()  # log10 errors of the tensor's first checks
+    recent: tuple[float, ...] = ()  # log10 errors of its last `window` checks after those
 
 
 class RelErrorDriftState(NamedTuple):
     tensors: Mapping[str, ErrorHistory] = {}
-
-
-def _slope(ys: Sequence[float]) -> float:
-    n = len(ys)
-    xm, ym = (n - 1) / 2.0, sum(ys) / n
-    num = sum((i - xm) * (y - ym) for i, y in enumerate(ys))
-    den = sum((i - xm) ** 2 for i in range(n))
-    return num / den if den else 0.0
 
 
 def _median(xs: Sequence[float]) -> float:
@@ -212,24 +223,32 @@ def _median(xs: Sequence[float]) -> float:
     return s[mid] if len(s) % 2 else 0.5 * (s[mid - 1] + s[mid])
 
 
+def _error_floor(tensor: Mapping[str, Any], ignore_below: float) -> float:
+    """``ignore_below`` is for float64; lower precisions check to a looser tolerance."""
+    dtype = str(tensor.get("dtype") or "float64")
+    return ignore_below * (LOW_PRECISION_ERROR_SCALE if dtype in LOW_PRECISION else 1.0)
+
+
 def rel_error_drift(
-    window: int = 5,
+    window: int = 3,
     baseline_checks: int = 3,
-    factor: float = 10.0,
-    trend: float = 0.25,
-    trend_factor: float = 3.0,
+    factor: float = 3.0,
     ignore_below: float = DRIFT_IGNORE_BELOW,
     stop_above: float = REL_ERROR_CRITICAL,
 ) -> Detector:
-    """Fire when a tensor's check error creeps up before it becomes a check failure.
+    """Fire when a tensor's check error rises and stays up, before it fails the check.
 
-        det = rel_error_drift(window=5, factor=10.0)
+        det = rel_error_drift(window=3, factor=3.0)
 
-    The first ``baseline_checks`` checks of a tensor are its baseline (median). Over the last
-    ``window`` checks after that it fires when the median error is ``factor`` x the baseline,
-    or when log10(error) rises by at least ``trend`` decades per check (least squares) and the
-    latest error is ``trend_factor`` x the baseline. Errors below ``ignore_below`` are good
-    whatever their trend; above ``stop_above`` the check_failure rule takes over.
+    Reads each tensor's ``max_rel_error`` in the check report: the triage-resolved error
+    (kinks and round-off resolved by evidence), which is stable from check to check. The
+    first ``baseline_checks`` checks of a tensor are its baseline (their median). It fires when
+    the median of the last ``window`` checks (one spike is not drift) is ``factor`` x above
+    that baseline and at least ``ignore_below``, and the latest is below ``stop_above``
+    (above it check_failure speaks). A correct float64 network's error, 1e-9 growing to 1e-7 as its
+    gradients shrink, stays under ``ignore_below`` (1e-6) and never fires; a backprop error
+    growing x2 every 100 steps from 1e-6 fires near 1e-5 with checks every 50 steps. For
+    float32/float16 tensors ``ignore_below`` is scaled by 200, like the check's tolerance.
     """
 
     def update(state: RelErrorDriftState, obs: Observation):
@@ -238,39 +257,30 @@ def rel_error_drift(
         tensors = dict(state.tensors)
         drifting: dict[str, dict[str, float]] = {}
         for name, tensor in (obs.report.get("per_param") or {}).items():
-            # Kinks (ReLU) and noise have large errors by nature: drift is about the rest.
-            probes = _probes(tensor)
-            errs = [_num(p.get("rel_error")) for p in probes
-                    if p.get("verdict") not in ("kink", "noise")]  # fmt: skip
-            errs = [e for e in errs if _finite(e)]
-            err = max(errs, default=math.nan) if probes else _num(tensor.get("max_rel_error"))
+            err = _num(tensor.get("max_rel_error"))
             if not _finite(err):
-                continue
-            log_err = math.log10(max(float(err), _TINY))
+                continue  # NaN is a failed check: check_failure's
+            log_err = math.log10(max(err, _TINY))
             hist = tensors.get(name, ErrorHistory())
             if len(hist.baseline) < baseline_checks:
                 tensors[name] = hist._replace(baseline=hist.baseline + (log_err,))
                 continue
-            hist = hist._replace(recent=(hist.recent + (log_err,))[-window:])
-            tensors[name] = hist
-            if len(hist.recent) < window or not ignore_below <= err < stop_above:
-                continue
+            hist = tensors[name] = hist._replace(recent=(hist.recent + (log_err,))[-window:])
             base = _median(hist.baseline)
-            level = _median(hist.recent) - base
-            slope = _slope(hist.recent)
-            if level >= math.log10(factor) or (
-                slope >= trend and log_err - base >= math.log10(trend_factor)
-            ):
-                drifting[name] = {"rel_error": float(err), "baseline": 10**base,
-                                  "ratio": 10 ** (log_err - base), "slope_decades": slope}  # fmt: skip
+            bar = max(base + math.log10(factor), math.log10(_error_floor(tensor, ignore_below)))
+            if len(hist.recent) == window and err < stop_above and _median(hist.recent) >= bar:
+                drifting[name] = {"rel_error": err, "baseline": 10**base, "bar": 10**bar,
+                                  "ratio": 10 ** (log_err - base),
+                                  "checks": [10**e for e in hist.recent]}  # fmt: skip
         new_state = RelErrorDriftState(tensors)
         if not drifting:
             return None, new_state
         order = sorted(drifting, key=lambda n: -drifting[n]["ratio"])
         d = drifting[order[0]]
         message = (
-            f"check error drifting up in {_fmt_names(order)}: {order[0]} rel error "
-            f"{d['rel_error']:.3g} is {d['ratio']:.3g}x its early baseline {d['baseline']:.3g}"
+            f"check error rising in {_fmt_names(order)}: {order[0]} rel error {d['rel_error']:.3g}"
+            f" is {d['ratio']:.3g}x its early level {d['baseline']:.3g} (median of the last"
+            f" {window} checks above {d['bar']:.3g}); a backprop error growing before it fails?"
         )
         return Finding(message, {"tensor": order[0], "tensors": drifting}), new_state
 
@@ -341,9 +351,9 @@ def grad_norm_drift(
     fires only after ``vanish_patience`` consecutive low observations.
     """
     if method not in GRAD_NORM_METHODS:
-        raise ValueError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
+        raise InputError(f"method must be one of {', '.join(GRAD_NORM_METHODS)}, not {method!r}")
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+        raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
     log_ratio = math.log(ratio)
 
     def update(state: GradNormDriftState, obs: Observation):
@@ -438,60 +448,107 @@ def nonfinite() -> Detector:
 
 class LossDivergenceState(NamedTuple):
     n: int = 0  # finite losses seen
-    initial: float = 0.0  # first finite loss: sets the scale floor
-    best: float = math.inf  # lowest loss so far
-    prev: float = math.nan  # previous loss
-    streak: int = 0  # consecutive increases
-    streak_start: float = math.nan  # loss before the current streak of increases
+    log_floor: float = -math.inf  # log of floor x |first loss|: lower losses count as this
+    recent: tuple[float, ...] = ()  # log losses of the last `window` steps, oldest first
+    best: float = math.inf  # lowest smoothed log level so far
+    reference: float = math.nan  # slowly following smoothed log level (EWMA of the level)
+
+
+def _noise(xs: Sequence[float]) -> float:
+    """Std of the step-to-step noise of ``xs``, from their first differences: a steady trend
+    (a loss rising x1.5 per step) is not noise, so it does not raise the bar it must pass."""
+    if len(xs) < 3:
+        return 0.0
+    diffs = [b - a for a, b in zip(xs, xs[1:], strict=False)]
+    mean = sum(diffs) / len(diffs)
+    return math.sqrt(sum((d - mean) ** 2 for d in diffs) / (2 * (len(diffs) - 1)))
 
 
 def loss_divergence(
     factor: float = 10.0,
-    patience: int = 10,
-    min_rise: float = 0.5,
+    window: int = 30,
+    fast: int = 3,
+    rise: float = 2.0,
+    z: float = 5.0,
+    halflife: float = 100.0,
     floor: float = 0.01,
 ) -> Detector:
-    """Fire when the loss blows up: above ``factor`` x its best so far, or rising for long.
+    """Fire when the loss blows up or climbs steadily; not on minibatch noise.
 
-        det = loss_divergence(factor=10.0, patience=10)
+        det = loss_divergence(factor=10.0, window=30)
 
-    Level test: loss > best + (factor - 1) * scale, scale = max(|best|, ``floor`` x |first
-    loss|) -- i.e. loss > factor * best for a positive loss, while a loss that converged to
-    ~0 is not compared against a vanishing best. Trend test: ``patience`` consecutive
-    increases (0 disables it) that together add at least ``min_rise`` x scale. Normal noisy
-    SGD passes both; lr=10 on x0^2 + x1^2 (x361 per step) fails at the first step.
+    Minibatch losses are noisy (with batches of 10 a healthy run's batch loss swings far past
+    10x its best batch), so no test reads a single batch. On log losses:
+
+    - explosion (``test: factor``): the median of the last ``fast`` losses is ``factor`` x
+      above the lowest *level* so far (level: the geometric mean of the last ``window``
+      losses) and ``z`` noise-sigmas above it. lr=10 on x0^2 + x1^2 fires at step 3.
+    - rise (``test: trend``): the level stands ``rise`` x above a slow reference (an EWMA of
+      the level with ``halflife`` steps) and ``z`` standard errors above it. A loss rising
+      x1.05 per step from a noisy plateau fires after ~30-55 steps, x1.02 after ~50-120.
+
+    The noise is the run's own step-to-step spread (std of first differences of the log
+    losses, so a steady trend is not counted as noise): a run whose batches differ by 100x
+    needs a larger excursion to fire. Losses below ``floor`` x the first loss count as that
+    floor, so a loss converging to ~0 is not judged against a vanishing best. NaN/Inf losses
+    are the ``nonfinite`` rule's.
     """
+    log_factor, log_rise = math.log(factor), math.log(rise)
+    alpha = 1.0 - 0.5 ** (1.0 / halflife)
+    min_level = min(fast, window)  # losses needed before a level counts as the best
 
     def update(state: LossDivergenceState, obs: Observation):
         loss = obs.loss if isinstance(obs, StepObservation) else None
         if not _finite(loss):
             return None, state
         loss = float(loss)
-        initial = loss if state.n == 0 else state.initial
-        best = min(state.best, loss)
-        rising = state.n > 0 and loss > state.prev
-        streak = state.streak + 1 if rising else 0
-        streak_start = (state.streak_start if state.streak else state.prev) if rising else loss
-        new_state = LossDivergenceState(state.n + 1, initial, best, loss, streak, streak_start)
-        if state.n == 0:
-            return None, new_state
-        scale = max(abs(state.best), floor * abs(initial), _TINY)
-        if loss > state.best + (factor - 1.0) * scale:
-            message = (
-                f"loss diverging: {loss:.4g} is above {factor:g}x its best so far "
-                f"({state.best:.4g}); learning rate too large?"
-            )
-            return Finding(message, {"loss": loss, "best": state.best, "test": "factor"}), new_state
-        if patience and streak >= patience and loss - streak_start >= min_rise * scale:
-            message = (
-                f"loss rising for {streak} consecutive observations: {streak_start:.4g} -> "
-                f"{loss:.4g}"
-            )
-            details = {"loss": loss, "best": state.best, "streak": streak, "test": "trend"}
-            return Finding(message, details), new_state
+        log_floor = state.log_floor
+        if state.n == 0:  # _TINY: a zero first loss (or floor 0) must not make it -inf
+            log_floor = math.log(max(floor * abs(loss), _TINY))
+        # A loss <= 0 (a negative log-likelihood can be) counts as the floor: the rule judges
+        # rises of a positive loss.
+        x = max(math.log(loss), log_floor) if loss > 0 else log_floor
+        recent = (state.recent + (x,))[-window:]
+        n = state.n + 1
+        level = sum(recent) / len(recent)
+        best = min(state.best, level) if n >= min_level else state.best
+        reference = state.reference
+        if n == window:
+            reference = level
+        elif n > window:
+            reference += alpha * (level - reference)
+        new_state = LossDivergenceState(n, log_floor, recent, best, reference)
+        # Each test first compares with its fixed ratio (cheap), then with the run's own noise
+        # (the batch-to-batch spread of log losses): a run whose batches differ by 10x from
+        # one another needs a larger excursion to count.
+        if n > min_level:
+            burst = _median(recent[-fast:])
+            if burst - state.best >= log_factor:
+                # Noise measured before the burst: an explosion must not set its own bar.
+                if burst - state.best >= z * _noise(recent[:-fast]):
+                    return _explosion(math.exp(burst), math.exp(state.best), factor), new_state
+        if n > window and level - state.reference >= log_rise:
+            if level - state.reference >= z * _noise(recent) / math.sqrt(window):
+                return _rise(math.exp(level), math.exp(state.reference), window), new_state
         return None, new_state
 
     return Detector(LossDivergenceState, update)
+
+
+def _explosion(burst: float, best: float, factor: float) -> Finding:
+    message = (
+        f"loss diverging: {burst:.4g} (median of the last steps) is above {factor:g}x its "
+        f"lowest smoothed level ({best:.4g}); learning rate too large?"
+    )
+    return Finding(message, {"loss": burst, "best": best, "test": "factor"})
+
+
+def _rise(level: float, reference: float, window: int) -> Finding:
+    message = (
+        f"loss rising steadily: its median over the last {window} steps is {level:.4g}, "
+        f"{level / reference:.3g}x its recent level ({reference:.4g}); learning rate too large?"
+    )
+    return Finding(message, {"loss": level, "reference": reference, "test": "trend"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,6 +608,166 @@ def stalled_learning(
 
 
 # --------------------------------------------------------------------------------------------
+# Observations by metric name (threshold, baseline_drift)
+
+#: Check-report fields and the metric names the hook logs them under.
+CHECK_METRICS = {"max_rel_error": "gradcheck/max_rel_error", "difference": "gradcheck/difference",
+                 "num_evals": "gradcheck/num_evals", "seconds": "gradcheck/seconds"}  # fmt: skip
+STEP_SERIES = {"grad_norm": "grad_norms", "param_norm": "param_norms",
+               "update_ratio": "update_ratios", "nonfinite": "nonfinite"}  # fmt: skip
+
+
+def observation_metrics(obs: Observation) -> dict[str, float]:
+    """``obs`` as ``{metric name: value}``, named as the hook logs them (finite values only).
+
+    observation_metrics(StepObservation(3, loss=0.5, grad_norms={"W1": 2.0}))
+    # {"loss": 0.5, "grad_norm/W1": 2.0}
+    """
+    out: dict[str, Any] = {}
+    if isinstance(obs, StepObservation):
+        out.update(obs.metrics or {})
+        out["loss"], out["lr"] = obs.loss, obs.lr
+        for prefix, attr in STEP_SERIES.items():
+            for name, v in (getattr(obs, attr) or {}).items():
+                out[f"{prefix}/{name}"] = v
+    else:
+        report = obs.report
+        for key, metric in CHECK_METRICS.items():
+            out[metric] = _num(report.get(key))
+        if report.get("passed") is not None:
+            out["gradcheck/passed"] = 1.0 if report["passed"] else 0.0
+        for name, t in (report.get("per_param") or {}).items():
+            out[f"gradcheck/rel_error/{name}"] = _num(t.get("max_rel_error"))
+            if t.get("num_mismatches"):
+                out[f"gradcheck/mismatches/{name}"] = t["num_mismatches"]
+    return {k: float(v) for k, v in out.items() if _finite(v)}
+
+
+# --------------------------------------------------------------------------------------------
+# threshold
+
+
+class ThresholdState(NamedTuple):
+    beyond: Mapping[str, int] = {}  # metric -> consecutive observations beyond the bound
+
+
+def threshold(
+    metric: str = "loss",
+    above: float | None = None,
+    below: float | None = None,
+    n: int = 1,
+) -> Detector:
+    """Fire when a metric (or each metric matching a glob) is beyond a bound ``n`` times in a row.
+
+        det = threshold("grad_norm/*", above=100.0, n=3)      # any tensor's norm > 100, 3x
+        det = threshold("gradcheck/passed", below=0.5)        # every failed check
+
+    ``metric`` is a name as logged in MLflow (``loss``, ``lr``, ``grad_norm/W1``,
+    ``gradcheck/max_rel_error``, ``grad_zero_frac/W1``, a user metric in
+    ``StepObservation.metrics``) or an fnmatch glob; each matching name keeps its own count.
+    Give ``above``, ``below`` or both (outside the band fires). A name not observed at a step
+    keeps its count (statistics are logged every few steps).
+    """
+    if above is None and below is None:
+        raise InputError("threshold needs `above` or `below` (or both)")
+    if above is not None and below is not None and below >= above:
+        raise InputError(f"below ({below:g}) must be smaller than above ({above:g})")
+    is_glob = any(c in metric for c in "*?[")
+
+    def beyond(value: float) -> bool:
+        return (above is not None and value > above) or (below is not None and value < below)
+
+    def update(state: ThresholdState, obs: Observation):
+        values = observation_metrics(obs)
+        names = fnmatch.filter(values, metric) if is_glob else [metric] * (metric in values)
+        if not names:
+            return None, state
+        counts = dict(state.beyond)
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1 if beyond(values[name]) else 0
+        new_state = ThresholdState(counts)
+        hits = sorted(name for name in names if counts[name] >= n)
+        if not hits:
+            return None, new_state
+        bound = " or ".join(f"{op} {v:g}" for op, v in (("above", above), ("below", below))
+                             if v is not None)  # fmt: skip
+        first = hits[0]
+        times = f" for {counts[first]} observations" if n > 1 else ""
+        message = f"{_fmt_names(hits)} {'is' if len(hits) == 1 else 'are'} beyond the bound " \
+                  f"({first} = {values[first]:.4g}, bound: {bound}){times}"  # fmt: skip
+        details = {"metric": first, "values": {h: values[h] for h in hits},
+                   "above": above, "below": below, "n": n}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(ThresholdState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# dead_units
+
+
+class ZeroFracHistory(NamedTuple):
+    baseline: tuple[float, ...] = ()  # first fractions seen
+    high: int = 0  # consecutive observations high above the baseline
+
+
+class DeadUnitsState(NamedTuple):
+    tensors: Mapping[str, ZeroFracHistory] = {}
+
+
+ZERO_FRAC_PREFIX = "grad_zero_frac/"
+
+
+def dead_units(
+    jump: float = 0.25, min_frac: float = 0.5, patience: int = 5, baseline: int = 5
+) -> Detector:
+    """Fire when a tensor's fraction of exactly-zero gradients jumps and stays high.
+
+        det = dead_units(jump=0.25, min_frac=0.5, patience=5)
+
+    Reads ``grad_zero_frac/<tensor>`` (from ``StepObservation.metrics``, logged on statistics
+    steps). A tensor's first ``baseline`` observations set its usual level (median: a ReLU
+    layer has some zeros by nature, a sparse embedding many). It fires when the fraction is at
+    least ``min_frac`` and ``jump`` above that level for ``patience`` observations in a row:
+    units that stopped receiving gradient (dead ReLUs after a too-large step, a saturated
+    layer), not one batch that happened to miss them.
+    """
+
+    def update(state: DeadUnitsState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.metrics:
+            return None, state
+        fracs = {k[len(ZERO_FRAC_PREFIX) :]: v for k, v in obs.metrics.items()
+                 if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+        if not fracs:
+            return None, state
+        tensors = dict(state.tensors)
+        dead: dict[str, dict[str, float]] = {}
+        for name, frac in fracs.items():
+            hist = tensors.get(name, ZeroFracHistory())
+            if len(hist.baseline) < baseline:
+                tensors[name] = hist._replace(baseline=hist.baseline + (float(frac),))
+                continue
+            usual = _median(hist.baseline)
+            high = hist.high + 1 if frac >= min_frac and frac - usual >= jump else 0
+            tensors[name] = hist._replace(high=high)
+            if high >= patience:
+                dead[name] = {"zero_frac": float(frac), "usual": usual, "observations": high}
+        new_state = DeadUnitsState(tensors)
+        if not dead:
+            return None, new_state
+        order = sorted(dead, key=lambda n: -(dead[n]["zero_frac"] - dead[n]["usual"]))
+        d = dead[order[0]]
+        message = (
+            f"dead units in {_fmt_names(order)}: {d['zero_frac']:.0%} of {order[0]}'s gradient "
+            f"entries are exactly zero (usually {d['usual']:.0%}) for {d['observations']} "
+            "observations; dead ReLUs after a too-large step, or a saturated layer?"
+        )
+        return Finding(message, {"tensor": order[0], "tensors": dead}), new_state
+
+    return Detector(DeadUnitsState, update)
+
+
+# --------------------------------------------------------------------------------------------
 # baseline_drift
 
 
@@ -559,25 +776,6 @@ class BaselineDriftState(NamedTuple):
 
 
 DEFAULT_BASELINE_METRICS = ("grad_norm/*", "gradcheck/max_rel_error", "gradcheck/rel_error/*")
-
-
-def observation_metrics(obs: Observation) -> dict[str, float]:
-    """The metric names the tracking pipeline uses for ``obs`` (``grad_norm/W1``, ...)."""
-    out: dict[str, float] = {}
-    if isinstance(obs, StepObservation):
-        if obs.loss is not None:
-            out["loss"] = obs.loss
-        for prefix, values in (("grad_norm", obs.grad_norms), ("param_norm", obs.param_norms),
-                               ("update_ratio", obs.update_ratios)):  # fmt: skip
-            for name, v in (values or {}).items():
-                out[f"{prefix}/{name}"] = v
-    else:
-        if obs.report.get("max_rel_error") is not None:
-            out["gradcheck/max_rel_error"] = obs.report["max_rel_error"]
-        for name, t in (obs.report.get("per_param") or {}).items():
-            if t.get("max_rel_error") is not None:
-                out[f"gradcheck/rel_error/{name}"] = t["max_rel_error"]
-    return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
 def baseline_drift(
@@ -672,7 +870,7 @@ class Param:
     nullable: bool = False  # null / None allowed (means "not given")
 
     def check(self, value: Any) -> Any:
-        """Return ``value`` normalized, or raise ValueError describing what is wrong."""
+        """Return ``value`` normalized, or raise InputError describing what is wrong."""
         kind = self.kind
         if value is None and (self.nullable or self.default is None):
             return None
@@ -680,53 +878,66 @@ class Param:
             if value == "auto":
                 return value
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer or auto, got {value!r}")
+                raise InputError(f"expected an integer or auto, got {value!r}")
             kind = "int"
         if kind == "float":
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError(f"expected a number, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected a number, got {type(value).__name__} {value!r}")
             value = float(value)
             if not math.isfinite(value):
-                raise ValueError(f"expected a finite number, got {value!r}")
+                raise InputError(f"expected a finite number, got {value!r}")
         elif kind == "int":
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"expected an integer, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected an integer, got {type(value).__name__} {value!r}")
         elif kind == "bool":
             if not isinstance(value, bool):
-                raise ValueError(f"expected true or false, got {value!r}")
+                raise InputError(f"expected true or false, got {value!r}")
         elif kind == "str":
             if not isinstance(value, str):
-                raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+                raise InputError(f"expected a string, got {type(value).__name__} {value!r}")
             if self.choices and value not in self.choices:
                 close = difflib.get_close_matches(value, self.choices, n=1, cutoff=0.6)
                 hint = f" (did you mean `{close[0]}`?)" if close else ""
-                raise ValueError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
+                raise InputError(f"{value!r} is not one of {', '.join(self.choices)}{hint}")
         elif kind == "str_list":
             if isinstance(value, str):
                 value = [value]
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-                raise ValueError(f"expected a list of strings, got {value!r}")
+                raise InputError(f"expected a list of strings, got {value!r}")
             value = tuple(value)
         elif kind == "series":
             if not isinstance(value, Mapping) or not all(
                 isinstance(v, Mapping) for v in value.values()
             ):
-                raise ValueError("expected a mapping metric -> {step: value}")
+                raise InputError("expected a mapping metric -> {step: value}")
         if self.minimum is not None and kind in ("float", "int") and value != "auto":
             if value < self.minimum or (self.exclusive and value == self.minimum):
                 op = ">" if self.exclusive else ">="
-                raise ValueError(f"must be {op} {self.minimum:g}, got {value!r}")
+                raise InputError(f"must be {op} {self.minimum:g}, got {value!r}")
         if self.maximum is not None and kind in ("float", "int") and value > self.maximum:
-            raise ValueError(f"must be <= {self.maximum:g}, got {value!r}")
+            raise InputError(f"must be <= {self.maximum:g}, got {value!r}")
         return value
 
 
-def _pos(default: float, doc: str) -> Param:
-    return Param(default, "float", doc, minimum=0.0, exclusive=True)
+# Parameter declarations carry no default: each default is written once, in its factory's
+# signature, and copied into DETECTORS by _spec.
+_FROM_SIGNATURE: Any = object()
 
 
-def _count(default: int, doc: str, minimum: int = 1) -> Param:
-    return Param(default, "int", doc, minimum=minimum)
+def _param(kind: str, doc: str, **bounds: Any) -> Param:
+    return Param(_FROM_SIGNATURE, kind, doc, **bounds)
+
+
+def _pos(doc: str) -> Param:
+    return _param("float", doc, minimum=0.0, exclusive=True)
+
+
+def _above_one(doc: str) -> Param:
+    return _param("float", doc, minimum=1.0, exclusive=True)
+
+
+def _count(doc: str, minimum: int = 1) -> Param:
+    return _param("int", doc, minimum=minimum)
 
 
 @dataclass(frozen=True)
@@ -739,122 +950,137 @@ class DetectorSpec:
     severity: str | None = "warning"
 
 
+def _spec(
+    factory: Callable[..., Detector],
+    params: Mapping[str, Param],
+    summary: str,
+    severity: str | None = "warning",
+) -> DetectorSpec:
+    """``params`` with their defaults read from ``factory``'s signature (declared once)."""
+    signature = inspect.signature(factory).parameters
+    if list(signature) != list(params):  # a programming error: fail at import, in tests
+        raise TypeError(f"{factory.__name__}: DETECTORS declares {list(params)}, "
+                        f"the factory takes {list(signature)}")  # fmt: skip
+    filled = {name: dataclasses.replace(p, default=signature[name].default)
+              for name, p in params.items()}  # fmt: skip
+    return DetectorSpec(factory, filled, summary, severity)
+
+
 DETECTORS: dict[str, DetectorSpec] = {
-    "check_failure": DetectorSpec(
+    "check_failure": _spec(
         check_failure,
         {
-            "critical": _pos(REL_ERROR_CRITICAL, "max rel error above this -> critical"),
-            "warning": _pos(REL_ERROR_WARNING, "max rel error from this up -> warning (else info)"),
-            "min_mismatches": _count(1, "mismatching coordinates needed for a tensor to fail"),
-            "max_coords": _count(5, "worst coordinates reported per tensor"),
+            "critical": _pos("max rel error above this -> critical"),
+            "warning": _pos("max rel error from this up -> warning (else info)"),
+            "min_mismatches": _count("mismatching coordinates needed for a tensor to fail"),
+            "max_coords": _count("worst coordinates reported per tensor"),
         },
         "a gradient check found mismatching coordinates",
         severity=None,
     ),
-    "rel_error_drift": DetectorSpec(
+    "rel_error_drift": _spec(
         rel_error_drift,
         {
-            "window": _count(5, "recent checks compared with the baseline (K)", minimum=2),
-            "baseline_checks": _count(3, "first checks of a tensor that form its baseline"),
-            "factor": Param(
-                10.0,
-                "float",
-                "median of recent / baseline ratio that fires",
-                minimum=1.0,
-                exclusive=True,
-            ),  # fmt: skip
-            "trend": _pos(0.25, "log10 error slope (decades per check) that fires"),
-            "trend_factor": Param(
-                3.0, "float", "with the trend, latest / baseline at least this", minimum=1.0
-            ),  # fmt: skip
-            "ignore_below": _pos(DRIFT_IGNORE_BELOW, "errors below this never count as drift"),
-            "stop_above": _pos(REL_ERROR_CRITICAL, "above this check_failure takes over"),
+            "window": _count("recent checks whose median is compared (one spike is not drift)"),
+            "baseline_checks": _count("first checks of a tensor that form its baseline"),
+            "factor": _above_one("median of recent errors / baseline at least this fires"),
+            "ignore_below": _pos("errors below this never count as drift (float64)"),
+            "stop_above": _pos("above this check_failure takes over"),
         },
-        "a tensor's check error rising against its own early baseline",
+        "a tensor's check error rising and staying above its own early level",
     ),
-    "grad_norm_drift": DetectorSpec(
+    "grad_norm_drift": _spec(
         grad_norm_drift,
         {
-            "method": Param(
-                "zscore",
-                "str",
-                "zscore (EWMA) or median (rolling median ratio)",
-                choices=GRAD_NORM_METHODS,
+            "method": _param(
+                "str", "zscore (EWMA) or median (rolling median ratio)", choices=GRAD_NORM_METHODS
             ),  # fmt: skip
-            "z": _pos(6.0, "|z| of log(norm) that fires (method zscore)"),
-            "alpha": Param(
-                0.05,
+            "z": _pos("|z| of log(norm) that fires (method zscore)"),
+            "alpha": _param(
+                "float", "EWMA weight of the newest norm", minimum=0.0, exclusive=True, maximum=1.0
+            ),  # fmt: skip
+            "warmup": _count("statistics steps that only accumulate before firing", 0),
+            "min_std": _pos("floor of the std of log(norm) (0.1 ~ 10 %)"),
+            "ratio": _above_one("norm / rolling median that fires (method median)"),
+            "window": _count("norms in the rolling median (method median)"),
+            "direction": _param("str", "both, explosion or vanishing", choices=DIRECTIONS),
+            "vanish_patience": _count("consecutive low observations before vanishing fires"),
+        },
+        "per-tensor gradient norm explosion or vanishing",
+    ),
+    "nonfinite": _spec(
+        nonfinite, {}, "NaN/Inf in the loss, gradients or parameters", severity="critical"
+    ),
+    "loss_divergence": _spec(
+        loss_divergence,
+        {
+            "factor": _above_one("recent losses above factor x the lowest smoothed level fire"),
+            "window": _count("losses in the smoothed level (a geometric mean)", minimum=3),
+            "fast": _count("losses in the median the factor test reads"),
+            "rise": _above_one("smoothed level above rise x its slow reference fires"),
+            "z": _pos("a finding must also exceed z noise-sigmas of the run"),
+            "halflife": _pos("steps: how slowly the rise test's reference follows"),
+            "floor": _param(
+                "float", "losses below floor x the first loss count as that", minimum=0.0
+            ),  # fmt: skip
+        },
+        "loss blowing up or climbing steadily (too-large learning rate)",
+        severity="critical",
+    ),
+    "stalled_learning": _spec(
+        stalled_learning,
+        {
+            "min_ratio": _pos("update/weight ratio below this counts as stalled"),
+            "patience": _count("consecutive stalled statistics steps that fire"),
+            "estimate": _param("bool", "without update_ratios use lr*|g|/|θ| (plain SGD)"),
+        },
+        "updates too small to learn (too-small learning rate)",
+    ),
+    "threshold": _spec(
+        threshold,
+        {
+            "metric": _param("str", "metric name or glob, as logged (loss, grad_norm/*, ...)"),
+            "above": _param("float", "values above this are beyond the bound", nullable=True),
+            "below": _param("float", "values below this are beyond the bound", nullable=True),
+            "n": _count("consecutive observations beyond the bound that fire"),
+        },
+        "any metric above or below a bound for n observations in a row",
+    ),
+    "dead_units": _spec(
+        dead_units,
+        {
+            "jump": _param(
                 "float",
-                "EWMA weight of the newest norm",
+                "rise of the zero fraction over its usual level that counts",
                 minimum=0.0,
                 exclusive=True,
                 maximum=1.0,
             ),  # fmt: skip
-            "warmup": _count(20, "statistics steps that only accumulate before firing", 0),
-            "min_std": _pos(0.1, "floor of the std of log(norm) (0.1 ~ 10 %)"),
-            "ratio": Param(
-                10.0,
+            "min_frac": _param(
                 "float",
-                "norm / rolling median that fires (method median)",
-                minimum=1.0,
+                "zero fraction that counts as high",
+                minimum=0.0,
                 exclusive=True,
+                maximum=1.0,
             ),  # fmt: skip
-            "window": _count(50, "norms in the rolling median (method median)"),
-            "direction": Param("both", "str", "both, explosion or vanishing", choices=DIRECTIONS),
-            "vanish_patience": _count(5, "consecutive low observations before vanishing fires"),
+            "patience": _count("consecutive high observations that fire"),
+            "baseline": _count("first observations that set a tensor's usual level"),
         },
-        "per-tensor gradient norm explosion or vanishing",
+        "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
     ),
-    "nonfinite": DetectorSpec(
-        nonfinite, {}, "NaN/Inf in the loss, gradients or parameters", severity="critical"
-    ),
-    "loss_divergence": DetectorSpec(
-        loss_divergence,
-        {
-            "factor": Param(
-                10.0, "float", "loss above factor x best so far fires", minimum=1.0, exclusive=True
-            ),  # fmt: skip
-            "patience": _count(10, "consecutive increases that fire (0: off)", minimum=0),
-            "min_rise": Param(
-                0.5, "float", "rise over the streak, in units of scale", minimum=0.0
-            ),  # fmt: skip
-            "floor": Param(
-                0.01, "float", "scale floor as a fraction of the first loss", minimum=0.0
-            ),  # fmt: skip
-        },
-        "loss blowing up (too-large learning rate)",
-        severity="critical",
-    ),
-    "stalled_learning": DetectorSpec(
-        stalled_learning,
-        {
-            "min_ratio": _pos(1e-6, "update/weight ratio below this counts as stalled"),
-            "patience": _count(20, "consecutive stalled statistics steps that fire"),
-            "estimate": Param(True, "bool", "without update_ratios use lr*|g|/|θ| (plain SGD)"),
-        },
-        "updates too small to learn (too-small learning rate)",
-    ),
-    "baseline_drift": DetectorSpec(
+    "baseline_drift": _spec(
         baseline_drift,
         {
-            "baseline": Param(None, "series", "metric -> {step: value}; filled by the loader"),
-            "metrics": Param(DEFAULT_BASELINE_METRICS, "str_list", "metric name globs compared"),
-            "factor": Param(
-                3.0,
-                "float",
-                "norms outside [1/factor, factor] x baseline fire",
-                minimum=1.0,
-                exclusive=True,
+            "baseline": _param("series", "metric -> {step: value}; filled by the loader"),
+            "metrics": _param("str_list", "metric name globs compared"),
+            "factor": _above_one("norms outside [1/factor, factor] x baseline fire"),
+            "error_factor": _param(
+                "float", "check errors above this x baseline fire", minimum=1.0
             ),  # fmt: skip
-            "error_factor": Param(
-                100.0, "float", "check errors above this x baseline fire", minimum=1.0
-            ),  # fmt: skip
-            "ignore_below": _pos(REL_ERROR_GOOD, "check errors below this are never drift"),
-            "step_tolerance": _count(0, "match the nearest baseline step within this", 0),
-            "run_id": Param(
-                None, "str", "baseline run id (default: latest tagged gradwatch.baseline)"
-            ),
-            "experiment": Param(None, "str", "experiment searched for the tagged baseline run"),
+            "ignore_below": _pos("check errors below this are never drift"),
+            "step_tolerance": _count("match the nearest baseline step within this", 0),
+            "run_id": _param("str", "baseline run id (default: latest tagged gradwatch.baseline)"),
+            "experiment": _param("str", "experiment searched for the tagged baseline run"),
         },
         "this run departs from a baseline run at the same steps",
     ),
@@ -866,18 +1092,18 @@ def build_detector(kind: str, params: Mapping[str, Any] | None = None) -> Detect
 
         det = build_detector("loss_divergence", {"factor": 5.0})
 
-    Raises ValueError naming the parameter (unknown names list the allowed ones).
+    Raises InputError naming the parameter (unknown names list the allowed ones).
     """
     if kind not in DETECTORS:
-        raise ValueError(f"unknown rule type {kind!r}; allowed: {', '.join(DETECTORS)}")
+        raise InputError(f"unknown rule type {kind!r}; allowed: {', '.join(DETECTORS)}")
     spec = DETECTORS[kind]
     kwargs = {}
     for name, value in (params or {}).items():
         if name not in spec.params:
             allowed = ", ".join(spec.params) or "none"
-            raise ValueError(f"unknown parameter {name!r} for {kind}; allowed: {allowed}")
+            raise InputError(f"unknown parameter {name!r} for {kind}; allowed: {allowed}")
         try:
             kwargs[name] = spec.params[name].check(value)
         except ValueError as exc:
-            raise ValueError(f"parameter {name!r} of {kind}: {exc}") from None
+            raise InputError(f"parameter {name!r} of {kind}: {exc}") from None
     return spec.factory(**kwargs)

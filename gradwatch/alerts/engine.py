@@ -13,19 +13,20 @@ the rule's last alert (warning -> critical) is let through the cooldown: escalat
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from gradwatch.alerts.detectors import DETECTORS, Detector, build_detector
-from gradwatch.alerts.observations import (
-    SEVERITIES,
-    Alert,
-    CheckObservation,
-    StepObservation,
-    severity_rank,
+from gradwatch.alerts.detectors import Detector
+from gradwatch.alerts.observations import Alert, CheckObservation, StepObservation, severity_rank
+from gradwatch.alerts.rules import (
+    ACTIONS,
+    DEFAULT_ACTIONS,
+    DEFAULT_COOLDOWN,
+    Rule,
+    check_action,
+    default_rules,
+    validate_rule,
 )
 from gradwatch.errors import ConfigError
 
@@ -38,100 +39,8 @@ __all__ = [
     "Rule",
     "check_action",
     "default_rules",
+    "validate_rule",
 ]
-
-#: Plain actions (``webhook``/``callback``: all of them); ``webhook:<name>`` and
-#: ``callback:<name>`` name one.
-ACTIONS: tuple[str, ...] = ("log", "mlflow", "webhook", "callback", "stop")
-ACTION_PREFIXES: tuple[str, ...] = ("webhook:", "callback:")
-DEFAULT_ACTIONS: tuple[str, ...] = ("log", "mlflow")
-#: Steps a rule stays quiet after an alert. Checks run every ~100 steps, so 1000 steps means a
-#: persistent failure is re-announced about every tenth check.
-DEFAULT_COOLDOWN = 1000
-DEFAULT_RULE_TYPES: tuple[str, ...] = ("check_failure", "nonfinite", "loss_divergence")
-# Rule names become MLflow tag keys (gradwatch.alert.<rule>): keep to characters MLflow accepts.
-_RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
-
-
-def check_action(action: str) -> str:
-    """Return ``action`` if it is valid, else raise ValueError listing the allowed forms."""
-    if action in ACTIONS or any(
-        action.startswith(p) and len(action) > len(p) for p in ACTION_PREFIXES
-    ):
-        return action
-    allowed = ", ".join(ACTIONS + tuple(p + "<name>" for p in ACTION_PREFIXES))
-    raise ValueError(f"unknown action {action!r}; allowed: {allowed}")
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One alert rule: a detector ``type`` with its ``params``, and what to do when it fires.
-
-        Rule("grad-explosion", "grad_norm_drift", severity="warning", cooldown=200,
-             actions=("log", "mlflow", "webhook:slack"), params={"z": 6.0})
-
-    ``severity=None`` lets the detector decide (check_failure grades by rel-error band; the
-    others use their type's default). ``cooldown`` is in steps. Invalid values raise
-    ConfigError (the YAML loader reports them with file and line first).
-    """
-
-    name: str
-    type: str
-    severity: str | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    cooldown: int = DEFAULT_COOLDOWN
-    actions: tuple[str, ...] = DEFAULT_ACTIONS
-    enabled: bool = True
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _RULE_NAME.match(self.name):
-            raise ConfigError(
-                f"rule name {self.name!r} must be letters, digits, '_', '.', '-'", key="name"
-            )
-        if self.type not in DETECTORS:
-            raise ConfigError(
-                f"unknown rule type {self.type!r}; allowed: {', '.join(DETECTORS)}", key="type"
-            )
-        if self.severity is not None and self.severity not in SEVERITIES:
-            raise ConfigError(
-                f"unknown severity {self.severity!r}; allowed: {', '.join(SEVERITIES)}",
-                key="severity",
-            )
-        if (
-            isinstance(self.cooldown, bool)
-            or not isinstance(self.cooldown, int)
-            or self.cooldown < 0
-        ):
-            raise ConfigError(f"cooldown must be an integer >= 0 (steps), got {self.cooldown!r}",
-                              key="cooldown")  # fmt: skip
-        object.__setattr__(self, "actions", tuple(self.actions))
-        for action in self.actions:
-            try:
-                check_action(action)
-            except ValueError as exc:
-                raise ConfigError(str(exc), key="actions") from None
-        self.detector()  # validates params now, not at the first observation
-
-    def detector(self) -> Detector:
-        """Build this rule's detector (raises ConfigError on a bad parameter)."""
-        try:
-            return build_detector(self.type, self.params)
-        except ValueError as exc:
-            raise ConfigError(f"rule {self.name!r}: {exc}", key="params") from None
-
-    @property
-    def default_severity(self) -> str | None:
-        return self.severity or DETECTORS[self.type].severity
-
-
-def default_rules() -> list[Rule]:
-    """The rules on with no configuration: check_failure, nonfinite, loss_divergence.
-
-        engine = AlertEngine(default_rules())
-
-    Each is named after its type, delivered to ``log`` and ``mlflow``, with default params.
-    """
-    return [Rule(name=kind, type=kind) for kind in DEFAULT_RULE_TYPES]
 
 
 class EngineState(NamedTuple):

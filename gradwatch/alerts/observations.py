@@ -34,6 +34,9 @@ class StepObservation:
     ``grad_norms``, ``param_norms`` and ``update_ratios`` (``||Δθ|| / ||θ||`` of the step's
     update) are filled only on statistics steps; ``nonfinite`` maps a tensor name to its count
     of NaN/Inf values in gradients plus parameters. ``timestamp`` is seconds since the epoch.
+    ``metrics`` holds any other metric logged at this step under its MLflow name
+    (``grad_zero_frac/W1``, ``grad_abs_p99/W1``, a user's ``val_acc``): what the ``threshold``
+    and ``dead_units`` rules read besides the fields above.
     """
 
     step: int
@@ -44,6 +47,7 @@ class StepObservation:
     update_ratios: Mapping[str, float] | None = None
     nonfinite: Mapping[str, int] | None = None
     timestamp: float | None = None
+    metrics: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
