@@ -165,6 +165,16 @@ class Config:
             out[f"gradwatch.alerts.rule.{rule.name}"] = " ".join(parts)
         return out
 
+    def hook_metadata(self, section: str) -> dict[str, Any]:
+        """``hook.params`` or ``hook.tags`` with the values that came from ``${VAR}`` masked.
+
+        config.hook_metadata("params")   # {"api_key": "***", "width": 16}
+        """
+        values = self.hook.get(section) or {}
+        return {
+            k: REDACTED if f"hook.{section}.{k}" in self.secrets else v for k, v in values.items()
+        }
+
     def masked_text(self) -> str | None:
         """The config file as YAML text with its secrets masked, for the run's artifacts.
 

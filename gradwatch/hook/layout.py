@@ -78,20 +78,44 @@ class TensorLayout:
 
     def verify(self, params: Any, grads: Any, step: int) -> None:
         """Raise InputError if ``params``/``grads`` no longer have this layout: a parameter
-        added, removed or renamed, or a gradient of another shape. Cheap enough for every step."""
+        added, removed or renamed, or a gradient of another shape. Cheap enough for every
+        step (a set comparison of the keys and one shape comparison per tensor)."""
+        try:
+            if self.kind == "dict":
+                same = params.keys() == self._param_key_set and grads.keys() == self._grad_key_set
+            else:
+                same = len(params) == len(grads) == len(self.names)
+            if same:
+                for key, shape in self._grad_shapes:
+                    if grads[key].shape != shape:
+                        same = False
+                        break
+        except (AttributeError, KeyError, IndexError, TypeError):
+            same = False
+        if not same:
+            raise self._changed(params, grads, step)
+
+    def _changed(self, params: Any, grads: Any, step: int) -> InputError:
+        """What differs from the first step, said plainly."""
         if self.kind == "dict":
             if not isinstance(params, Mapping) or params.keys() != self._param_key_set:
-                raise self._params_changed(params, step)
+                return self._params_changed(params, step)
             if not isinstance(grads, Mapping) or grads.keys() != self._grad_key_set:
-                raise self._grads_changed(grads, step)
-        elif len(params) != len(self.names) or len(grads) != len(self.names):
-            raise InputError(
-                f"step {step}: params has {len(params)} arrays and grads {len(grads)}, but the "
-                f"first step had {len(self.names)}: watch the same tensors for the whole run"
+                return self._grads_changed(grads, step)
+        elif (
+            not isinstance(params, (list, tuple))
+            or not isinstance(grads, (list, tuple))
+            or (len(params) != len(self.names) or len(grads) != len(self.names))
+        ):
+            return InputError(
+                f"step {step}: params and grads must stay lists of {len(self.names)} arrays "
+                f"as at the first step; got {_count(params)} and {_count(grads)}: watch the "
+                "same tensors for the whole run"
             )
         for key, shape in self._grad_shapes:
             if getattr(grads[key], "shape", None) != shape:
-                raise self._bad_shape(key, grads[key], shape, step)
+                return self._bad_shape(key, grads[key], shape, step)
+        return InputError(f"step {step}: params/grads differ from the first step's layout")
 
     def verify_params(self, params: Any, step: int) -> None:
         """Also the parameters' shapes (statistics and checks use them)."""
@@ -200,6 +224,12 @@ def _match_gradients(grads: Any, names: tuple[str, ...], kind: str) -> tuple[Any
             "named like the parameter or with a 'd' prefix ('dW1' for 'W1')"
         )
     return tuple(keys)
+
+
+def _count(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
 
 
 def _diff(added: list[str], removed: list[str]) -> str:

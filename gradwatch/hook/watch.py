@@ -10,37 +10,28 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import math
-import numbers
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
-
 from gradwatch import __version__
-from gradwatch.alerts import AlertEngine, Rule
+from gradwatch.alerts import Rule
 from gradwatch.check import CheckReport
 from gradwatch.config import Config, load_config
-from gradwatch.errors import AlertStop, GradwatchError, InputError
-from gradwatch.hook.checks import CheckRunner
-from gradwatch.hook.clock import LoopClock
-from gradwatch.hook.feed import ALERT_MAX_DELAY, AlertFeed, PendingStep
-from gradwatch.hook.layout import TensorLayout
+from gradwatch.errors import GradwatchError
+from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
+from gradwatch.hook.inputs import as_float, as_step, scalars
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.schedule import Schedule
+from gradwatch.hook.run import RunParts
 from gradwatch.hook.sigterm import SigtermGuard
-from gradwatch.hook.statistics import StaleParams, Statistics
 from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
 
 __all__ = ["GradWatch"]
 
 logger = logging.getLogger("gradwatch")
 _UNSET: Any = object()
-_INT64 = (-(2**63), 2**63 - 1)
 
 
 class GradWatch:
@@ -112,9 +103,9 @@ class GradWatch:
         }  # fmt: skip
         self.options = HookOptions.resolve({k: v for k, v in given.items() if v is not _UNSET},
                                            self.config)  # fmt: skip
-        self.user_params = self._redacted("params") | dict(params or {})
+        self.user_params = self.config.hook_metadata("params") | dict(params or {})
         self.user_tags = {
-            str(k): str(v) for k, v in {**self._redacted("tags"), **(tags or {})}.items()
+            str(k): str(v) for k, v in {**self.config.hook_metadata("tags"), **(tags or {})}.items()
         }
         self.rules = list(rules) if rules is not None else list(self.config.rules)
         self.callbacks = dict(callbacks or {})
@@ -124,13 +115,7 @@ class GradWatch:
         self._sigterm = SigtermGuard()
         self.run: Any = None
         self.close_result: Any = None
-        self._parts: _RunParts | None = None
-
-    def _redacted(self, section: str) -> dict[str, Any]:
-        """The config's ``hook.params``/``hook.tags`` with values from ``${VAR}`` masked."""
-        values = self.config.hook.get(section) or {}
-        return {k: "***" if f"hook.{section}.{k}" in self.config.secrets else v
-                for k, v in values.items()}  # fmt: skip
+        self._parts: RunParts | None = None
 
     @property
     def every(self) -> int | None:
@@ -188,7 +173,9 @@ class GradWatch:
                             run_name=run_name, tags=tags, journal_dir=opts.journal_dir)  # fmt: skip
         atexit.register(self._close_at_exit)
         try:
-            self._start_run_parts()
+            self._parts = RunParts.open(opts, self.run, self.config, self.rules, self.callbacks, self.user_params)  # fmt: skip
+            self._sigterm.install()
+            self._recording = True
         except BaseException:
             # Nothing may leave a run open behind a failed start (Ctrl-C during start-up, a
             # baseline that raised): end it, and leave this object closed and restartable.
@@ -198,28 +185,6 @@ class GradWatch:
             self.close_result = self.run.close("FAILED", timeout=min(2.0, opts.flush_timeout))
             raise
         return self
-
-    def _start_run_parts(self) -> None:
-        self.run.log_params({**self.user_params, **self.config.loggable_params(),
-                             **self.options.loggable()})  # fmt: skip
-        masked = self.config.masked_text()
-        if masked is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                copy = os.path.join(tmp, os.path.basename(self.config.path))
-                with open(copy, "w", encoding="utf-8") as fh:
-                    fh.write(masked)
-                self.run.log_artifact_file(copy, "gradwatch")
-        rules = self.rules
-        if any(r.type == "baseline_drift" and r.enabled for r in rules):
-            # Loads the baseline run's series now (a request at start-up); a baseline that
-            # cannot be loaded disables only that rule.
-            from gradwatch.alerts import attach_baselines
-
-            rules = attach_baselines(rules, tracking_uri=self.run.tracking_uri)
-        self._parts = _RunParts(self.options, self.run, AlertEngine(rules),
-                                self.config.delivery(self.callbacks))  # fmt: skip
-        self._sigterm.install()
-        self._recording = True
 
     def close(self, status: str = "FINISHED", error: BaseException | None = None):
         """End the run with ``status`` (FINISHED, FAILED or KILLED), flushing with a bounded wait.
@@ -238,16 +203,7 @@ class GradWatch:
         try:
             if parts is not None:
                 parts.feed.close()
-            summary = {"gradwatch.checks": str(self.checks),
-                       "gradwatch.checks_failed": str(self.checks_failed),
-                       "gradwatch.checks_deferred": str(self.checks_deferred),
-                       "gradwatch.alerts": str(parts.feed.count if parts else 0)}  # fmt: skip
-            if isinstance(error, AlertStop):
-                summary["gradwatch.stop_reason"] = str(error)[:5000]
-            elif error is not None and status == "FAILED":
-                summary["gradwatch.error"] = f"{type(error).__name__}: {error}"[:5000]
-            self.run.set_tags(summary)
-            if parts is not None:
+                self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
         finally:
             self.close_result = self.run.close(status, timeout=self.options.flush_timeout)
@@ -293,10 +249,10 @@ class GradWatch:
         parts = self._parts
         clock = parts.clock
         clock.enter(entered)
-        s = parts.next_step if step is None else _as_step(step)
+        s = parts.next_step if step is None else as_step(step)
         parts.next_step = s + 1
-        loss_value = float(loss) if isinstance(loss, float) else _as_float(loss, "loss")
-        lr_value = float(lr) if isinstance(lr, float) else _as_float(lr, "lr")
+        loss_value = float(loss) if isinstance(loss, float) else as_float(loss, "loss")
+        lr_value = float(lr) if isinstance(lr, float) else as_float(lr, "lr")
         timestamp_ms = int(time.time() * 1000)
 
         # Most steps write one journal line, queue one record for the alert engine and return:
@@ -309,7 +265,7 @@ class GradWatch:
             if loss_value is not None and lr_value is not None and lr_value - lr_value == 0.0:
                 self.run.log_loss_lr(s, loss_value, lr_value, timestamp_ms)
             else:
-                self.run.log_metrics(s, _scalars(loss_value, lr_value), timestamp_ms)
+                self.run.log_metrics(s, scalars(loss_value, lr_value), timestamp_ms)
             feed = parts.feed
             pending = feed.pending
             pending.append(PendingStep(s, loss_value, lr_value, None, None, timestamp_ms / 1000))
@@ -318,65 +274,10 @@ class GradWatch:
                 clock.hook_seconds += left - entered
                 return None
             feed.flush(entered)
-            return self._leave(entered)
-        return self._busy_step(s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered)  # fmt: skip
-
-    def _busy_step(self, s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered):
-        """A step with statistics, an update ratio, a check or a non-finite loss."""
-        parts = self._parts
-        parts.observe_tensors(s, params, grads, lr_value)
-        loss_bad = loss_value is not None and not math.isfinite(loss_value)
-        metrics = _scalars(loss_value, lr_value)
-        ratios, stats = parts.measure(s, params, grads, lr_value, loss_bad, metrics)
-        self.run.log_metrics(s, metrics, timestamp_ms)
-        feed = parts.feed
-        feed.pending.append(
-            PendingStep(s, loss_value, lr_value, ratios, stats, timestamp_ms / 1000)
-        )
-        check_due = self._check_due(s, loss_fn, loss_bad)
-        if check_due or stats is not None or feed.due(entered):
-            feed.flush(entered)
-        if stats is not None:
-            # This statistics step and the update ratio it causes on the next step are one
-            # cost; that ratio is not known yet, so the last one measured stands in for it.
-            cost = time.perf_counter() - entered + (parts.statistics.ratio_cost if ratios is None else 0.0)  # fmt: skip
-            parts.schedule.adapt_stats_interval(cost, parts.statistics.num_metrics, parts.clock.step_seconds)  # fmt: skip
-        report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
-        parts.schedule.plan_after(s, parts.statistics.snapshot is not None or parts.stale.probing)
-        return self._leave(entered, report)
-
-    def _check_due(self, s: int, loss_fn, loss_bad: bool) -> bool:
-        schedule = self._parts.schedule
-        if loss_bad or not schedule.check_due(s):
-            return False
-        if loss_fn is None:
-            schedule.postpone_check(s)
-            if not self._parts.warned_no_loss_fn:
-                self._parts.warned_no_loss_fn = True
-                logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
-                               "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
-            return False
-        return schedule.budget_allows(s, self._parts.clock)
-
-    def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
-        parts = self._parts
-        parts.schedule.check_started(s)
-        if parts.stale.suspect:
-            parts.checks.skip_stale(s)  # the gradients belong to other arrays than these
+            parts.leave(entered)
             return None
-        t0 = time.perf_counter()
-        try:
-            return parts.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
-        finally:
-            parts.schedule.check_finished(time.perf_counter() - t0)
-
-    def _leave(self, entered: float, report: CheckReport | None = None) -> CheckReport | None:
-        parts = self._parts
-        parts.clock.leave(entered, time.perf_counter())
-        if parts.feed.stop_alert is not None:
-            alert, parts.feed.stop_alert = parts.feed.stop_alert, None
-            self.run.flush(self.options.flush_timeout)
-            raise AlertStop(f"stopped by alert rule '{alert.rule}' at step {alert.step}: {alert.message}", alert)  # fmt: skip
+        report = parts.busy_step(s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered)  # fmt: skip
+        parts.leave(entered)  # raises AlertStop when a `stop` rule fired
         return report
 
     # -- the decorator form ------------------------------------------------------------------
@@ -404,51 +305,6 @@ class GradWatch:
         return wrapped
 
 
-class _RunParts:
-    """The per-run state of one GradWatch run: its parts, and the tensors it watches."""
-
-    def __init__(self, options: HookOptions, run: Any, engine: AlertEngine, delivery: Any) -> None:
-        self.clock = LoopClock()
-        self.schedule = Schedule(options.every, options.stats_every, options.budget)
-        self.feed = AlertFeed(engine, delivery, run)
-        self.checks = CheckRunner(options, run, self.feed)
-        self.stale = StaleParams()
-        self.run = run
-        self.layout: TensorLayout | None = None
-        self.statistics: Statistics | None = None
-        self.next_step = 0
-        self.warned_no_loss_fn = False
-        self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
-
-    def observe_tensors(self, s: int, params: Any, grads: Any, lr: float | None) -> None:
-        """The first step fixes the layout; later busy steps verify it fully."""
-        if self.layout is None:
-            self.layout = TensorLayout.of(params, grads)
-            self.statistics = Statistics(self.layout)
-            return
-        self.layout.verify(params, grads, s)
-        self.layout.verify_params(params, s)
-
-    def measure(self, s, params, grads, lr, loss_bad, metrics) -> tuple[Any, Any]:
-        """The update ratios since the last statistics step, and this step's statistics."""
-        statistics, stale = self.statistics, self.stale
-        ratios = stats = None
-        if statistics.snapshot is not None:
-            ratio_step, ratios = statistics.update_ratios(params, time.perf_counter())
-            self.run.log_metrics(ratio_step, {f"update_ratio/{k}": v for k, v in ratios.items()})
-            stale.observe_ratios(s, ratios, self._ratio_grad_norms, lr)
-        first = self.schedule.last_stats_step is None
-        if self.schedule.stats_due(s, loss_bad):
-            stats = statistics.measure(s, params, grads, metrics)
-            self.schedule.stats_done(s)
-            self._ratio_grad_norms = stats.grad_norms
-        if first and stats is not None:
-            stale.start(s, self.layout.named(params), stats.grad_norms, lr)
-        elif stale.probing:
-            stale.probe(s, self.layout.named(params), lr)
-        return ratios, stats
-
-
 def _load_config(config: Any) -> Config:
     if isinstance(config, Config):
         return config
@@ -457,47 +313,3 @@ def _load_config(config: Any) -> Config:
     if config is None or config is True:
         return load_config()
     return load_config(config)
-
-
-def _scalars(loss: float | None, lr: float | None) -> dict[str, float]:
-    metrics = {}
-    if loss is not None:
-        metrics["loss"] = loss
-    if lr is not None:
-        metrics["lr"] = lr
-    return metrics
-
-
-def _as_step(step: Any) -> int:
-    """``step`` as an int that MLflow can store (int64), else InputError."""
-    if isinstance(step, numbers.Integral) and not isinstance(step, bool):
-        s = int(step)
-        if _INT64[0] <= s <= _INT64[1]:
-            return s
-        raise InputError(f"step={s} is outside the 64-bit integers MLflow stores steps in; "
-                         "pass the training step count (or leave step= out to count from 0)")  # fmt: skip
-    raise InputError(f"step must be an integer, got {type(step).__name__} {step!r}")
-
-
-def _as_float(value: Any, what: str) -> float | None:
-    """A scalar loss/lr as a float; refuse strings, complex numbers and arrays of several values."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, (str, bytes)):
-        raise InputError(f"{what} must be a number, got the string {value[:40]!r}; convert it with float()")  # fmt: skip
-    try:
-        arr = np.asarray(value)
-    except Exception:  # noqa: BLE001 - report any unconvertible value the same way
-        arr = None
-    if arr is None or arr.dtype.kind not in "biuf":
-        kind = (
-            type(value).__name__ if arr is None else f"{type(value).__name__} of dtype {arr.dtype}"
-        )
-        hint = " (a complex value has no order: pass its real part if that is the loss)" if arr is not None and arr.dtype.kind == "c" else ""  # fmt: skip
-        raise InputError(f"{what} must be a real number (a float or a 0-d array), got {kind}{hint}")
-    if arr.size != 1:
-        raise InputError(f"{what} must be one number, got an array of shape {arr.shape}: "
-                         f"pass the scalar {what} (e.g. {what}=float(batch_{what}.mean()))")  # fmt: skip
-    return float(arr.reshape(()))
