@@ -27,6 +27,7 @@ from gradwatch.hook.options import HookOptions
 from gradwatch.hook.run import RunParts
 from gradwatch.hook.sigterm import SigtermGuard
 from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
+from gradwatch.secrets import mask_uri
 
 __all__ = ["GradWatch"]
 
@@ -103,10 +104,11 @@ class GradWatch:
         }  # fmt: skip
         self.options = HookOptions.resolve({k: v for k, v in given.items() if v is not _UNSET},
                                            self.config)  # fmt: skip
-        self.user_params = self.config.hook_metadata("params") | dict(params or {})
-        self.user_tags = {
-            str(k): str(v) for k, v in {**self.config.hook_metadata("tags"), **(tags or {})}.items()
-        }
+        # Credentials inside a URI given as a param or tag value are masked like everywhere.
+        self.user_params = {k: v if isinstance(v, (int, float)) else mask_uri(v)
+                            for k, v in (self.config.hook_metadata("params") | dict(params or {})).items()}  # fmt: skip
+        self.user_tags = {str(k): mask_uri(v)
+                          for k, v in {**self.config.hook_metadata("tags"), **(tags or {})}.items()}  # fmt: skip
         self.rules = list(rules) if rules is not None else list(self.config.rules)
         self.callbacks = dict(callbacks or {})
         self.rank = int(os.environ.get("RANK", "0") or 0) if rank is None else int(rank)
