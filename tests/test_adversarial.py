@@ -21,7 +21,6 @@ import mlflow
 import numpy as np
 import pytest
 
-import gradwatch
 from gradwatch import ConfigError, GradWatch, InputError
 from gradwatch.config import load_config, parse_config
 
@@ -232,7 +231,7 @@ def test_numpy_scalars_and_size_one_arrays_are_accepted(watch):
 )
 def test_layout_change_after_the_first_step_is_an_input_error_at_once(tracking_uri, change, words):
     with GradWatch(every=1000, stats_every=1000, experiment="adv-layout", config=False) as watch:
-        for s in range(5):  # past the first steps: these are quiet steps
+        for _ in range(5):  # past the first steps: these are quiet steps
             watch.step(_params(), _grads(), loss=1.0, lr=0.1)
         params, grads = _params(), _grads()
         change(params, grads)
@@ -242,7 +241,7 @@ def test_layout_change_after_the_first_step_is_an_input_error_at_once(tracking_u
 
 def test_list_params_changing_length_is_an_input_error(tracking_uri):
     with GradWatch(every=None, stats_every=1000, experiment="adv-list", config=False) as watch:
-        for s in range(5):
+        for _ in range(5):
             watch.step([np.ones(2), np.ones(3)], [np.ones(2), np.ones(3)], loss=1.0)
         with pytest.raises(InputError, match="lists of 2 arrays"):
             watch.step([np.ones(2)], [np.ones(2)], loss=1.0)

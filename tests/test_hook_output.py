@@ -59,7 +59,7 @@ def test_a_diverging_run_shows_no_numpy_warning_from_the_hook(tracking_uri, caps
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with GradWatch(every=2, stats_every=1, experiment="output-overflow", config=False) as w:
-            for s in range(6):
+            for _ in range(6):
                 w.step(params, grads, loss=1e300 * 10, lr=0.1,
                        loss_fn=lambda p: float(np.sum(p["w"] * 1e-300)))  # fmt: skip
                 params["w"] *= 1.0
