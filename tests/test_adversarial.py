@@ -289,7 +289,13 @@ def test_non_finite_values_alert_without_numpy_warnings(tracking_uri, position, 
                        config=False) as watch:  # fmt: skip
             for s in range(10):
                 p, g, loss, lr = inputs(s)
-                watch.step(p, g, loss=loss, lr=lr, loss_fn=lambda q: float(np.sum(q["w"])))
+                watch.step(
+                    p,
+                    g,
+                    loss=loss,
+                    lr=lr,
+                    loss_fn=lambda q: float(0.1 * np.sum(q["w"]) + 0.1 * q["b"][0]),
+                )
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)], [
         str(w.message) for w in caught
     ]

@@ -24,6 +24,8 @@ from gradwatch.hook.options import HookOptions
 __all__ = ["CheckRunner"]
 
 logger = logging.getLogger("gradwatch")
+#: Alerts are printed on the logger the delivery's ``log`` action uses.
+alert_logger = logging.getLogger("gradwatch.alerts")
 
 #: Log levels of alert severities (as the delivery's ``log`` action uses them).
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
@@ -106,7 +108,7 @@ class CheckRunner:
             self._log_failure(step, report, logged)
         else:
             for alert in logged:  # an alert on a passing check (e.g. rel_error_drift)
-                logger.log(_LEVELS[alert.severity], alert.text(),
+                alert_logger.log(_LEVELS[alert.severity], alert.text(),
                            extra={"gradwatch_alert": alert.to_dict()})  # fmt: skip
         return report
 
@@ -120,5 +122,5 @@ class CheckRunner:
             return
         worst = max(alerts, key=lambda a: _LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        logger.log(_LEVELS[worst.severity], "%s\n%s%s", heads, report, hint,
+        alert_logger.log(_LEVELS[worst.severity], "%s\n%s%s", heads, report, hint,
                    extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip
