@@ -173,6 +173,7 @@ class GradWatch:
             tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
         self.run = open_run(tracking_uri=opts.tracking_uri, experiment=opts.experiment,
                             run_name=run_name, tags=tags, journal_dir=opts.journal_dir)  # fmt: skip
+        self._pid = os.getpid()
         atexit.register(self._close_at_exit)
         try:
             self._parts = RunParts.open(opts, self.run, self.config, self.rules, self.callbacks, self.user_params)  # fmt: skip
@@ -213,6 +214,8 @@ class GradWatch:
 
     def _close_at_exit(self) -> None:
         """A script that never called close(): end the run as the interpreter exits."""
+        if os.getpid() != self._pid:
+            return  # a forked child exiting: the run belongs to the parent
         error = getattr(sys, "last_value", None)  # set when an exception went uncaught
         status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"  # fmt: skip
         try:
