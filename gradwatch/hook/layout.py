@@ -68,11 +68,9 @@ class TensorLayout:
                     f"gradient for '{name}' has shape {shape} but the parameter has shape "
                     f"{value.shape}: backprop must return one gradient entry per parameter entry"
                 )
-            if not isinstance(grad, np.ndarray) or grad.dtype.kind not in "fiu":
+            if getattr(grad, "dtype", np.dtype(object)).kind not in "fiu":
                 kind_of = getattr(grad, "dtype", type(grad).__name__)
-                raise InputError(
-                    f"gradient for '{name}' must be a numeric numpy array, got {kind_of}"
-                )
+                raise InputError(f"gradient for '{name}' must be a numeric array, got {kind_of}")
             shapes.append(value.shape)
         return cls(kind, names, tuple(param_keys), grad_keys, tuple(shapes))
 
