@@ -147,8 +147,10 @@ class GradWatch:
         if exc_type is None or (issubclass(exc_type, SystemExit) and not terminated
                                 and getattr(exc, "code", None) in (0, None)):  # fmt: skip
             status = "FINISHED"  # sys.exit(0) inside the block is a normal end
-        elif issubclass(exc_type, KeyboardInterrupt) or issubclass(exc_type, SystemExit):
-            status = "KILLED"
+        elif issubclass(exc_type, KeyboardInterrupt) or (
+            issubclass(exc_type, SystemExit) and terminated
+        ):
+            status = "KILLED"  # Ctrl-C, or SIGTERM (turned into SystemExit by the guard)
         else:
             status = "FAILED"
         self.close(status, error=exc)
