@@ -188,3 +188,26 @@ def test_layout_verify_accepts_fresh_containers_with_the_same_layout():
     layout.verify({"w": np.zeros(3)}, {"dw": np.zeros(3)}, step=5)
     with pytest.raises(InputError, match="step 5: params is a list"):
         layout.verify([np.zeros(3)], [np.zeros(3)], step=5)
+
+
+# --------------------------------------------------------------------------------------------
+# Layering
+
+
+def test_hook_package_imports_only_public_names_and_never_mlflow():
+    import ast
+    from pathlib import Path
+
+    import gradwatch.hook
+
+    folder = Path(gradwatch.hook.__file__).parent
+    for path in sorted(folder.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                parts = node.module.split(".")
+                outside = parts[:2] != ["gradwatch", "hook"]
+                assert not (outside and any(p.startswith("_") for p in parts)), (path, node.module)
+                assert not (outside and any(a.name.startswith("_") for a in node.names)), path
+                assert parts[0] != "mlflow", path
+            if isinstance(node, ast.Import):
+                assert all(a.name.split(".")[0] != "mlflow" for a in node.names), path
