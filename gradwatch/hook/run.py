@@ -52,6 +52,7 @@ class RunParts:
         self.next_step = 0
         self._warned_no_loss_fn = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
+        self._ratio_cost = 0.0  # seconds the last update ratio took, its journal line included
 
     @classmethod
     def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
@@ -105,7 +106,7 @@ class RunParts:
             # This statistics step and the update ratio it causes on the next step are one
             # cost; that ratio is not known yet, so the last one measured stands in for it.
             cost = time.perf_counter() - entered
-            cost += self.statistics.ratio_cost if ratios is None else 0.0
+            cost += self._ratio_cost if ratios is None else 0.0
             self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
         report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
@@ -134,8 +135,10 @@ class RunParts:
         statistics, stale = self.statistics, self.stale
         ratios = stats = None
         if statistics.snapshot is not None:
-            ratio_step, ratios = statistics.update_ratios(params, time.perf_counter())
+            t0 = time.perf_counter()
+            ratio_step, ratios = statistics.update_ratios(params)
             self.run.log_metrics(ratio_step, {f"update_ratio/{k}": v for k, v in ratios.items()})
+            self._ratio_cost = time.perf_counter() - t0  # journal line included
             stale.observe_ratios(s, ratios, self._ratio_grad_norms, lr)
         first = self.schedule.last_stats_step is None
         if self.schedule.stats_due(s, loss_bad):

@@ -43,7 +43,6 @@ class Statistics:
         self.layout = layout
         self.snapshot: tuple[int, dict[str, np.ndarray]] | None = None  # (step, copies)
         self.num_metrics = 0  # metrics the last statistics step produced
-        self.ratio_cost = 0.0  # seconds the last update ratio took
 
     def measure(self, step: int, params: Any, grads: Any, metrics: dict[str, float]) -> StepStats:
         """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``) to ``metrics`` and
@@ -64,11 +63,8 @@ class Statistics:
         self.num_metrics = 3 * len(stats)
         return out
 
-    def update_ratios(self, params: Any, now: float) -> tuple[int, dict[str, float]]:
-        """``(snapshot step, {tensor: ||after - before|| / ||before||})``; drops the snapshot.
-        ``now`` is a perf_counter reading; :attr:`ratio_cost` is measured from it."""
-        import time
-
+    def update_ratios(self, params: Any) -> tuple[int, dict[str, float]]:
+        """``(snapshot step, {tensor: ||after - before|| / ||before||})``; drops the snapshot."""
         step, before = self.snapshot
         self.snapshot = None
         with np.errstate(all="ignore"):
@@ -77,7 +73,6 @@ class Statistics:
                 for name, p in self.layout.named(params).items()
                 if name in before
             }
-        self.ratio_cost = time.perf_counter() - now
         return step, ratios
 
 
