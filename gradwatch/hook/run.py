@@ -30,10 +30,26 @@ from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
+from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
 
-__all__ = ["RunParts"]
+__all__ = ["RunParts", "open_tracking_run"]
 
 logger = logging.getLogger("gradwatch")
+
+
+def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
+    """Open the journaled MLflow run (or attach to the active one) for these options."""
+    from gradwatch import __version__
+    from gradwatch.tracking import open_run  # MLflow is imported only when a run starts
+
+    run_name = options.run_name
+    if options.rank_suffix:
+        run_name = f"{run_name or 'run'}-rank{rank}"
+    tags = {"gradwatch.version": __version__, **user_tags}
+    if os.environ.get(ENV_SWEEP_ID):
+        tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
+    return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
+                    run_name=run_name, tags=tags, journal_dir=options.journal_dir)  # fmt: skip
 
 
 class RunParts:

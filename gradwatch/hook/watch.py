@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from gradwatch import __version__
 from gradwatch.alerts import Rule
 from gradwatch.check import CheckReport
 from gradwatch.config import Config, load_config
@@ -24,9 +23,8 @@ from gradwatch.errors import GradwatchError
 from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
 from gradwatch.hook.inputs import as_float, as_step, scalars
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.run import RunParts
+from gradwatch.hook.run import RunParts, open_tracking_run
 from gradwatch.hook.sigterm import SigtermGuard
-from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
 from gradwatch.secrets import mask_uri
 
 __all__ = ["GradWatch"]
@@ -143,17 +141,7 @@ class GradWatch:
         return self.start()
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        terminated = self._sigterm.terminated
-        if exc_type is None or (issubclass(exc_type, SystemExit) and not terminated
-                                and getattr(exc, "code", None) in (0, None)):  # fmt: skip
-            status = "FINISHED"  # sys.exit(0) inside the block is a normal end
-        elif issubclass(exc_type, KeyboardInterrupt) or (
-            issubclass(exc_type, SystemExit) and terminated
-        ):
-            status = "KILLED"  # Ctrl-C, or SIGTERM (turned into SystemExit by the guard)
-        else:
-            status = "FAILED"
-        self.close(status, error=exc)
+        self.close(_exit_status(exc_type, exc, self._sigterm.terminated), error=exc)
         return False
 
     def start(self) -> GradWatch:
@@ -164,17 +152,8 @@ class GradWatch:
         self._parts = None
         if not self.enabled:
             return self
-        from gradwatch.tracking import open_run  # MLflow is imported only when a run starts
-
         opts = self.options
-        run_name = (
-            f"{opts.run_name or 'run'}-rank{self.rank}" if opts.rank_suffix else opts.run_name
-        )
-        tags = {"gradwatch.version": __version__, **self.user_tags}
-        if os.environ.get(ENV_SWEEP_ID):
-            tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
-        self.run = open_run(tracking_uri=opts.tracking_uri, experiment=opts.experiment,
-                            run_name=run_name, tags=tags, journal_dir=opts.journal_dir)  # fmt: skip
+        self.run = open_tracking_run(opts, self.rank, self.user_tags)
         self._pid = os.getpid()
         atexit.register(self._close_at_exit)
         try:
@@ -320,3 +299,14 @@ def _load_config(config: Any) -> Config:
     if config is None or config is True:
         return load_config()
     return load_config(config)
+
+
+def _exit_status(exc_type: type | None, exc: BaseException | None, terminated: bool) -> str:
+    """The run's status when the ``with`` block ends with ``exc`` (or normally)."""
+    if exc_type is None:
+        return "FINISHED"
+    if issubclass(exc_type, SystemExit) and not terminated and getattr(exc, "code", None) in (0, None):  # fmt: skip
+        return "FINISHED"  # sys.exit(0) inside the block is a normal end
+    if issubclass(exc_type, KeyboardInterrupt) or (issubclass(exc_type, SystemExit) and terminated):
+        return "KILLED"  # Ctrl-C, or SIGTERM (turned into SystemExit by the guard)
+    return "FAILED"
