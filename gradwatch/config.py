@@ -40,12 +40,26 @@ from gradwatch.alerts.engine import ACTIONS, Rule, check_action, default_rules
 from gradwatch.alerts.observations import SEVERITIES
 from gradwatch.check import MODES
 from gradwatch.errors import ConfigError
+from gradwatch.secrets import REDACTED, mask_uri
 
-__all__ = ["DEFAULT_CONFIG_FILE", "HOOK_OPTIONS", "Config", "load_config", "parse_config"]
+__all__ = [
+    "DEFAULT_CONFIG_FILE",
+    "HOOK_OPTIONS",
+    "MAX_CONFIG_BYTES",
+    "Config",
+    "load_config",
+    "parse_config",
+]
 
 #: Looked up in the working directory when no path is given.
 DEFAULT_CONFIG_FILE = "gradwatch.yaml"
-REDACTED = "***"
+#: A config file larger than this is refused before it is parsed (a real one is a few kB).
+MAX_CONFIG_BYTES = 1_000_000
+#: At most this many YAML nodes are built: an alias bomb (nested aliases of aliases) stops here
+#: instead of expanding into gigabytes. Shared nodes are built once, so real files stay far below.
+MAX_CONFIG_NODES = 20_000
+#: Each probe costs two loss evaluations; beyond this a check would stall training for hours.
+MAX_NUM_SAMPLES = 1_000_000
 
 KeyPath = tuple[str | int, ...]
 
@@ -53,7 +67,9 @@ KeyPath = tuple[str | int, ...]
 #: hook applies its own defaults (shown here for documentation) to the rest.
 HOOK_OPTIONS: dict[str, Param] = {
     "every": Param(100, "int", "steps between checks (null: none)", minimum=1, nullable=True),
-    "num_samples": Param(32, "int", "coordinates/directions probed per check", minimum=1),
+    "num_samples": Param(
+        32, "int", "coordinates/directions probed per check", minimum=1, maximum=MAX_NUM_SAMPLES
+    ),
     "mode": Param("auto", "str", "check mode", choices=MODES),
     "eps": Param(
         None, "float", "finite-difference step (null: automatic)", minimum=0, exclusive=True
@@ -94,7 +110,7 @@ RULE_KEYS = ("name", "type", "severity", "cooldown", "actions", "enabled")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
-_USERINFO = re.compile(r"//([^/@:]*):[^/@]*@")
+_PLACEHOLDER = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
 @dataclass(frozen=True)
@@ -149,6 +165,42 @@ class Config:
             out[f"gradwatch.alerts.rule.{rule.name}"] = " ".join(parts)
         return out
 
+    def hook_metadata(self, section: str) -> dict[str, Any]:
+        """``hook.params`` or ``hook.tags`` with the values that came from ``${VAR}`` masked.
+
+        config.hook_metadata("params")   # {"api_key": "***", "width": 16}
+        """
+        values = self.hook.get(section) or {}
+        return {
+            k: REDACTED if f"hook.{section}.{k}" in self.secrets else v for k, v in values.items()
+        }
+
+    def masked_text(self) -> str | None:
+        """The config file as YAML text with its secrets masked, for the run's artifacts.
+
+            text = config.masked_text()   # None when the config came from no file
+
+        Webhook URLs and headers are replaced by ``***`` unless they are exactly one ``${VAR}``
+        (the name of a variable, not its value); a password or token inside any URI is masked.
+        """
+        if self.path is None:
+            return None
+        with open(self.path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}  # a file that passed validation: small, no cycles
+        hooks = (data.get("alerts") or {}).get("webhooks") or {}
+        for name, spec in hooks.items():
+            if isinstance(spec, str):  # short form `name: URL`
+                hooks[name] = _placeholder_or_redacted(spec)
+                continue
+            if isinstance(spec, dict) and "url" in spec:
+                spec["url"] = _placeholder_or_redacted(spec["url"])
+            if isinstance(spec, dict) and isinstance(spec.get("headers"), dict):
+                spec["headers"] = {
+                    k: _placeholder_or_redacted(v) for k, v in spec["headers"].items()
+                }
+        header = f"# {os.path.basename(self.path)} as used by this run (secrets masked)\n"
+        return header + yaml.safe_dump(_mask_strings(data), sort_keys=False)
+
     def _show(self, dotted: str, value: Any) -> str:
         if dotted in self.secrets:
             return REDACTED
@@ -159,7 +211,22 @@ class Config:
             return ",".join(str(v) for v in value)
         if isinstance(value, bool):
             return str(value).lower()
-        return _USERINFO.sub(r"//\1:" + REDACTED + "@", str(value))
+        return mask_uri(value)
+
+
+def _placeholder_or_redacted(value: Any) -> Any:
+    return value if isinstance(value, str) and _PLACEHOLDER.match(value) else REDACTED
+
+
+def _mask_strings(value: Any) -> Any:
+    """``value`` with :func:`~gradwatch.secrets.mask_uri` applied to every string in it."""
+    if isinstance(value, str):
+        return mask_uri(value)
+    if isinstance(value, dict):
+        return {k: _mask_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask_strings(v) for v in value]
+    return value
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
@@ -176,6 +243,13 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         path = DEFAULT_CONFIG_FILE
     shown = os.fspath(path)
     try:
+        size = Path(path).stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file is {size} bytes, more than the {MAX_CONFIG_BYTES} a gradwatch.yaml "
+                "may have; is this the right file?",
+                path=shown,
+            )
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError("config file not found; check the path", path=shown) from None
@@ -189,6 +263,11 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
     config = parse_config("alerts: {defaults: false}", "inline.yaml")
     """
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"config text is {len(text)} characters, more than the {MAX_CONFIG_BYTES} allowed",
+            path=path,
+        )
     ctx = _Ctx(path)
     data = ctx.compose(text)
     if data is None:
@@ -211,6 +290,10 @@ class _Ctx:
         self.path = path
         self.lines: dict[KeyPath, int] = {}
         self.env: dict[KeyPath, str] = {}  # key path -> first ${VAR} expanded into it
+        # id(node) -> (value, key path where first built): each shared collection is built once
+        self.built: dict[int, tuple[Any, KeyPath]] = {}
+        self.building: set[int] = set()  # nodes being built (a second visit is a cycle)
+        self.nodes = 0
 
     def error(self, keypath: KeyPath, message: str) -> ConfigError:
         line = None
@@ -221,8 +304,10 @@ class _Ctx:
         return ConfigError(message, path=self.path, line=line, key=_dotted(keypath) or None)
 
     def compose(self, text: str) -> Any:
-        loader = yaml.SafeLoader(text)
+        loader = None
         try:
+            # Built inside the try: the reader already rejects some input (a NUL byte).
+            loader = yaml.SafeLoader(text)
             node = loader.get_single_node()
             return None if node is None else self._build(loader, node, ())
         except yaml.MarkedYAMLError as exc:
@@ -230,14 +315,63 @@ class _Ctx:
             line = mark.line + 1 if mark is not None else None
             problem = " ".join(f"{exc.context or ''} {exc.problem or ''}".split())
             raise ConfigError(f"invalid YAML: {problem}", path=self.path, line=line) from None
+        except yaml.reader.ReaderError as exc:
+            line = text.count("\n", 0, exc.position) + 1
+            char = (
+                f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+            )
+            raise ConfigError(
+                f"invalid YAML: unacceptable character {char} ({exc.reason}); "
+                "the file must be plain UTF-8 text",
+                path=self.path,
+                line=line,
+            ) from None
         except yaml.YAMLError as exc:
             raise ConfigError(
                 f"invalid YAML: {' '.join(str(exc).split())}", path=self.path
             ) from None
+        except RecursionError:
+            # PyYAML's merge-key flattening recurses into a self-referencing `<<: *a`.
+            raise ConfigError(
+                "a YAML alias refers to the node that contains it (recursive alias); "
+                "write the values out",
+                path=self.path,
+            ) from None
         finally:
-            loader.dispose()
+            if loader is not None:
+                loader.dispose()
 
     def _build(self, loader: yaml.SafeLoader, node: yaml.Node, keypath: KeyPath) -> Any:
+        """The Python value of ``node``. A node referenced again through an alias is built once
+        and shared (as PyYAML does), so nested aliases cannot multiply the work; a node that
+        refers to itself is refused."""
+        key = id(node)
+        if key in self.built:
+            value, first = self.built[key]
+            # Values expanded from ${VAR} inside the shared node are secrets here too.
+            for path, var in list(self.env.items()):
+                if path[: len(first)] == first:
+                    self.env.setdefault((*keypath, *path[len(first) :]), var)
+            return value
+        if key in self.building:
+            self.lines[keypath] = node.start_mark.line + 1
+            raise self.error(
+                keypath, "recursive alias: a node refers to itself; write the values out"
+            )
+        self.nodes += 1
+        if self.nodes > MAX_CONFIG_NODES:
+            raise self.error(keypath, f"more than {MAX_CONFIG_NODES} values (nested aliases?); "
+                                      "a gradwatch.yaml is a few dozen lines")  # fmt: skip
+        self.building.add(key)
+        try:
+            value = self._build_node(loader, node, keypath)
+        finally:
+            self.building.discard(key)
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            self.built[key] = (value, keypath)  # scalars are cheap to build again
+        return value
+
+    def _build_node(self, loader: yaml.SafeLoader, node: yaml.Node, keypath: KeyPath) -> Any:
         self.lines.setdefault(keypath, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             self._check_tag(node, keypath, "tag:yaml.org,2002:map")
@@ -246,7 +380,7 @@ class _Ctx:
             for key_node, value_node in node.value:
                 key = self._build(loader, key_node, (*keypath, "<key>"))
                 if not isinstance(key, str):
-                    raise self.error(keypath, f"keys must be strings, got {key!r}")
+                    raise self.error(keypath, f"keys must be strings, got {_short(key)}")
                 sub = (*keypath, key)
                 if key in out:
                     self.lines[sub] = key_node.start_mark.line + 1
@@ -260,7 +394,12 @@ class _Ctx:
         self._check_tag(node, keypath, None)
         value = loader.construct_object(node, deep=True)
         if isinstance(value, str):
-            value = self._expand(value, keypath)
+            if keypath[-1:] == ("<key>",):
+                if _ENV.search(value):
+                    # An expanded key would be shown as a param/tag name: a secret in the open.
+                    raise self.error(keypath[:-1], "keys cannot use ${VAR}: only values can")
+            else:
+                value = self._expand(value, keypath)
         return value
 
     def _check_tag(self, node: yaml.Node, keypath: KeyPath, expected: str | None) -> None:
@@ -295,6 +434,18 @@ def _dotted(keypath: KeyPath) -> str:
     for part in keypath:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _short(value: Any) -> str:
+    """``value`` for an error message: short, and never the expansion of a large structure."""
+    if isinstance(value, (Mapping, list, tuple, set)):
+        return f"a {type(value).__name__} of {len(value)} items"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _word(value: Any) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def _suggest(word: str, allowed: list[str] | tuple[str, ...]) -> str:
@@ -332,6 +483,12 @@ def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
             if isinstance(v, (Mapping, list)):
                 raise ctx.error((*keypath, k), "expected a plain value (string, number, bool)")
         return dict(value)
+    if isinstance(value, (Mapping, list)) and spec.kind not in ("str_list", "series"):
+        # Said without echoing the value: it may be a huge structure built from aliases.
+        raise ctx.error(keypath, f"expected a {spec.kind.replace('_', ' ')}, got {_short(value)}")
+    if spec.kind == "str_list" and isinstance(value, list):
+        if not all(isinstance(v, str) for v in value):
+            raise ctx.error(keypath, "expected a list of strings")
     try:
         return spec.check(value)
     except ValueError as exc:
@@ -439,25 +596,29 @@ def _validate_rule(
 ) -> Rule:
     item = _mapping(ctx, keypath, item, "each rule")
     kinds = tuple(DETECTORS)
-    kind = item.get("type", item.get("name") if item.get("name") in DETECTORS else None)
+    named = item.get("name")
+    kind = item.get("type", named if isinstance(named, str) and named in DETECTORS else None)
     if kind is None:
         raise ctx.error(keypath, f"rule needs a `type`; allowed: {', '.join(kinds)}")
-    if kind not in DETECTORS:
+    if not isinstance(kind, str) or kind not in DETECTORS:
         raise ctx.error((*keypath, "type"),
-                        f"unknown rule type {kind!r}{_suggest(str(kind), kinds)}; "
+                        f"unknown rule type {_short(kind)}{_suggest(_word(kind), kinds)}; "
                         f"allowed: {', '.join(kinds)}")  # fmt: skip
     spec = DETECTORS[kind]
     allowed = (*RULE_KEYS, *spec.params)
     for key in item:
         if key not in allowed:
             raise _unknown(ctx, (*keypath, key), allowed)
+    if (*keypath, "name") in ctx.env:
+        # The name is shown in params, tags and alerts: an expanded secret would be in the open.
+        raise ctx.error((*keypath, "name"), "rule names cannot use ${VAR}; write the name itself")
     name = _value(ctx, (*keypath, "name"), item.get("name", kind), Param("", "str", "rule name"))
     if not _NAME.match(name):
         raise ctx.error((*keypath, "name"), "rule names are letters, digits, '_', '.', '-'")
     severity = item.get("severity")
-    if severity is not None and severity not in SEVERITIES:
+    if severity is not None and (not isinstance(severity, str) or severity not in SEVERITIES):
         raise ctx.error((*keypath, "severity"),
-                        f"unknown severity {severity!r}{_suggest(str(severity), SEVERITIES)}; "
+                        f"unknown severity {_short(severity)}{_suggest(_word(severity), SEVERITIES)}; "
                         f"allowed: {', '.join(SEVERITIES)}")  # fmt: skip
     cooldown = _value(ctx, (*keypath, "cooldown"), item.get("cooldown", Rule.cooldown),
                       Param(0, "int", "steps", minimum=0))  # fmt: skip

@@ -237,3 +237,22 @@ def test_hook_options_follow_the_hooks_semantics(tmp_path):
         "every": None, "budget": None, "stats_every": "auto", "rank_suffix": True}  # fmt: skip
     err = error_of(write(tmp_path, "hook:\n  stats_every: sometimes\n"))
     assert err.line == 2 and "integer or auto" in str(err)
+
+
+def test_masked_text_hides_webhooks_and_uri_credentials(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLACK_WEBHOOK", SECRET)
+    path = write(
+        tmp_path,
+        """
+        hook: {tracking_uri: "http://bob:pw-s3cr3t@127.0.0.1:5000", experiment: mlp}
+        alerts:
+          webhooks:
+            short: "http://127.0.0.1:9/hooks/short-s3cr3t"
+            env: {url: "${SLACK_WEBHOOK}", headers: {Authorization: "Bearer tok-s3cr3t"}}
+    """,
+    )
+    text = load_config(path).masked_text()
+    assert "s3cr3t" not in text and text.startswith("# gradwatch.yaml as used by this run")
+    assert "http://bob:***@127.0.0.1:5000" in text and "${SLACK_WEBHOOK}" in text
+    assert "short: '***'" in text and "experiment: mlp" in text
+    assert Config().masked_text() is None

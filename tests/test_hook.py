@@ -177,7 +177,8 @@ def test_budget_limits_how_often_checks_run(tracking_uri):
     # Everything the hook spent stays within the budget of the loop's own time (the last
     # check may overshoot by its own cost: it was predicted from the one before).
     usable = 0.05 * (1 - BUDGET_RESERVE)
-    assert budgeted._hook_seconds <= usable * budgeted._loop_seconds + budgeted._last_check_cost
+    clock, schedule = budgeted.clock, budgeted.schedule
+    assert clock.hook_seconds <= usable * clock.loop_seconds + schedule.last_check_cost
     run = _run(mlflow.MlflowClient(tracking_uri), "hook-budget")
     assert run.data.tags["gradwatch.checks_deferred"] == str(budgeted.checks_deferred)
 

@@ -1,0 +1,126 @@
+"""Gradient checks during training: run one, record it in the run and hand it to the alerts.
+
+    runner = CheckRunner(options, run, feed)
+    report = runner.run(step, params, grads, loss_fn, timestamp_ms)   # CheckReport or None
+
+A check that cannot run (loss_fn raised, a non-finite loss near the parameters) is logged
+and tagged, never raised: monitoring must not stop training. Malformed params/grads are the
+caller's bug and raise InputError at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from gradwatch.check import CheckReport, check_gradients
+from gradwatch.errors import InputError, LossError
+from gradwatch.hook.feed import AlertFeed
+from gradwatch.hook.options import HookOptions
+
+__all__ = ["CheckRunner"]
+
+logger = logging.getLogger("gradwatch")
+#: Alerts are printed on the logger the delivery's ``log`` action uses.
+alert_logger = logging.getLogger("gradwatch.alerts")
+
+#: Log levels of alert severities (as the delivery's ``log`` action uses them).
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
+_ALL_TENSORS_HINT = (
+    "\nhint: every tensor disagrees; is step() called after backprop and before the update, "
+    "with loss_fn on the same batch as the gradients?"
+)
+
+
+class CheckRunner:
+    """Runs checks with the run's options and records each: metrics, ``checks.jsonl``,
+    alerts, and one log message per failed check."""
+
+    def __init__(self, options: HookOptions, run: Any, feed: AlertFeed) -> None:
+        self.options = options
+        self.run = run
+        self.feed = feed
+        self.checks = 0
+        self.checks_failed = 0
+        self.check_errors = 0
+        self.checks_not_run = 0  # skipped: the parameters were stale
+        self.last_report: CheckReport | None = None
+        self._index = 0
+
+    def run_check(self, step: int, params: Any, grads: Any, loss_fn: Callable[[Any], float],
+                  timestamp_ms: int) -> CheckReport | None:  # fmt: skip
+        seed = self.options.seed
+        if seed is not None:
+            seed = seed + self._index  # reproducible, yet new coordinates each check
+        self._index += 1
+        try:
+            with np.errstate(all="ignore"):  # the engine reports non-finite values itself
+                report = check_gradients(
+                    loss_fn, params, grads, mode=self.options.mode,
+                    num_samples=self.options.num_samples, eps=self.options.eps, seed=seed,
+                )  # fmt: skip
+        except InputError as exc:
+            # Malformed params/grads are the caller's bug: say so at once. A loss that is not
+            # finite near the current parameters is the training's state: log it, go on.
+            if not isinstance(exc, LossError):
+                raise
+            return self.not_run(step, exc)
+        except Exception as exc:  # noqa: BLE001 - a check that cannot run must not stop training
+            return self.not_run(step, exc)
+        return self.record(step, report, timestamp_ms)
+
+    def not_run(self, step: int, reason: BaseException | str) -> None:
+        self.check_errors += 1
+        logger.warning("gradwatch: gradient check at step %d could not run: %s", step, reason)
+        self.run.set_tags({"gradwatch.check_error": f"step {step}: {reason}"[:5000]})
+        return None
+
+    def skip_stale(self, step: int) -> None:
+        """A check due on parameters that are not the ones the gradients belong to."""
+        self.checks_not_run += 1
+        self.run.set_tags({"gradwatch.check_not_run": (
+            f"step {step}: the parameter arrays have not changed since the first steps "
+            "(replaced instead of updated in place); pass the current arrays to step()")})  # fmt: skip
+
+    def record(self, step: int, report: CheckReport, timestamp_ms: int) -> CheckReport:
+        self.checks += 1
+        self.checks_failed += not report.passed
+        self.last_report = report
+        metrics = {
+            "gradcheck/max_rel_error": report.max_rel_error,
+            "gradcheck/difference": report.difference,
+            "gradcheck/passed": 1.0 if report.passed else 0.0,
+            "gradcheck/num_evals": float(report.num_evals),
+            "gradcheck/seconds": report.seconds,
+        }
+        for name, tr in report.per_param.items():
+            metrics[f"gradcheck/rel_error/{name}"] = tr.max_rel_error
+            if tr.num_mismatches:
+                metrics[f"gradcheck/mismatches/{name}"] = float(tr.num_mismatches)
+        self.run.log_metrics(step, metrics, timestamp_ms)
+        details = report.to_dict()
+        self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": step, **details})
+        logged = self.feed.observe_check(step, details, timestamp_ms / 1000)
+        if not report.passed:
+            self._log_failure(step, report, logged)
+        else:
+            for alert in logged:  # an alert on a passing check (e.g. rel_error_drift)
+                alert_logger.log(_LEVELS[alert.severity], alert.text(),
+                           extra={"gradwatch_alert": alert.to_dict()})  # fmt: skip
+        return report
+
+    def _log_failure(self, step: int, report: CheckReport, alerts: list[Any]) -> None:
+        """One message per failed check: the alert lines (if a rule fired) above the report."""
+        hint = ""
+        if report.per_param and len(report.mismatched_tensors) == len(report.per_param):
+            hint = _ALL_TENSORS_HINT
+        if not alerts:
+            logger.warning("gradwatch: step %d: %s%s", step, report, hint)
+            return
+        worst = max(alerts, key=lambda a: _LEVELS[a.severity])
+        heads = "\n".join(a.text() for a in alerts)
+        alert_logger.log(_LEVELS[worst.severity], "%s\n%s%s", heads, report, hint,
+                   extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip

@@ -1,0 +1,192 @@
+"""One GradWatch run's parts and the steps that need more than a journal line.
+
+    parts = RunParts.open(options, run, config, rules, callbacks)   # params, config artifact, alerts
+    report = parts.busy_step(s, params, grads, loss, lr, loss_fn, timestamp_ms, entered)
+    parts.summary(status, error)                                    # tags for close()
+
+A busy step is one with statistics, an update ratio to measure, a gradient check or a
+non-finite loss; every other step takes GradWatch.step()'s inlined fast path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gradwatch.alerts import AlertEngine, Rule
+from gradwatch.check import CheckReport
+from gradwatch.config import Config
+from gradwatch.errors import AlertStop
+from gradwatch.hook.checks import CheckRunner
+from gradwatch.hook.clock import LoopClock
+from gradwatch.hook.feed import AlertFeed, PendingStep
+from gradwatch.hook.inputs import scalars
+from gradwatch.hook.layout import TensorLayout
+from gradwatch.hook.options import HookOptions
+from gradwatch.hook.schedule import Schedule
+from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
+from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
+
+__all__ = ["RunParts", "open_tracking_run"]
+
+logger = logging.getLogger("gradwatch")
+
+
+def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
+    """Open the journaled MLflow run (or attach to the active one) for these options."""
+    from gradwatch import __version__
+    from gradwatch.tracking import open_run  # MLflow is imported only when a run starts
+
+    run_name = options.run_name
+    if options.rank_suffix:
+        run_name = f"{run_name or 'run'}-rank{rank}"
+    tags = {"gradwatch.version": __version__, **user_tags}
+    if os.environ.get(ENV_SWEEP_ID):
+        tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
+    return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
+                    run_name=run_name, tags=tags, journal_dir=options.journal_dir)  # fmt: skip
+
+
+class RunParts:
+    """The clock, schedule, statistics, alert feed and check runner of one run."""
+
+    def __init__(self, options: HookOptions, run: Any, engine: AlertEngine, delivery: Any) -> None:
+        self.options = options
+        self.run = run
+        self.clock = LoopClock()
+        self.schedule = Schedule(options.every, options.stats_every, options.budget)
+        self.feed = AlertFeed(engine, delivery, run)
+        self.checks = CheckRunner(options, run, self.feed)
+        self.stale = StaleParams()
+        self.layout: TensorLayout | None = None  # fixed at the first step
+        self.statistics: Statistics | None = None
+        self.next_step = 0
+        self._warned_no_loss_fn = False
+        self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
+        self._ratio_cost = 0.0  # seconds the last update ratio took, its journal line included
+
+    @classmethod
+    def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
+             callbacks: Mapping[str, Callable[..., Any]], params: Mapping[str, Any]) -> RunParts:  # fmt: skip
+        """Log the run's params and (masked) config file, load baselines, start the alerts."""
+        run.log_params({**params, **config.loggable_params(), **options.loggable()})
+        masked = config.masked_text()
+        if masked is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                copy = os.path.join(tmp, os.path.basename(config.path))
+                with open(copy, "w", encoding="utf-8") as fh:
+                    fh.write(masked)
+                run.log_artifact_file(copy, "gradwatch")
+        if any(r.type == "baseline_drift" and r.enabled for r in rules):
+            # Loads the baseline run's series now (a request at start-up); a baseline that
+            # cannot be loaded disables only that rule.
+            from gradwatch.alerts import attach_baselines
+
+            rules = attach_baselines(rules, tracking_uri=run.tracking_uri)
+        return cls(options, run, AlertEngine(rules), config.delivery(callbacks))
+
+    def summary(self, status: str, error: BaseException | None) -> dict[str, str]:
+        """The run's closing tags."""
+        tags = {
+            "gradwatch.checks": str(self.checks.checks),
+            "gradwatch.checks_failed": str(self.checks.checks_failed),
+            "gradwatch.checks_deferred": str(self.schedule.checks_deferred),
+            "gradwatch.alerts": str(self.feed.count),
+        }
+        if isinstance(error, AlertStop):
+            tags["gradwatch.stop_reason"] = str(error)[:5000]
+        elif error is not None and status == "FAILED":
+            tags["gradwatch.error"] = f"{type(error).__name__}: {error}"[:5000]
+        return tags
+
+    # -- busy steps ---------------------------------------------------------------------------
+
+    def busy_step(self, s, params, grads, loss, lr, loss_fn, timestamp_ms, entered) -> CheckReport | None:  # fmt: skip
+        """A step with statistics, an update ratio, a check or a non-finite loss."""
+        self._observe_tensors(s, params, grads)
+        loss_bad = loss is not None and not math.isfinite(loss)
+        metrics = scalars(loss, lr)
+        ratios, stats = self._measure(s, params, grads, lr, loss_bad, metrics)
+        self.run.log_metrics(s, metrics, timestamp_ms)
+        feed = self.feed
+        feed.pending.append(PendingStep(s, loss, lr, ratios, stats, timestamp_ms / 1000))
+        check_due = self._check_due(s, loss_fn, loss_bad)
+        if check_due or stats is not None or feed.due(entered):
+            feed.flush(entered)
+        if stats is not None:
+            # This statistics step and the update ratio it causes on the next step are one
+            # cost; that ratio is not known yet, so the last one measured stands in for it.
+            cost = time.perf_counter() - entered
+            cost += self._ratio_cost if ratios is None else 0.0
+            self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
+        report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
+        self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
+        return report
+
+    def leave(self, entered: float) -> None:
+        """``step()`` returns: account its time; raise AlertStop if a ``stop`` rule fired."""
+        self.clock.leave(entered, time.perf_counter())
+        alert = self.feed.stop_alert
+        if alert is not None:
+            self.feed.stop_alert = None
+            self.run.flush(self.options.flush_timeout)
+            raise AlertStop(f"stopped by alert rule '{alert.rule}' at step {alert.step}: {alert.message}", alert)  # fmt: skip
+
+    def _observe_tensors(self, s: int, params: Any, grads: Any) -> None:
+        """The first step fixes the layout; later busy steps verify it fully."""
+        if self.layout is None:
+            self.layout = TensorLayout.of(params, grads)
+            self.statistics = Statistics(self.layout)
+            return
+        self.layout.verify(params, grads, s)
+        self.layout.verify_params(params, s)
+
+    def _measure(self, s, params, grads, lr, loss_bad, metrics) -> tuple[dict | None, StepStats | None]:  # fmt: skip
+        """The update ratios since the last statistics step, and this step's statistics."""
+        statistics, stale = self.statistics, self.stale
+        ratios = stats = None
+        if statistics.snapshot is not None:
+            t0 = time.perf_counter()
+            ratio_step, ratios = statistics.update_ratios(params)
+            self.run.log_metrics(ratio_step, {f"update_ratio/{k}": v for k, v in ratios.items()})
+            self._ratio_cost = time.perf_counter() - t0  # journal line included
+            stale.observe_ratios(s, ratios, self._ratio_grad_norms, lr)
+        first = self.schedule.last_stats_step is None
+        if self.schedule.stats_due(s, loss_bad):
+            stats = statistics.measure(s, params, grads, metrics)
+            self.schedule.stats_done(s)
+            self._ratio_grad_norms = stats.grad_norms
+        if first and stats is not None:
+            stale.start(s, self.layout.named(params), stats.grad_norms, lr)
+        elif stale.probing:
+            stale.probe(s, self.layout.named(params), lr)
+        return ratios, stats
+
+    def _check_due(self, s: int, loss_fn: Any, loss_bad: bool) -> bool:
+        schedule = self.schedule
+        if loss_bad or not schedule.check_due(s):
+            return False
+        if loss_fn is None:
+            schedule.postpone_check(s)
+            if not self._warned_no_loss_fn:
+                self._warned_no_loss_fn = True
+                logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
+                               "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
+            return False
+        return schedule.budget_allows(s, self.clock)
+
+    def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
+        self.schedule.check_started(s)
+        if self.stale.suspect:
+            self.checks.skip_stale(s)  # the gradients belong to other arrays than these
+            return None
+        t0 = time.perf_counter()
+        try:
+            return self.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
+        finally:
+            self.schedule.check_finished(time.perf_counter() - t0)
