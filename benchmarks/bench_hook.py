@@ -113,9 +113,9 @@ def bench_store(label, uri, steps, block, results):
         results.append((label, name, steps, total, median))
         print(
             f"{label:9s} {name:42s} wrapped/bare {total:.3f} (median of blocks {median:.3f}); "
-            f"inside step() {watch._hook_seconds / watch._loop_seconds:.3f} of the loop; "
+            f"inside step() {watch.clock.overhead:.3f} of the loop; "
             f"checks {watch.checks}, deferred {watch.checks_deferred}; stats every "
-            f"{watch._stats_interval} steps; open+close {open_close:.2f} s; "
+            f"{watch.schedule.stats_interval} steps; open+close {open_close:.2f} s; "
             f"bare step {1e3 * bare_step:.2f} ms",
             flush=True,
         )

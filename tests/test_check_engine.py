@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from zoo import BUGS, CORRECT
 
 import gradwatch
 from gradwatch import InputError, LossError
 from gradwatch.demo import ClassicBugs, classic_backward, classic_forward, classic_test_case
+from tests.zoo import BUGS, CORRECT
 
 SEEDS = range(20)
 

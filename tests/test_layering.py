@@ -16,12 +16,6 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "gradwatch"
 
-#: (importer, imported) pairs that break a rule today, each to be removed when fixed. The test
-#: fails when one no longer occurs, so the list cannot go stale.
-KNOWN_PRIVATE_IMPORTS = {
-    ("gradwatch.hook", "gradwatch.check._inputs"),
-}
-
 
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -122,10 +116,7 @@ def test_no_module_imports_another_packages_private_names():
                 found.add((module, imported))
             if imported.startswith("gradwatch") and _package_of_imported(imported) != package:
                 found.update((module, f"{imported}.{n}") for n in names if _is_private(n))
-    unexpected = sorted(found - KNOWN_PRIVATE_IMPORTS)
-    assert unexpected == [], "import the public name instead (or make it public)"
-    stale = sorted(KNOWN_PRIVATE_IMPORTS - found)
-    assert stale == [], "fixed: remove these from KNOWN_PRIVATE_IMPORTS"
+    assert sorted(found) == [], "import the public name instead (or make it public)"
 
 
 def _package_of_imported(imported: str) -> str:

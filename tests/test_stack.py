@@ -32,10 +32,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from mlflow_server import free_port  # noqa: E402
-from postgres import PostgresCluster, PostgresUnavailable, find_postgres_bin  # noqa: E402
+from tests.mlflow_server import free_port
+from tests.postgres import PostgresCluster, PostgresUnavailable, find_postgres_bin
 
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE_PATH = REPO / "docker-compose.yml"
