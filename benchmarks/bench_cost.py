@@ -66,7 +66,12 @@ def child(variant: str, steps: int, uri: str) -> None:
         import gradwatch
 
         ctx = gradwatch.GradWatch(
-            tracking_uri=uri, experiment="bench-cost", config=False, **VARIANTS[variant]
+            # A long flush timeout: every record must land, or its shipping CPU goes uncounted.
+            tracking_uri=uri,
+            experiment="bench-cost",
+            config=False,
+            flush_timeout=600,
+            **VARIANTS[variant],
         )
     else:
         import contextlib

@@ -43,7 +43,7 @@ from typing import Any
 
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.journal import state_path
-from gradwatch.tracking.locks import lock_held, lock_within
+from gradwatch.tracking.locks import lock_held, lock_within, release, try_lock
 from gradwatch.tracking.loop import ShipLoop
 from gradwatch.tracking.shipper import SHIP_URI_ENV, Shipper
 from gradwatch.tracking.state import ShipperSettings, ShipState
@@ -58,7 +58,7 @@ ORPHAN_GRACE = 60.0
 #: How often the parent re-reads the state file while it waits for a flush or close.
 POLL_SECONDS = 0.02
 #: Niceness added to the shipper process: training gets the CPU first.
-NICENESS = 10
+NICENESS = 5
 
 
 def ship_lock_path(journal_path: str | os.PathLike) -> Path:
@@ -104,17 +104,24 @@ class ProcessShipper:
     def start(cls, path: Path, header: dict[str, Any], settings: ShipperSettings,
               tracking_uri: str) -> ProcessShipper:  # fmt: skip
         log_fd = os.open(ship_log_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # fmt: skip
+        # The ship lock is taken here and handed to the child (same open file, same lock), so
+        # it is held from this moment on: a `gradwatch sync` right after training exits sees
+        # the shipper even if that process has not finished starting.
+        lock_fd = try_lock(ship_lock_path(path), create=True)
         try:
             proc = subprocess.Popen(
                 # Not `-m gradwatch.tracking.ship_process`: the package imports this module
                 # first, and runpy would warn into the ship log about running it twice.
                 [sys.executable, "-c", _CHILD_MAIN, str(path),
-                 "--settings", json.dumps(asdict(settings))],
+                 "--settings", json.dumps(asdict(settings)),
+                 "--lock-fd", str(-1 if lock_fd is None else lock_fd)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_fd, close_fds=True,
+                pass_fds=() if lock_fd is None else (lock_fd,),
                 env=shipper_env(tracking_uri, settings),
             )  # fmt: skip
         finally:
             os.close(log_fd)
+            release(lock_fd)
         return cls(path, header, proc)
 
     # -- state, from the state file the child replaces atomically ------------------------
@@ -168,14 +175,15 @@ class ProcessShipper:
 # ---------------------------------------------------------------------------- the child
 
 
-def _child(path: Path, settings: ShipperSettings) -> int:
+def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         os.nice(NICENESS)
     except OSError:
         pass
-    lock = lock_within(ship_lock_path(path), 3600.0, create=True)
+    if lock is None:  # the parent could not take it (a sync holds it): wait for that
+        lock = lock_within(ship_lock_path(path), 3600.0, create=True)
     shipper = Shipper(path, settings=settings)
     loop = ShipLoop(shipper, close_when_finalized=True).start()
     stdin = sys.stdin.fileno()
@@ -237,12 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gradwatch's shipper process (started by the hook)")
     ap.add_argument("journal", type=Path)
     ap.add_argument("--settings", default="{}")
+    ap.add_argument("--lock-fd", type=int, default=-1, help="inherited fd holding the ship lock")
     args = ap.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_MaskingFormatter("%(asctime)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     settings = ShipperSettings(**json.loads(args.settings))
-    return _child(args.journal.absolute(), settings)
+    return _child(args.journal.absolute(), settings, args.lock_fd if args.lock_fd >= 0 else None)
 
 
 if __name__ == "__main__":
