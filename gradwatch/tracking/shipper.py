@@ -137,7 +137,10 @@ class Shipper:
             self._drop(kind, key, why)
         self.backlog = len(plan.batches) > 1 or end - start >= self.settings.chunk_bytes // 2
         for batch in plan.batches:
+            cpu = time.thread_time()  # this thread's CPU: what shipping costs, for budgets
             self._send(batch)
+            self.state.cpu_seconds += time.thread_time() - cpu
+            self.state.metrics += len(batch.metrics)
             self._ack(batch)
         if self.state.end_status is not None and not self.finalized:
             self._finalize(self.state.end_status, self.state.end_ts, incomplete=False)
