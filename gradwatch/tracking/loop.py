@@ -12,6 +12,7 @@ except after a fatal error (``state.fatal``), which ends it.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,8 +48,12 @@ class ShipperHandle(Protocol):
 class ShipLoop:
     """Runs ``shipper.step()`` in a daemon thread until closed, aborted or fatally refused."""
 
-    def __init__(self, shipper: Shipper, close_when_finalized: bool = False) -> None:
+    def __init__(self, shipper: Shipper, close_when_finalized: bool = False, niceness: int = 0,
+                 owns_shipper: bool = True) -> None:  # fmt: skip
+        """``niceness``: lower this thread's priority by that much (Linux: per thread), so
+        training gets the CPU first; ``owns_shipper``: close the shipper when the loop ends."""
         self.shipper = shipper
+        self._niceness, self._owns_shipper = niceness, owns_shipper
         self.failing_since: float | None = None
         self.last_error: BaseException | None = None
         self._backoff = Backoff(shipper.settings.backoff_initial, shipper.settings.backoff_max)
@@ -127,6 +132,14 @@ class ShipLoop:
                 self._cv.wait(remaining)
             self._kicked = self._data_ready = False
 
+    def _lower_priority(self) -> None:
+        try:
+            here = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, here, os.getpriority(os.PRIO_PROCESS, here) + self._niceness)  # fmt: skip
+        except (OSError, AttributeError):
+            pass
+        self._niceness = 0
+
     def _run(self) -> None:
         try:
             while not self._abort:
@@ -144,13 +157,16 @@ class ShipLoop:
                     with self._cv:
                         self._cv.notify_all()
                 self._note_success()
+                if self._niceness:  # start-up (imports, store, run) done at full priority
+                    self._lower_priority()
                 if progressed and self.shipper.backlog:
                     continue  # catching up: full batches are waiting
                 if self._closing and self.shipper.finalized:
                     return
                 self._sleep(self.shipper.settings.interval, wake_on_data=True)
         finally:
-            self.shipper.close()
+            if self._owns_shipper:
+                self.shipper.close()
             with self._cv:
                 self._cv.notify_all()
 

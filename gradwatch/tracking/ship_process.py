@@ -7,13 +7,15 @@ for up to the 5 ms switch interval. On the 1.6 ms/step benchmark MLP that cost t
 and more. The journal is already the interface between the two sides, so the shipper runs as
 a fresh interpreter running this module's ``main`` on the journal, not a fork: it
 shares no locks, sockets, database connections or open files with training (POSIX: it uses
-``flock`` and ``select`` on a pipe). It lowers its own priority (``os.nice``), so on a busy
-machine training gets the CPU first. For an http(s) server it never imports MLflow (rest.py).
+``flock`` and ``select`` on a pipe). While training runs, its shipping thread runs at a lower
+priority (``NICENESS``), so on a busy machine training gets the CPU first; once the run is
+closed, a thread at normal priority ships the rest. For an http(s) server it never imports MLflow (rest.py).
 The real tracking URI reaches it only through its environment (``SHIP_URI_ENV``); the journal
 header, the state file and its log hold the URI with credentials masked.
 
 The parent talks to the child through the child's stdin, a pipe: ``k`` wakes it to ship now
-(flush, close, a full batch waiting), ``q`` tells it to stop after the current request (close
+(flush, a full batch waiting), ``c`` says the end record is written (the rest is shipped by
+a thread at normal priority: training is over), ``q`` tells it to stop after the current request (close
 timed out; the rest stays in the journal for ``gradwatch sync``). End of file means the
 training process is gone (kill -9, OOM killer, a crash): the child then ships what the journal
 holds, ends the run as FAILED with the tag ``gradwatch.incomplete=true`` and exits, giving up
@@ -151,7 +153,10 @@ class ProcessShipper:
         self._send(b"k")
 
     notify_data = kick
-    request_close = kick
+
+    def request_close(self) -> None:
+        """The end record is written: ship the rest at full priority (training is done)."""
+        self._send(b"c")
 
     def abort(self) -> None:
         """Stop after the current request; what is not shipped stays in the journal."""
@@ -178,14 +183,13 @@ class ProcessShipper:
 def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    try:
-        os.nice(NICENESS)
-    except OSError:
-        pass
     if lock is None:  # the parent could not take it (a sync holds it): wait for that
         lock = lock_within(ship_lock_path(path), 3600.0, create=True)
     shipper = Shipper(path, settings=settings)
-    loop = ShipLoop(shipper, close_when_finalized=True).start()
+    # While training runs, the shipping thread is niced; once the training process closes
+    # the run, a fresh thread at normal priority ships the rest (niceness cannot be undone).
+    loop = ShipLoop(shipper, close_when_finalized=True, niceness=NICENESS, owns_shipper=False).start()  # fmt: skip
+    closing = False
     stdin = sys.stdin.fileno()
     orphaned_at: float | None = None
     while loop.alive():
@@ -198,6 +202,14 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
                     loop.kick()
                 elif b"q" in data:
                     break
+                elif b"c" in data and not closing:
+                    closing = True
+                    loop.abort()  # after its current request: never two threads on the store
+                    loop.join(ORPHAN_GRACE)
+                    if loop.alive():
+                        logger.warning("gradwatch: shipping stuck; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
+                        break
+                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False).start()  # fmt: skip
                 else:
                     loop.kick()
             continue
@@ -210,6 +222,7 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
                 shipper.finalize_incomplete()
             except Exception as err:  # noqa: BLE001 - `gradwatch sync` can still do it
                 logger.warning("gradwatch: could not end the orphaned run (%s); `gradwatch sync %s` will", err, path)  # fmt: skip
+            shipper.close()
             return 0
         if time.monotonic() - orphaned_at > ORPHAN_GRACE:
             logger.warning("gradwatch: training process gone; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
@@ -217,6 +230,7 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
         time.sleep(0.2)
     loop.abort()
     loop.join(5.0)
+    shipper.close()
     if lock is not None:
         os.close(lock)
     return 0
