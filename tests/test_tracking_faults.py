@@ -42,8 +42,14 @@ def test_tracking_uri_credentials_never_reach_disk_or_screen(tracking_uri, tmp_p
     secret_uri = with_password(tracking_uri)
     run = open_run(tracking_uri=secret_uri, experiment="t-secret", settings=FAST, keep_journal=True)
     run.log_metrics(0, {"loss": 1.0})
+    assert run.flush(timeout=30) == 0  # the shipper did get the real URI
+    opened = capfd.readouterr()  # the run's UI link shows once it exists, as MLflow's does
+    assert (
+        f"View run {run.run_id} at: {with_password(tracking_uri, '***')}/#/experiments/"
+        in opened.err
+    )
     result = run.close(timeout=30)
-    assert result.pending == 0, result.message  # the shipper did get the real URI
+    assert result.pending == 0, result.message
     journal_dir = result.journal_path.parent
     files = [p for p in journal_dir.rglob("*") if p.is_file()]
     assert {p.suffix for p in files} >= {".jsonl", ".json", ".log"}
@@ -53,9 +59,7 @@ def test_tracking_uri_credentials_never_reach_disk_or_screen(tracking_uri, tmp_p
     assert stat.S_IMODE(journal_dir.stat().st_mode) == 0o700
     assert "bob:***@" in json.loads(result.journal_path.read_text().splitlines()[0])["uri"]
     out = capfd.readouterr()
-    assert "S3CRETpw" not in out.out + out.err + result.message
-    # The run's UI link, as MLflow's client prints it, with the password masked.
-    assert f"View run {result.run_id}" in out.err
+    assert "S3CRETpw" not in opened.out + opened.err + out.out + out.err + result.message
     assert result.url == f"{with_password(tracking_uri, '***')}/#/experiments/" + (
         f"{mlflow.MlflowClient(tracking_uri).get_run(result.run_id).info.experiment_id}/runs/{result.run_id}"
     )

@@ -110,20 +110,24 @@ class ProcessShipper:
         # it is held from this moment on: a `gradwatch sync` right after training exits sees
         # the shipper even if that process has not finished starting.
         lock_fd = try_lock(ship_lock_path(path), create=True)
+        # The child prints the run's UI link on the training process's stderr once it exists.
+        announce_fd = _dup_stderr()
         try:
             proc = subprocess.Popen(
                 # Not `-m gradwatch.tracking.ship_process`: the package imports this module
                 # first, and runpy would warn into the ship log about running it twice.
                 [sys.executable, "-c", _CHILD_MAIN, str(path),
                  "--settings", json.dumps(asdict(settings)),
-                 "--lock-fd", str(-1 if lock_fd is None else lock_fd)],
+                 "--lock-fd", str(-1 if lock_fd is None else lock_fd),
+                 "--announce-fd", str(announce_fd)],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_fd, close_fds=True,
-                pass_fds=() if lock_fd is None else (lock_fd,),
+                pass_fds=tuple(fd for fd in (lock_fd, announce_fd) if fd is not None and fd >= 0),
                 env=shipper_env(tracking_uri, settings),
             )  # fmt: skip
         finally:
             os.close(log_fd)
             release(lock_fd)
+            release(announce_fd if announce_fd >= 0 else None)
         return cls(path, header, proc)
 
     # -- state, from the state file the child replaces atomically ------------------------
@@ -177,15 +181,35 @@ class ProcessShipper:
         return True
 
 
+def _dup_stderr() -> int:
+    try:
+        return os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stderr (a notebook, a daemon)
+        return -1
+
+
 # ---------------------------------------------------------------------------- the child
 
 
-def _child(path: Path, settings: ShipperSettings, lock: int | None) -> int:
+def _announcer(fd: int | None):
+    if fd is None:
+        return None
+
+    def announce(text: str) -> None:
+        try:
+            os.write(fd, mask_uri(text).encode() + b"\n")
+        except OSError:
+            pass
+
+    return announce
+
+
+def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd: int | None = None) -> int:  # fmt: skip
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if lock is None:  # the parent could not take it (a sync holds it): wait for that
         lock = lock_within(ship_lock_path(path), 3600.0, create=True)
-    shipper = Shipper(path, settings=settings)
+    shipper = Shipper(path, settings=settings, announce=_announcer(announce_fd))
     # While training runs, the shipping thread is niced; once the training process closes
     # the run, a fresh thread at normal priority ships the rest (niceness cannot be undone).
     loop = ShipLoop(shipper, close_when_finalized=True, niceness=NICENESS, owns_shipper=False).start()  # fmt: skip
@@ -260,12 +284,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("journal", type=Path)
     ap.add_argument("--settings", default="{}")
     ap.add_argument("--lock-fd", type=int, default=-1, help="inherited fd holding the ship lock")
+    ap.add_argument("--announce-fd", type=int, default=-1, help="inherited fd for the run's link")
     args = ap.parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(_MaskingFormatter("%(asctime)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[handler])
     settings = ShipperSettings(**json.loads(args.settings))
-    return _child(args.journal.absolute(), settings, args.lock_fd if args.lock_fd >= 0 else None)
+
+    def fd(n: int) -> int | None:
+        return n if n >= 0 else None
+
+    return _child(args.journal.absolute(), settings, fd(args.lock_fd), fd(args.announce_fd))
 
 
 if __name__ == "__main__":

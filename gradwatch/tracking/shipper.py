@@ -26,6 +26,7 @@ import logging
 import os
 import posixpath
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from gradwatch.tracking.journal import files_dir, read_header, scan_lines, state
 from gradwatch.tracking.state import ShipperSettings, ShipState
 from gradwatch.tracking.store import StoreError, open_store
 
-__all__ = ["INCOMPLETE_TAG", "JOURNAL_ID_TAG", "SHIP_URI_ENV", "Shipper"]
+__all__ = ["INCOMPLETE_TAG", "JOURNAL_ID_TAG", "SHIP_URI_ENV", "Shipper", "run_url"]
 
 logger = logging.getLogger("gradwatch")
 
@@ -58,6 +59,13 @@ def _is_rejection(err: BaseException) -> bool:
     return isinstance(err, StoreError) and err.kind == "rejected"
 
 
+def run_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:
+    """The run's page in the MLflow UI for an http(s) server (credentials masked), else None."""
+    if not (run_id and experiment_id and tracking_uri.startswith(("http://", "https://"))):
+        return None
+    return f"{mask_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def lines_path(base: Path, artifact_path: str) -> tuple[Path, str | None]:
     """Local file for an artifact-line path, and the artifact directory to upload it to."""
     norm = posixpath.normpath("/" + artifact_path).lstrip("/") or "lines.jsonl"
@@ -68,7 +76,10 @@ class Shipper:
     """Ships one journal to MLflow; see the module docstring."""
 
     def __init__(self, journal_path: str | os.PathLike, tracking_uri: str | None = None,
-                 settings: ShipperSettings | None = None, header: dict[str, Any] | None = None) -> None:  # fmt: skip
+                 settings: ShipperSettings | None = None, header: dict[str, Any] | None = None,
+                 announce: Callable[[str], object] | None = None) -> None:  # fmt: skip
+        """``announce``: gets the "View run ... at: URL" line once the run is created."""
+        self.announce = announce
         self.path = Path(journal_path).absolute()
         self.header = header if header is not None else read_header(self.path)
         self.journal_id: str = self.header["id"]
@@ -181,6 +192,9 @@ class Shipper:
         user = self.header.get("user") or "unknown"
         run_id = self.store.create_run(exp_id, user, self.header.get("ts"), tags, self.header.get("name"))  # fmt: skip
         logger.info("gradwatch: created MLflow run %s for journal %s", run_id, self.path)
+        url = run_url(self.tracking_uri, exp_id, run_id)
+        if url and self.announce is not None:  # as MLflow's own client shows a new run
+            self.announce(f"\U0001f3c3 View run {self.header.get('name') or run_id} at: {url}")
         return run_id
 
     # ----------------------------------------------------------------- sending

@@ -44,7 +44,7 @@ from gradwatch.tracking.journal import (
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
 from gradwatch.tracking.ship_process import ProcessShipper
-from gradwatch.tracking.shipper import Shipper
+from gradwatch.tracking.shipper import Shipper, run_url
 from gradwatch.tracking.state import ShipperSettings, ShipState
 
 __all__ = [
@@ -112,13 +112,6 @@ def remove_journal(journal_path: str | os.PathLike) -> None:
                 pass
 
 
-def run_url(tracking_uri: str, experiment_id: str | None, run_id: str | None) -> str | None:
-    """The run's page in the MLflow UI for an http(s) server (credentials masked), else None."""
-    if not (run_id and experiment_id and tracking_uri.startswith(("http://", "https://"))):
-        return None
-    return f"{mask_uri(tracking_uri).rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-
-
 @dataclass(frozen=True)
 class CloseResult:
     """What ``RunTracker.close`` achieved; ``str(result)`` is the human message."""
@@ -170,7 +163,8 @@ class RunTracker:
             except OSError as err:  # no process to spare: a thread still ships everything
                 logger.warning("gradwatch: cannot start a shipper process (%s); using a thread", err)  # fmt: skip
         if self._shipper is None:
-            shipper = Shipper(writer.path, tracking_uri, settings=settings, header=header)
+            shipper = Shipper(writer.path, tracking_uri, settings=settings, header=header,
+                              announce=lambda text: print(text, file=sys.stderr))  # fmt: skip
             self._shipper = ShipLoop(shipper).start()
 
     # ----------------------------------------------------------------- logging
@@ -342,8 +336,6 @@ class RunTracker:
         self._closed = result = self._result(status, lost)
         if result.message:
             (logger.warning if result.pending or lost or result.error else logger.info)("%s", result.message)  # fmt: skip
-        if result.url:
-            print(f"\U0001f3c3 View run {self.header.get('name') or result.run_id} at: {result.url}", file=sys.stderr)  # fmt: skip
         return result
 
     def _result(self, status: str, lost: int) -> CloseResult:
