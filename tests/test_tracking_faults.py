@@ -253,3 +253,30 @@ def test_training_process_never_imports_mlflow(tracking_uri, tmp_path):
     tags = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags
     assert tags["mlflow.source.name"] == str(tmp_path / "train.py")
     assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.user"]
+
+
+NO_CLOSE_CHILD = textwrap.dedent(
+    """
+    import sys
+    from gradwatch.tracking import ShipperSettings, open_run
+    run = open_run(tracking_uri=sys.argv[1], experiment="t-no-close",
+                   settings=ShipperSettings(interval=0.2))
+    run.log_metrics(0, {"loss": 1.0})
+    print(run.journal_id, flush=True)
+    # no close(): the interpreter exits normally
+    """
+)
+
+
+def test_a_script_that_never_closes_ends_its_run_finished_at_exit(tracking_uri, tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", NO_CLOSE_CHILD, tracking_uri], env=env,
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    journal_id = out.stdout.split()[0]
+    client = mlflow.MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("t-no-close")
+    (run,) = client.search_runs(
+        [exp.experiment_id], f"tags.`gradwatch.journal_id` = '{journal_id}'"
+    )
+    assert run.info.status == "FINISHED" and "gradwatch.incomplete" not in run.data.tags
+    assert run.data.metrics["loss"] == 1.0
