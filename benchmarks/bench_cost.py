@@ -39,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 128
+KEYS = ("cpu", "wall", "training", "shipper")
 VARIANTS = {
     "bare": None,
     "logging": {"every": None},
@@ -106,7 +107,10 @@ def child(variant: str, steps: int, uri: str) -> None:
             os.waitpid(pid, 0)
         except ChildProcessError:
             pass
-    print(json.dumps({"inner_wall": time.perf_counter() - t0}))
+    me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    print(json.dumps({"inner_wall": time.perf_counter() - t0,
+                      "training_cpu": me.ru_utime + me.ru_stime,
+                      "shipper_cpu": kids.ru_utime + kids.ru_stime}))  # fmt: skip
 
 
 def shipper_pids() -> list[int]:
@@ -155,7 +159,8 @@ def measure(variant: str, steps: int, uri: str, cwd: Path) -> dict[str, float]:
     if out.stderr.strip():
         print(f"  ({variant} {steps}: {out.stderr.strip().splitlines()[-1][:200]})", flush=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu": cpu, "wall": wall}
+    split = json.loads(out.stdout.strip().splitlines()[-1])
+    return {"cpu": cpu, "wall": wall, "training": split["training_cpu"], "shipper": split["shipper_cpu"]}  # fmt: skip
 
 
 def fit(points: dict[int, float]) -> tuple[float, float]:
@@ -174,20 +179,24 @@ def bench_store(label: str, uri: str, step_counts: list[int], repeats: int, cwd:
             for variant in VARIANTS:  # interleaved so a busy minute hits all variants alike
                 r = measure(variant, steps, uri, cwd)
                 runs.setdefault(variant, {}).setdefault(steps, []).append(r)
-                print(f"  {label:8s} {variant:8s} {steps:6d} steps: cpu {r['cpu']:7.2f} s, "
+                print(f"  {label:8s} {variant:8s} {steps:6d} steps: cpu {r['cpu']:7.2f} s "
+                      f"(training {r['training']:.2f}, shipper {r['shipper']:.2f}), "
                       f"wall {r['wall']:7.2f} s", flush=True)  # fmt: skip
     med = {
-        v: {n: {k: stat(r[k] for r in rs) for k in ("cpu", "wall")} for n, rs in by.items()}
+        v: {n: {k: stat(r[k] for r in rs) for k in KEYS} for n, rs in by.items()}
         for v, by in runs.items()
     }  # fmt: skip
-    base = {k: fit({n: m[k] for n, m in med["bare"].items()}) for k in ("cpu", "wall")}
+    base = {k: fit({n: m[k] for n, m in med["bare"].items()}) for k in KEYS}
     rows = []
     for variant in VARIANTS:
         if variant == "bare":
             continue
         row = {"store": label, "variant": variant}
-        for k in ("cpu", "wall"):
+        for k in KEYS:
             slope, intercept = fit({n: m[k] for n, m in med[variant].items()})
+            if k == "shipper":  # the bare script starts no process: absolute figures
+                row["shipper_step_us"], row["shipper_run"] = slope * 1e6, intercept
+                continue
             row[f"{k}_step_ratio"] = slope / base[k][0]
             row[f"{k}_run_extra"] = intercept - base[k][1]
         row["bare_step_ms_cpu"] = base["cpu"][0] * 1e3
