@@ -260,14 +260,15 @@ def main() -> None:
                     bench_script(server.uri, args.script_steps, max(args.repeats, 2), cwd, out)
     print(f"\nsteps {step_counts}, {args.repeats} repeats ({args.stat}), {out['machine']}; "
           "CPU of all processes (wall beside it)")  # fmt: skip
-    print(
-        "| store | variant | per step (CPU) | per run (CPU-s) | per step (wall) | per run (wall s) |"
-    )
-    print("|---|---|---|---|---|---|")
+    print("| store | variant | per step (CPU) | per run (CPU-s) | per step (wall) | per run (wall s) "
+          "| training process: per step, per run | shipper process: per step, per run |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     for r in out.get("rows", []):
         print(f"| {r['store']} | {r['variant']} | {r['cpu_step_ratio']:.3f}x | "
               f"{r['cpu_run_extra']:+.2f} | {r['wall_step_ratio']:.3f}x | "
-              f"{r['wall_run_extra']:+.2f} |")  # fmt: skip
+              f"{r['wall_run_extra']:+.2f} | {r['training_step_ratio']:.3f}x, "
+              f"{r['training_run_extra']:+.2f} s | {r['shipper_step_us']:.0f} us, "
+              f"{r['shipper_run']:.2f} s |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
