@@ -87,6 +87,9 @@ def shipper_env(tracking_uri: str, settings: ShipperSettings) -> dict[str, str]:
     # the shipper retries from the journal, so MLflow must not sit minutes in its retries.
     env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(settings.request_timeout)))
+    # MLflow's client reports usage from a background thread to an outside server; the
+    # shipper is gradwatch's machinery, not the user's MLflow session (the user's setting wins).
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     return env
 
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from gradwatch.errors import TrackingError
 
-__all__ = ["RunInfo", "Store", "StoreError", "classify_code", "open_store"]
+__all__ = ["Store", "StoreError", "classify_code", "open_store"]
 
 _REJECTED_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "RESOURCE_LIMIT_EXCEEDED"}  # fmt: skip
 _FATAL_CODES = {"PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED", "RESOURCE_DOES_NOT_EXIST"}  # fmt: skip
@@ -50,12 +50,6 @@ def classify_code(code: str | None, http_status: int | None = None) -> str:
     if code in _REJECTED_CODES or http_status == 400:
         return "rejected"
     return "transient"
-
-
-class RunInfo(Protocol):
-    run_id: str
-    artifact_uri: str
-    lifecycle_stage: str
 
 
 class Store(Protocol):
