@@ -23,6 +23,7 @@ from test_tracking import FAST
 from gradwatch.errors import TrackingError
 from gradwatch.tracking import (
     JOURNAL_DROPPED_TAG,
+    ShipperSettings,
     open_run,
     pending_journals,
     prune_journals,
@@ -168,7 +169,8 @@ def test_sync_timeout_bounds_the_wait_on_a_hung_server(tmp_path):
         run.log_metrics(0, {"loss": 1.0})
         journal = run.close(timeout=0.5).journal_path
         t = time.monotonic()
-        result = sync_journal(journal, tracking_uri=uri, timeout=3)
+        slow = ShipperSettings(request_timeout=10.0, backoff_initial=0.1, backoff_max=0.5)
+        result = sync_journal(journal, tracking_uri=uri, timeout=3, settings=slow)
         took = time.monotonic() - t
     finally:
         hung.close()
