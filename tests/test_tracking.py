@@ -301,7 +301,7 @@ def test_offline_close_reports_pending_then_sync_lands_once(tracking_uri, caplog
 
 def test_sync_refuses_a_live_journal(tracking_uri):
     run = open_run(settings=FAST)
-    with pytest.raises(TrackingError, match="live process"):
+    with pytest.raises(TrackingError, match="still being written by its training process"):
         sync_journal(run.journal_path)
     run.close(timeout=30)
 

@@ -48,6 +48,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from gradwatch.tracking.locks import lock_held
+
 __all__ = [
     "DEFAULT_JOURNAL_DIR",
     "HEADER",
@@ -58,9 +60,10 @@ __all__ = [
     "ARTIFACT_FILE",
     "END",
     "JournalWriter",
+    "encode_record",
     "files_dir",
+    "journal_files",
     "is_live",
-    "lock_held",
     "new_journal_id",
     "read_header",
     "read_records",
@@ -91,6 +94,7 @@ def _default(obj: Any) -> Any:
 # The C encoder is used (indent=None); `default` only runs for non-JSON types.
 # allow_nan stays on: NaN/Infinity are valid MLflow metric values and json.loads reads them.
 _encode = json.JSONEncoder(separators=(",", ":"), default=_default).encode
+encode_record = _encode  # compact JSON of one record, as journal lines are written
 _json_key = json.JSONEncoder(ensure_ascii=True).encode
 _NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
@@ -123,6 +127,20 @@ def files_dir(journal_path: str | os.PathLike) -> Path:
     return p.with_name(p.stem + ".files")
 
 
+def journal_files(journal_path: str | os.PathLike) -> list[Path]:
+    """The journal and every file beside it that belongs to it (state, ship log and lock,
+    copied artifacts)."""
+    p = Path(journal_path)
+    return [p, state_path(p), p.with_suffix(".ship.log"), p.with_suffix(".ship.lock"), files_dir(p)]
+
+
+def make_private_dir(directory: Path) -> None:
+    """Create ``directory`` (and parents) readable by its owner only (0700)."""
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
+
+
 class JournalWriter:
     """Appends records to one journal file; thread-safe; each record is in the file (the
     page cache) before ``append`` returns.
@@ -140,6 +158,9 @@ class JournalWriter:
     """
 
     GROW_BYTES = 1 << 20
+    #: Bytes kept free in the map for ``append(..., final=True)``: when the disk fills up,
+    #: the run's last records (the "records dropped" tag, the end record) still fit.
+    FINAL_RESERVE = 1 << 16
 
     def __init__(self, path: Path, fd: int) -> None:
         self.path = path
@@ -157,11 +178,11 @@ class JournalWriter:
     def create(cls, directory: str | os.PathLike, header: dict[str, Any]) -> JournalWriter:
         """Create a new journal file in ``directory`` and write ``header`` as its first line."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        make_private_dir(directory)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         path = directory / f"{stamp}-{header['id'][:12]}.jsonl"
         flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-        fd = os.open(path, flags, 0o644)
+        fd = os.open(path, flags, 0o600)  # may hold run names, tags, params: owner only
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         writer = cls(path, fd)
         if writer.append(dict(header, t=HEADER)) is None:
@@ -173,13 +194,14 @@ class JournalWriter:
         """Sequence number of the last record written (the header is 0)."""
         return self._seq
 
-    def append(self, record: dict[str, Any]) -> int | None:
+    def append(self, record: dict[str, Any], final: bool = False) -> int | None:
         """Write ``record`` as one line; return its sequence number (None if the disk failed).
 
         The JSON is encoded outside the lock; the sequence number is spliced in front of it
-        under the lock so that sequence order is file order.
+        under the lock so that sequence order is file order. ``final``: one of the run's
+        last few records, which may use the space kept back for them on a full disk.
         """
-        return self._write_body(_encode(record)[1:])
+        return self._write_body(_encode(record)[1:], final)
 
     def append_metrics(self, ts: int, step: int, metrics: dict[str, float]) -> int | None:
         """``append({"t": "m", "ts": ts, "st": step, "m": metrics})`` for float values.
@@ -214,12 +236,12 @@ class JournalWriter:
             )
             return self._put(seq, line.encode())
 
-    def _write_body(self, body: str) -> int | None:
+    def _write_body(self, body: str, final: bool = False) -> int | None:
         with self._lock:
             seq = self._seq + 1
-            return self._put(seq, f'{{"s":{seq},{body}'.encode())
+            return self._put(seq, f'{{"s":{seq},{body}'.encode(), final)
 
-    def _put(self, seq: int, line: bytes) -> int | None:
+    def _put(self, seq: int, line: bytes, final: bool = False) -> int | None:
         """Copy ``line`` and its newline into the map as record ``seq`` (lock held)."""
         if self._fd < 0:
             raise ValueError(f"journal {self.path} is closed")
@@ -228,15 +250,16 @@ class JournalWriter:
         try:
             if self._writes:
                 return self._pwrite(seq, line)
-            if self._map is None or end >= len(self._map):
-                self._grow(end + 1)
+            if self._map is None or end + self.FINAL_RESERVE >= len(self._map):
+                self._grow(end + 1 + self.FINAL_RESERVE)
         except OSError as err:
             if err.errno not in _DISK_FULL:
                 return self._fall_back_to_writes(seq, line, err)
-            # A full disk must not kill training: count and report it instead.
-            self.dropped += 1
-            self.last_error = err
-            return None
+            if not (final and self._map is not None and end < len(self._map)):
+                # A full disk must not kill training: count and report it instead.
+                self.dropped += 1
+                self.last_error = err
+                return None
         except Exception as err:  # noqa: BLE001 - no fallocate or mremap here (macOS, ...)
             return self._fall_back_to_writes(seq, line, err)
         # The newline goes in last: a reader sees a line only once it is whole (bytes not
@@ -310,21 +333,6 @@ class JournalWriter:
             finally:
                 fd, self._fd = self._fd, -1  # never closed twice, even if close fails
                 os.close(fd)
-
-
-def lock_held(path: str | os.PathLike) -> bool:
-    """True while some process holds an exclusive ``flock`` on ``path``."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def is_live(journal_path: str | os.PathLike) -> bool:

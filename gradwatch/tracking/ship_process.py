@@ -6,11 +6,16 @@ the training loop releases the GIL (each ``os.write``, each numpy call) the thre
 for up to the 5 ms switch interval. On the 1.6 ms/step benchmark MLP that cost the loop 30 %
 and more. The journal is already the interface between the two sides, so the shipper runs as
 a fresh interpreter running this module's ``main`` on the journal, not a fork: it
-shares no locks, sockets, database connections or open files with training, and works the
-same on every platform.
+shares no locks, sockets, database connections or open files with training (POSIX: it uses
+``flock`` and ``select`` on a pipe). While training runs, its shipping thread runs at a lower
+priority (``NICENESS``), so on a busy machine training gets the CPU first; once the run is
+closed, a thread at normal priority ships the rest. For an http(s) server it never imports MLflow (rest.py).
+The real tracking URI reaches it only through its environment (``SHIP_URI_ENV``); the journal
+header, the state file and its log hold the URI with credentials masked.
 
 The parent talks to the child through the child's stdin, a pipe: ``k`` wakes it to ship now
-(flush, close, a full batch waiting), ``q`` tells it to stop after the current request (close
+(flush, a full batch waiting), ``c`` says the end record is written (the rest is shipped by
+a thread at normal priority: training is over), ``q`` tells it to stop after the current request (close
 timed out; the rest stays in the journal for ``gradwatch sync``). End of file means the
 training process is gone (kill -9, OOM killer, a crash): the child then ships what the journal
 holds, ends the run as FAILED with the tag ``gradwatch.incomplete=true`` and exits, giving up
@@ -26,7 +31,6 @@ at the same time. Its log goes to ``NAME.ship.log`` next to the journal.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import logging
 import os
@@ -34,14 +38,17 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from gradwatch.tracking.journal import lock_held, scan_lines, state_path
-from gradwatch.tracking.shipper import Shipper, ShipperSettings, ShipState
+from gradwatch.secrets import mask_uri
+from gradwatch.tracking.journal import state_path
+from gradwatch.tracking.locks import lock_held, lock_within, release, try_lock
+from gradwatch.tracking.loop import ShipLoop
+from gradwatch.tracking.shipper import SHIP_URI_ENV, Shipper
+from gradwatch.tracking.state import ShipperSettings, ShipState
 
 __all__ = ["ORPHAN_GRACE", "ProcessShipper", "ship_lock_path", "ship_log_path", "shipper_running"]
 
@@ -52,6 +59,8 @@ logger = logging.getLogger("gradwatch")
 ORPHAN_GRACE = 60.0
 #: How often the parent re-reads the state file while it waits for a flush or close.
 POLL_SECONDS = 0.02
+#: Niceness added to the shipper process: training gets the CPU first.
+NICENESS = 5
 
 
 def ship_lock_path(journal_path: str | os.PathLike) -> Path:
@@ -67,9 +76,25 @@ def shipper_running(journal_path: str | os.PathLike) -> bool:
     return lock_held(ship_lock_path(journal_path))
 
 
+def shipper_env(tracking_uri: str, settings: ShipperSettings) -> dict[str, str]:
+    """The shipper process's environment: the real URI, fail-fast MLflow HTTP settings."""
+    # The child must import this very gradwatch, installed or not.
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    env[SHIP_URI_ENV] = tracking_uri
+    # Only used where MLflow's own client talks HTTP (auth plugins, non-proxied artifacts):
+    # the shipper retries from the journal, so MLflow must not sit minutes in its retries.
+    env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    env["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(settings.request_timeout)))
+    # MLflow's client reports usage from a background thread to an outside server; the
+    # shipper is gradwatch's machinery, not the user's MLflow session (the user's setting wins).
+    env.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    return env
+
+
 class ProcessShipper:
-    """The training process's handle on a shipper process (the interface ``RunTracker`` uses
-    of :class:`~gradwatch.tracking.shipper.Shipper`)."""
+    """The training process's handle on a shipper process (a ``ShipperHandle``, loop.py)."""
 
     def __init__(self, path: Path, header: dict[str, Any], proc: subprocess.Popen) -> None:
         self.path = path
@@ -81,23 +106,31 @@ class ProcessShipper:
             os.set_blocking(self._pipe, False)
 
     @classmethod
-    def start(cls, path: Path, header: dict[str, Any], settings: ShipperSettings) -> ProcessShipper:
-        # The child must import this very gradwatch, installed or not.
-        package_root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
-        log = open(ship_log_path(path), "ab")
+    def start(cls, path: Path, header: dict[str, Any], settings: ShipperSettings,
+              tracking_uri: str) -> ProcessShipper:  # fmt: skip
+        log_fd = os.open(ship_log_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # fmt: skip
+        # The ship lock is taken here and handed to the child (same open file, same lock), so
+        # it is held from this moment on: a `gradwatch sync` right after training exits sees
+        # the shipper even if that process has not finished starting.
+        lock_fd = try_lock(ship_lock_path(path), create=True)
+        # The child prints the run's UI link on the training process's stderr once it exists.
+        announce_fd = _dup_stderr()
         try:
             proc = subprocess.Popen(
                 # Not `-m gradwatch.tracking.ship_process`: the package imports this module
                 # first, and runpy would warn into the ship log about running it twice.
                 [sys.executable, "-c", _CHILD_MAIN, str(path),
-                 "--settings", json.dumps(asdict(settings))],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log, close_fds=True,
-                env=env,
+                 "--settings", json.dumps(asdict(settings)),
+                 "--lock-fd", str(-1 if lock_fd is None else lock_fd),
+                 "--announce-fd", str(announce_fd)],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_fd, close_fds=True,
+                pass_fds=tuple(fd for fd in (lock_fd, announce_fd) if fd is not None and fd >= 0),
+                env=shipper_env(tracking_uri, settings),
             )  # fmt: skip
         finally:
-            log.close()
+            os.close(log_fd)
+            release(lock_fd)
+            release(announce_fd if announce_fd >= 0 else None)
         return cls(path, header, proc)
 
     # -- state, from the state file the child replaces atomically ------------------------
@@ -120,14 +153,17 @@ class ProcessShipper:
     def _send(self, byte: bytes) -> None:
         try:
             os.write(self._pipe, byte)
-        except (BlockingIOError, BrokenPipeError, OSError):
+        except OSError:
             pass  # a full pipe already holds a wake-up; a dead child is seen by alive()
 
     def kick(self) -> None:
         self._send(b"k")
 
     notify_data = kick
-    request_close = kick
+
+    def request_close(self) -> None:
+        """The end record is written: ship the rest at full priority (training is done)."""
+        self._send(b"c")
 
     def abort(self) -> None:
         """Stop after the current request; what is not shipped stays in the journal."""
@@ -148,62 +184,99 @@ class ProcessShipper:
         return True
 
 
+def _dup_stderr() -> int:
+    try:
+        return os.dup(sys.stderr.fileno())
+    except (AttributeError, OSError, ValueError):  # no real stderr (a notebook, a daemon)
+        return -1
+
+
 # ---------------------------------------------------------------------------- the child
 
 
-def _child(path: Path, settings: ShipperSettings) -> int:
+def _announcer(fd: int | None):
+    if fd is None:
+        return None
+
+    def announce(text: str) -> None:
+        try:
+            os.write(fd, mask_uri(text).encode() + b"\n")
+        except OSError:
+            pass
+
+    return announce
+
+
+def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd: int | None = None) -> int:  # fmt: skip
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    lock = os.open(ship_lock_path(path), os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o644)
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    shipper = Shipper(path, settings=settings)
-    shipper._closing = True  # leave the loop as soon as the end record is shipped
-    thread = threading.Thread(target=shipper._loop, name="gradwatch-shipper", daemon=True)
-    thread.start()
+    if lock is None:  # the parent could not take it (a sync holds it): wait for that
+        lock = lock_within(ship_lock_path(path), 3600.0, create=True)
+    shipper = Shipper(path, settings=settings, announce=_announcer(announce_fd))
+    # While training runs, the shipping thread is niced; once the training process closes
+    # the run, a fresh thread at normal priority ships the rest (niceness cannot be undone).
+    loop = ShipLoop(shipper, close_when_finalized=True, niceness=NICENESS, owns_shipper=False).start()  # fmt: skip
+    closing = False
     stdin = sys.stdin.fileno()
     orphaned_at: float | None = None
-    while thread.is_alive():
+    while loop.alive():
         if orphaned_at is None:
             ready, _, _ = select.select([stdin], [], [], 0.2)
             if ready:
                 data = os.read(stdin, 4096)
                 if not data:  # end of file: the training process is gone
                     orphaned_at = time.monotonic()
-                    shipper.kick()
+                    loop.kick()
                 elif b"q" in data:
                     break
+                elif b"c" in data and not closing:
+                    closing = True
+                    loop.abort()  # after its current request: never two threads on the store
+                    loop.join(ORPHAN_GRACE)
+                    if loop.alive():
+                        logger.warning("gradwatch: shipping stuck; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
+                        break
+                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False).start()  # fmt: skip
                 else:
-                    shipper.kick()
+                    loop.kick()
             continue
-        if _shipped_without_end(shipper):
+        if _shipped_without_end(loop):
             # Training died before its end record: stop the loop, then end the run as
             # incomplete from this thread (the store is never used by two threads at once).
-            shipper.abort()
-            thread.join(30.0)
+            loop.abort()
+            loop.join(30.0)
             try:
                 shipper.finalize_incomplete()
             except Exception as err:  # noqa: BLE001 - `gradwatch sync` can still do it
-                logger.warning("gradwatch: could not end the orphaned run (%s); "
-                               "`gradwatch sync %s` will", err, path)  # fmt: skip
+                logger.warning("gradwatch: could not end the orphaned run (%s); `gradwatch sync %s` will", err, path)  # fmt: skip
+            shipper.close()
             return 0
         if time.monotonic() - orphaned_at > ORPHAN_GRACE:
-            logger.warning("gradwatch: training process gone; leaving the rest of %s to "
-                           "`gradwatch sync`", path)  # fmt: skip
+            logger.warning("gradwatch: training process gone; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
             break
         time.sleep(0.2)
-    shipper.abort()
-    thread.join(5.0)
+    loop.abort()
+    loop.join(5.0)
+    shipper.close()
+    if lock is not None:
+        os.close(lock)
     return 0
 
 
-def _shipped_without_end(shipper: Shipper) -> bool:
-    if shipper.finalized or shipper.state.end_status is not None:
+def _shipped_without_end(loop: ShipLoop) -> bool:
+    shipper = loop.shipper
+    if shipper.finalized or shipper.state.end_status is not None or shipper.state.fatal:
         return False
-    if shipper.failing_since is not None or shipper.state.run_id is None:
+    if loop.failing_since is not None or shipper.state.run_id is None:
         return False
-    # Complete lines only: a torn last line (crash mid-write) is never shippable.
-    lines, _ = scan_lines(shipper._fd, shipper.state.offset, 1 << 16)
-    return not lines
+    return shipper.caught_up()  # complete lines only: a torn last line is never shippable
+
+
+class _MaskingFormatter(logging.Formatter):
+    """Every line of the ship log with credentials in URIs masked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return mask_uri(super().format(record))
 
 
 _CHILD_MAIN = "import sys; from gradwatch.tracking.ship_process import main; sys.exit(main())"
@@ -213,10 +286,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="gradwatch's shipper process (started by the hook)")
     ap.add_argument("journal", type=Path)
     ap.add_argument("--settings", default="{}")
+    ap.add_argument("--lock-fd", type=int, default=-1, help="inherited fd holding the ship lock")
+    ap.add_argument("--announce-fd", type=int, default=-1, help="inherited fd for the run's link")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_MaskingFormatter("%(asctime)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     settings = ShipperSettings(**json.loads(args.settings))
-    return _child(args.journal.absolute(), settings)
+
+    def fd(n: int) -> int | None:
+        return n if n >= 0 else None
+
+    return _child(args.journal.absolute(), settings, fd(args.lock_fd), fd(args.announce_fd))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 import time
 import weakref
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.errors import InputError, TrackingError
+from gradwatch.secrets import mask_uri
+from gradwatch.tracking.context import context_tags
 from gradwatch.tracking.journal import (
     ARTIFACT_FILE,
     ARTIFACT_LINE,
@@ -35,10 +38,14 @@ from gradwatch.tracking.journal import (
     TAGS,
     JournalWriter,
     files_dir,
+    journal_files,
+    make_private_dir,
     new_journal_id,
 )
+from gradwatch.tracking.loop import ShipLoop, ShipperHandle
 from gradwatch.tracking.ship_process import ProcessShipper
-from gradwatch.tracking.shipper import Shipper, ShipperSettings
+from gradwatch.tracking.shipper import Shipper, run_url
+from gradwatch.tracking.state import ShipperSettings, ShipState
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -48,13 +55,17 @@ __all__ = [
     "display_path",
     "open_run",
     "pending_message",
+    "remove_journal",
     "resolve_tracking_uri",
+    "run_url",
 ]
 
 logger = logging.getLogger("gradwatch")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+#: Tag set (and the run ended FAILED) when the journal could not be written (a full disk).
+JOURNAL_DROPPED_TAG = "gradwatch.journal_dropped"
 # A "full batch": wake the shipper early once this many metrics are waiting.
 _FULL_BATCH_METRICS = 1000
 
@@ -89,6 +100,18 @@ def pending_message(pending: int, journal_path: str | os.PathLike) -> str:
     )
 
 
+def remove_journal(journal_path: str | os.PathLike) -> None:
+    """Delete a journal and everything beside it that belongs to it."""
+    for path in journal_files(journal_path):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+
+
 @dataclass(frozen=True)
 class CloseResult:
     """What ``RunTracker.close`` achieved; ``str(result)`` is the human message."""
@@ -97,9 +120,12 @@ class CloseResult:
     run_id: str | None
     shipped: int  # records MLflow acknowledged over the run's lifetime
     pending: int  # records still only in the journal (0 = everything landed)
-    dropped: int  # entities MLflow rejected (each was logged as a warning)
+    dropped: int  # entities MLflow rejected plus records the journal could not store
     journal_path: Path
     message: str
+    error: str | None = None  # why MLflow refuses the run altogether (deleted, denied), if so
+    journal_removed: bool = False  # everything landed: the journal was deleted
+    url: str | None = None  # the run in MLflow's UI (http(s) servers)
 
     @property
     def complete(self) -> bool:
@@ -112,29 +138,34 @@ class CloseResult:
 class RunTracker:
     """One MLflow run fed through a journal. Create it with ``open_run``."""
 
-    def __init__(
-        self, writer: JournalWriter, header: dict[str, Any], settings: ShipperSettings
-    ) -> None:
+    def __init__(self, writer: JournalWriter, header: dict[str, Any], settings: ShipperSettings,
+                 tracking_uri: str, keep_journal: bool = False) -> None:  # fmt: skip
         self._writer = writer
         self.header = header
         self.journal_path: Path = writer.path
         self.journal_id: str = header["id"]
-        self.tracking_uri: str = header["uri"]
+        self.tracking_uri: str = tracking_uri  # the real one; the header holds it masked
         self.attached: bool = bool(header.get("attached"))
+        self.keep_journal = keep_journal
         self._metrics_since_wake = 0
         self._closed: CloseResult | None = None
+        self._final_state: ShipState | None = None
+        # MLflow's sqlite store costs ~75 us of CPU per metric; JSON to a server ~10 us.
+        self._cost_per_metric = (
+            10e-6 if tracking_uri.startswith(("http://", "https://")) else 100e-6
+        )
+        self._cost_read_at = float("-inf")
         self._pid = os.getpid()
-        self._shipper: Shipper | ProcessShipper | None = None
+        self._shipper: ShipperHandle | None = None
         if settings.process:
             try:
-                self._shipper = ProcessShipper.start(writer.path, header, settings)
+                self._shipper = ProcessShipper.start(writer.path, header, settings, tracking_uri)
             except OSError as err:  # no process to spare: a thread still ships everything
-                logger.warning(
-                    "gradwatch: cannot start a shipper process (%s); using a thread", err
-                )
+                logger.warning("gradwatch: cannot start a shipper process (%s); using a thread", err)  # fmt: skip
         if self._shipper is None:
-            self._shipper = Shipper(writer.path, settings=settings, header=header)
-            self._shipper.start()
+            shipper = Shipper(writer.path, tracking_uri, settings=settings, header=header,
+                              announce=lambda text: print(text, file=sys.stderr))  # fmt: skip
+            self._shipper = ShipLoop(shipper).start()
 
     # ----------------------------------------------------------------- logging
     def log_metrics(
@@ -225,26 +256,43 @@ class RunTracker:
             raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
 
     # ----------------------------------------------------------------- state
+    def _state(self) -> ShipState:
+        return self._final_state or self._shipper.state
+
     @property
     def run_id(self) -> str | None:
         """The MLflow run id; None until the run exists on the server."""
-        return self._shipper.run_id
+        return self._state().run_id or self.header.get("run_id")
 
     @property
     def pending(self) -> int:
         """Records written to the journal that MLflow has not acknowledged yet."""
-        behind = self._writer.last_seq - max(self._shipper.state.acked_seq, 0)
-        if self._closed is not None and not self._shipper.finalized:
+        state = self._state()
+        behind = self._writer.last_seq - max(state.acked_seq, 0)
+        if self._closed is not None and state.finalized is None:
             behind = max(behind, 1)  # the run's end status has not been set yet
         return max(behind, 0)
 
     @property
+    def ship_cpu_per_metric(self) -> float:
+        """CPU seconds the shipper spends per metric value it ships (measured once it has
+        shipped a few thousand, an estimate by store kind before). For a budget that covers
+        everything logging causes: ``n_metrics * run.ship_cpu_per_metric``."""
+        now = time.monotonic()
+        if now - self._cost_read_at > 1.0:  # the state file is re-read at most once a second
+            self._cost_read_at = now
+            state = self._state()
+            if state.metrics >= 2000:
+                self._cost_per_metric = state.cpu_seconds / state.metrics
+        return self._cost_per_metric
+
+    @property
     def shipped(self) -> int:
-        return self._shipper.state.shipped
+        return self._state().shipped
 
     @property
     def dropped(self) -> int:
-        return self._shipper.state.dropped + self._writer.dropped
+        return self._state().dropped + self._writer.dropped
 
     # ----------------------------------------------------------------- flush/close
     def flush(self, timeout: float = 10.0) -> int:
@@ -259,43 +307,65 @@ class RunTracker:
 
         ``status`` is FINISHED, FAILED or KILLED; a run we attached to is not ended. Never
         raises on an outage: what did not land stays in the journal and the returned
-        message (also logged as a warning) says how to sync it. Closing twice returns the
-        first result.
+        message (also logged as a warning) says how to sync it. If the journal lost records
+        (a full disk), the run ends FAILED with tag ``gradwatch.journal_dropped`` saying how
+        many and why. A journal whose records all landed is deleted unless ``keep_journal``.
+        Closing twice returns the first result.
         """
         if self._closed is not None:
             return self._closed
         if self._pid != _PID[0]:
-            raise TrackingError(
-                "this run belongs to the process that opened it, not to a fork of it"
-            )
+            raise TrackingError("this run belongs to the process that opened it, not to a fork of it")  # fmt: skip
         status = str(status).upper()
         if status not in RUN_STATUSES:
             raise InputError(f"close: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
         deadline = time.monotonic() + timeout
-        self._append({"t": END, "ts": _now_ms(), "status": status})
-        self._shipper.request_close()
-        self._shipper.wait(lambda: self._shipper.finalized, deadline - time.monotonic())
-        self._shipper.abort()
-        self._shipper.join(min(1.0, deadline - time.monotonic()))
+        lost = self._writer.dropped
+        if lost:
+            why = f"{lost} records dropped: cannot write journal {self.journal_path} ({self._writer.last_error})"  # fmt: skip
+            self._writer.append({"t": TAGS, "ts": _now_ms(), "g": {JOURNAL_DROPPED_TAG: why}}, final=True)  # fmt: skip
+            status = "FAILED"
+        self._writer.append({"t": END, "ts": _now_ms(), "status": status}, final=True)
+        shipper = self._shipper
+        shipper.request_close()
+        shipper.wait(lambda: shipper.finalized or bool(shipper.state.fatal), deadline - time.monotonic())  # fmt: skip
+        shipper.abort()
+        shipper.join(min(1.0, max(0.0, deadline - time.monotonic())))
         self._writer.close()
         self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
-        pending = self.pending
-        if pending:
-            message = pending_message(pending, self.journal_path)
-            logger.warning("%s", message)
-        else:
-            message = f"gradwatch: run {self.run_id} complete ({self.shipped} records shipped)"
-        result = CloseResult(
-            status=status,
-            run_id=self.run_id,
-            shipped=self.shipped,
-            pending=pending,
-            dropped=self.dropped,
-            journal_path=self.journal_path,
-            message=message,
-        )
-        self._closed = result
+        self._closed = result = self._result(status, lost)
+        if result.message:
+            (logger.warning if result.pending or lost or result.error else logger.info)("%s", result.message)  # fmt: skip
         return result
+
+    def _result(self, status: str, lost: int) -> CloseResult:
+        state = self._shipper.state
+        pending = self.pending
+        run_id = self.run_id
+        self._final_state = state  # what the properties report once the files may be gone
+        error = state.fatal
+        if error:
+            message = (f"gradwatch: MLflow refuses this run: {error}. {pending} records kept in "
+                       f"{display_path(self.journal_path)}; fix that, then run `gradwatch sync "
+                       f"{display_path(self.journal_path)}`")  # fmt: skip
+        elif pending:
+            message = pending_message(pending, self.journal_path)
+        else:
+            message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
+        if lost:
+            message = (f"gradwatch: {lost} records were dropped: cannot write journal "
+                       f"{display_path(self.journal_path)} ({self._writer.last_error}); the run "
+                       f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
+        landed = not pending and not error and not lost and state.dropped == 0 and self._shipper.finalized  # fmt: skip
+        removed = landed and not self.keep_journal and not self._shipper.alive()
+        if removed:
+            remove_journal(self.journal_path)
+        return CloseResult(
+            status=status, run_id=run_id, shipped=state.shipped, pending=pending,
+            dropped=state.dropped + lost, journal_path=self.journal_path, message=mask_uri(message),
+            error=error, journal_removed=removed,
+            url=run_url(self.tracking_uri, state.experiment_id, run_id),
+        )  # fmt: skip
 
     @property
     def closed(self) -> bool:
@@ -326,41 +396,25 @@ def _artifact_path(artifact_path: str) -> str:
     return "/".join(parts)
 
 
-def _context(tracking_uri: str | None, experiment: str | None) -> dict[str, Any]:
-    """Resolve the run to attach to and the experiment, without any network call."""
-    import mlflow
+def _active_mlflow_run(tracking_uri: str | None) -> tuple[str | None, str | None]:
+    """(run id, tracking URI) of the user's active MLflow run, without importing MLflow.
 
-    out: dict[str, Any] = {"run_id": None, "uri": tracking_uri, "exp": experiment, "exp_id": None}
-    active = mlflow.active_run()
-    if active is not None:
-        out["run_id"] = active.info.run_id
-        out["uri"] = tracking_uri or mlflow.get_tracking_uri()
-    return out
+    A script that has an active run has imported MLflow already; one that has not imported
+    it cannot have one (``MLFLOW_RUN_ID`` aside), so the ~2 CPU-s import is never paid here.
+    """
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        active = mlflow.active_run()
+        if active is not None:
+            return active.info.run_id, tracking_uri or mlflow.get_tracking_uri()
+    return None, tracking_uri
 
 
 def _default_experiment() -> tuple[str | None, str | None]:
-    name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
+    # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID, so this also sees the user's choice.
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
-    try:
-        from mlflow.tracking import fluent
-
-        exp_id = fluent._active_experiment_id or exp_id  # set by mlflow.set_experiment()
-        if fluent._active_experiment_id:
-            name = None
-    except (ImportError, AttributeError):
-        pass
+    name = None if exp_id else (os.environ.get("MLFLOW_EXPERIMENT_NAME") or None)
     return name, exp_id
-
-
-def _context_tags(user_tags: dict[str, str]) -> dict[str, str]:
-    # mlflow.user, mlflow.source.name, git commit...: resolved here, in the training process,
-    # because a later `gradwatch sync` runs elsewhere.
-    try:
-        from mlflow.tracking.context.registry import resolve_tags
-
-        return {str(k): str(v) for k, v in resolve_tags(user_tags).items()}
-    except Exception:  # context providers are best effort; never fail open_run over them
-        return dict(user_tags)
 
 
 _open_trackers: weakref.WeakSet[RunTracker] = weakref.WeakSet()
@@ -380,14 +434,14 @@ if hasattr(os, "register_at_fork"):
 
 
 @atexit.register
-def _flush_at_exit() -> None:
-    # Best effort for a script that never called close(): a short flush; the journal keeps
-    # the rest for `gradwatch sync`.
+def _close_at_exit() -> None:
+    # A script that never called close() ends its run FINISHED at interpreter exit, as MLflow
+    # does; only a process that really died leaves an incomplete journal.
     for tracker in list(_open_trackers):
-        if not tracker.closed:
+        if not tracker.closed and tracker._pid == _PID[0]:
             try:
-                tracker.flush(timeout=2.0)
-            except Exception:
+                tracker.close("FINISHED", timeout=5.0)
+            except Exception:  # noqa: BLE001 - best effort at exit; the journal keeps the rest
                 pass
 
 
@@ -401,18 +455,21 @@ def open_run(
     run_id: str | None = None,
     *,
     settings: ShipperSettings | None = None,
+    keep_journal: bool = False,
 ) -> RunTracker:
-    """Start a journaled MLflow run and its shipper thread; makes no network call itself.
+    """Start a journaled MLflow run and its shipper; makes no network call itself.
 
     Usage: ``run = open_run(experiment="mlp"); run.log_metrics(0, {"loss": 1.0}); run.close()``
 
     tracking_uri: None -> ``MLFLOW_TRACKING_URI`` -> ``sqlite:///mlflow.db`` (cwd).
     experiment: experiment name, created if missing (None -> MLflow's active/default one).
     run_name, tags: for the run created by the shipper (tags also set on an attached run).
-    journal_dir: where ``NAME.jsonl`` goes (default ``.gradwatch/journal`` in cwd).
+    journal_dir: where ``NAME.jsonl`` goes (default ``.gradwatch/journal`` in cwd; 0700).
     attach_active: if ``mlflow.active_run()`` exists, log into it and never end it.
     run_id: log into this existing run instead (also never ended by gradwatch).
     settings: shipper timing (interval, backoff, request timeout); tests shorten them.
+    keep_journal: keep the journal after everything landed (default: deleted at close;
+        journals of failed or incomplete runs always stay until synced).
     """
     import gradwatch
 
@@ -420,17 +477,16 @@ def open_run(
     attached_id = run_id
     uri = tracking_uri
     if attached_id is None and attach_active:
-        ctx = _context(tracking_uri, experiment)
-        attached_id, uri = ctx["run_id"], ctx["uri"]
+        attached_id, uri = _active_mlflow_run(tracking_uri)
     uri = resolve_tracking_uri(uri)
     exp_name, exp_id = (experiment, None) if experiment else _default_experiment()
     attached = attached_id is not None
-    run_tags = dict(user_tags) if attached else _context_tags(user_tags)
+    run_tags = dict(user_tags) if attached else {**context_tags(), **user_tags}
     run_tags.setdefault("gradwatch.version", gradwatch.__version__)
     header = {
         "v": FORMAT_VERSION,
         "id": new_journal_id(),
-        "uri": uri,
+        "uri": mask_uri(uri),  # the real URI reaches the shipper only through its environment
         "exp": exp_name,
         "exp_id": exp_id,
         "name": run_name,
@@ -443,12 +499,13 @@ def open_run(
     }
     directory = Path(journal_dir or DEFAULT_JOURNAL_DIR).absolute()
     try:
+        make_private_dir(directory)
         writer = JournalWriter.create(directory, header)
     except OSError as err:
         raise TrackingError(
             f"cannot create a journal in {directory} ({err}); pass journal_dir= a writable folder"
         ) from err
-    tracker = RunTracker(writer, header, settings or ShipperSettings())
+    tracker = RunTracker(writer, header, settings or ShipperSettings(), uri, keep_journal)
     if attached and run_tags:
         tracker.set_tags(run_tags)  # an existing run gets the tags through the journal
     _open_trackers.add(tracker)
