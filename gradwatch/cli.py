@@ -684,40 +684,43 @@ def monitor_cmd(
     show_default=True,
     help="Seconds to keep retrying an unreachable server per journal.",
 )
+@click.option("--prune", is_flag=True, help="Then delete journals whose records all landed.")
 @_fail_cleanly
 def sync_cmd(
-    journal: str | None, journal_dir: str, tracking_uri: str | None, timeout: float
+    journal: str | None, journal_dir: str, tracking_uri: str | None, timeout: float, prune: bool
 ) -> None:
     """Upload what crashed or offline runs left in their journals (idempotent).
 
     \b
-    With no JOURNAL, syncs every journal in --journal-dir not yet fully landed (skipping those
-    a live process is still writing). Running it twice uploads nothing twice.
+    With no JOURNAL, syncs every journal in --journal-dir not yet fully landed, waiting (and
+    saying so) for a shipper that is still finishing one. Running it twice uploads nothing
+    twice. Exits 1 while anything is left; --prune then deletes journals that fully landed.
 
     \b
       gradwatch sync
+      gradwatch sync --prune
       gradwatch sync .gradwatch/journal/20250101-120000-ab12cd34ef56.jsonl
     """
     from gradwatch import tracking
 
     if journal is not None:
-        paths = [journal]
-    else:
-        statuses = tracking.pending_journals(journal_dir)
-        for s in statuses:
-            if s.live:
-                click.echo(f"skipping {s.path}: still being written by a live process", err=True)
-        paths = [str(s.path) for s in statuses if s.needs_sync]
-        if not paths:
-            click.echo(f"nothing to sync in {journal_dir}")
-            return
-    incomplete = 0
-    for path in paths:
-        result = tracking.sync_journal(path, tracking_uri=tracking_uri, timeout=timeout)
+        result = tracking.sync_journal(journal, tracking_uri=tracking_uri, timeout=timeout)
         click.echo(mask_uri(result))
+        if prune:
+            click.echo(tracking.prune_journals(os.path.dirname(journal) or ".").message)
         if not result.complete:
-            incomplete += 1
-    if incomplete:
+            raise click.ClickException(
+                "the journal is not fully landed; run `gradwatch sync` again later"
+            )
+        return
+    summary = tracking.sync_all(
+        journal_dir,
+        tracking_uri=tracking_uri,
+        timeout=timeout,
+        prune=prune,
+        echo=lambda line: click.echo(mask_uri(line)),
+    )
+    if summary.exit_code:
         raise click.ClickException(
-            f"{incomplete} journal(s) not fully landed; run `gradwatch sync` again later"
+            f"{len(summary.left)} journal(s) not fully landed; run `gradwatch sync` again later"
         )
