@@ -12,18 +12,10 @@ tests below that start their own. ``pytest -m "not slow and not server"`` is the
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
 from tests.mlflow_server import MlflowServer
-
-# Older test modules import their helpers as top-level modules (`from zoo import ...`); until
-# they say `from tests.zoo import ...`, the tests directory stays importable that way.
-_TESTS_DIR = str(Path(__file__).parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.append(_TESTS_DIR)
 
 SERVER_FIXTURES = {"mlflow_server", "tracking_uri"}
 #: Modules whose every test runs its own servers.

@@ -6,11 +6,11 @@ from collections import OrderedDict, namedtuple
 
 import numpy as np
 import pytest
-from zoo import CORRECT
 
 import gradwatch
 from gradwatch import InputError
 from gradwatch.check import MODES
+from tests.zoo import CORRECT
 
 
 def _net(seed=0):

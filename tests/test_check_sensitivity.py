@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from zoo import CORRECT
 
 import gradwatch
 from gradwatch.demo import MLP, make_blobs
+from tests.zoo import CORRECT
 
 SEEDS = range(5)
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from zoo import BUGS
 
 import gradwatch
+from tests.zoo import BUGS
 
 SEEDS = range(3)
 

@@ -12,7 +12,6 @@ import os
 
 import mlflow
 import pytest
-from mlflow_server import free_port
 
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.tracking import (
@@ -24,6 +23,7 @@ from gradwatch.tracking import (
     read_records,
     sync_journal,
 )
+from tests.mlflow_server import free_port
 
 FAST = ShipperSettings(
     interval=0.2, backoff_initial=0.1, backoff_max=0.5, request_timeout=5.0, artifact_interval=0.5

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from test_tracking import FAST
 
 from gradwatch.errors import TrackingError
 from gradwatch.tracking import (
@@ -31,6 +30,7 @@ from gradwatch.tracking import (
     sync_journal,
 )
 from gradwatch.tracking.journal import JournalWriter
+from tests.test_tracking import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 

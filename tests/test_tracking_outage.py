@@ -18,8 +18,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow_server import MlflowServer
-from test_tracking import FAST
 
 from gradwatch.tracking import (
     INCOMPLETE_TAG,
@@ -28,6 +26,8 @@ from gradwatch.tracking import (
     read_records,
     sync_journal,
 )
+from tests.mlflow_server import MlflowServer
+from tests.test_tracking import FAST
 
 REPO = Path(__file__).resolve().parent.parent
 
