@@ -45,7 +45,7 @@ from gradwatch.alerts.delivery import (
 from gradwatch.alerts.detectors import DETECTORS, Param
 from gradwatch.alerts.observations import SEVERITIES
 from gradwatch.alerts.rules import Rule, default_rules, validate_rule
-from gradwatch.check import MODES
+from gradwatch.check import MODES, validate_options
 from gradwatch.errors import ConfigError, InputError
 from gradwatch.secrets import REDACTED, mask_uri
 
@@ -54,6 +54,7 @@ __all__ = [
     "HOOK_OPTIONS",
     "MAX_CONFIG_BYTES",
     "Config",
+    "check_hook_option",
     "load_config",
     "parse_config",
 ]
@@ -65,8 +66,6 @@ MAX_CONFIG_BYTES = 1_000_000
 #: At most this many YAML nodes are built: an alias bomb (nested aliases of aliases) stops here
 #: instead of expanding into gigabytes. Shared nodes are built once, so real files stay far below.
 MAX_CONFIG_NODES = 20_000
-#: Each probe costs two loss evaluations; beyond this a check would stall training for hours.
-MAX_NUM_SAMPLES = 1_000_000
 
 KeyPath = tuple[str | int, ...]
 
@@ -74,9 +73,9 @@ KeyPath = tuple[str | int, ...]
 #: hook applies its own defaults (shown here for documentation) to the rest.
 HOOK_OPTIONS: dict[str, Param] = {
     "every": Param(100, "int", "steps between checks (null: none)", minimum=1, nullable=True),
-    "num_samples": Param(
-        32, "int", "coordinates/directions probed per check", minimum=1, maximum=MAX_NUM_SAMPLES
-    ),
+    # num_samples, mode, eps and seed are also held to gradwatch.check.validate_options (the
+    # engine's own limits, declared there once): see check_hook_option.
+    "num_samples": Param(32, "int", "coordinates/directions probed per check", minimum=1),
     "mode": Param("auto", "str", "check mode", choices=MODES),
     "eps": Param(
         None, "float", "finite-difference step (null: automatic)", minimum=0, exclusive=True
@@ -113,6 +112,8 @@ WEBHOOK_OPTIONS: dict[str, Param] = {
     ),  # fmt: skip
     "headers": Param(None, "mapping", "extra request headers (secret, e.g. tokens)"),
 }
+#: Hook options that are options of the check engine too.
+_CHECK_OPTIONS = ("mode", "num_samples", "eps", "seed")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -228,6 +229,23 @@ class Config:
         if isinstance(value, bool):
             return str(value).lower()
         return mask_uri(value)
+
+
+def check_hook_option(name: str, value: Any) -> Any:
+    """``value`` of the hook option ``name`` checked against :data:`HOOK_OPTIONS` and, for the
+    check's own options, :func:`gradwatch.check.validate_options` (so ``check_gradients``, the
+    hook and the YAML file accept exactly the same values). Raises ValueError.
+
+        check_hook_option("seed", 2**64)   # ValueError: must be an integer from 0 to 2**64 - 1...
+    """
+    value = HOOK_OPTIONS[name].check(value)
+    if name in _CHECK_OPTIONS:
+        try:
+            validate_options(**{name: value})
+        except InputError as exc:
+            problem = str(exc)
+            raise ValueError(problem.removeprefix(f"{name} ")) from None
+    return value
 
 
 def _placeholder_or_redacted(value: Any) -> Any:
@@ -562,6 +580,13 @@ def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
         if key not in HOOK_OPTIONS:
             raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
         out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key])
+        try:
+            check_hook_option(key, out[key])
+        except ValueError as exc:
+            if ("hook", key) in ctx.env:
+                var = ctx.env[("hook", key)]
+                raise ctx.error(("hook", key), f"value of ${{{var}}} is not valid here") from None
+            raise ctx.error(("hook", key), str(exc)) from None
     return out
 
 

@@ -124,7 +124,8 @@ def test_secret_reached_through_an_alias_is_still_masked(monkeypatch):
     "option, value, words",
     [
         ("seed", -1, ">= 0"),
-        ("num_samples", 10**30, "<= 1e+06"),
+        ("num_samples", 10**30, "integer from 1 to 2147483647"),  # the engine's own limits
+        ("seed", 2**64, "integer from 0 to 2**64 - 1"),
         ("num_samples", 0, ">= 1"),
         ("every", 0, ">= 1"),
         ("budget", 1.5, "<= 1"),

@@ -29,10 +29,6 @@ alert_logger = logging.getLogger("gradwatch.alerts")
 
 #: Log levels of alert severities (as the delivery's ``log`` action uses them).
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
-_ALL_TENSORS_HINT = (
-    "\nhint: every tensor disagrees; is step() called after backprop and before the update, "
-    "with loss_fn on the same batch as the gradients?"
-)
 
 
 class CheckRunner:
@@ -113,14 +109,12 @@ class CheckRunner:
         return report
 
     def _log_failure(self, step: int, report: CheckReport, alerts: list[Any]) -> None:
-        """One message per failed check: the alert lines (if a rule fired) above the report."""
-        hint = ""
-        if report.per_param and len(report.mismatched_tensors) == len(report.per_param):
-            hint = _ALL_TENSORS_HINT
+        """One message per failed check: the alert lines (if a rule fired) above the report
+        (whose notes explain clipping, a constant factor or every tensor disagreeing)."""
         if not alerts:
-            logger.warning("gradwatch: step %d: %s%s", step, report, hint)
+            logger.warning("gradwatch: step %d: %s", step, report)
             return
         worst = max(alerts, key=lambda a: _LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        alert_logger.log(_LEVELS[worst.severity], "%s\n%s%s", heads, report, hint,
+        alert_logger.log(_LEVELS[worst.severity], "%s\n%s", heads, report,
                    extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip

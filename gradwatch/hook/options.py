@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gradwatch.config import HOOK_OPTIONS, Config
+from gradwatch.config import HOOK_OPTIONS, Config, check_hook_option
 from gradwatch.errors import ConfigError, InputError
 from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME
 
@@ -94,7 +94,7 @@ def _checked(name: str, value: Any, source: str = "", config_path: str = "") -> 
             raise ValueError(
                 f"expected a {spec.kind.replace('_', ' ')}, got {type(value).__name__}"
             )
-        return spec.check(value)
+        return check_hook_option(name, value)
     except ValueError as exc:
         if config_path:
             raise ConfigError(f"{exc} ({spec.doc})", path=config_path, key=f"hook.{name}") from None
