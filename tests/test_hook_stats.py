@@ -144,3 +144,19 @@ def test_hook_takes_every_run_name_from_the_schema(path):
         and node.value.startswith(RUN_NAME_PREFIXES)
     ]
     assert spelled == [], f"{path.name}: take these names from gradwatch.schema"
+
+
+def test_failed_check_log_explains_every_tensor_disagreeing_once(tracking_uri, caplog):
+    """The engine's own note explains it (str(report)); the hook adds no second hint."""
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(64, 8)), rng.integers(0, 3, 64)
+    params = relu_mlp()
+    with gradwatch.GradWatch(every=1, experiment="hook-notes", config=False) as watch:
+        _, grads = loss_and_grads(params, X[:32], y[:32])
+        # loss_fn on another batch than the gradients: every tensor disagrees.
+        report = watch.step(params, grads, loss=1.0, lr=0.1,
+                            loss_fn=lambda p: loss_and_grads(p, X[32:], y[32:])[0])  # fmt: skip
+    assert report is not None and not report.passed
+    assert any(n.startswith("every tensor disagrees") for n in report.notes), report.notes
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gradwatch"))
+    assert logged.count("every tensor disagrees") == 1 and "hint:" not in logged
