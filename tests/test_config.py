@@ -57,6 +57,7 @@ def test_example_loads_and_documents_every_rule_type_and_parameter(monkeypatch):
     for option in HOOK_OPTIONS:
         assert f"  {option}:" in text, option
     assert {r.type for r in config.rules} == set(DETECTORS)
+    assert set(config.emails) == {"oncall"} and "password" in text
     AlertEngine(config.rules).observe_step(StepObservation(0, 1.0))
 
 
