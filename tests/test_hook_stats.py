@@ -160,3 +160,19 @@ def test_failed_check_log_explains_every_tensor_disagreeing_once(tracking_uri, c
     assert any(n.startswith("every tensor disagrees") for n in report.notes), report.notes
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gradwatch"))
     assert logged.count("every tensor disagrees") == 1 and "hint:" not in logged
+
+
+def test_clipped_probes_are_logged_per_tensor(tracking_uri):
+    """check metrics come from schema.check_metrics: clipped probes land as gradcheck/clipped/<t>."""
+    params = {"w": np.array([1.0, 2.0, -3.0, 0.01, -0.02, 4.0])}
+
+    def loss_fn(p):
+        return float(10.0 * (p["w"] ** 2).sum())
+
+    grads = {"w": np.clip(20.0 * params["w"], -1.0, 1.0)}  # clipped inside "backprop"
+    with gradwatch.GradWatch(every=1, mode="full", experiment="hook-clip", config=False) as watch:
+        report = watch.step(params, grads, loss=loss_fn(params), loss_fn=loss_fn)
+    assert report.per_param["w"].num_clipped == 4, report
+    client = mlflow.MlflowClient(tracking_uri)
+    metrics = client.get_run(watch.run.run_id).data.metrics
+    assert metrics["gradcheck/clipped/w"] == 4.0
