@@ -34,12 +34,19 @@ from typing import Any
 
 import yaml
 
-from gradwatch.alerts.delivery import DEFAULT_QUEUE_SIZE, Delivery, WebhookSpec
+from gradwatch.alerts.delivery import (
+    DEFAULT_QUEUE_SIZE,
+    EMAIL_OPTIONS,
+    Delivery,
+    EmailSpec,
+    WebhookSpec,
+    email_spec,
+)
 from gradwatch.alerts.detectors import DETECTORS, Param
-from gradwatch.alerts.engine import ACTIONS, Rule, check_action, default_rules
 from gradwatch.alerts.observations import SEVERITIES
-from gradwatch.check import MODES
-from gradwatch.errors import ConfigError
+from gradwatch.alerts.rules import Rule, default_rules, validate_rule
+from gradwatch.check import MODES, validate_options
+from gradwatch.errors import ConfigError, InputError
 from gradwatch.secrets import REDACTED, mask_uri
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "HOOK_OPTIONS",
     "MAX_CONFIG_BYTES",
     "Config",
+    "check_hook_option",
     "load_config",
     "parse_config",
 ]
@@ -58,8 +66,6 @@ MAX_CONFIG_BYTES = 1_000_000
 #: At most this many YAML nodes are built: an alias bomb (nested aliases of aliases) stops here
 #: instead of expanding into gigabytes. Shared nodes are built once, so real files stay far below.
 MAX_CONFIG_NODES = 20_000
-#: Each probe costs two loss evaluations; beyond this a check would stall training for hours.
-MAX_NUM_SAMPLES = 1_000_000
 
 KeyPath = tuple[str | int, ...]
 
@@ -67,9 +73,9 @@ KeyPath = tuple[str | int, ...]
 #: hook applies its own defaults (shown here for documentation) to the rest.
 HOOK_OPTIONS: dict[str, Param] = {
     "every": Param(100, "int", "steps between checks (null: none)", minimum=1, nullable=True),
-    "num_samples": Param(
-        32, "int", "coordinates/directions probed per check", minimum=1, maximum=MAX_NUM_SAMPLES
-    ),
+    # num_samples, mode, eps and seed are also held to gradwatch.check.validate_options (the
+    # engine's own limits, declared there once): see check_hook_option.
+    "num_samples": Param(32, "int", "coordinates/directions probed per check", minimum=1),
     "mode": Param("auto", "str", "check mode", choices=MODES),
     "eps": Param(
         None, "float", "finite-difference step (null: automatic)", minimum=0, exclusive=True
@@ -95,7 +101,7 @@ HOOK_OPTIONS: dict[str, Param] = {
     "params": Param(None, "mapping", "extra MLflow params {name: value}"),
     "tags": Param(None, "mapping", "extra MLflow tags {name: value}"),
 }
-ALERTS_KEYS = ("defaults", "webhooks", "rules", "queue_size")
+ALERTS_KEYS = ("defaults", "webhooks", "email", "rules", "queue_size")
 WEBHOOK_OPTIONS: dict[str, Param] = {
     "url": Param(None, "str", "http(s) URL to POST to (secret)"),
     "timeout": Param(5.0, "float", "seconds per attempt", minimum=0, exclusive=True),
@@ -106,7 +112,8 @@ WEBHOOK_OPTIONS: dict[str, Param] = {
     ),  # fmt: skip
     "headers": Param(None, "mapping", "extra request headers (secret, e.g. tokens)"),
 }
-RULE_KEYS = ("name", "type", "severity", "cooldown", "actions", "enabled")
+#: Hook options that are options of the check engine too.
+_CHECK_OPTIONS = ("mode", "num_samples", "eps", "seed")
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -121,19 +128,23 @@ class Config:
     config.hook        # {"every": 100, ...}: only the keys the file sets
     config.rules       # list[Rule]: defaults (unless disabled) then the file's rules
     config.webhooks    # {name: WebhookSpec}
+    config.emails      # {name: EmailSpec}
     """
 
     hook: dict[str, Any] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=default_rules)
     webhooks: dict[str, WebhookSpec] = field(default_factory=dict)
+    emails: dict[str, EmailSpec] = field(default_factory=dict)
     path: str | None = None
     queue_size: int = DEFAULT_QUEUE_SIZE
     defaults: bool = True
     secrets: frozenset[str] = frozenset()  # dotted keys whose values must never be shown
 
     def delivery(self, callbacks: Mapping[str, Callable[..., Any]] | None = None) -> Delivery:
-        """A :class:`~gradwatch.alerts.Delivery` for these webhooks (plus ``callbacks``)."""
-        return Delivery(webhooks=self.webhooks, callbacks=callbacks, queue_size=self.queue_size)
+        """A :class:`~gradwatch.alerts.Delivery` for these webhooks and e-mail targets (plus
+        ``callbacks``)."""
+        return Delivery(webhooks=self.webhooks, emails=self.emails, callbacks=callbacks,
+                        queue_size=self.queue_size)  # fmt: skip
 
     def loggable_params(self) -> dict[str, str]:
         """Flat ``{"gradwatch.<key>": str}`` for MLflow params; secrets are ``"***"``.
@@ -152,6 +163,7 @@ class Config:
             out[f"gradwatch.{key}"] = self._show(f"hook.{key}", value)
         out["gradwatch.alerts.defaults"] = str(self.defaults).lower()
         out["gradwatch.alerts.webhooks"] = ",".join(sorted(self.webhooks)) or "none"
+        out["gradwatch.alerts.email"] = ",".join(sorted(self.emails)) or "none"
         for rule in self.rules:
             parts = [f"type={rule.type}"]
             if rule.severity:
@@ -180,8 +192,9 @@ class Config:
 
             text = config.masked_text()   # None when the config came from no file
 
-        Webhook URLs and headers are replaced by ``***`` unless they are exactly one ``${VAR}``
-        (the name of a variable, not its value); a password or token inside any URI is masked.
+        Webhook URLs and headers and e-mail passwords are replaced by ``***`` unless they are
+        exactly one ``${VAR}`` (the name of a variable, not its value); a password or token
+        inside any URI is masked.
         """
         if self.path is None:
             return None
@@ -198,6 +211,10 @@ class Config:
                 spec["headers"] = {
                     k: _placeholder_or_redacted(v) for k, v in spec["headers"].items()
                 }
+        emails = (data.get("alerts") or {}).get("email") or {}
+        for spec in emails.values():
+            if isinstance(spec, dict) and "password" in spec:
+                spec["password"] = _placeholder_or_redacted(spec["password"])
         header = f"# {os.path.basename(self.path)} as used by this run (secrets masked)\n"
         return header + yaml.safe_dump(_mask_strings(data), sort_keys=False)
 
@@ -212,6 +229,23 @@ class Config:
         if isinstance(value, bool):
             return str(value).lower()
         return mask_uri(value)
+
+
+def check_hook_option(name: str, value: Any) -> Any:
+    """``value`` of the hook option ``name`` checked against :data:`HOOK_OPTIONS` and, for the
+    check's own options, :func:`gradwatch.check.validate_options` (so ``check_gradients``, the
+    hook and the YAML file accept exactly the same values). Raises ValueError.
+
+        check_hook_option("seed", 2**64)   # ValueError: must be an integer from 0 to 2**64 - 1...
+    """
+    value = HOOK_OPTIONS[name].check(value)
+    if name in _CHECK_OPTIONS:
+        try:
+            validate_options(**{name: value})
+        except InputError as exc:
+            problem = str(exc)
+            raise ValueError(problem.removeprefix(f"{name} ")) from None
+    return value
 
 
 def _placeholder_or_redacted(value: Any) -> Any:
@@ -444,10 +478,6 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _word(value: Any) -> str:
-    return value if isinstance(value, str) else ""
-
-
 def _suggest(word: str, allowed: list[str] | tuple[str, ...]) -> str:
     close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
     return f" (did you mean `{close[0]}`?)" if close else ""
@@ -462,18 +492,24 @@ def _unknown(ctx: _Ctx, keypath: KeyPath, allowed: list[str] | tuple[str, ...]) 
 # Schema
 
 
-def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
-    """Check ``value`` against ``spec``; values from ${VAR} are converted, never echoed."""
-    from_env = keypath in ctx.env
-    if from_env and isinstance(value, str) and spec.kind in ("int", "float", "bool"):
+def _convert(ctx: _Ctx, keypath: KeyPath, value: Any, kind: str | None) -> Any:
+    """YAML's own quirks: numbers and booleans from ${VAR}; ``1e-2`` that YAML 1.1 reads as text."""
+    if keypath in ctx.env and isinstance(value, str) and kind in ("int", "float", "bool"):
         try:
             converted = yaml.safe_load(value)
         except yaml.YAMLError:
             converted = value
         if isinstance(converted, (int, float, bool)):
             value = converted
-    if spec.kind == "float" and isinstance(value, str) and _FLOAT.match(value.strip()):
+    if kind == "float" and isinstance(value, str) and _FLOAT.match(value.strip()):
         value = float(value)  # PyYAML (YAML 1.1) reads `1e-2` as a string; YAML 1.2 does not
+    return value
+
+
+def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
+    """Check ``value`` against ``spec``; values from ${VAR} are converted, never echoed."""
+    from_env = keypath in ctx.env
+    value = _convert(ctx, keypath, value, spec.kind)
     if spec.kind == "mapping":
         if value is None:
             return None
@@ -523,11 +559,12 @@ def _validate(ctx: _Ctx, data: Any) -> Config:
     queue_size = _value(ctx, ("alerts", "queue_size"), alerts.get("queue_size", DEFAULT_QUEUE_SIZE),
                         Param(DEFAULT_QUEUE_SIZE, "int", "queue per target", minimum=1))  # fmt: skip
     webhooks = _validate_webhooks(ctx, alerts.get("webhooks"))
-    rules = _validate_rules(ctx, alerts.get("rules"), webhooks, defaults)
+    emails = _validate_emails(ctx, alerts.get("email"))
+    rules = _validate_rules(ctx, alerts.get("rules"), webhooks, emails, defaults)
     secrets = {f"hook.{_dotted(k[1:])}" for k in ctx.env if k[:1] == ("hook",)}
     secrets |= {f"rule.{_rule_label(data, k)}" for k in ctx.env if k[:2] == ("alerts", "rules")}
-    return Config(hook=hook, rules=rules, webhooks=webhooks, path=ctx.path, queue_size=queue_size,
-                  defaults=defaults, secrets=frozenset(secrets))  # fmt: skip
+    return Config(hook=hook, rules=rules, webhooks=webhooks, emails=emails, path=ctx.path,
+                  queue_size=queue_size, defaults=defaults, secrets=frozenset(secrets))  # fmt: skip
 
 
 def _rule_label(data: Mapping[str, Any], keypath: KeyPath) -> str:
@@ -543,6 +580,13 @@ def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
         if key not in HOOK_OPTIONS:
             raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
         out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key])
+        try:
+            check_hook_option(key, out[key])
+        except ValueError as exc:
+            if ("hook", key) in ctx.env:
+                var = ctx.env[("hook", key)]
+                raise ctx.error(("hook", key), f"value of ${{{var}}} is not valid here") from None
+            raise ctx.error(("hook", key), str(exc)) from None
     return out
 
 
@@ -573,8 +617,31 @@ def _validate_webhooks(ctx: _Ctx, raw: Any) -> dict[str, WebhookSpec]:
     return webhooks
 
 
+def _validate_emails(ctx: _Ctx, raw: Any) -> dict[str, EmailSpec]:
+    """``alerts.email.<name>``: the schema is gradwatch.alerts.delivery.EMAIL_OPTIONS."""
+    emails = {}
+    for name, spec in _mapping(ctx, ("alerts", "email"), raw, "`email`").items():
+        keypath: KeyPath = ("alerts", "email", name)
+        if not _NAME.match(name):
+            raise ctx.error(keypath, "email target names are letters, digits, '_', '.', '-'")
+        spec = _mapping(ctx, keypath, spec, f"email target `{name}`")
+        for key in spec:
+            if key not in EMAIL_OPTIONS:
+                raise _unknown(ctx, (*keypath, key), tuple(EMAIL_OPTIONS))
+        options = {k: _value(ctx, (*keypath, k), v, EMAIL_OPTIONS[k]) for k, v in spec.items()}
+        try:
+            emails[name] = email_spec(options)
+        except InputError as exc:  # says which key is missing or wrong, never the password
+            raise ctx.error(keypath, str(exc)) from None
+    return emails
+
+
 def _validate_rules(
-    ctx: _Ctx, raw: Any, webhooks: Mapping[str, WebhookSpec], defaults: bool
+    ctx: _Ctx,
+    raw: Any,
+    webhooks: Mapping[str, WebhookSpec],
+    emails: Mapping[str, EmailSpec],
+    defaults: bool,
 ) -> list[Rule]:
     if raw is None:
         raw = []
@@ -583,7 +650,7 @@ def _validate_rules(
     rules: dict[str, Rule] = {r.name: r for r in default_rules()} if defaults else {}
     seen: set[str] = set()
     for i, item in enumerate(raw):
-        rule = _validate_rule(ctx, ("alerts", "rules", i), item, webhooks)
+        rule = _validate_rule(ctx, ("alerts", "rules", i), item, webhooks, emails)
         if rule.name in seen:
             raise ctx.error(("alerts", "rules", i, "name"), f"duplicate rule name {rule.name!r}")
         seen.add(rule.name)
@@ -591,69 +658,47 @@ def _validate_rules(
     return list(rules.values())
 
 
+#: YAML kinds of the rule keys that are not detector parameters (for ``_convert``).
+_RULE_KEY_KINDS = {"name": "str", "type": "str", "severity": "str", "cooldown": "int",
+                   "actions": "str_list", "enabled": "bool"}  # fmt: skip
+
+
 def _validate_rule(
-    ctx: _Ctx, keypath: KeyPath, item: Any, webhooks: Mapping[str, WebhookSpec]
+    ctx: _Ctx,
+    keypath: KeyPath,
+    item: Any,
+    webhooks: Mapping[str, WebhookSpec],
+    emails: Mapping[str, EmailSpec],
 ) -> Rule:
+    """The rule schema is :func:`gradwatch.alerts.validate_rule`'s; here only YAML's own part:
+    ``${VAR}`` numbers and ``1e-2`` read as text converted, structures refused without echoing
+    them (they may be alias bombs), and each problem placed at its file line."""
     item = _mapping(ctx, keypath, item, "each rule")
-    kinds = tuple(DETECTORS)
-    named = item.get("name")
-    kind = item.get("type", named if isinstance(named, str) and named in DETECTORS else None)
-    if kind is None:
-        raise ctx.error(keypath, f"rule needs a `type`; allowed: {', '.join(kinds)}")
-    if not isinstance(kind, str) or kind not in DETECTORS:
-        raise ctx.error((*keypath, "type"),
-                        f"unknown rule type {_short(kind)}{_suggest(_word(kind), kinds)}; "
-                        f"allowed: {', '.join(kinds)}")  # fmt: skip
-    spec = DETECTORS[kind]
-    allowed = (*RULE_KEYS, *spec.params)
-    for key in item:
-        if key not in allowed:
-            raise _unknown(ctx, (*keypath, key), allowed)
     if (*keypath, "name") in ctx.env:
         # The name is shown in params, tags and alerts: an expanded secret would be in the open.
         raise ctx.error((*keypath, "name"), "rule names cannot use ${VAR}; write the name itself")
-    name = _value(ctx, (*keypath, "name"), item.get("name", kind), Param("", "str", "rule name"))
-    if not _NAME.match(name):
-        raise ctx.error((*keypath, "name"), "rule names are letters, digits, '_', '.', '-'")
-    severity = item.get("severity")
-    if severity is not None and (not isinstance(severity, str) or severity not in SEVERITIES):
-        raise ctx.error((*keypath, "severity"),
-                        f"unknown severity {_short(severity)}{_suggest(_word(severity), SEVERITIES)}; "
-                        f"allowed: {', '.join(SEVERITIES)}")  # fmt: skip
-    cooldown = _value(ctx, (*keypath, "cooldown"), item.get("cooldown", Rule.cooldown),
-                      Param(0, "int", "steps", minimum=0))  # fmt: skip
-    enabled = _value(ctx, (*keypath, "enabled"), item.get("enabled", True), Param(True, "bool", ""))
-    actions = _validate_actions(ctx, (*keypath, "actions"), item.get("actions"), webhooks)
-    params = {k: _value(ctx, (*keypath, k), v, spec.params[k])
-              for k, v in item.items() if k in spec.params}  # fmt: skip
+    kind = item.get("type", item.get("name"))
+    params = DETECTORS[kind].params if isinstance(kind, str) and kind in DETECTORS else {}
+    converted = {}
+    for key, value in item.items():
+        spec_kind = params[key].kind if key in params else _RULE_KEY_KINDS.get(key)
+        where = (*keypath, key)
+        value = _convert(ctx, where, value, spec_kind)
+        if isinstance(value, Mapping) or (
+            isinstance(value, list) and spec_kind not in ("str_list", "series")
+        ):
+            raise ctx.error(where, f"expected a {(spec_kind or 'value').replace('_', ' ')}, "
+                                   f"got {_short(value)}")  # fmt: skip
+        if isinstance(value, list) and not all(isinstance(v, (str, int, float)) for v in value):
+            raise ctx.error(where, "expected a list of plain values (strings or numbers)")
+        converted[key] = value
     try:
-        return Rule(name=name, type=kind, severity=severity, params=params, cooldown=cooldown,
-                    actions=actions, enabled=enabled)  # fmt: skip
-    except ConfigError as exc:  # cross-parameter problems found by the detector factory
-        raise ctx.error(keypath, exc.problem) from None
-
-
-def _validate_actions(
-    ctx: _Ctx, keypath: KeyPath, raw: Any, webhooks: Mapping[str, WebhookSpec]
-) -> tuple[str, ...]:
-    if raw is None:
-        return Rule.actions
-    if isinstance(raw, str):
-        raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(a, str) for a in raw):
-        raise ctx.error(keypath, "actions must be a list of strings, e.g. [log, mlflow]")
-    forms = (*ACTIONS, "webhook:<name>", "callback:<name>")
-    for i, action in enumerate(raw):
-        try:
-            check_action(action)
-        except ValueError:
-            raise ctx.error((*keypath, i), f"unknown action {action!r}{_suggest(action, ACTIONS)}; "
-                                           f"allowed: {', '.join(forms)}") from None  # fmt: skip
-        if action.startswith("webhook:") and action[8:] not in webhooks:
-            known = tuple(webhooks)
-            raise ctx.error((*keypath, i),
-                            f"no webhook named {action[8:]!r}{_suggest(action[8:], known)}; "
-                            f"define it under alerts.webhooks (defined: {', '.join(known) or 'none'})")  # fmt: skip
-        if action == "webhook" and not webhooks:
-            raise ctx.error((*keypath, i), "action `webhook` but no alerts.webhooks are defined")
-    return tuple(raw)
+        return validate_rule(converted, webhooks=webhooks, emails=emails)
+    except ConfigError as exc:
+        sub: KeyPath = ()
+        if exc.key and exc.key != "params":
+            sub = tuple(int(p) if p.isdigit() else p for p in exc.key.split("."))
+        where = (*keypath, *sub)
+        if where in ctx.env:  # never echo a value that came from the environment
+            raise ctx.error(where, f"value of ${{{ctx.env[where]}}} is not valid here") from None
+        raise ctx.error(where, exc.problem) from None

@@ -15,6 +15,9 @@ Metrics (per step unless noted; ``<t>`` is a parameter tensor's name)
 ``grad_norm/<t>``, ``param_norm/<t>``    statistics steps: L2 norms
 ``nonfinite/<t>``                        statistics steps: NaN/Inf count in gradient + parameter
 ``update_ratio/<t>``                     ``||Δθ|| / ||θ||`` of the update after a statistics step
+``grad_abs_p50/<t>``, ``grad_abs_p99/<t>``   statistics steps: median and 99th percentile of |g|
+``grad_zero_frac/<t>``                   statistics steps: fraction of exactly-zero gradient entries
+``param_abs_p99/<t>``                    statistics steps: 99th percentile of |θ|
 ``gradcheck/passed``                     1.0 / 0.0 per gradient check
 ``gradcheck/max_rel_error``              the check's worst (triage-resolved) relative error
 ``gradcheck/difference``                 ``||g − g̃|| / (||g|| + ||g̃||)`` over the probes
@@ -31,9 +34,10 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gradwatch.alerts.observations import CheckObservation, StepObservation
+if TYPE_CHECKING:  # imported where used: gradwatch.alerts' detectors import this module
+    from gradwatch.alerts.observations import CheckObservation, StepObservation
 
 __all__ = [
     "ALERT_COUNT",
@@ -50,10 +54,14 @@ __all__ = [
     "CHECK_REL_ERROR",
     "CHECK_SCALE",
     "CHECK_SECONDS",
+    "GRAD_ABS_P50",
+    "GRAD_ABS_P99",
     "GRAD_NORM",
+    "GRAD_ZERO_FRAC",
     "LOSS",
     "LR",
     "NONFINITE",
+    "PARAM_ABS_P99",
     "PARAM_NORM",
     "PARAM_PREFIX",
     "STEP_SERIES",
@@ -64,6 +72,7 @@ __all__ = [
     "TAG_CHECKS_DEFERRED",
     "TAG_CHECKS_FAILED",
     "TAG_CHECK_ERROR",
+    "TAG_CHECK_NOT_RUN",
     "TAG_DEMO_BUG",
     "TAG_DEMO_MODEL",
     "TAG_ERROR",
@@ -94,6 +103,12 @@ GRAD_NORM = "grad_norm/"
 PARAM_NORM = "param_norm/"
 UPDATE_RATIO = "update_ratio/"
 NONFINITE = "nonfinite/"
+#: Statistics steps, per tensor: quantiles of |gradient|, the fraction of exactly-zero gradient
+#: entries (dead units; the ``dead_units`` rule reads it) and the 99th percentile of |param|.
+GRAD_ABS_P50 = "grad_abs_p50/"
+GRAD_ABS_P99 = "grad_abs_p99/"
+GRAD_ZERO_FRAC = "grad_zero_frac/"
+PARAM_ABS_P99 = "param_abs_p99/"
 
 CHECK_PREFIX = "gradcheck/"
 CHECK_PASSED = "gradcheck/passed"
@@ -129,6 +144,8 @@ TAG_SWEEP_ID = "gradwatch.sweep_id"
 #: + rule name: the text of the rule's latest alert (the ``mlflow`` action).
 TAG_ALERT = "gradwatch.alert."
 TAG_CHECK_ERROR = "gradwatch.check_error"
+#: Why a due check was not run (parameters stale: replaced instead of updated in place).
+TAG_CHECK_NOT_RUN = "gradwatch.check_not_run"
 TAG_CHECKS = "gradwatch.checks"
 TAG_CHECKS_FAILED = "gradwatch.checks_failed"
 TAG_CHECKS_DEFERRED = "gradwatch.checks_deferred"
@@ -316,6 +333,8 @@ def observations_from_metrics(
     ``value`` and ``timestamp``). Per step: a StepObservation if the step has a training
     metric, then a CheckObservation if a check ran at it (the order the hook observes them).
     """
+    from gradwatch.alerts.observations import CheckObservation, StepObservation
+
     out: list[StepObservation | CheckObservation] = []
     rows = rows_by_step(histories)
     for step in sorted(rows):

@@ -124,7 +124,8 @@ def test_secret_reached_through_an_alias_is_still_masked(monkeypatch):
     "option, value, words",
     [
         ("seed", -1, ">= 0"),
-        ("num_samples", 10**30, "<= 1e+06"),
+        ("num_samples", 10**30, "integer from 1 to 2147483647"),  # the engine's own limits
+        ("seed", 2**64, "integer from 0 to 2**64 - 1"),
         ("num_samples", 0, ">= 1"),
         ("every", 0, ">= 1"),
         ("budget", 1.5, "<= 1"),
@@ -383,3 +384,25 @@ def test_run_left_open_ends_at_interpreter_exit(tracking_uri, tmp_path, ending, 
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 5
     if status == "FAILED":
         assert "ValueError: x" in run.data.tags["gradwatch.error"]
+
+
+@pytest.mark.parametrize(
+    "option, bad, good",
+    [("seed", 2**64, 2**64 - 1), ("num_samples", 2**31, 2**31 - 1), ("seed", -1, 0)],
+)
+def test_check_options_have_one_set_of_limits(tmp_path, option, bad, good):
+    """check_gradients, GradWatch(...) and gradwatch.yaml accept and refuse the same values."""
+    from gradwatch.check import check_gradients
+
+    p = {"w": np.ones(2)}
+    with pytest.raises(InputError):
+        check_gradients(lambda q: float(q["w"].sum()), p, {"w": np.ones(2)}, **{option: bad})
+    with pytest.raises(InputError):
+        GradWatch(config=False, **{option: bad})
+    path = tmp_path / "gradwatch.yaml"
+    path.write_text(f"hook:\n  {option}: {bad}\n")
+    with pytest.raises(ConfigError, match=f"key `hook.{option}`"):
+        load_config(path)
+    assert GradWatch(config=False, **{option: good}).options.as_dict()[option] == good
+    path.write_text(f"hook:\n  {option}: {good}\n")
+    assert load_config(path).hook[option] == good

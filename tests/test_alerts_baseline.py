@@ -70,3 +70,29 @@ def test_missing_baseline_disables_only_that_rule(tracking_uri, caplog):
     assert "vs-base" in caplog.text and "disabled" in caplog.text
     with pytest.raises(TrackingError, match="cannot load baseline run"):
         load_baseline("0" * 32, tracking_uri=tracking_uri)
+
+
+def test_unreachable_server_is_one_masked_line_and_disables_the_rule(monkeypatch, caplog):
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    uri = f"http://bob:pw-s3cr3t@127.0.0.1:{port}"
+    with pytest.raises(TrackingError) as err:
+        load_baseline("0" * 32, tracking_uri=uri)
+    message = str(err.value)
+    assert "s3cr3t" not in message and "\n" not in message
+    assert f"http://bob:***@127.0.0.1:{port}" in message and "cannot load baseline run" in message
+    rules = attach_baselines([Rule("vs-base", "baseline_drift")], tracking_uri=uri)
+    assert [r.enabled for r in rules] == [False]
+    assert "vs-base" in caplog.text and "s3cr3t" not in caplog.text
+
+
+def test_missing_baseline_experiment_names_the_known_ones(tracking_uri):
+    experiment = f"known-{uuid.uuid4().hex[:8]}"
+    MlflowClient(tracking_uri).create_experiment(experiment)
+    with pytest.raises(TrackingError, match=f"no experiment named 'nope'.*{experiment}"):
+        load_baseline(tracking_uri=tracking_uri, experiment="nope")

@@ -11,6 +11,7 @@ import gradwatch
 from gradwatch.alerts import DETECTORS, AlertEngine, StepObservation
 from gradwatch.config import HOOK_OPTIONS, Config, load_config
 from gradwatch.errors import ConfigError
+from tests.test_alerts_email import PASSWORD, SmtpServer
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "alerts.yaml"
 SECRET = "https://hooks.example.com/services/T000/B000/s3cr3t-token"
@@ -56,6 +57,7 @@ def test_example_loads_and_documents_every_rule_type_and_parameter(monkeypatch):
     for option in HOOK_OPTIONS:
         assert f"  {option}:" in text, option
     assert {r.type for r in config.rules} == set(DETECTORS)
+    assert set(config.emails) == {"oncall"} and "password" in text
     AlertEngine(config.rules).observe_step(StepObservation(0, 1.0))
 
 
@@ -256,3 +258,62 @@ def test_masked_text_hides_webhooks_and_uri_credentials(tmp_path, monkeypatch):
     assert "http://bob:***@127.0.0.1:5000" in text and "${SLACK_WEBHOOK}" in text
     assert "short: '***'" in text and "experiment: mlp" in text
     assert Config().masked_text() is None
+
+
+@pytest.fixture
+def smtp_server():
+    server = SmtpServer()
+    yield server
+    server.close()
+
+
+def test_email_target_in_yaml_delivers_to_a_real_smtp_server(tmp_path, monkeypatch, smtp_server):
+    smtp = smtp_server
+    monkeypatch.setenv("SMTP_PW", PASSWORD)
+    path = write(
+        tmp_path,
+        f"""
+        alerts:
+          email:
+            oncall: {{host: 127.0.0.1, port: {smtp.port}, from: gw@example.com,
+                      to: [a@example.com], username: gw, password: "${{SMTP_PW}}",
+                      timeout: 2, retries: 0}}
+            inline: {{host: 127.0.0.1, from: gw@example.com, to: b@example.com,
+                      password: plain-pw-s3cr3t}}
+          rules:
+            - {{type: nonfinite, actions: [log, "email:oncall"]}}
+    """,
+    )
+    config = load_config(path)
+    assert config.emails["oncall"].password == PASSWORD
+    params = str(config.loggable_params())
+    assert PASSWORD not in params and "plain-pw-s3cr3t" not in params
+    assert config.loggable_params()["gradwatch.alerts.email"] == "inline,oncall"
+    text = config.masked_text()
+    assert PASSWORD not in text and "plain-pw-s3cr3t" not in text and "${SMTP_PW}" in text
+    engine = AlertEngine(config.rules)
+    delivery = config.delivery()
+    alerts = engine.observe_step(StepObservation(3, loss=float("nan")))
+    assert [a.actions for a in alerts] == [("log", "email:oncall")]
+    for a in alerts:
+        delivery.deliver(a)
+    assert smtp.wait(1)
+    delivery.close(5.0)
+    assert smtp.logins == [("gw", PASSWORD)]
+    assert smtp.envelopes == [("gw@example.com", ["a@example.com"])]
+    assert "nonfinite" in str(smtp.messages[0]["Subject"])
+
+
+def test_bad_email_targets_name_the_line(tmp_path):
+    err = error_of(write(tmp_path, "alerts:\n  email: {x: {host: h, from: a@b}}\n"))
+    assert "email needs `to`" in str(err) and err.line == 2
+    err = error_of(
+        write(
+            tmp_path, "alerts:\n  email:\n    x: {host: h, from: a@b, to: c@d,\n        prot: 25}\n"
+        )
+    )
+    assert "did you mean `port`" in str(err) and err.line == 4
+    text = "alerts:\n  rules:\n    - {type: nonfinite}\n    - {type: nan, actions: ['email:x']}\n"
+    err = error_of(write(tmp_path, text.replace("nan", "loss_divergence")))
+    assert "no email target named 'x'" in str(err) and err.line == 4
+    assert err.key == "alerts.rules[1].actions[0]"

@@ -17,22 +17,25 @@ from collections.abc import Iterable, Sequence
 
 from gradwatch.alerts.detectors import DEFAULT_BASELINE_METRICS
 from gradwatch.alerts.engine import Rule
-from gradwatch.errors import TrackingError
+from gradwatch.errors import InputError, TrackingError
+from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors
+from gradwatch.schema import TAG_BASELINE
 
 __all__ = ["BASELINE_TAG", "attach_baselines", "find_baseline_run", "load_baseline"]
 
 logger = logging.getLogger("gradwatch.alerts")
 
 #: Tag marking a run as a baseline (any value but false/0/no).
-BASELINE_TAG = "gradwatch.baseline"
+BASELINE_TAG = TAG_BASELINE
 _FALSY = ("", "false", "0", "no", "off")
 _SEARCH_LIMIT = 50  # tagged runs looked at, newest first
 
 
 def _client(tracking_uri: str | None):
-    from mlflow.tracking import MlflowClient  # lazy: importing mlflow takes seconds
-
-    return MlflowClient(tracking_uri=tracking_uri)
+    try:
+        return get_client(tracking_uri)
+    except InputError as exc:  # no such store: the rule cannot load its baseline
+        raise TrackingError(str(exc)) from None
 
 
 def find_baseline_run(tracking_uri: str | None = None, experiment: str | None = None) -> str:
@@ -41,15 +44,14 @@ def find_baseline_run(tracking_uri: str | None = None, experiment: str | None = 
     run_id = find_baseline_run("http://127.0.0.1:5000", experiment="mlp")
     """
     from mlflow.entities import ViewType
-    from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
-    try:
+    with mlflow_errors(client.tracking_uri, "cannot search for a baseline run"):
         if experiment is not None:
-            exp = client.get_experiment_by_name(experiment)
-            if exp is None:
-                raise TrackingError(f"baseline experiment {experiment!r} does not exist")
-            ids = [exp.experiment_id]
+            try:
+                ids = [experiment_id(client, experiment)]
+            except InputError as exc:  # names the experiments there are
+                raise TrackingError(f"baseline experiment: {exc}") from None
         else:
             ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
         runs = client.search_runs(
@@ -58,8 +60,6 @@ def find_baseline_run(tracking_uri: str | None = None, experiment: str | None = 
             order_by=["attributes.start_time DESC"],
             max_results=_SEARCH_LIMIT,
         )
-    except MlflowException as exc:
-        raise TrackingError(f"cannot search for a baseline run: {exc.message}") from None
     for run in runs:
         if run.data.tags.get(BASELINE_TAG, "").strip().lower() not in _FALSY:
             return run.info.run_id
@@ -84,12 +84,10 @@ def load_baseline(
     ``run_id=None``: the newest run tagged ``gradwatch.baseline`` (see
     :func:`find_baseline_run`). Raises TrackingError when the run or server is unavailable.
     """
-    from mlflow.exceptions import MlflowException
-
     if run_id is None:
         run_id = find_baseline_run(tracking_uri, experiment)
     client = _client(tracking_uri)
-    try:
+    with mlflow_errors(client.tracking_uri, f"cannot load baseline run {run_id!r}"):
         run = client.get_run(run_id)
         keys = [k for k in run.data.metrics if any(fnmatch.fnmatchcase(k, p) for p in metrics)]
         series = {}
@@ -97,8 +95,6 @@ def load_baseline(
             series[key] = {
                 int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)
             }
-    except MlflowException as exc:
-        raise TrackingError(f"cannot load baseline run {run_id!r}: {exc.message}") from None
     return series
 
 

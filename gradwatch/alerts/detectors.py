@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from gradwatch import schema
 from gradwatch.alerts.observations import CheckObservation, StepObservation
 from gradwatch.errors import InputError
 
@@ -611,10 +612,6 @@ def stalled_learning(
 # Observations by metric name (threshold, baseline_drift)
 
 #: Check-report fields and the metric names the hook logs them under.
-CHECK_METRICS = {"max_rel_error": "gradcheck/max_rel_error", "difference": "gradcheck/difference",
-                 "num_evals": "gradcheck/num_evals", "seconds": "gradcheck/seconds"}  # fmt: skip
-STEP_SERIES = {"grad_norm": "grad_norms", "param_norm": "param_norms",
-               "update_ratio": "update_ratios", "nonfinite": "nonfinite"}  # fmt: skip
 
 
 def observation_metrics(obs: Observation) -> dict[str, float]:
@@ -622,24 +619,14 @@ def observation_metrics(obs: Observation) -> dict[str, float]:
 
     observation_metrics(StepObservation(3, loss=0.5, grad_norms={"W1": 2.0}))
     # {"loss": 0.5, "grad_norm/W1": 2.0}
+
+    The names and the mapping are the run schema's (:func:`gradwatch.schema.step_metrics`,
+    :func:`gradwatch.schema.check_metrics`), so a rule sees exactly what lands in MLflow.
     """
-    out: dict[str, Any] = {}
     if isinstance(obs, StepObservation):
-        out.update(obs.metrics or {})
-        out["loss"], out["lr"] = obs.loss, obs.lr
-        for prefix, attr in STEP_SERIES.items():
-            for name, v in (getattr(obs, attr) or {}).items():
-                out[f"{prefix}/{name}"] = v
+        out = {**(obs.metrics or {}), **schema.step_metrics(obs)}
     else:
-        report = obs.report
-        for key, metric in CHECK_METRICS.items():
-            out[metric] = _num(report.get(key))
-        if report.get("passed") is not None:
-            out["gradcheck/passed"] = 1.0 if report["passed"] else 0.0
-        for name, t in (report.get("per_param") or {}).items():
-            out[f"gradcheck/rel_error/{name}"] = _num(t.get("max_rel_error"))
-            if t.get("num_mismatches"):
-                out[f"gradcheck/mismatches/{name}"] = t["num_mismatches"]
+        out = schema.check_metrics(obs.report)
     return {k: float(v) for k, v in out.items() if _finite(v)}
 
 
@@ -715,7 +702,7 @@ class DeadUnitsState(NamedTuple):
     tensors: Mapping[str, ZeroFracHistory] = {}
 
 
-ZERO_FRAC_PREFIX = "grad_zero_frac/"
+ZERO_FRAC_PREFIX = schema.GRAD_ZERO_FRAC
 
 
 def dead_units(
@@ -775,7 +762,8 @@ class BaselineDriftState(NamedTuple):
     compared: int = 0  # metric values compared with the baseline so far
 
 
-DEFAULT_BASELINE_METRICS = ("grad_norm/*", "gradcheck/max_rel_error", "gradcheck/rel_error/*")
+DEFAULT_BASELINE_METRICS = (schema.GRAD_NORM + "*", schema.CHECK_MAX_REL_ERROR,
+                            schema.CHECK_REL_ERROR + "*")  # fmt: skip
 
 
 def baseline_drift(
@@ -830,7 +818,7 @@ def baseline_drift(
             if base is None or not _finite(base):
                 continue
             compared += 1
-            if name.startswith("gradcheck/"):
+            if name.startswith(schema.CHECK_PREFIX):
                 ref = max(base, ignore_below)
                 if value > error_factor * ref:
                     off[name] = {"value": value, "baseline": base, "ratio": value / ref}

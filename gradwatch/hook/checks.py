@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch import schema
 from gradwatch.check import CheckReport, check_gradients
 from gradwatch.errors import InputError, LossError
 from gradwatch.hook.feed import AlertFeed
@@ -29,10 +30,6 @@ alert_logger = logging.getLogger("gradwatch.alerts")
 
 #: Log levels of alert severities (as the delivery's ``log`` action uses them).
 _LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
-_ALL_TENSORS_HINT = (
-    "\nhint: every tensor disagrees; is step() called after backprop and before the update, "
-    "with loss_fn on the same batch as the gradients?"
-)
 
 
 class CheckRunner:
@@ -75,13 +72,13 @@ class CheckRunner:
     def not_run(self, step: int, reason: BaseException | str) -> None:
         self.check_errors += 1
         logger.warning("gradwatch: gradient check at step %d could not run: %s", step, reason)
-        self.run.set_tags({"gradwatch.check_error": f"step {step}: {reason}"[:5000]})
+        self.run.set_tags({schema.TAG_CHECK_ERROR: f"step {step}: {reason}"[:5000]})
         return None
 
     def skip_stale(self, step: int) -> None:
         """A check due on parameters that are not the ones the gradients belong to."""
         self.checks_not_run += 1
-        self.run.set_tags({"gradwatch.check_not_run": (
+        self.run.set_tags({schema.TAG_CHECK_NOT_RUN: (
             f"step {step}: the parameter arrays have not changed since the first steps "
             "(replaced instead of updated in place); pass the current arrays to step()")})  # fmt: skip
 
@@ -89,20 +86,9 @@ class CheckRunner:
         self.checks += 1
         self.checks_failed += not report.passed
         self.last_report = report
-        metrics = {
-            "gradcheck/max_rel_error": report.max_rel_error,
-            "gradcheck/difference": report.difference,
-            "gradcheck/passed": 1.0 if report.passed else 0.0,
-            "gradcheck/num_evals": float(report.num_evals),
-            "gradcheck/seconds": report.seconds,
-        }
-        for name, tr in report.per_param.items():
-            metrics[f"gradcheck/rel_error/{name}"] = tr.max_rel_error
-            if tr.num_mismatches:
-                metrics[f"gradcheck/mismatches/{name}"] = float(tr.num_mismatches)
-        self.run.log_metrics(step, metrics, timestamp_ms)
         details = report.to_dict()
-        self.run.append_artifact_line("gradwatch/checks.jsonl", {"step": step, **details})
+        self.run.log_metrics(step, schema.check_metrics(details), timestamp_ms)
+        self.run.append_artifact_line(schema.ARTIFACT_CHECKS, {"step": step, **details})
         logged = self.feed.observe_check(step, details, timestamp_ms / 1000)
         if not report.passed:
             self._log_failure(step, report, logged)
@@ -113,14 +99,12 @@ class CheckRunner:
         return report
 
     def _log_failure(self, step: int, report: CheckReport, alerts: list[Any]) -> None:
-        """One message per failed check: the alert lines (if a rule fired) above the report."""
-        hint = ""
-        if report.per_param and len(report.mismatched_tensors) == len(report.per_param):
-            hint = _ALL_TENSORS_HINT
+        """One message per failed check: the alert lines (if a rule fired) above the report
+        (whose notes explain clipping, a constant factor or every tensor disagreeing)."""
         if not alerts:
-            logger.warning("gradwatch: step %d: %s%s", step, report, hint)
+            logger.warning("gradwatch: step %d: %s", step, report)
             return
         worst = max(alerts, key=lambda a: _LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        alert_logger.log(_LEVELS[worst.severity], "%s\n%s%s", heads, report, hint,
+        alert_logger.log(_LEVELS[worst.severity], "%s\n%s", heads, report,
                    extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip

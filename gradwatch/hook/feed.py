@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+from gradwatch.alert_sink import MlflowAlertSink
 from gradwatch.alerts import Alert, AlertEngine, CheckObservation, Delivery, StepObservation
 from gradwatch.hook.statistics import StepStats
 
@@ -49,6 +50,8 @@ class PendingStep(NamedTuple):
             update_ratios=self.update_ratios,
             nonfinite=stats.nonfinite if stats else None,
             timestamp=self.timestamp,
+            # Every other metric of the step, for `threshold` and `dead_units` rules.
+            metrics=stats.metrics if stats else None,
         )
 
 
@@ -59,13 +62,13 @@ class AlertFeed:
         self.engine = engine
         self.delivery = delivery
         self.run = run
+        self.sink = MlflowAlertSink(run)  # the `mlflow` action, as the monitor records it
         # A rule that stops training must see every step as it happens.
         stops = any("stop" in r.actions for r in engine.rules)
         self.batch = 1 if stops else ALERT_BATCH_STEPS
         self.pending: list[PendingStep] = []
         self.fed_at = time.perf_counter()
         self.alerts: list[Alert] = []
-        self.count = 0  # alerts with the mlflow action, for the `alerts/count` metric
         self.stop_alert: Alert | None = None
 
     def due(self, now: float) -> bool:
@@ -95,14 +98,15 @@ class AlertFeed:
         self.alerts.append(alert)
         self.delivery.deliver(delivered or alert)
         if "mlflow" in alert.actions:
-            self.count += 1
-            self.run.set_tags({f"gradwatch.alert.{alert.rule}": alert.text()[:5000]})
             # Stamped with the observed step's time (alerts are evaluated in batches).
-            when = int(alert.timestamp * 1000) if alert.timestamp else int(time.time() * 1000)
-            self.run.log_metrics(alert.step, {"alerts/count": float(self.count)}, when)
-            self.run.append_artifact_line("gradwatch/alerts.jsonl", alert.to_dict())
+            self.sink.record(alert, int(time.time() * 1000))
         if "stop" in alert.actions and self.stop_alert is None:
             self.stop_alert = alert
+
+    @property
+    def count(self) -> int:
+        """Alerts recorded with the ``mlflow`` action (the ``alerts/count`` metric)."""
+        return self.sink.count
 
     def close(self) -> None:
         """At close: the steps since the last batch still get their alerts."""

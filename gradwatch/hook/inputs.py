@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from gradwatch.errors import InputError
+from gradwatch.schema import LOSS, LR
 
 __all__ = ["as_float", "as_step", "scalars"]
 
@@ -63,7 +64,7 @@ def scalars(loss: float | None, lr: float | None) -> dict[str, float]:
     """The step's ``loss``/``lr`` metrics (those given)."""
     metrics = {}
     if loss is not None:
-        metrics["loss"] = loss
+        metrics[LOSS] = loss
     if lr is not None:
-        metrics["lr"] = lr
+        metrics[LR] = lr
     return metrics

@@ -17,9 +17,10 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from gradwatch.config import HOOK_OPTIONS, Config
+from gradwatch.config import HOOK_OPTIONS, Config, check_hook_option
 from gradwatch.errors import ConfigError, InputError
 from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME
+from gradwatch.schema import PARAM_PREFIX
 
 __all__ = ["DEFAULTS", "OPTION_NAMES", "HookOptions"]
 
@@ -82,7 +83,7 @@ class HookOptions:
 
     def loggable(self) -> dict[str, str]:
         """``{"gradwatch.every": "100", ...}``: the check options as MLflow params."""
-        return {f"gradwatch.{k}": "none" if getattr(self, k) is None else str(getattr(self, k))
+        return {PARAM_PREFIX + k: "none" if getattr(self, k) is None else str(getattr(self, k))
                 for k in LOGGED}  # fmt: skip
 
 
@@ -94,7 +95,7 @@ def _checked(name: str, value: Any, source: str = "", config_path: str = "") -> 
             raise ValueError(
                 f"expected a {spec.kind.replace('_', ' ')}, got {type(value).__name__}"
             )
-        return spec.check(value)
+        return check_hook_option(name, value)
     except ValueError as exc:
         if config_path:
             raise ConfigError(f"{exc} ({spec.doc})", path=config_path, key=f"hook.{name}") from None

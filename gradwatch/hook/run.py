@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from gradwatch import schema
 from gradwatch.alerts import AlertEngine, Rule
 from gradwatch.check import CheckReport
 from gradwatch.config import Config
@@ -30,7 +31,7 @@ from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
-from gradwatch.params import ENV_SWEEP_ID, TAG_SWEEP_ID
+from gradwatch.params import ENV_SWEEP_ID
 
 __all__ = ["RunParts", "open_tracking_run"]
 
@@ -45,9 +46,9 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
     run_name = options.run_name
     if options.rank_suffix:
         run_name = f"{run_name or 'run'}-rank{rank}"
-    tags = {"gradwatch.version": __version__, **user_tags}
+    tags = {schema.TAG_VERSION: __version__, **user_tags}
     if os.environ.get(ENV_SWEEP_ID):
-        tags[TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
+        tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
     return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
                     run_name=run_name, tags=tags, journal_dir=options.journal_dir)  # fmt: skip
 
@@ -81,7 +82,8 @@ class RunParts:
                 copy = os.path.join(tmp, os.path.basename(config.path))
                 with open(copy, "w", encoding="utf-8") as fh:
                     fh.write(masked)
-                run.log_artifact_file(copy, "gradwatch")
+                # Under the schema's folder, with the file's own name (a ci.yaml stays ci.yaml).
+                run.log_artifact_file(copy, os.path.dirname(schema.ARTIFACT_CONFIG))
         if any(r.type == "baseline_drift" and r.enabled for r in rules):
             # Loads the baseline run's series now (a request at start-up); a baseline that
             # cannot be loaded disables only that rule.
@@ -93,15 +95,15 @@ class RunParts:
     def summary(self, status: str, error: BaseException | None) -> dict[str, str]:
         """The run's closing tags."""
         tags = {
-            "gradwatch.checks": str(self.checks.checks),
-            "gradwatch.checks_failed": str(self.checks.checks_failed),
-            "gradwatch.checks_deferred": str(self.schedule.checks_deferred),
-            "gradwatch.alerts": str(self.feed.count),
+            schema.TAG_CHECKS: str(self.checks.checks),
+            schema.TAG_CHECKS_FAILED: str(self.checks.checks_failed),
+            schema.TAG_CHECKS_DEFERRED: str(self.schedule.checks_deferred),
+            schema.TAG_ALERTS: str(self.feed.count),
         }
         if isinstance(error, AlertStop):
-            tags["gradwatch.stop_reason"] = str(error)[:5000]
+            tags[schema.TAG_STOP_REASON] = str(error)[:5000]
         elif error is not None and status == "FAILED":
-            tags["gradwatch.error"] = f"{type(error).__name__}: {error}"[:5000]
+            tags[schema.TAG_ERROR] = f"{type(error).__name__}: {error}"[:5000]
         return tags
 
     # -- busy steps ---------------------------------------------------------------------------
@@ -153,7 +155,9 @@ class RunParts:
         if statistics.snapshot is not None:
             t0 = time.perf_counter()
             ratio_step, ratios = statistics.update_ratios(params)
-            self.run.log_metrics(ratio_step, {f"update_ratio/{k}": v for k, v in ratios.items()})
+            self.run.log_metrics(
+                ratio_step, {schema.UPDATE_RATIO + k: v for k, v in ratios.items()}
+            )
             self._ratio_cost = time.perf_counter() - t0  # journal line included
             stale.observe_ratios(s, ratios, self._ratio_grad_norms, lr)
         first = self.schedule.last_stats_step is None

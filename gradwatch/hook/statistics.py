@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from gradwatch import schema
 from gradwatch.hook.layout import TensorLayout
 from gradwatch.stats import tensor_stats, update_ratio
 
@@ -34,6 +35,7 @@ class StepStats(NamedTuple):
     grad_norms: dict[str, float]
     param_norms: dict[str, float]
     nonfinite: dict[str, int]
+    metrics: dict[str, float]  # the other metrics logged (|g|, |θ| quantiles, zero fraction)
 
 
 class Statistics:
@@ -45,22 +47,28 @@ class Statistics:
         self.num_metrics = 0  # metrics the last statistics step produced
 
     def measure(self, step: int, params: Any, grads: Any, metrics: dict[str, float]) -> StepStats:
-        """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``) to ``metrics`` and
+        """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``), ``grad_abs_p50/<t>``,
+        ``grad_abs_p99/<t>``, ``grad_zero_frac/<t>`` and ``param_abs_p99/<t>`` to ``metrics`` and
         keep a copy of the parameters to measure the update the optimizer is about to apply."""
         named = self.layout.named(params)
         with np.errstate(all="ignore"):
             stats = tensor_stats(named, self.layout.named_grads(grads))
-        out = StepStats({}, {}, {})
+        out = StepStats({}, {}, {}, {})
         for name, st in stats.items():
             out.grad_norms[name] = st.grad_norm
             out.param_norms[name] = st.param_norm
             out.nonfinite[name] = st.nonfinite
-            metrics[f"grad_norm/{name}"] = st.grad_norm
-            metrics[f"param_norm/{name}"] = st.param_norm
+            metrics[schema.GRAD_NORM + name] = st.grad_norm
+            metrics[schema.PARAM_NORM + name] = st.param_norm
             if st.nonfinite:
-                metrics[f"nonfinite/{name}"] = float(st.nonfinite)
+                metrics[schema.NONFINITE + name] = float(st.nonfinite)
+            out.metrics[schema.GRAD_ABS_P50 + name] = st.grad_abs_p50
+            out.metrics[schema.GRAD_ABS_P99 + name] = st.grad_abs_p99
+            out.metrics[schema.GRAD_ZERO_FRAC + name] = st.grad_zero_frac
+            out.metrics[schema.PARAM_ABS_P99 + name] = st.param_abs_p99
+        metrics.update(out.metrics)
         self.snapshot = (step, {name: p.copy() for name, p in named.items()})
-        self.num_metrics = 3 * len(stats)
+        self.num_metrics = 7 * len(stats)
         return out
 
     def update_ratios(self, params: Any) -> tuple[int, dict[str, float]]:
