@@ -96,6 +96,7 @@ HOOK_OPTIONS: dict[str, Param] = {
     "run_name": Param(None, "str", "MLflow run name"),
     "tracking_uri": Param(None, "str", "MLflow tracking URI (null: MLFLOW_TRACKING_URI)"),
     "journal_dir": Param(None, "str", "local journal directory (null: .gradwatch/journal)"),
+    "keep_journal": Param(False, "bool", "keep the journal of a run that fully landed"),
     "flush_timeout": Param(10.0, "float", "seconds to wait for MLflow at the end", minimum=0),
     "rank_suffix": Param(False, "bool", "every rank logs its own run <name>-rank<N>"),
     "params": Param(None, "mapping", "extra MLflow params {name: value}"),

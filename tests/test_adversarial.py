@@ -338,7 +338,7 @@ def test_uploaded_config_masks_webhooks_and_uri_credentials(tracking_uri, tmp_pa
     os.environ["GW_HOOK_URL"] = "http://127.0.0.1:9/ENV-s3cr3t"
     try:
         with GradWatch(every=None, experiment="adv-secrets", tracking_uri=tracking_uri,
-                       config=str(config)) as watch:  # fmt: skip
+                       config=str(config), keep_journal=True) as watch:  # fmt: skip
             watch.step(_params(), _grads(), loss=1.0)
     finally:
         del os.environ["GW_HOOK_URL"]

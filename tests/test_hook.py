@@ -334,3 +334,16 @@ def test_secrets_from_the_config_never_reach_mlflow(tracking_uri, tmp_path, monk
     assert run.data.params["api_key"] == "***" and run.data.params["width"] == "16"
     uploaded = open(client.download_artifacts(run.info.run_id, "gradwatch/gradwatch.yaml")).read()
     assert "literal-secret" not in uploaded and "s3cr3t" not in uploaded and "slack" in uploaded
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_landed_run_leaves_no_journal_unless_asked(tracking_uri, tmp_path, keep):
+    journal_dir = tmp_path / "journals"
+    params = {"w": np.ones(3)}
+    with gradwatch.GradWatch(every=None, experiment="keep-journal", journal_dir=str(journal_dir),
+                   keep_journal=keep, config=False) as watch:  # fmt: skip
+        for step in range(5):
+            watch.step(params, {"w": np.full(3, 0.1)}, loss=1.0 / (step + 1), lr=0.1)
+    assert watch.close_result.pending == 0
+    left = sorted(p.name for p in journal_dir.iterdir())
+    assert bool([n for n in left if n.endswith(".jsonl")]) == keep, left

@@ -50,6 +50,7 @@ class HookOptions:
     run_name: str | None
     tracking_uri: str | None
     journal_dir: str | None
+    keep_journal: bool
     flush_timeout: float
     rank_suffix: bool
 

@@ -50,7 +50,8 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
     if os.environ.get(ENV_SWEEP_ID):
         tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
     return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
-                    run_name=run_name, tags=tags, journal_dir=options.journal_dir)  # fmt: skip
+                    run_name=run_name, tags=tags, journal_dir=options.journal_dir,
+                    keep_journal=options.keep_journal)  # fmt: skip
 
 
 class RunParts:

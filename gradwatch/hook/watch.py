@@ -62,6 +62,8 @@ class GradWatch:
             divergence); ``callbacks``: ``{name: fn(alert)}`` for ``callback:<name>`` actions.
         rank: process rank (default ``RANK`` env, else 0). Only rank 0 checks and logs unless
             ``rank_suffix=True``, which gives every rank its own run named ``<name>-rank<N>``.
+        keep_journal: keep the local journal of a run whose records all landed (by default it
+            is deleted at close; journals of failed or incomplete runs always stay for sync).
         flush_timeout: seconds ``close()`` waits for MLflow before leaving the rest in the
             journal for ``gradwatch sync``.
 
@@ -87,6 +89,7 @@ class GradWatch:
         budget: float | None = _UNSET,
         stats_every: int | str = _UNSET,
         journal_dir: str | None = _UNSET,
+        keep_journal: bool = _UNSET,
         flush_timeout: float = _UNSET,
         rules: list[Rule] | None = None,
         callbacks: Mapping[str, Callable[[Any], Any]] | None = None,
@@ -98,7 +101,7 @@ class GradWatch:
             "every": every, "experiment": experiment, "run_name": run_name,
             "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
             "seed": seed, "budget": budget, "stats_every": stats_every, "journal_dir": journal_dir,
-            "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
+            "keep_journal": keep_journal, "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
         }  # fmt: skip
         self.options = HookOptions.resolve({k: v for k, v in given.items() if v is not _UNSET},
                                            self.config)  # fmt: skip

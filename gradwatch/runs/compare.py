@@ -41,7 +41,7 @@ from gradwatch.mlflow_access import (
     search_all,
 )
 from gradwatch.mlflow_access import experiment_id as lookup_experiment
-from gradwatch.runs.verdicts import explain_failed_check, is_finite, loss_verdict
+from gradwatch.runs.verdicts import clip_bound, explain_failed_check, is_finite, loss_verdict
 from gradwatch.schema import (
     ALERT_COUNT,
     ARTIFACT_CHECKS,
@@ -261,6 +261,9 @@ def _check_findings(
     logged_scale = {m.step: m.value for m in histories.get(CHECK_SCALE, ()) if is_finite(m.value)}
     for record in records or ():
         step = record.get("step")
+        if (c := clip_bound(record)) is not None:  # the engine itself named the clipped probes
+            clipped_steps.add(step)
+            bound = c
         if step not in failed_steps:
             continue
         why = explain_failed_check(record)
@@ -338,15 +341,18 @@ def summarize_runs(
 ) -> list[tuple[RunSummary, RunCurves]]:
     """Fetch each run's histories once; return its summary and plot curves.
 
-    The ``checks.jsonl`` artifact is read only for runs with failed checks, to tell a bug
-    from clipping. ``progress(run)`` is called after each run (for a progress bar).
+    The ``checks.jsonl`` artifact is read only for runs with failed or clipped checks, to tell
+    a bug from clipping and name the bound. ``progress(run)`` is called after each run (for a progress bar).
     """
     out = []
     with mlflow_errors(client.tracking_uri, "cannot read runs"):
         for run in runs:
             histories = fetch_histories(client, run)
             records = None
-            if any(not m.value >= 0.5 for m in histories.get(CHECK_PASSED, ())):
+            clipped = any(
+                m.value > 0 for k, h in histories.items() if k.startswith(CHECK_CLIPPED) for m in h
+            )
+            if clipped or any(not m.value >= 0.5 for m in histories.get(CHECK_PASSED, ())):
                 records = fetch_check_records(client, run)
             summary = summarize(run, histories, records)
             out.append((summary, curves_from(summary, histories)))

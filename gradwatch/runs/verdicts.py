@@ -187,6 +187,18 @@ def _pair(probe: Mapping[str, Any]) -> tuple[float, float]:
     return _number(probe.get("analytic")), _number(probe.get("numeric"))
 
 
+def clip_bound(check: Mapping[str, Any]) -> float | None:
+    """The bound ``c`` of a check whose engine gave probes the ``clipped`` verdict, else None.
+
+    clip_bound(record) == 5.0
+    """
+    for tensor in (check.get("per_param") or {}).values():
+        for probe in tensor.get("coords") or ():
+            if probe.get("verdict") == "clipped":
+                return abs(_pair(probe)[0])
+    return None
+
+
 def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float] | None:
     """Why a failed check failed, when its probes show it was not a backprop bug.
 
