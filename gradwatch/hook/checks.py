@@ -45,6 +45,7 @@ class CheckRunner:
         self.check_errors = 0
         self.checks_not_run = 0  # skipped: the parameters were stale
         self.last_report: CheckReport | None = None
+        self.last_num_metrics = 0  # metrics the last recorded check logged (their shipping cost)
         self._index = 0
 
     def run_check(self, step: int, params: Any, grads: Any, loss_fn: Callable[[Any], float],
@@ -87,7 +88,9 @@ class CheckRunner:
         self.checks_failed += not report.passed
         self.last_report = report
         details = report.to_dict()
-        self.run.log_metrics(step, schema.check_metrics(details), timestamp_ms)
+        metrics = schema.check_metrics(details)
+        self.last_num_metrics = len(metrics)
+        self.run.log_metrics(step, metrics, timestamp_ms)
         self.run.append_artifact_line(schema.ARTIFACT_CHECKS, {"step": step, **details})
         logged = self.feed.observe_check(step, details, timestamp_ms / 1000)
         if not report.passed:

@@ -126,6 +126,7 @@ class RunParts:
             # cost; that ratio is not known yet, so the last one measured stands in for it.
             cost = time.perf_counter() - entered
             cost += self._ratio_cost if ratios is None else 0.0
+            cost += self.statistics.num_metrics * self._ship_cost_per_metric()
             self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
         report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
@@ -191,7 +192,15 @@ class RunParts:
             self.checks.skip_stale(s)  # the gradients belong to other arrays than these
             return None
         t0 = time.perf_counter()
+        self.checks.last_num_metrics = 0  # stays 0 when the check cannot run
         try:
             return self.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
         finally:
-            self.schedule.check_finished(time.perf_counter() - t0)
+            shipping = self.checks.last_num_metrics * self._ship_cost_per_metric()
+            self.schedule.check_finished(time.perf_counter() - t0 + shipping)
+
+    def _ship_cost_per_metric(self) -> float:
+        """CPU the shipper process spends per metric: ``budget`` covers shipping what the
+        statistics and checks log, not only their time inside ``step()``. The every-step loss
+        and lr are never thinned, so they are not charged."""
+        return getattr(self.run, "ship_cpu_per_metric", 0.0)
