@@ -212,3 +212,17 @@ def test_hook_package_imports_only_public_names_and_never_mlflow():
                 assert parts[0] != "mlflow", path
             if isinstance(node, ast.Import):
                 assert all(a.name.split(".")[0] != "mlflow" for a in node.names), path
+
+
+def test_layout_names_tensors_as_the_check_engine_does():
+    from collections import namedtuple
+
+    import gradwatch
+
+    Params = namedtuple("Params", ["W", "b"])
+    params = Params(np.ones((2, 3)), np.zeros(3))
+    grads = {"dW": np.ones((2, 3)), "db": np.ones(3)}
+    layout = TensorLayout.of(params, grads)
+    report = gradwatch.check_gradients(lambda p: float(p.W.sum() + p.b.sum()), params, grads)
+    assert layout.names == tuple(report.per_param) == ("W", "b")
+    assert set(layout.named_grads(grads)) == {"W", "b"}

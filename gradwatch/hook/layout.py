@@ -4,8 +4,9 @@
     layout.verify(params, grads, step)           # every step, about 0.1 us a tensor
     layout.named(params)                         # {"W1": W1, ...}
 
-Names are the check engine's: a dict's keys, or "0", "1", ... for a list or tuple (a
-namedtuple too). Gradients are matched by the parameter's name or with a ``d`` prefix.
+Names and gradient matching are the check engine's (``gradwatch.check.param_items`` and
+``match_gradient_keys``): a dict's keys, a namedtuple's fields, or "0", "1", ... for a list or
+tuple; a gradient is found by the parameter's name or with a ``d`` prefix.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.check import match_gradient_keys, param_items
 from gradwatch.errors import InputError
 
 __all__ = ["TensorLayout"]
@@ -42,37 +44,17 @@ class TensorLayout:
 
     @classmethod
     def of(cls, params: Any, grads: Any) -> TensorLayout:
-        """Validate ``params``/``grads`` and record their layout (the first step)."""
-        kind, param_keys = _keys(params)
-        if not param_keys:
+        """Validate ``params``/``grads`` exactly as the check engine does (InputError naming
+        the key and shape) and record their layout (the first step)."""
+        items, kind = param_items(params)
+        if not items:
             raise InputError("params is empty: there is nothing to watch")
-        names = tuple(str(k) for k in param_keys)
-        grad_keys = _match_gradients(grads, names, kind)
-        shapes = []
-        for name, pkey, gkey in zip(names, param_keys, grad_keys):
-            value = params[pkey]
-            if not isinstance(value, np.ndarray):
-                raise InputError(
-                    f"param '{name}' is a {type(value).__name__}, not a numpy array: the check "
-                    "perturbs parameters in place, so pass the arrays your model uses"
-                )
-            if not np.issubdtype(value.dtype, np.floating):
-                raise InputError(
-                    f"param '{name}' has dtype {value.dtype}; gradients exist only for float "
-                    f"parameters: store it as float or leave it out of params"
-                )
-            grad = grads[gkey]
-            shape = getattr(grad, "shape", None)
-            if shape != value.shape:
-                raise InputError(
-                    f"gradient for '{name}' has shape {shape} but the parameter has shape "
-                    f"{value.shape}: backprop must return one gradient entry per parameter entry"
-                )
-            if getattr(grad, "dtype", np.dtype(object)).kind not in "fiu":
-                kind_of = getattr(grad, "dtype", type(grad).__name__)
-                raise InputError(f"gradient for '{name}' must be a numeric array, got {kind_of}")
-            shapes.append(value.shape)
-        return cls(kind, names, tuple(param_keys), grad_keys, tuple(shapes))
+        grad_key_of = match_gradient_keys(params, grads)
+        names = tuple(name for name, _ in items)
+        param_keys = tuple(params.keys()) if kind == "dict" else tuple(range(len(items)))
+        grad_keys = tuple(grad_key_of[name] for name in names)
+        shapes = tuple(value.shape for _, value in items)
+        return cls("dict" if kind == "dict" else "list", names, param_keys, grad_keys, shapes)
 
     def verify(self, params: Any, grads: Any, step: int) -> None:
         """Raise InputError if ``params``/``grads`` no longer have this layout: a parameter
@@ -164,64 +146,6 @@ class TensorLayout:
             f"step {step}: gradient for '{name}' is {_describe(grad)} but the parameter has shape "
             f"{shape}: backprop must return one gradient entry per parameter entry"
         )
-
-
-def _keys(params: Any) -> tuple[str, list[Any]]:
-    if isinstance(params, Mapping):
-        return "dict", list(params.keys())
-    if isinstance(params, (list, tuple)):
-        return "list", list(range(len(params)))
-    raise InputError(
-        "params must be a dict of arrays (e.g. {'W1': W1, 'b1': b1}) or a list/tuple of arrays, "
-        f"got {type(params).__name__}"
-    )
-
-
-def _match_gradients(grads: Any, names: tuple[str, ...], kind: str) -> tuple[Any, ...]:
-    """The key (or index) of each parameter's gradient: its name, or ``d`` + its name."""
-    if kind == "list":
-        if not isinstance(grads, (list, tuple)):
-            raise InputError(
-                f"params is a list of {len(names)} arrays, so grads must be a list/tuple of the "
-                f"same length, got {type(grads).__name__}"
-            )
-        if len(grads) != len(names):
-            raise InputError(
-                f"params has {len(names)} arrays but grads has {len(grads)}: pass one gradient "
-                "per parameter, in the same order"
-            )
-        return tuple(range(len(names)))
-    if not isinstance(grads, Mapping):
-        raise InputError(
-            "params is a dict, so grads must be a dict keyed like it ('W1' or 'dW1'), "
-            f"got {type(grads).__name__}"
-        )
-    by_text = {str(k): k for k in grads.keys()}
-    keys, missing = [], []
-    for name in names:
-        found = [by_text[k] for k in (name, "d" + name) if k in by_text]
-        if len(found) == 2:
-            raise InputError(
-                f"grads has both '{name}' and 'd{name}' for parameter '{name}': keep one"
-            )
-        if found:
-            keys.append(found[0])
-        else:
-            missing.append(name)
-    extra = sorted(set(by_text) - {str(k) for k in keys})
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append("missing gradients for " + ", ".join(f"'{m}'" for m in missing))
-        if extra:
-            parts.append(
-                "gradients with no matching parameter: " + ", ".join(f"'{e}'" for e in extra)
-            )
-        raise InputError(
-            "; ".join(parts) + f". grads must have one key per parameter ({', '.join(names)}), "
-            "named like the parameter or with a 'd' prefix ('dW1' for 'W1')"
-        )
-    return tuple(keys)
 
 
 def _count(value: Any) -> str:
