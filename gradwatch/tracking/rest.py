@@ -1,6 +1,6 @@
-"""``RestStore``: MLflow's documented REST API (``/api/2.0/mlflow/...``) over ``http.client``.
+"""``RestApiStore``: MLflow's documented REST API (``/api/2.0/mlflow/...``) over ``http.client``.
 
-    store = RestStore("http://user:pw@127.0.0.1:5000", request_timeout=10.0)
+    store = RestApiStore("http://user:pw@127.0.0.1:5000", request_timeout=10.0)
     store.log_batch(run_id, [("loss", 0.5, 1700000000000, 3)], [], [])
 
 One keep-alive connection, no retries of its own and a timeout on every request: the
@@ -29,7 +29,7 @@ from typing import Any
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.store import StoreError, classify_code
 
-__all__ = ["RestStore"]
+__all__ = ["RestApiStore"]
 
 API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/"
@@ -37,7 +37,7 @@ ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/"
 _NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-class RestStore:
+class RestApiStore:
     """The shipper's ``Store`` for an http(s) tracking server (see store.py)."""
 
     def __init__(self, tracking_uri: str, request_timeout: float = 10.0) -> None:

@@ -1,10 +1,10 @@
 """The MLflow side of shipping: the small interface the shipper uses, and how to pick one.
 
-    store = open_store("http://127.0.0.1:5000", request_timeout=10.0)   # RestStore
+    store = open_store("http://127.0.0.1:5000", request_timeout=10.0)   # RestApiStore
     store = open_store("sqlite:////abs/mlflow.db")                      # ClientStore
     exp_id = store.experiment_id("mlp"); run = store.create_run(...)
 
-Two implementations, same methods: ``RestStore`` (rest.py) speaks MLflow's documented REST
+Two implementations, same methods: ``RestApiStore`` (rest.py) speaks MLflow's documented REST
 API over one keep-alive HTTP connection, so neither the training process nor the shipper
 imports MLflow for an http(s) server; ``ClientStore`` (client_store.py) uses MLflow's public
 ``MlflowClient`` for every other store (the embedded sqlite store, databases, plugins) and for
@@ -79,9 +79,9 @@ def _needs_mlflow_auth() -> bool:
 def open_store(tracking_uri: str, request_timeout: float = 10.0) -> Any:
     """A ``Store`` for ``tracking_uri``: REST for http(s) servers, MlflowClient otherwise."""
     if tracking_uri.startswith(("http://", "https://")) and not _needs_mlflow_auth():
-        from gradwatch.tracking.rest import RestStore
+        from gradwatch.tracking.rest import RestApiStore
 
-        return RestStore(tracking_uri, request_timeout)
+        return RestApiStore(tracking_uri, request_timeout)
     from gradwatch.tracking.client_store import ClientStore
 
     return ClientStore(tracking_uri, request_timeout)
