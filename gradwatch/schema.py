@@ -77,6 +77,7 @@ __all__ = [
     "TAG_DEMO_MODEL",
     "TAG_ERROR",
     "TAG_INCOMPLETE",
+    "TAG_JOURNAL_DROPPED",
     "TAG_JOURNAL_ID",
     "TAG_MONITOR_ALERTED",
     "TAG_MONITOR_STATE",
@@ -154,6 +155,7 @@ TAG_STOP_REASON = "gradwatch.stop_reason"
 TAG_ERROR = "gradwatch.error"
 TAG_JOURNAL_ID = "gradwatch.journal_id"
 TAG_INCOMPLETE = "gradwatch.incomplete"
+TAG_JOURNAL_DROPPED = "gradwatch.journal_dropped"  # records a full disk kept out of the journal
 #: + param name: a param the journal and the server disagree on.
 TAG_PARAM_CONFLICT = "gradwatch.param_conflict."
 #: Marks a baseline run (any value but false/0/no).

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gradwatch import schema
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.batching import (
     MAX_TAG_VALUE,
@@ -47,8 +48,8 @@ __all__ = ["INCOMPLETE_TAG", "JOURNAL_ID_TAG", "SHIP_URI_ENV", "Shipper", "run_u
 
 logger = logging.getLogger("gradwatch")
 
-JOURNAL_ID_TAG = "gradwatch.journal_id"
-INCOMPLETE_TAG = "gradwatch.incomplete"
+JOURNAL_ID_TAG = schema.TAG_JOURNAL_ID
+INCOMPLETE_TAG = schema.TAG_INCOMPLETE
 PARAM_CONFLICT_TAG = "gradwatch.param_conflict."
 #: The real (unmasked) tracking URI reaches a shipper process only through this variable;
 #: the journal header and state file hold it with credentials masked.

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gradwatch import schema
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.context import context_tags
@@ -65,7 +66,7 @@ logger = logging.getLogger("gradwatch")
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 #: Tag set (and the run ended FAILED) when the journal could not be written (a full disk).
-JOURNAL_DROPPED_TAG = "gradwatch.journal_dropped"
+JOURNAL_DROPPED_TAG = schema.TAG_JOURNAL_DROPPED
 # A "full batch": wake the shipper early once this many metrics are waiting.
 _FULL_BATCH_METRICS = 1000
 
@@ -482,7 +483,7 @@ def open_run(
     exp_name, exp_id = (experiment, None) if experiment else _default_experiment()
     attached = attached_id is not None
     run_tags = dict(user_tags) if attached else {**context_tags(), **user_tags}
-    run_tags.setdefault("gradwatch.version", gradwatch.__version__)
+    run_tags.setdefault(schema.TAG_VERSION, gradwatch.__version__)
     header = {
         "v": FORMAT_VERSION,
         "id": new_journal_id(),
