@@ -152,3 +152,9 @@ def test_noisy_flat_run_is_stalled_and_diff_only_shows_what_differs(tracking_uri
         {"gradwatch.every": "100", "lr": "30"},
         {"gradwatch.every": "50", "lr": "3"},
     ]
+
+
+def test_a_sign_flip_is_a_bug_not_a_shared_factor():
+    flipped = [_probe(-n, n) for n in (3.0, -7.0, 11.0)]
+    record = {"per_param": {"W": {"coords": flipped, "directions": []}}}
+    assert explain_failed_check(record) is None

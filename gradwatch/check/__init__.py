@@ -4,6 +4,7 @@ from gradwatch.check import check_gradients
 report = check_gradients(loss_fn, params, grads, mode="auto", num_samples=32)
 """
 
+from gradwatch.check._explain import shared_ratio
 from gradwatch.check._inputs import match_gradient_keys, param_items
 from gradwatch.check.engine import (
     DEFAULT_NUM_SAMPLES,
@@ -25,5 +26,6 @@ __all__ = [
     "check_gradients",
     "match_gradient_keys",
     "param_items",
+    "shared_ratio",
     "validate_options",
 ]

@@ -11,13 +11,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 
 from gradwatch.check._inputs import Tensor
 from gradwatch.check.report import Probe, TensorReport
 
-__all__ = ["clip_bounds", "explain_disagreements", "SHARED_RATIO_TOLERANCE"]
+__all__ = ["clip_bounds", "explain_disagreements", "shared_ratio", "SHARED_RATIO_TOLERANCE"]
 
 #: Disagreeing probes share one ratio analytic/numeric when all ratios lie within 1% of each other.
 SHARED_RATIO_TOLERANCE = 0.01
@@ -77,17 +78,24 @@ def _format_factor(ratio: float) -> str:
     return text
 
 
-def _shared_ratio(probes: list[Probe]) -> float | None:
-    ratios = [
-        p.analytic / p.numeric
-        for p in probes
-        if p.numeric != 0 and math.isfinite(p.numeric) and math.isfinite(p.analytic)
-    ]
-    if len(ratios) < 2 or len(ratios) < len(probes) or min(ratios) <= 0:
+def shared_ratio(pairs: Iterable[tuple[float, float]]) -> float | None:
+    """The one positive factor r with analytic = r × numeric in every (analytic, numeric) pair
+    (within ``SHARED_RATIO_TOLERANCE``; at least two pairs), else None. A sign flip is no
+    shared factor: it is a backprop bug.
+
+        shared_ratio([(0.3, 3.0), (-0.7, -7.0)]) == 0.1
+    """
+    pairs = list(pairs)
+    ratios = [a / n for a, n in pairs if n != 0 and math.isfinite(n) and math.isfinite(a)]
+    if len(ratios) < 2 or len(ratios) < len(pairs) or min(ratios) <= 0:
         return None
     if max(ratios) > (1 + SHARED_RATIO_TOLERANCE) * min(ratios):
         return None
     return float(np.median(ratios))
+
+
+def _shared_ratio(probes: list[Probe]) -> float | None:
+    return shared_ratio((p.analytic, p.numeric) for p in probes)
 
 
 def explain_disagreements(per_param: dict[str, TensorReport]) -> list[str]:

@@ -30,6 +30,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gradwatch.check import shared_ratio
 from gradwatch.schema import from_mlflow_value
 
 __all__ = [
@@ -50,8 +51,6 @@ STALL_SIGMAS = 3.0
 #: Consecutive final steps that, all far above the best, make an explosion at the very end.
 TAIL_STEPS = 5
 #: Disagreeing probes whose analytic/numeric ratios agree within this share one factor.
-SCALE_TOLERANCE = 0.01
-
 _FLOAT_MAX = 1.7976931348623157e308
 
 
@@ -173,16 +172,6 @@ def _clipping_explains(probes: Sequence[tuple[float, float]]) -> bool:
     return len(probes) >= 2 or _simple(c)
 
 
-def _shared_scale(probes: Sequence[tuple[float, float]]) -> float | None:
-    ratios = [a / n for a, n in probes if n != 0 and math.isfinite(a / n)]
-    if len(ratios) < 2 or len(ratios) < len(probes):
-        return None
-    mid = statistics.median(ratios)
-    if mid == 0 or any(abs(r - mid) > SCALE_TOLERANCE * abs(mid) for r in ratios):
-        return None
-    return mid
-
-
 def _pair(probe: Mapping[str, Any]) -> tuple[float, float]:
     return _number(probe.get("analytic")), _number(probe.get("numeric"))
 
@@ -208,8 +197,9 @@ def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float] | None:
     ``("clipped", c)`` when every mismatching coordinate is an element-wise clip at ``±c``
     (directional probes may then disagree only in tensors with such coordinates: a random
     direction runs through the clipped ones); ``("scaled", r)`` when every mismatching probe
-    has analytic = ``r`` × numeric (within 1 %: a constant factor, e.g. clip-by-norm or a
-    loss averaged differently from its gradient); else None: a bug.
+    has analytic = ``r`` × numeric (the engine's own rule, ``gradwatch.check.shared_ratio``:
+    a constant factor, e.g. clip-by-norm or a loss averaged differently from its gradient);
+    else None: a bug.
     """
     coords: list[tuple[float, float]] = []
     directions: list[tuple[float, float]] = []
@@ -229,7 +219,7 @@ def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float] | None:
         return None
     if coords and _clipping_explains(coords) and direction_tensors <= coord_tensors:
         return "clipped", abs(coords[0][0])
-    scale = _shared_scale(probes)
+    scale = shared_ratio(probes)
     if scale is not None:
         return "scaled", scale
     return None
