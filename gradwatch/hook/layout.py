@@ -116,29 +116,17 @@ class TensorLayout:
     # -- messages --------------------------------------------------------------------------
 
     def _params_changed(self, params: Any, step: int) -> InputError:
-        if not isinstance(params, Mapping):
-            return InputError(f"step {step}: params is a {type(params).__name__}, but was a dict "
-                              "at the first step: pass the same kind of container every step")  # fmt: skip
-        now = set(params.keys())
-        added = sorted(map(str, now - self._param_key_set))
-        removed = sorted(map(str, self._param_key_set - now))
-        return InputError(
-            f"step {step}: params changed after the first step ({_diff(added, removed)}); "
+        return _keys_changed(
+            "params", params, self._param_key_set, step,
             "GradWatch watches the same tensors for the whole run: pass the same keys every "
-            "step, or start a new run for another model"
-        )
+            "step, or start a new run for another model",
+        )  # fmt: skip
 
     def _grads_changed(self, grads: Any, step: int) -> InputError:
-        if not isinstance(grads, Mapping):
-            return InputError(f"step {step}: grads is a {type(grads).__name__}, but was a dict "
-                              "at the first step: pass the same kind of container every step")  # fmt: skip
-        now = set(grads.keys())
-        added = sorted(map(str, now - self._grad_key_set))
-        removed = sorted(map(str, self._grad_key_set - now))
-        return InputError(
-            f"step {step}: grads changed after the first step ({_diff(added, removed)}); "
-            "pass one gradient per parameter, with the same keys every step"
-        )
+        return _keys_changed(
+            "grads", grads, self._grad_key_set, step,
+            "pass one gradient per parameter, with the same keys every step",
+        )  # fmt: skip
 
     def _bad_shape(self, key: Any, grad: Any, shape: tuple[int, ...], step: int) -> InputError:
         name = self.names[self.grad_keys.index(key)]
@@ -146,6 +134,18 @@ class TensorLayout:
             f"step {step}: gradient for '{name}' is {_describe(grad)} but the parameter has shape "
             f"{shape}: backprop must return one gradient entry per parameter entry"
         )
+
+
+def _keys_changed(what: str, now: Any, first: frozenset, step: int, advice: str) -> InputError:
+    """``what`` (params or grads) no longer has the dict keys it had at the first step."""
+    if not isinstance(now, Mapping):
+        return InputError(f"step {step}: {what} is a {type(now).__name__}, but was a dict at "
+                          "the first step: pass the same kind of container every step")  # fmt: skip
+    added = sorted(map(str, now.keys() - first))
+    removed = sorted(map(str, first - now.keys()))
+    return InputError(
+        f"step {step}: {what} changed after the first step ({_diff(added, removed)}); {advice}"
+    )
 
 
 def _count(value: Any) -> str:
