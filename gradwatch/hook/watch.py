@@ -53,7 +53,8 @@ class GradWatch:
             ``./gradwatch.yaml`` if present, or ``False`` for no file.
         num_samples, mode, eps, seed: options of :func:`gradwatch.check_gradients`.
         budget: how much slower monitoring may make the loop, as a fraction of the loop's own
-            time (e.g. 0.05): everything the hook spends, checks included, stays within it, so
+            time (e.g. 0.05): everything the hook spends, checks included, and the shipper's CPU
+            for what statistics and checks log stay within it, so
             checks run at most every ``every`` steps and only as often as that allows.
             ``None``: no limit.
         stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 0.25% of the
@@ -201,9 +202,8 @@ class GradWatch:
         if os.getpid() != self._pid:
             return  # a forked child exiting: the run belongs to the parent
         error = getattr(sys, "last_value", None)  # set when an exception went uncaught
-        status = "FINISHED" if error is None else "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"  # fmt: skip
         try:
-            self.close(status, error=error)
+            self.close(_exit_status(type(error) if error else None, error, False), error=error)
         except Exception as exc:  # noqa: BLE001 - the journal keeps the rest for `gradwatch sync`
             logger.warning("gradwatch: closing the run at exit failed: %s", exc)
 
