@@ -44,6 +44,9 @@ __all__ = [
     "ARTIFACT_ALERTS",
     "ARTIFACT_CHECKS",
     "ARTIFACT_CONFIG",
+    "ARTIFACT_HISTOGRAMS",
+    "ARTIFACT_HISTOGRAMS_PNG",
+    "ARTIFACT_REPORT",
     "CHECK_CLIPPED",
     "CHECK_DIFFERENCE",
     "CHECK_MAX_REL_ERROR",
@@ -172,6 +175,13 @@ TAG_DEMO_BUG = "gradwatch.demo.bug"
 ARTIFACT_CHECKS = "gradwatch/checks.jsonl"  # one CheckReport.to_dict() per check, with "step"
 ARTIFACT_ALERTS = "gradwatch/alerts.jsonl"  # one Alert.to_dict() per recorded alert
 ARTIFACT_CONFIG = "gradwatch/gradwatch.yaml"  # the effective config, secrets masked
+#: One ``gradwatch.stats.histogram_record`` per histogram step: |g| and |θ| of every tensor on
+#: fixed log-spaced bins (``{"step", "bins", "tensors": {t: {"grad": .., "param": ..}}}``).
+ARTIFACT_HISTOGRAMS = "gradwatch/histograms.jsonl"
+#: Drawn at the end of the run from histograms.jsonl: one panel per tensor over the steps.
+ARTIFACT_HISTOGRAMS_PNG = "gradwatch/histograms.png"
+#: The run report, one self-contained HTML file (``gradwatch report RUN_ID`` redraws it).
+ARTIFACT_REPORT = "gradwatch/report.html"
 
 # MLflow clamps +-inf to the largest double on the way in.
 _FLOAT_MAX = sys.float_info.max

@@ -11,10 +11,22 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["TensorStats", "abs_quantiles", "norm", "tensor_stats", "update_ratio"]
+__all__ = [
+    "HIST_BINS",
+    "HIST_EDGES",
+    "TensorStats",
+    "abs_quantiles",
+    "hist_edges",
+    "histogram_record",
+    "log_histogram",
+    "norm",
+    "tensor_stats",
+    "update_ratio",
+]
 
 
 @dataclass(frozen=True)
@@ -87,3 +99,62 @@ def update_ratio(before: np.ndarray, after: np.ndarray) -> float:
     if denom == 0.0:
         return 0.0 if moved == 0.0 else math.inf
     return moved / denom
+
+
+# -- histograms on fixed log-spaced bins -------------------------------------------------------
+
+#: Bins of |x|: 4 per decade from 1e-10 to 1e4, the same for every tensor, step and run, so
+#: histograms stack into a picture of how a distribution moved and compare across runs.
+HIST_LOG10_LO = -10
+HIST_LOG10_HI = 4
+HIST_PER_DECADE = 4
+HIST_EDGES = np.logspace(
+    HIST_LOG10_LO, HIST_LOG10_HI, (HIST_LOG10_HI - HIST_LOG10_LO) * HIST_PER_DECADE + 1
+)
+HIST_BINS = {"log10_lo": HIST_LOG10_LO, "log10_hi": HIST_LOG10_HI, "per_decade": HIST_PER_DECADE}
+
+
+def hist_edges(bins: Mapping[str, int]) -> np.ndarray:
+    """The bin edges a histogram record's ``bins`` entry describes: hist_edges(rec["bins"])."""
+    lo, hi, per = int(bins["log10_lo"]), int(bins["log10_hi"]), int(bins["per_decade"])
+    return np.logspace(lo, hi, (hi - lo) * per + 1)
+
+
+def log_histogram(a: np.ndarray) -> dict[str, Any]:
+    """Histogram of |a| on :data:`HIST_EDGES`, with what falls outside them counted apart.
+
+        log_histogram(np.array([0.0, 1e-3, -2e-3, 1e9]))
+        # {"counts": [..56 ints..], "zero": 1, "under": 0, "over": 1, "nonfinite": 0}
+
+    ``counts[i]`` holds ``HIST_EDGES[i] <= |x| < HIST_EDGES[i+1]`` (the last bin includes its
+    right edge); ``under`` is ``0 < |x| < 1e-10``, ``over`` is ``|x| > 1e4``, ``zero`` is
+    exactly 0 and ``nonfinite`` NaN/Inf. The five add up to ``a.size``.
+    """
+    flat = np.abs(a.reshape(-1))
+    finite = np.isfinite(flat)
+    nonfinite = int(flat.size - np.count_nonzero(finite))
+    if nonfinite:
+        flat = flat[finite]
+    counts, _ = np.histogram(flat, bins=HIST_EDGES)
+    zero = int(flat.size - np.count_nonzero(flat))
+    under = int(np.count_nonzero(flat < HIST_EDGES[0])) - zero
+    over = int(np.count_nonzero(flat > HIST_EDGES[-1]))
+    return {"counts": counts.tolist(), "zero": zero, "under": under, "over": over,
+            "nonfinite": nonfinite}  # fmt: skip
+
+
+def histogram_record(
+    step: int, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]
+) -> dict[str, Any]:
+    """One line of ``gradwatch/histograms.jsonl``: |g| and |θ| of every tensor at ``step``.
+
+        histogram_record(300, {"W1": W1}, {"W1": dW1})
+        # {"step": 300, "bins": HIST_BINS, "tensors": {"W1": {"grad": {...}, "param": {...}}}}
+
+    ``grads`` keyed like ``params`` (already matched); each entry is a :func:`log_histogram`.
+    """
+    tensors = {
+        name: {"grad": log_histogram(grads[name]), "param": log_histogram(p)}
+        for name, p in params.items()
+    }
+    return {"step": int(step), "bins": dict(HIST_BINS), "tensors": tensors}
