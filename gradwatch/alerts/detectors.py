@@ -44,6 +44,7 @@ __all__ = [
     "loss_divergence",
     "nonfinite",
     "rel_error_drift",
+    "stale_run",
     "stalled_learning",
     "threshold",
 ]
@@ -755,6 +756,29 @@ def dead_units(
 
 
 # --------------------------------------------------------------------------------------------
+# stale_run
+
+
+def stale_run(minutes: float = 30.0) -> Detector:
+    """A RUNNING run that logged no step for ``minutes``: judged by ``gradwatch monitor`` only.
+
+        rule = Rule("host-died", "stale_run", params={"minutes": 30.0})
+
+    Staleness is the absence of observations, so no observation can reveal it: the monitor
+    judges it from the run's metric timestamps (:func:`gradwatch.runs.monitor.stale_run_alert`).
+    In the training process the process itself is what goes stale, so the rule is accepted
+    there (one rules file serves both) but :class:`~gradwatch.alerts.AlertEngine` skips it;
+    this detector, should anything run it, never fires.
+    """
+    del minutes  # read by the monitor from the rule's params
+
+    def update(state: tuple, obs: Observation):
+        return None, state
+
+    return Detector(tuple, update)
+
+
+# --------------------------------------------------------------------------------------------
 # baseline_drift
 
 
@@ -930,12 +954,16 @@ def _count(doc: str, minimum: int = 1) -> Param:
 
 @dataclass(frozen=True)
 class DetectorSpec:
-    """A rule type: its factory, parameters, default severity (None: the detector decides)."""
+    """A rule type: its factory, parameters, default severity (None: the detector decides).
+
+    ``monitor_only``: judged by ``gradwatch monitor`` alone; the engine skips such rules.
+    """
 
     factory: Callable[..., Detector]
     params: Mapping[str, Param]
     summary: str
     severity: str | None = "warning"
+    monitor_only: bool = False
 
 
 def _spec(
@@ -943,6 +971,7 @@ def _spec(
     params: Mapping[str, Param],
     summary: str,
     severity: str | None = "warning",
+    monitor_only: bool = False,
 ) -> DetectorSpec:
     """``params`` with their defaults read from ``factory``'s signature (declared once)."""
     signature = inspect.signature(factory).parameters
@@ -951,7 +980,7 @@ def _spec(
                         f"the factory takes {list(signature)}")  # fmt: skip
     filled = {name: dataclasses.replace(p, default=signature[name].default)
               for name, p in params.items()}  # fmt: skip
-    return DetectorSpec(factory, filled, summary, severity)
+    return DetectorSpec(factory, filled, summary, severity, monitor_only)
 
 
 DETECTORS: dict[str, DetectorSpec] = {
@@ -1055,6 +1084,12 @@ DETECTORS: dict[str, DetectorSpec] = {
             "baseline": _count("first observations that set a tensor's usual level"),
         },
         "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
+    ),
+    "stale_run": _spec(
+        stale_run,
+        {"minutes": _pos("minutes without a new step before a RUNNING run counts as stale")},
+        "a RUNNING run logged no step for `minutes` (gradwatch monitor only)",
+        monitor_only=True,
     ),
     "baseline_drift": _spec(
         baseline_drift,

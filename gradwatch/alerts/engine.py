@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from gradwatch.alerts.detectors import Detector
+from gradwatch.alerts.detectors import DETECTORS, Detector
 from gradwatch.alerts.observations import Alert, CheckObservation, StepObservation, severity_rank
 from gradwatch.alerts.rules import (
     ACTIONS,
@@ -61,7 +61,9 @@ class AlertEngine:
         alerts = engine.observe_step(obs)     # list[Alert], usually empty
         engine.state.fired                    # {"loss_divergence": 1, ...}
 
-    Not thread-safe: call it from the training thread (it is cheap and does no I/O).
+    Disabled rules and rules only ``gradwatch monitor`` can judge (``stale_run``) are left
+    out of ``rules``. Not thread-safe: call it from the training thread (it is cheap and does
+    no I/O).
     """
 
     def __init__(self, rules: Iterable[Rule] | None = None) -> None:
@@ -70,7 +72,11 @@ class AlertEngine:
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"duplicate rule name(s): {', '.join(dupes)}", key="name")
-        self.rules: tuple[Rule, ...] = tuple(r for r in rules if r.enabled)
+        # Monitor-only rules (stale_run) are accepted in a rules file the hook shares with
+        # `gradwatch monitor`, but only the monitor can judge them.
+        self.rules: tuple[Rule, ...] = tuple(
+            r for r in rules if r.enabled and not DETECTORS[r.type].monitor_only
+        )
         self._detectors = {r.name: r.detector() for r in self.rules}
         self.reset()
 

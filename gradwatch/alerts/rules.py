@@ -139,6 +139,16 @@ def _check_actions(
     return tuple(actions)
 
 
+def _check_monitor_only(kind: str, actions: tuple[str, ...]) -> None:
+    """A rule only ``gradwatch monitor`` judges cannot ``stop`` training: it runs elsewhere."""
+    if DETECTORS[kind].monitor_only and "stop" in actions:
+        raise ConfigError(
+            f"{kind} is judged by `gradwatch monitor`, outside the training process, which it "
+            "cannot stop; remove `stop` from the actions",
+            key=f"actions.{actions.index('stop')}",
+        )
+
+
 def _check_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
     """Each parameter against the detector's schema, normalized (``1`` -> ``1.0``, ...)."""
     spec = DETECTORS[kind]
@@ -184,6 +194,7 @@ class Rule:
         _check_severity(self.severity)
         _check_cooldown(self.cooldown)
         object.__setattr__(self, "actions", _check_actions(self.actions, None))
+        _check_monitor_only(self.type, self.actions)
         object.__setattr__(self, "params", _check_params(self.type, self.params))
         self.detector()  # cross-parameter problems now, not at the first observation
 

@@ -15,8 +15,13 @@ How it works, per poll:
    (tag ``gradwatch.monitor.state=active``) that have finished since, so their last steps are
    evaluated too. The baseline run itself is skipped.
 2. Read their metric histories and rebuild what the hook saw
-   (:func:`gradwatch.schema.observations_from_metrics`). A running run's newest step is held
-   back until it is :data:`DEFAULT_SETTLE` seconds old, so half-shipped steps are not judged.
+   (:func:`gradwatch.schema.observations_from_metrics`): the series the hook logs for the
+   rules (loss, lr, norms, ratios, non-finite counts, ``gradcheck/*``), plus every metric a
+   rule names (a ``threshold`` rule's ``metric`` glob, ``grad_zero_frac/*`` for
+   ``dead_units``, a ``baseline_drift`` rule's ``metrics``), a user's own ``val_acc`` too:
+   those reach the rules in ``StepObservation.metrics``, as in the hook. A running run's
+   newest step is held back until it is :data:`DEFAULT_SETTLE` seconds old, so half-shipped
+   steps are not judged.
 3. Feed them, in step order, to one :class:`AlertEngine` per run (the same rules, detectors
    and cooldowns as the hook), resuming after the last step seen.
 4. Deliver every alert, one target at a time, waiting for the outcome; only once every
@@ -25,9 +30,12 @@ How it works, per poll:
    After a restart the monitor replays each run from step 0 (detectors need the history)
    and delivers only alerts at a later step than the tag says, so nothing delivered is
    sent twice. The ``mlflow`` action writes through the same sink as the hook.
-5. With ``stale_minutes``: a RUNNING run whose newest step is older than that raises
-   ``stale_run`` (once per step it stalled at): a crashed host whose process never ended
-   the run.
+5. Each ``stale_run`` rule (or ``stale_minutes``): a RUNNING run whose newest step is older
+   than its ``minutes`` raises it, once per step it stalled at (a run that logs again and
+   stalls again is news): a crashed host whose process never ended the run. ``stale_minutes``
+   is the shorthand for a rule ``stale_run`` (actions log, mlflow and every webhook); given
+   with ``stale_run`` rules, it sets their ``minutes`` (the command line wins) and keeps
+   their names and actions.
 
 Baseline drift: a ``baseline_drift`` rule compares each run with the baseline run (``--baseline
 RUN_ID``, or the newest run of the experiment tagged ``gradwatch.baseline=true``); with no such
@@ -37,6 +45,7 @@ rule configured, the monitor adds one whenever a baseline exists.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import threading
 import time
@@ -51,18 +60,23 @@ from gradwatch.alerts import (
     CheckObservation,
     Delivery,
     Rule,
+    StepObservation,
     attach_baselines,
     default_rules,
     find_baseline_run,
 )
-from gradwatch.alerts.detectors import REL_ERROR_WARNING
+from gradwatch.alerts.detectors import DETECTORS, REL_ERROR_WARNING
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, search_all
 from gradwatch.schema import (
+    CHECK_PREFIX,
+    GRAD_ZERO_FRAC,
+    LOSS,
+    LR,
+    STEP_SERIES,
     TAG_BASELINE,
     TAG_MONITOR_ALERTED,
     TAG_MONITOR_STATE,
-    WATCHED_PREFIXES,
     check_report_from_metrics,
     observations_from_metrics,
     rows_by_step,
@@ -81,7 +95,9 @@ __all__ = [
     "PollResult",
     "alert_for_run",
     "check_report",
+    "hook_series",
     "observations",
+    "rule_metrics",
     "settled_upto",
     "stale_run_alert",
 ]
@@ -109,9 +125,71 @@ def check_report(values: Mapping[str, float]) -> dict[str, Any]:
     return check_report_from_metrics(values, REL_ERROR_WARNING)
 
 
-def observations(histories: Mapping[str, Sequence], after: int = -1, upto: int | None = None):
-    """What the hook saw at steps ``after < step <= upto``, rebuilt from metric histories."""
-    return observations_from_metrics(histories, after, upto, REL_ERROR_WARNING)
+def hook_series(key: str) -> bool:
+    """Whether ``key`` fills a field of the observations (loss, lr, per-tensor norms, ratios
+    and non-finite counts, ``gradcheck/*``) rather than ``StepObservation.metrics``."""
+    return key in (LOSS, LR) or key.startswith((CHECK_PREFIX, *STEP_SERIES))
+
+
+def rule_metrics(rules: Iterable[Rule]) -> tuple[str, ...]:
+    """Globs of the metrics ``rules`` read besides :func:`hook_series`.
+
+    rule_metrics([Rule("acc", "threshold", params={"metric": "val_acc", "below": 0.5})])
+    # ("val_acc",)
+    """
+    patterns: list[str] = []
+    for rule in rules:
+        if not rule.enabled:
+            continue
+        defaults = {name: p.default for name, p in DETECTORS[rule.type].params.items()}
+        params = {**defaults, **rule.params}
+        if rule.type == "threshold":
+            patterns.append(params["metric"])
+        elif rule.type == "dead_units":
+            patterns.append(GRAD_ZERO_FRAC + "*")
+        elif rule.type == BASELINE_RULE:
+            patterns.extend(params["metrics"] or ())
+    return tuple(dict.fromkeys(patterns))
+
+
+def observations(
+    histories: Mapping[str, Sequence], after: int = -1, upto: int | None = None
+) -> list[StepObservation | CheckObservation]:
+    """What the hook saw at steps ``after < step <= upto``, rebuilt from metric histories.
+
+        obs = observations({"loss": [...], "val_acc": [...]}, after=99)
+
+    Keys that are not :func:`hook_series` (``grad_zero_frac/W1``, a user's ``val_acc``) go to
+    ``StepObservation.metrics``, as the hook passes them; a step that has only such metrics
+    gets a StepObservation of its own.
+    """
+    hook = {k: h for k, h in histories.items() if hook_series(k)}
+    obs = observations_from_metrics(hook, after, upto, REL_ERROR_WARNING)
+    extra = {
+        step: row
+        for step, row in rows_by_step(
+            {k: h for k, h in histories.items() if not hook_series(k)}
+        ).items()
+        if step > after and (upto is None or step <= upto)
+    }
+    if not extra:
+        return obs
+    by_step: dict[int, list[StepObservation | CheckObservation]] = {}
+    for ob in obs:
+        by_step.setdefault(ob.step, []).append(ob)
+    out: list[StepObservation | CheckObservation] = []
+    for step in sorted(set(by_step) | set(extra)):
+        at_step = by_step.get(step, [])
+        row = extra.get(step)
+        if row is not None:
+            metrics = {k: v for k, v in row.items() if k != "_ts"}
+            if at_step and isinstance(at_step[0], StepObservation):
+                at_step[0] = dataclasses.replace(at_step[0], metrics=metrics)
+            else:  # the StepObservation comes before a check at the same step, as in the hook
+                at_step.insert(0, StepObservation(step, metrics=metrics,
+                                                  timestamp=row["_ts"] / 1000.0 or None))  # fmt: skip
+        out.extend(at_step)
+    return out
 
 
 def settled_upto(
@@ -145,6 +223,8 @@ class _Followed:
     engine: AlertEngine
     alerted: dict[str, int]  # rule -> step of the last alert delivered (from the tags)
     cursor: int = -1  # last step fed to the engine
+    # metric -> its points at steps <= cursor when last read (metrics not from the hook)
+    judged: dict[str, int] = field(default_factory=dict)
     # (rule, step) -> the alert and the targets that still have to get it
     undelivered: dict[tuple[str, int], tuple[Alert, list[str]]] = field(default_factory=dict)
 
@@ -158,8 +238,10 @@ class Monitor:
 
     ``rules`` default to :func:`default_rules`; ``delivery`` to a log-only ``Delivery()``.
     ``baseline_run_id`` overrides the baseline of every ``baseline_drift`` rule;
-    ``stale_minutes`` turns on the ``stale_run`` alert. MLflow's own settings apply (the
-    ``gradwatch monitor`` command makes them fail fast).
+    ``stale_minutes`` is the shorthand for a ``stale_run`` rule, or sets the ``minutes`` of
+    the ``stale_run`` rules given. ``clock`` (seconds since the epoch) decides what is settled
+    and what is stale. MLflow's own settings apply (the ``gradwatch monitor`` command makes
+    them fail fast).
     """
 
     def __init__(
@@ -184,6 +266,8 @@ class Monitor:
         self.stale_minutes = stale_minutes
         self.confirmed = ConfirmedDelivery(self.delivery, delivery_timeout)
         self._configured = list(default_rules() if rules is None else rules)
+        self._stale_rules = self._with_stale_minutes(stale_minutes)
+        self._patterns = rule_metrics(self._configured)
         self._rules: list[Rule] | None = None  # with baselines loaded; built on first poll
         self._baseline_missing = False  # look for a baseline again at the next poll
         self._warned: set[str] = set()
@@ -192,6 +276,19 @@ class Monitor:
         self._followed: dict[str, _Followed] = {}
 
     # -- rules and baselines ---------------------------------------------------------------
+
+    def _with_stale_minutes(self, minutes: float | None) -> list[Rule]:
+        """The enabled ``stale_run`` rules, with ``minutes`` (``--stale-minutes``) applied."""
+        rules = [r for r in self._configured if r.type == STALE_RULE and r.enabled]
+        if minutes is None:
+            return rules
+        if not rules:
+            targets = ("webhook",) if self.delivery.webhooks else ()
+            return [Rule(STALE_RULE, STALE_RULE, params={"minutes": minutes},
+                         actions=("log", "mlflow", *targets))]  # fmt: skip
+        logger.warning("stale_minutes=%g replaces the minutes of rule(s) %s", minutes,
+                       ", ".join(r.name for r in rules))  # fmt: skip
+        return [dataclasses.replace(r, params={**r.params, "minutes": minutes}) for r in rules]
 
     def _baseline_for(self, experiment: str | None, key: str) -> str | None:
         try:
@@ -287,9 +384,9 @@ class Monitor:
         if tags.get(TAG_STATE) != "active" and run.info.status == "RUNNING":
             self.client.set_tag(run.info.run_id, TAG_STATE, "active")
         assert self._rules is not None
-        engine_rules = [r for r in self._rules if r.type != STALE_RULE]
+        # The engine leaves stale_run rules out (monitor-only): _stale_alerts judges them.
         return _Followed(run.info.run_id, run.info.run_name or run.info.run_id,
-                         AlertEngine(engine_rules), alerted)  # fmt: skip
+                         AlertEngine(self._rules), alerted)  # fmt: skip
 
     def _poll_run(self, run: Any, sent: list[tuple[str, Alert]]) -> tuple[int, int, int]:
         run_id = run.info.run_id
@@ -298,10 +395,11 @@ class Monitor:
             state = self._followed[run_id] = self._follow(run)
         for alert, targets in list(state.undelivered.values()):
             self._deliver(run, state, alert, targets, sent)
-        keys = [k for k in run.data.metrics if k.startswith(WATCHED_PREFIXES)]
+        keys = [k for k in run.data.metrics if self._reads(k)]
         histories = {k: self.client.get_metric_history(run_id, k) for k in keys}
         running = run.info.status == "RUNNING"
         upto = settled_upto(histories, running, self.clock(), self.settle)
+        self._warn_behind(state, histories)
         obs = observations(histories, after=state.cursor, upto=upto) if upto is not None else []
         skipped = 0
         for ob in obs:
@@ -317,10 +415,11 @@ class Monitor:
             state.cursor = ob.step
         if upto is not None:
             state.cursor = max(state.cursor, upto)
-        stale = self._stale_alert(run, histories) if running else None
-        if stale is not None:
-            if stale.step > state.alerted.get(STALE_RULE, -1) and (
-                (STALE_RULE, stale.step) not in state.undelivered
+        state.judged = {k: _points_upto(h, state.cursor) for k, h in histories.items()
+                        if not hook_series(k)}  # fmt: skip
+        for stale in self._stale_alerts(run, histories) if running else ():
+            if stale.step > state.alerted.get(stale.rule, -1) and (
+                (stale.rule, stale.step) not in state.undelivered
             ):
                 self._raise(run, state, stale, sent)
         if not running and not state.undelivered:
@@ -329,13 +428,35 @@ class Monitor:
             self._followed.pop(run_id, None)
         return len(obs), skipped, len(state.undelivered)
 
-    def _stale_alert(self, run: Any, histories: Mapping[str, Sequence]) -> Alert | None:
-        rule = next((r for r in self._rules or () if r.type == STALE_RULE and r.enabled), None)
-        minutes = rule.params.get("minutes") if rule is not None else self.stale_minutes
-        if minutes is None:
-            return None
-        return stale_run_alert(run, histories, self.clock(), float(minutes), rule,
-                               webhooks=bool(self.delivery.webhooks))  # fmt: skip
+    def _warn_behind(self, state: _Followed, histories: Mapping[str, Sequence]) -> None:
+        """Points that landed at steps already judged are never seen by the rules: say so.
+
+        The hook logs in step order; a user's metric logged at a step count of its own (the
+        epoch) falls behind the training steps.
+        """
+        for key, history in histories.items():
+            if hook_series(key):
+                continue
+            if _points_upto(history, state.cursor) > state.judged.get(key, 0):
+                self._note(f"behind:{state.run_id}:{key}",
+                           "run %s: metric %s got new values at steps the rules have already "
+                           "judged (up to %d), so they never see them; log it at the training "
+                           "step: mlflow.log_metric(%r, value, step=step)",
+                           state.run_name, key, state.cursor, key)  # fmt: skip
+
+    def _reads(self, key: str) -> bool:
+        """Whether a poll reads metric ``key``: the hook's series, and what a rule names."""
+        return hook_series(key) or any(fnmatch.fnmatchcase(key, p) for p in self._patterns)
+
+    def _stale_alerts(self, run: Any, histories: Mapping[str, Sequence]) -> list[Alert]:
+        now, default_minutes = self.clock(), DETECTORS[STALE_RULE].params["minutes"].default
+        alerts = []
+        for rule in self._stale_rules:
+            minutes = float(rule.params.get("minutes", default_minutes))
+            alert = stale_run_alert(run, histories, now, minutes, rule)
+            if alert is not None:
+                alerts.append(alert)
+        return alerts
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -468,6 +589,10 @@ def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, min
         actions=tuple(rule.actions) if rule is not None else default_actions,
         timestamp=last_ms / 1000.0,
     )
+
+
+def _points_upto(history: Sequence, step: int) -> int:
+    return sum(1 for m in history if m.step <= step)
 
 
 def alert_for_run(alert: Alert, run: Any) -> Alert:
