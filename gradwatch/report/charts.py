@@ -249,7 +249,7 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     x_edges = _step_edges(steps)
     y_edges = np.log10(hist_edges(usable[0]["bins"]))
     norm = LogNorm(vmin=MIN_FRACTION, vmax=1.0)
-    height = 0.9 + 1.9 * len(shown)
+    height = 1.3 + 2.0 * len(shown)
     fig = _figure(11, height)
     axes = fig.subplots(len(shown), 2, sharex=True, squeeze=False)
     fig.subplots_adjust(left=0.08, right=0.88, top=1 - 0.55 / height, bottom=0.45 / height,

@@ -25,6 +25,7 @@ from gradwatch.schema import (
     ARTIFACT_CHECKS,
     ARTIFACT_CONFIG,
     ARTIFACT_HISTOGRAMS,
+    TAG_JOURNAL_ID,
     from_mlflow_value,
 )
 from gradwatch.secrets import mask_uri
@@ -161,6 +162,8 @@ def from_journal(journal_path: str | os.PathLike, run_id: str | None = None) -> 
     run_id = run_id or header.get("run_id") or _state_run_id(path)
     tags = {str(k): str(v) for k, v in (header.get("tags") or {}).items()}
     tags.update(reader.tags)
+    if header.get("id"):
+        tags.setdefault(TAG_JOURNAL_ID, str(header["id"]))  # the shipper tags the run with it
     return RunData(
         run_id=run_id,
         run_name=str(header.get("name") or run_id or header.get("id", "")),
