@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import struct
 import textwrap
@@ -341,3 +342,20 @@ def test_histograms_png_draws_every_tensor_and_rejects_nothing_usable():
         histograms_png([{"step": 1, "bins": {}, "tensors": {}}])
     with pytest.raises(InputError):
         histograms_png([])
+
+
+def test_without_matplotlib_the_report_is_written_and_says_how_to_get_the_pictures(runs, tmp_path):
+    import subprocess
+    import sys
+
+    _, journal = runs["ok"]
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from gradwatch.report import write_run_artifacts\n"
+            f"print([p.name for p in write_run_artifacts({str(journal)!r}, {str(tmp_path)!r})])")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "['report.html']"
+    html = (tmp_path / "report.html").read_text()
+    assert "pip install gradwatch[plot]" in html and "<img" not in html
+    assert "Gradient checks (" in html  # everything but the pictures is there

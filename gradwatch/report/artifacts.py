@@ -28,10 +28,23 @@ logger = logging.getLogger("gradwatch")
 REPORT_DIR = posixpath.dirname(ARTIFACT_REPORT)
 REPORT_NAME = posixpath.basename(ARTIFACT_REPORT)
 HISTOGRAMS_NAME = posixpath.basename(ARTIFACT_HISTOGRAMS_PNG)
+NO_MATPLOTLIB = "drawing needs matplotlib, an optional extra: pip install gradwatch[plot]"
+_said_no_matplotlib: list[bool] = []
 
 
 def draw_images(data: RunData) -> ReportImages:
-    """The report's pictures; one that cannot be drawn is logged and left out (None)."""
+    """The report's pictures; one that cannot be drawn is logged and left out (None).
+
+    Without matplotlib (the ``plot`` extra) nothing is drawn and the report says how to get
+    the pictures; that is logged once, at info level, not as a warning every run.
+    """
+    try:
+        import matplotlib  # noqa: F401 - the pictures need it; its absence is no error
+    except ImportError:
+        if not _said_no_matplotlib:
+            _said_no_matplotlib.append(True)
+            logger.info("gradwatch: the run report has no pictures: %s", NO_MATPLOTLIB)
+        return ReportImages(note=NO_MATPLOTLIB)
     return ReportImages(curves=_drawn("curves", curves_png, data),
                         histograms=_drawn("histograms", histograms_png, data.histograms)
                         if data.histograms else None)  # fmt: skip

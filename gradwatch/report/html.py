@@ -66,6 +66,7 @@ class ReportImages:
 
     curves: bytes | None = None
     histograms: bytes | None = None
+    note: str | None = None  # why there are none (matplotlib missing)
 
 
 def render_report(data: RunData, images: ReportImages | None = None) -> str:
@@ -91,10 +92,10 @@ def render_report(data: RunData, images: ReportImages | None = None) -> str:
         _header(data),
         _verdict(data, summary),
         _facts(data, summary),
-        _curves(images.curves),
+        _curves(images.curves, images.note),
         _checks(data.checks),
         _alerts(data),
-        _distributions(images.histograms, data.histograms),
+        _distributions(images.histograms, data.histograms, images.note),
         _settings(data),
         f'<p class="sub">Drawn by gradwatch {_e(__version__)} from the run\'s '
         f"{_e(data.source or 'data')} at {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC.</p>",
@@ -214,7 +215,9 @@ def _facts(data: RunData, s: RunSummary) -> str:
     return _table(["", ""], rows, "facts").replace("<thead><tr><th></th><th></th></tr></thead>", "")
 
 
-def _curves(png: bytes | None) -> str:
+def _curves(png: bytes | None, note: str | None) -> str:
+    if not png and note:
+        return f"<h2>Curves</h2><p>No pictures: {_e(note)}.</p>"
     if not png:
         return "<h2>Curves</h2><p>No loss and no gradient checks were logged.</p>"
     return ("<h2>Curves</h2><p class=\"note\">Top: loss (and lr, dashed). Bottom: each tensor's "
@@ -314,12 +317,14 @@ def _alerts(data: RunData) -> str:
     return "<h2>Alerts</h2><p>No alerts.</p>"
 
 
-def _distributions(png: bytes | None, records: Sequence[Any]) -> str:
+def _distributions(png: bytes | None, records: Sequence[Any], note: str | None) -> str:
     if png:
         return ("<h2>Distributions</h2><p class=\"note\">|gradient| and |parameter| of each "
                 "tensor over the steps: colour is the share of the tensor's entries in each "
                 "log-spaced bin; the strip below shows exactly-zero and NaN/Inf entries.</p>"
                 + _img(png, "gradient and parameter distributions over the steps"))  # fmt: skip
+    if records and note:
+        return f"<h2>Distributions</h2><p>No pictures: {_e(note)}.</p>"
     if records:
         return "<h2>Distributions</h2><p>The histogram records could not be drawn.</p>"
     return "<h2>Distributions</h2><p>No histograms in this run.</p>"
