@@ -55,6 +55,12 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _label(name: str, most: int = 40) -> str:
+    """A user's name as literal text: "$" would start mathtext (and a bad formula raises)."""
+    name = name if len(name) <= most else name[: most - 1] + "…"
+    return name.replace("$", r"\$")
+
+
 def _require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
@@ -90,7 +96,7 @@ def _log10(values: Sequence[float]) -> list[float]:
 
 
 def curves_png(data: RunData) -> bytes | None:
-    """Loss (and lr, right axis) over the steps above the gradient checks' relative errors,
+    """Loss (and a changing lr, dashed on the right axis) over the steps above the gradient checks' relative errors,
     one line per tensor, on log scales with the good/suspicious/bug bands. Failed checks are
     red vertical lines in both panels, alerts orange dotted ones. None if there is nothing
     to draw (no loss, no checks).
@@ -143,14 +149,14 @@ def _draw_loss(ax: Any, loss: list[tuple[int, float]], lr: list[tuple[int, float
         else:
             ax.set_ylabel("loss")
         ax.plot(xs, ys, color="tab:blue", linewidth=1.2)
-    if lr:
+    if lr and len({v for _, v in lr}) == 1:  # a constant lr needs no axis of its own
+        ax.set_title(f"lr {lr[0][1]:g} throughout", fontsize=9, loc="right")
+    elif lr:
         twin = ax.twinx()
         xs, ys = zip(*lr)
         if max(ys) / min(ys) > 100:
             ys = _log10(ys)
             _decade_ticks(twin.yaxis, min(ys), max(ys), most=4)
-        elif max(ys) == min(ys):  # a constant lr: one tick saying its value
-            twin.set_yticks([ys[0]], [f"{ys[0]:g}"])
         else:
             twin.yaxis.set_major_locator(_max_n(4))
         twin.plot(xs, ys, color="tab:gray", linewidth=1.0, linestyle="--")
@@ -175,7 +181,7 @@ def _draw_errors(ax: Any, per_tensor: Mapping[str, Sequence[tuple[int, float]]])
         pts = [(s, math.log10(min(max(v, 1e-16), 1.0))) for s, v in points if v == v]
         if pts:
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.0, label=name)
+            ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.0, label=_label(name))
             drawn = True
     if not drawn:
         ax.text(0.5, 0.5, "no gradient checks", ha="center", va="center", transform=ax.transAxes)
@@ -348,7 +354,7 @@ def _shares(
 
 def _panel_title(name: str, label: str, shares: Mapping[str, Any]) -> str:
     zero, bad, out = shares["zero"][-1], shares["nonfinite"].max(), shares["outside"][-1]
-    text = f"{name}  {label}   last step: zero {zero:.1%}"
+    text = f"{_label(name)}  {label}   last step: zero {zero:.1%}"
     if bad > 0:
         text += f", NaN/Inf up to {bad:.1%}"
     if out > 0:

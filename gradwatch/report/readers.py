@@ -113,12 +113,7 @@ def _artifact(client: Any, run_id: str, path: str) -> str | None:
 
 def _config_artifact(client: Any, run_id: str) -> tuple[str | None, str | None]:
     """The run's uploaded config file (already masked): (artifact path, text), or Nones."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        files = client.list_artifacts(run_id, CONFIG_DIR)
-    except (MlflowException, OSError):
-        return None, None
+    files = client.list_artifacts(run_id, CONFIG_DIR)  # a missing folder lists empty
     names = sorted(f.path for f in files if not f.is_dir and f.path.endswith(CONFIG_SUFFIXES))
     if ARTIFACT_CONFIG in names:  # the usual name first
         names.remove(ARTIFACT_CONFIG)
