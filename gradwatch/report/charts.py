@@ -261,7 +261,7 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     height = 1.3 + 2.0 * len(shown)
     fig = _figure(11, height)
     axes = fig.subplots(len(shown), 2, squeeze=False)
-    fig.subplots_adjust(left=0.08, right=0.88, top=1 - 0.55 / height, bottom=0.45 / height,
+    fig.subplots_adjust(left=0.08, right=0.86, top=1 - 0.55 / height, bottom=0.45 / height,
                         hspace=0.32, wspace=0.16)  # fmt: skip
     mesh = None
     for row, name in enumerate(shown):
@@ -282,7 +282,7 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     for ax in axes[-1]:
         ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
         ax.set_xlabel("step", fontsize=8)
-    cax = fig.add_axes((0.9, 0.45 / height + 0.05, 0.015, min(0.4, 2.5 / height)))
+    cax = fig.add_axes((0.88, 0.45 / height + 0.05, 0.015, min(0.4, 2.5 / height)))
     bar = fig.colorbar(mesh, cax=cax)
     bar.set_ticks([1e-4, 1e-3, 1e-2, 1e-1, 1], labels=["0.01%", "0.1%", "1%", "10%", "100%"])
     bar.ax.minorticks_off()
