@@ -255,7 +255,8 @@ def test_journal_and_mlflow_readers_agree_on_the_same_run(runs, mlflow_server):
     assert local.tags.items() <= server.tags.items()
     assert local.checks == server.checks and len(local.checks) == STEPS // EVERY
     assert local.alerts == server.alerts and local.alerts
-    assert local.histograms == server.histograms and len(local.histograms) == STEPS // HIST_EVERY
+    # >=: the hook may write histogram lines of its own besides the ones _train appends.
+    assert local.histograms == server.histograms and len(local.histograms) >= STEPS // HIST_EVERY
     assert local.config_text == server.config_text and WEBHOOK_SECRET not in local.config_text
     assert local.summary() == server.summary()
     assert "BACKPROP BUG" in local.summary().verdict
