@@ -1,9 +1,10 @@
-"""The ``gradwatch`` command: demo, compare, sweep, monitor, sync.
+"""The ``gradwatch`` command: demo, compare, sweep, monitor, report, sync.
 
     gradwatch demo                         # train small nets over an lr sweep, log to MLflow
     gradwatch compare --experiment mlp --plot runs.png
     gradwatch sweep train.py --lr 1 0.1 0.01 --parallel 2
     gradwatch monitor --experiment mlp --rules gradwatch.yaml --interval 10
+    gradwatch report RUN_ID                # the run's HTML report, attached to the run
     gradwatch sync                         # upload journals a crashed run left behind
 
 Every command takes ``--tracking-uri`` (else ``MLFLOW_TRACKING_URI``, else the embedded
@@ -658,6 +659,72 @@ def monitor_cmd(
                 signal.signal(sig, handler)
             left = monitor.close(timeout=10.0)
         click.echo("monitor stopped" + (f"; {left} alert(s) undelivered" if left else ""), err=True)
+
+
+# ------------------------------------------------------------------------------ report
+
+
+@main.command("report", context_settings=CONTEXT)
+@click.argument("run_id")
+@click.option(
+    "--output",
+    "-o",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Where to write the HTML. Default: ./gradwatch-report-RUN_ID.html.",
+)
+@click.option(
+    "--no-upload",
+    is_flag=True,
+    help="Only write the file; do not upload it (and histograms.png) to the run.",
+)
+@tracking_uri_option
+@_fail_cleanly
+def report_cmd(run_id: str, output: str | None, no_upload: bool, tracking_uri: str | None) -> None:
+    """Draw a run's report (one HTML file) from MLflow and attach it to the run.
+
+    \b
+    The verdict (as `gradwatch compare` gives it), loss and check-error curves, every
+    gradient check with its worst coordinates, the alerts, the gradient and weight
+    distributions, and the run's settings. Self-contained: no scripts, nothing fetched.
+    Uploaded as the run's artifacts gradwatch/report.html and gradwatch/histograms.png
+    (when the run logged histograms), where MLflow's artifact viewer shows them.
+
+    \b
+      gradwatch report 3f2a9c...                     # writes ./gradwatch-report-3f2a9c....html
+      gradwatch report 3f2a9c... -o run.html --no-upload
+    """
+    import shutil
+    import tempfile
+
+    from gradwatch.report import REPORT_DIR, from_mlflow, write_report_files
+
+    data = from_mlflow(run_id, tracking_uri)
+    target = output or f"gradwatch-report-{_safe_file_part(run_id)}.html"
+    with tempfile.TemporaryDirectory(prefix="gradwatch-report-") as tmp:
+        try:
+            paths = write_report_files(data, tmp)
+            shutil.copyfile(paths[0], target)
+        except OSError as err:
+            raise InputError(f"cannot write {target}: {err.strerror or err}") from None
+        click.echo(f"report written to {target} (verdict: {data.summary().verdict})", err=True)
+        if not no_upload:
+            _upload_report(tracking_uri, run_id, paths, REPORT_DIR)
+
+
+def _safe_file_part(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", text)[:100]
+
+
+def _upload_report(tracking_uri: str | None, run_id: str, paths: list, folder: str) -> None:
+    from gradwatch.mlflow_access import get_client, mlflow_errors
+
+    client = get_client(tracking_uri)
+    with mlflow_errors(client.tracking_uri, f"cannot upload the report to run {run_id}"):
+        for path in paths:
+            client.log_artifact(run_id, str(path), folder)
+    names = ", ".join(f"{folder}/{os.path.basename(str(p))}" for p in paths)
+    click.echo(f"uploaded {names} to run {run_id}", err=True)
 
 
 # -------------------------------------------------------------------------------- sync
