@@ -582,7 +582,8 @@ def _poll_line(result: Any) -> str:
     "--stale-minutes",
     type=click.FloatRange(min=0, min_open=True),
     metavar="MIN",
-    help="Alert (stale_run) when a RUNNING run logged no step for this many minutes.",
+    help="Alert (stale_run) when a RUNNING run logged no step for this many minutes; sets "
+    "the minutes of the rules file's stale_run rules when it has any.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and alerts on stderr.")
 @tracking_uri_option

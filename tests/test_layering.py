@@ -90,6 +90,7 @@ def test_the_graph_is_read():
         ("gradwatch.tracking", ("gradwatch.hook",)),
         ("gradwatch.alerts", ("gradwatch.hook",)),
         ("gradwatch.runs", ("gradwatch.hook", "gradwatch.tracking", "mlflow")),
+        ("gradwatch.report", ("gradwatch.hook", "mlflow")),
         ("gradwatch.schema", ("gradwatch.hook", "gradwatch.tracking", "mlflow")),
         ("gradwatch.alert_sink", ("gradwatch.hook", "mlflow")),
         ("gradwatch.cli", ("mlflow",)),
