@@ -288,6 +288,13 @@ class RunTracker:
         return self._cost_per_metric
 
     @property
+    def ship_cpu(self) -> tuple[float, int]:
+        """``(cpu_seconds, metrics)``: the shipper's CPU spent shipping so far and the metric
+        values it shipped (``ship_cpu_per_metric`` is their ratio once there are enough)."""
+        state = self._state()
+        return state.cpu_seconds, state.metrics
+
+    @property
     def shipped(self) -> int:
         return self._state().shipped
 
