@@ -276,11 +276,13 @@ def _freeze_startup_heap() -> None:
 
     Importing MLflow and opening its SQL store allocate ~300,000 objects that live as long as
     the process. With the collector on, every collection of the oldest generation traverses
-    them all: during the imports (0.3-0.4 CPU-s of a ~1.6 CPU-s start-up) and while shipping
-    (MLflow's sqlite store: ~70 instead of ~52 us of CPU a metric; bench_store_floor.py).
-    So the process starts with the collector off (``_CHILD_MAIN``) and, once started,
-    freezes that heap (``gc.freeze``: never collected again) and turns the collector on for
-    what shipping allocates. The import-time garbage frozen with it is ~1 MB.
+    them all: during the imports and while shipping (MLflow's sqlite store: ~70 instead of
+    ~46 us of CPU a metric in 1,000-metric requests; bench_store_floor.py). So the process
+    starts with the collector off (``_CHILD_MAIN``) and, once started, freezes that heap
+    (``gc.freeze``: never collected again) and turns the collector on for what shipping
+    allocates. The import-time garbage frozen with it is ~1 MB. With ``run()``'s exit, a
+    fresh process's MLflow part of a run (import, open an existing store, create and end a
+    run) costs 1.2 instead of 2.0-2.2 CPU-s.
     """
     gc.freeze()
     gc.enable()
