@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BATCH = 128
-KEYS = ("cpu", "wall", "training", "shipper")
+KEYS = ("cpu", "wall", "training", "shipper", "metrics", "charged")
 VARIANTS = {
     "bare": None,
     "logging": {"every": None},
@@ -95,10 +95,13 @@ def child(variant: str, steps: int, uri: str) -> None:
                 )
             for k in params:
                 params[k] -= lr * grads["d" + k]
+    shipped = {"metrics": 0, "charged": 0.0}
     if watch is not None and variant != "mlflow":
         result = watch.close_result
         if result is not None and result.pending:
             print(f"warning: {result}", file=sys.stderr)
+        cpu_seconds, metrics = watch.run.ship_cpu  # what the shipper measured and reported
+        shipped = {"metrics": metrics, "charged": cpu_seconds / metrics if metrics else 0.0}
     # Wait for the shipper process: only a waited-for child's CPU reaches RUSAGE_CHILDREN,
     # here and so in the benchmark's parent. (Not for every child: GitPython, which MLflow's
     # context tags use, keeps a `git cat-file` process until the interpreter exits.)
@@ -110,7 +113,7 @@ def child(variant: str, steps: int, uri: str) -> None:
     me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     print(json.dumps({"inner_wall": time.perf_counter() - t0,
                       "training_cpu": me.ru_utime + me.ru_stime,
-                      "shipper_cpu": kids.ru_utime + kids.ru_stime}))  # fmt: skip
+                      "shipper_cpu": kids.ru_utime + kids.ru_stime, **shipped}))  # fmt: skip
 
 
 def shipper_pids() -> list[int]:
@@ -160,7 +163,8 @@ def measure(variant: str, steps: int, uri: str, cwd: Path) -> dict[str, float]:
         print(f"  ({variant} {steps}: {out.stderr.strip().splitlines()[-1][:200]})", flush=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     split = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"cpu": cpu, "wall": wall, "training": split["training_cpu"], "shipper": split["shipper_cpu"]}  # fmt: skip
+    return {"cpu": cpu, "wall": wall, "training": split["training_cpu"],
+            "shipper": split["shipper_cpu"], "metrics": split["metrics"], "charged": split["charged"]}  # fmt: skip
 
 
 def fit(points: dict[int, float]) -> tuple[float, float]:
@@ -181,7 +185,7 @@ def bench_store(label: str, uri: str, step_counts: list[int], repeats: int, cwd:
                 runs.setdefault(variant, {}).setdefault(steps, []).append(r)
                 print(f"  {label:8s} {variant:8s} {steps:6d} steps: cpu {r['cpu']:7.2f} s "
                       f"(training {r['training']:.2f}, shipper {r['shipper']:.2f}), "
-                      f"wall {r['wall']:7.2f} s", flush=True)  # fmt: skip
+                      f"wall {r['wall']:7.2f} s, {r['metrics']} metrics shipped", flush=True)  # fmt: skip
     med = {
         v: {n: {k: stat(r[k] for r in rs) for k in KEYS} for n, rs in by.items()}
         for v, by in runs.items()
@@ -197,9 +201,17 @@ def bench_store(label: str, uri: str, step_counts: list[int], repeats: int, cwd:
             if k == "shipper":  # the bare script starts no process: absolute figures
                 row["shipper_step_us"], row["shipper_run"] = slope * 1e6, intercept
                 continue
+            if k == "metrics":  # metric values shipped per step
+                row["metrics_per_step"] = slope
+                continue
+            if k == "charged":  # what the hook charged its budget per metric, longest run
+                row["charged_us"] = med[variant][max(med[variant])]["charged"] * 1e6
+                continue
             row[f"{k}_step_ratio"] = slope / base[k][0]
             row[f"{k}_run_extra"] = intercept - base[k][1]
         row["bare_step_ms_cpu"] = base["cpu"][0] * 1e3
+        # The shipper's real CPU per metric: its per-step slope over the metrics per step.
+        row["shipper_per_metric_us"] = row["shipper_step_us"] / max(row["metrics_per_step"], 1e-9)
         rows.append(row)
     out.setdefault("rows", []).extend(rows)
     out.setdefault("runs", {})[label] = med
@@ -269,6 +281,15 @@ def main() -> None:
               f"{r['wall_run_extra']:+.2f} | {r['training_step_ratio']:.3f}x, "
               f"{r['training_run_extra']:+.2f} s | {r['shipper_step_us']:.0f} us, "
               f"{r['shipper_run']:.2f} s |")  # fmt: skip
+    print("\nShipping per metric: the shipper process's CPU slope per step over the metrics it "
+          "shipped per step, against what it measured and the hook charged its budget")  # fmt: skip
+    print("| store | variant | bare step (CPU) | metrics per step | shipper CPU per metric "
+          "(slope) | charged per metric |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
+    for r in out.get("rows", []):
+        print(f"| {r['store']} | {r['variant']} | {r['bare_step_ms_cpu']:.2f} ms | "
+              f"{r['metrics_per_step']:.2f} | {r['shipper_per_metric_us']:.0f} us | "
+              f"{r['charged_us']:.0f} us |")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

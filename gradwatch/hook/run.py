@@ -124,9 +124,9 @@ class RunParts:
         if stats is not None:
             # This statistics step and the update ratio it causes on the next step are one
             # cost; that ratio is not known yet, so the last one measured stands in for it.
-            cost = time.perf_counter() - entered
+            shipping = self._charge_shipping(self.statistics.num_metrics)
+            cost = time.perf_counter() - entered + shipping
             cost += self._ratio_cost if ratios is None else 0.0
-            cost += self.statistics.num_metrics * self._ship_cost_per_metric()
             self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
         report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
@@ -196,11 +196,14 @@ class RunParts:
         try:
             return self.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
         finally:
-            shipping = self.checks.last_num_metrics * self._ship_cost_per_metric()
+            shipping = self._charge_shipping(self.checks.last_num_metrics)
             self.schedule.check_finished(time.perf_counter() - t0 + shipping)
 
-    def _ship_cost_per_metric(self) -> float:
-        """CPU the shipper process spends per metric: ``budget`` covers shipping what the
-        statistics and checks log, not only their time inside ``step()``. The every-step loss
-        and lr are never thinned, so they are not charged."""
-        return getattr(self.run, "ship_cpu_per_metric", 0.0)
+    def _charge_shipping(self, num_metrics: int) -> float:
+        """Charge the hook's time with what shipping ``num_metrics`` metrics costs the shipper
+        process (its measured CPU per metric) and return that: ``budget`` covers shipping what
+        the statistics and checks log, not only their time inside ``step()``. The every-step
+        loss and lr are never thinned, so they are not charged."""
+        shipping = num_metrics * getattr(self.run, "ship_cpu_per_metric", 0.0)
+        self.clock.hook_seconds += shipping
+        return shipping

@@ -35,6 +35,7 @@ from gradwatch.secrets import mask_uri
 from gradwatch.tracking.batching import (
     MAX_TAG_VALUE,
     Batch,
+    BatchPlan,
     plan_batches,
     safe_key,
     send_bisecting,
@@ -71,6 +72,18 @@ def lines_path(base: Path, artifact_path: str) -> tuple[Path, str | None]:
     """Local file for an artifact-line path, and the artifact directory to upload it to."""
     norm = posixpath.normpath("/" + artifact_path).lstrip("/") or "lines.jsonl"
     return base / "lines" / norm, posixpath.dirname(norm) or None
+
+
+def _tail_can_wait(plan: BatchPlan) -> bool:
+    """True if the plan's last request is only partly filled and may wait for more records.
+
+    Never when the chunk held a corrupt or refused line: those are reported once, in the
+    round that acknowledges them (the whole chunk is sent then).
+    """
+    if not plan.batches or plan.corrupt or plan.rejected:
+        return False
+    tail = plan.batches[-1]
+    return tail.end is None and not tail.full_for(0, "metric")
 
 
 class Shipper:
@@ -122,43 +135,55 @@ class Shipper:
         self.state.save(self.state_file)
 
     # ----------------------------------------------------------------- rounds
-    def step(self) -> bool:
+    def step(self, full_only: bool = False) -> bool:
         """Create the run if needed and ship one chunk; True if records were shipped.
 
-        ``self.backlog`` tells afterwards whether more is probably waiting. Raises StoreError
-        on failure (nothing is lost; the next call retries from the acknowledged offset); a
-        fatal one is also recorded in ``state.fatal``.
+        ``full_only``: send only full requests and leave a partly filled last one (no end
+        record in it) for a later round - a request costs MLflow a fixed amount besides its
+        entities. ``self.backlog`` tells afterwards whether more is probably waiting. Raises
+        StoreError on failure (nothing is lost; the next call retries from the acknowledged
+        offset); a fatal one is also recorded in ``state.fatal``.
         """
         try:
-            return self._step()
+            return self._step(full_only)
         except StoreError as err:
             if err.fatal:
                 self.state.fatal = str(err)
                 self._save()
             raise
 
-    def _step(self) -> bool:
+    def _step(self, full_only: bool) -> bool:
         self._ensure_run()
+        # This thread's CPU from reading the journal to the last acknowledgement: what
+        # shipping costs per metric (``state.cpu_seconds / state.metrics``), for budgets.
+        cpu = time.thread_time()
         start = self.state.offset
         lines, end = scan_lines(self._fd, start, self.settings.chunk_bytes)
         plan = plan_batches(lines, start, self.state.acked_seq)
+        batches = plan.batches
+        held = full_only and _tail_can_wait(plan)
+        if held:
+            batches = batches[:-1]
         for end_offset in plan.corrupt:
             self.corrupt_lines += 1
             logger.warning("gradwatch: skipping a corrupt line ending at byte %d of %s", end_offset, self.path)  # fmt: skip
         for kind, key, why in plan.rejected:
             self._drop(kind, key, why)
-        self.backlog = len(plan.batches) > 1 or end - start >= self.settings.chunk_bytes // 2
-        for batch in plan.batches:
-            cpu = time.thread_time()  # this thread's CPU: what shipping costs, for budgets
+        chunk_full = end - start >= self.settings.chunk_bytes // 2
+        self.backlog = bool(batches) and (len(batches) > 1 or chunk_full)
+        for batch in batches:
             self._send(batch)
-            self.state.cpu_seconds += time.thread_time() - cpu
             self.state.metrics += len(batch.metrics)
+            now = time.thread_time()
+            self.state.cpu_seconds += now - cpu
+            cpu = now
             self._ack(batch)
+        self.state.cpu_seconds += time.thread_time() - cpu  # the last ack: saved with the next
         if self.state.end_status is not None and not self.finalized:
             self._finalize(self.state.end_status, self.state.end_ts, incomplete=False)
         elif not self.finalized:
             self._upload_artifact_lines(force=False)
-        return bool(lines)
+        return bool(batches) if held else bool(lines)
 
     def caught_up(self) -> bool:
         """True if no complete journal line waits after the acknowledged offset."""
