@@ -6,16 +6,15 @@
         ...
         watch.step(params, grads, loss=loss, lr=lr, loss_fn=loss_fn)
 
-The check engine (``gradwatch.check``) is pure numpy; MLflow is imported only when the
-hook, the tracking pipeline or the CLI is used.
+The check engine (``gradwatch.check``) is pure numpy; MLflow is imported only where it is
+needed (the shipper process of the embedded store, the CLI's readers), never by the hook.
 """
 
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gradwatch.check import CheckReport, TensorReport, check_gradients
 from gradwatch.errors import (
     AlertStop,
     ConfigError,
@@ -24,6 +23,10 @@ from gradwatch.errors import (
     LossError,
     TrackingError,
 )
+
+if TYPE_CHECKING:
+    from gradwatch.check import CheckReport, TensorReport, check_gradients
+    from gradwatch.hook import GradWatch
 
 __version__ = "0.1.0"
 
@@ -43,9 +46,13 @@ __all__ = [
     "param",
 ]
 
-# Names whose modules import MLflow (slow) are loaded on first use.
+# Loaded on first use: the shipper process imports this package and needs neither numpy
+# (the engine) nor the hook.
 _LAZY = {
+    "CheckReport": "gradwatch.check",
     "GradWatch": "gradwatch.hook",
+    "TensorReport": "gradwatch.check",
+    "check_gradients": "gradwatch.check",
     "load_config": "gradwatch.config",
     "param": "gradwatch.params",
 }
