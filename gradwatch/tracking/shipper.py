@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -286,12 +287,25 @@ class Shipper:
 
     def _finalize(self, status: str, end_ts: int | None, incomplete: bool) -> None:
         self._upload_artifact_lines(force=True)
+        if self.header.get("report"):
+            self._upload_report()
         if self.attached:
             status = "ATTACHED"  # the user's run: they end it, we never do
         else:
             self.store.end_run(self.state.run_id, status, end_ts)
         self.state.finalized, self.state.incomplete = status, incomplete
         self._save()
+
+    def _upload_report(self) -> None:
+        # Drawn from the journal, before the run ends, so a run seen FINISHED has its report.
+        # Drawing never raises (a bad record costs a picture, not the run's end); a failed
+        # upload raises StoreError and the whole finalize is retried. Everything is written
+        # and closed here: the shipper process ends with os._exit, flushing nothing later.
+        from gradwatch.report import REPORT_DIR, write_run_artifacts
+
+        with tempfile.TemporaryDirectory(prefix="gradwatch-report-") as tmp:
+            for path in write_run_artifacts(self.path, tmp, run_id=self.state.run_id):
+                self.store.upload(self.state.run_id, path, REPORT_DIR)
 
     # ----------------------------------------------------------------- artifact lines
     def _restore_artifact_lines(self) -> None:

@@ -464,6 +464,7 @@ def open_run(
     *,
     settings: ShipperSettings | None = None,
     keep_journal: bool = False,
+    report: bool = False,
 ) -> RunTracker:
     """Start a journaled MLflow run and its shipper; makes no network call itself.
 
@@ -478,6 +479,8 @@ def open_run(
     settings: shipper timing (interval, backoff, request timeout); tests shorten them.
     keep_journal: keep the journal after everything landed (default: deleted at close;
         journals of failed or incomplete runs always stay until synced).
+    report: at the end of the run the shipper draws ``gradwatch/report.html`` (and
+        ``gradwatch/histograms.png``) from the journal and uploads them (the hook's default).
     """
     import gradwatch
 
@@ -504,6 +507,7 @@ def open_run(
         "attached": attached,
         "ts": _now_ms(),
         "pid": os.getpid(),
+        "report": bool(report),
     }
     directory = Path(journal_dir or DEFAULT_JOURNAL_DIR).absolute()
     try:
