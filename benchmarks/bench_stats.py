@@ -1,24 +1,26 @@
 """What distributions cost: a statistics step with norms only, + quantiles, + histograms, and the
 hook's overhead with them on. Model: the numpy MLP 784-256-10 of bench_hook.py, batch 128.
 
-    python benchmarks/bench_stats.py                      # all three parts, a few minutes
-    python benchmarks/bench_stats.py --steps 2000 --skip-ratios
+    python benchmarks/bench_stats.py                      # a few minutes
+    python benchmarks/bench_stats.py --steps 2000 --repeats 3
 
-1. The statistics arithmetic of one step over the MLP's four tensors (ms, best of --repeats):
+1. The statistics arithmetic of one step over the MLP's four tensors (CPU ms, best of --repeats):
        norms only        grad/param norms and non-finite counts
        + quantiles       tensor_stats: also |g| p50/p99, |θ| p99 (np.partition), zero fraction
        + histograms      tensor_stats_and_histograms: also log-binned |g| and |θ| (one sort
                          of each |array| gives the histogram and the quantiles)
        (two passes       tensor_stats + histogram_record, for comparison)
-2. The hook's whole statistics step: GradWatch(every=None, stats_every=1) against a live
-   `mlflow server`, so every step is a statistics step (metrics and histogram line journaled,
-   alert feed, update ratio): hook seconds per step with hist_every=0 and 1; then with
+2. The hook's whole statistics step: GradWatch(every=None) against a live `mlflow server`,
+   CPU seconds of the training process per step with statistics at every step (metrics and
+   histogram line journaled, alert feed, update ratio) minus without statistics, for
+   hist_every=0 and 1 (the shipper's own process is not counted here); then with
    stats_every="auto" over --steps steps, the interval the hook settles on, the statistics
    steps and histogram lines the run logged.
-3. wrapped/bare as bench_hook.py measures it (bare and wrapped loops alternating in blocks of
-   100 steps in one process, live server): statistics only (every=None) and every=100
-   budget=0.05, each with histograms on (hist_every=1, the default) and off (hist_every=0),
-   --ratio-runs runs each, alternating. Targets: statistics only <= 1.02, checks <= 1.06.
+The hook's overhead ratio with distributions on is bench_hook.py's (its runs use the hook's
+default hist_every=1; `--hist-every 0` gives the same runs without histograms):
+
+    python benchmarks/bench_hook.py --steps 3000 --stores server --hist-every 1
+    python benchmarks/bench_hook.py --steps 3000 --stores server --hist-every 0
 """
 
 from __future__ import annotations
@@ -32,11 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
+# One BLAS thread, so process CPU time is the work done (threads spinning on 2 shared cores
+# would count too), as in bench_cost.py.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
-from bench_hook import BATCH, Training, interleaved  # noqa: E402
+from bench_hook import BATCH, Training  # noqa: E402
 from mlflow_server import MlflowServer  # noqa: E402 (bench_hook put tests/ on the path)
 
 import gradwatch  # noqa: E402
@@ -68,13 +75,14 @@ def norms_only(params: dict, grads: dict) -> dict:
 
 
 def best_ms(fn, repeats: int, inner: int = 20) -> float:
+    """CPU milliseconds of one call, best of ``repeats`` (CPU: the machine is shared)."""
     fn()
     best = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         for _ in range(inner):
             fn()
-        best = min(best, (time.perf_counter() - t0) / inner)
+        best = min(best, (time.process_time() - t0) / inner)
     return 1e3 * best
 
 
@@ -106,14 +114,16 @@ def part_arithmetic(repeats: int, out: dict) -> None:
 
 
 def run_hook(uri: str, steps: int, **kwargs) -> tuple[gradwatch.GradWatch, float]:
-    """(the watch, seconds of its loop) for one run of ``steps`` steps."""
+    """(the watch, CPU seconds of this process over the run's ``steps`` steps)."""
     training = Training()
     training.run(20)  # warm-up outside the run
     with gradwatch.GradWatch(tracking_uri=uri, experiment="bench-stats", config=False,
                              every=None, **kwargs) as watch:  # fmt: skip
         training.watch = watch
-        seconds = training.run(steps)
-    return watch, seconds
+        t0 = time.process_time()
+        training.run(steps)
+        cpu = time.process_time() - t0
+    return watch, cpu
 
 
 def logged_counts(uri: str, run_id: str) -> tuple[int, int]:
@@ -129,18 +139,25 @@ def logged_counts(uri: str, run_id: str) -> tuple[int, int]:
 
 
 def part_hook_step(uri: str, steps: int, repeats: int, out: dict) -> None:
-    print("\n2. the hook's statistics step (stats_every=1: every step), live mlflow server")
-    print("| hist_every | hook ms per statistics step (median of runs) | of which training step |")
-    print("|---|---|---|")
     short = max(200, steps // 10)
-    for hist_every in (0, 1):
-        per_step = []
-        for _ in range(repeats):
-            watch, seconds = run_hook(uri, short, stats_every=1, hist_every=hist_every)
-            per_step.append(watch.clock.hook_seconds / short)
-        ms = 1e3 * statistics.median(per_step)
-        out[f"hook stats step ms, hist_every={hist_every}"] = ms
-        print(f"| {hist_every} | {ms:.2f} | {1e3 * watch.clock.step_seconds:.2f} |", flush=True)
+    print(f"\n2. the hook's statistics step, live mlflow server: CPU of the training process "
+          f"per step over {short} steps (median of {repeats} runs, alternating)")  # fmt: skip
+    variants = {
+        "no statistics (stats_every=10**6)": {"stats_every": 10**6},
+        "statistics every step, hist_every=0": {"stats_every": 1, "hist_every": 0},
+        "statistics every step, hist_every=1": {"stats_every": 1, "hist_every": 1},
+    }
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(repeats):
+        for name, kwargs in variants.items():
+            cpu[name].append(run_hook(uri, short, **kwargs)[1] / short)
+    print("| variant | CPU ms per step | statistics step costs (ms) |\n|---|---|---|")
+    base = statistics.median(cpu["no statistics (stats_every=10**6)"])
+    for name, values in cpu.items():
+        ms = 1e3 * statistics.median(values)
+        out[f"hook cpu ms per step, {name}"] = ms
+        extra = f"{ms - 1e3 * base:.2f}" if "every step" in name else "-"
+        print(f"| {name} | {ms:.2f} | {extra} |", flush=True)
     print(f"\n   stats_every=auto over {steps} steps")
     print("| hist_every | auto interval at the end | statistics steps | histogram lines | "
           "hook time / loop time |\n|---|---|---|---|---|")  # fmt: skip
@@ -152,39 +169,12 @@ def part_hook_step(uri: str, steps: int, repeats: int, out: dict) -> None:
               f"{watch.clock.overhead:.4f} |", flush=True)  # fmt: skip
 
 
-def part_ratios(uri: str, steps: int, runs: int, out: dict) -> None:
-    print(f"\n3. wrapped/bare, interleaved blocks of 100 steps, {steps} steps a run, live server")
-    variants = [
-        ("statistics only (every=None)", {"every": None}),
-        ("checks (every=100, budget=0.05)", {"every": 100, "budget": 0.05}),
-    ]
-    print("| variant | hist_every | wrapped/bare (totals), each run | median | "
-          "hook time / loop | stats interval |\n|---|---|---|---|---|---|")  # fmt: skip
-    for name, kwargs in variants:
-        results: dict[int, list] = {0: [], 1: []}
-        for _ in range(runs):
-            for hist_every in (1, 0):
-                total, _, _, watch, _ = interleaved(
-                    uri, steps, 100, hist_every=hist_every, **kwargs
-                )
-                results[hist_every].append((total, watch.clock.overhead, watch.schedule.stats_interval))  # fmt: skip
-        for hist_every in (1, 0):
-            totals = [r[0] for r in results[hist_every]]
-            median = statistics.median(totals)
-            out[f"ratio {name} hist_every={hist_every}"] = totals
-            print(f"| {name} | {hist_every} | {', '.join(f'{t:.3f}' for t in totals)} | "
-                  f"{median:.3f} | {statistics.median(r[1] for r in results[hist_every]):.4f} | "
-                  f"{results[hist_every][-1][2]} |", flush=True)  # fmt: skip
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--steps", type=int, default=3000, help="steps of the auto and ratio runs")
+    ap.add_argument("--steps", type=int, default=3000, help="steps of the auto-interval runs")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--ratio-runs", type=int, default=2)
-    ap.add_argument("--skip-ratios", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     out: dict = {}
@@ -195,8 +185,6 @@ def main() -> None:
         with MlflowServer(Path(tmp) / "server") as server:
             time.sleep(2)  # let the freshly started server settle before timing
             part_hook_step(server.uri, args.steps, 3, out)
-            if not args.skip_ratios:
-                part_ratios(server.uri, args.steps, args.ratio_runs, out)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 
