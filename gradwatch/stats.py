@@ -4,6 +4,9 @@ The hook computes them every few steps (see ``GradWatch(stats_every=)``).
 
     stats = tensor_stats({"W1": W1}, {"W1": dW1})   # {"W1": TensorStats(...)}
     stats["W1"].grad_zero_frac                      # 0.4: 40 % of dW1 is exactly 0 (dead ReLUs?)
+    log_histogram(dW1)                              # |dW1| on fixed log-spaced bins
+
+On histogram steps :func:`tensor_stats_and_histograms` gives both at the cost of one sort.
 """
 
 from __future__ import annotations
