@@ -22,6 +22,7 @@ from gradwatch import schema
 from gradwatch.config import parse_config
 from gradwatch.errors import ConfigError, InputError
 from gradwatch.hook import HookOptions
+from gradwatch.hook.histograms import HIST_MIN_GAP
 from gradwatch.stats import (
     HIST_BINS,
     HIST_EDGES,
@@ -119,6 +120,24 @@ def test_default_is_every_statistics_step_and_zero_writes_none(tracking_uri, tmp
         names = artifact_names(client, watch.run.run_id)
         assert schema.ARTIFACT_HISTOGRAMS not in names, (off, names)
         assert client.get_run(watch.run.run_id).data.params["gradwatch.hist_every"] == "0"
+
+
+def test_dense_statistics_get_histograms_at_least_one_percent_of_the_run_apart(
+    tracking_uri, tmp_path
+):
+    """Statistics at every step: histograms at every step while that is 1 % of the run, then
+    each at the first statistics step that is 1 % of the run past the last one."""
+    with gradwatch.GradWatch(every=None, stats_every=1, experiment="hook-hist",
+                             config=False) as watch:  # fmt: skip
+        train(watch, 400)
+    steps = [r["step"] for r in histogram_lines(mlflow.MlflowClient(tracking_uri),
+                                                watch.run.run_id, tmp_path)]  # fmt: skip
+    assert steps[:101] == list(range(101))
+    for before, after in zip(steps, steps[1:]):
+        assert after - before >= HIST_MIN_GAP * after, (before, after)
+        # ...and no statistics step in between would have been far enough already.
+        assert after - 1 == before or after - 1 - before < HIST_MIN_GAP * (after - 1)
+    assert len(steps) <= 101 + 100 * math.log(399 / 100)  # ~100 per e-fold of the run, at most
 
 
 def test_odd_tensors_never_stop_training(tracking_uri, tmp_path):

@@ -58,7 +58,7 @@ class Statistics:
         named_grads = self.layout.named_grads(grads)
         record = None
         with np.errstate(all="ignore"):
-            if self.histograms is not None and self.histograms.due():
+            if self.histograms is not None and self.histograms.due(step):
                 stats, record = tensor_stats_and_histograms(step, named, named_grads)
             else:
                 stats = tensor_stats(named, named_grads)

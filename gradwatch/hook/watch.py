@@ -64,8 +64,10 @@ class GradWatch:
             loop's time and 1000 metrics/s).
         hist_every: statistics steps between histograms of |g| and |θ| per tensor (fixed
             log-spaced bins) appended to the artifact ``gradwatch/histograms.jsonl``; 1 (the
-            default): every statistics step; 0 or ``None``: none. Their cost is part of the
-            statistics step's, which ``stats_every="auto"`` and ``budget`` account for.
+            default): every statistics step; 0 or ``None``: none. Two histogram steps are at
+            least 1 % of the run's steps apart (a bounded file however dense the statistics).
+            Their cost is part of the statistics step's, which ``stats_every="auto"`` and
+            ``budget`` account for.
         report: write ``gradwatch/report.html`` and ``gradwatch/histograms.png`` at the end
             of the run (default True).
         rules: alert rules (default: the config's, else check failure, non-finite, loss
