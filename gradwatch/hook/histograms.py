@@ -5,9 +5,10 @@
         histograms.write(record)                     # one line of gradwatch/histograms.jsonl
 
 A run's histogram lines stay few enough to draw and to re-upload: two histogram steps are at
-least HIST_MIN_GAP (1 %) of the run's steps so far apart, so a run has at most about 100 lines
-per e-fold of its length (746 lines for 100,000 steps, 975 for 1,000,000) whatever its statistics
-interval; short runs, and runs whose statistics are already that far apart, are unaffected.
+least HIST_MIN_GAP (1 %) of the run's steps so far apart, so a run has at most about 100
+lines per e-fold of its length (746 lines for 100,000 steps, 975 for 1,000,000) whatever its
+statistics interval; short runs, and runs whose statistics are already that far apart, are
+unaffected.
 
 The histograms themselves are :func:`gradwatch.stats.tensor_stats_and_histograms`'s, computed
 inside the statistics step (the same sort serves the quantiles), so their time is part of the
