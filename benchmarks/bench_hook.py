@@ -2,6 +2,7 @@
 
     python benchmarks/bench_hook.py                        # embedded store and a live server
     python benchmarks/bench_hook.py --steps 6000 --json out.json
+    python benchmarks/bench_hook.py --stores server --hist-every 0   # without histograms
 
 Model: numpy MLP 784-256-10, batch 128 (1.6-3.5 ms a step here, depending on the host's load).
 The bare loop and the wrapped loop are two copies of the same training, run alternately in
@@ -11,7 +12,8 @@ run across its blocks; the hook counts the gap while the bare block runs as a pa
 steps of loop time), so its budget is still measured against its own loop. Reported: the
 ratio of total wrapped to total bare loop time, and the median of the per-block ratios.
 Variants, against (a) the embedded sqlite store and (b) a live `mlflow server` on loopback:
-  gradwatch stats      GradWatch(every=None): loss, lr, per-tensor statistics
+  gradwatch stats      GradWatch(every=None): loss, lr, per-tensor statistics (with the
+                       quantiles and, unless --hist-every 0, the histograms)
   gradwatch checks     GradWatch(every=100, budget=0.05)
   mlflow sync/async    mlflow.log_metrics({"loss", "lr"}) every step (MLflow's own call),
                        whole short runs alternated with bare runs
@@ -103,13 +105,16 @@ def timed_mlflow(uri: str, steps: int, synchronous: bool) -> float:
         return Training(mlflow_log=log).run(steps)
 
 
-def bench_store(label, uri, steps, block, results):
+def bench_store(label, uri, steps, block, results, hist_every=None):
     variants = [
         ("gradwatch stats (every=None)", {"every": None}),
         ("gradwatch checks (every=100, budget=0.05)", {"every": 100, "budget": 0.05}),
     ]
+    extra = {} if hist_every is None else {"hist_every": hist_every}
     for name, kwargs in variants:
-        total, median, open_close, watch, bare_step = interleaved(uri, steps, block, **kwargs)
+        total, median, open_close, watch, bare_step = interleaved(
+            uri, steps, block, **kwargs, **extra
+        )
         results.append((label, name, steps, total, median))
         print(
             f"{label:9s} {name:42s} wrapped/bare {total:.3f} (median of blocks {median:.3f}); "
@@ -139,15 +144,22 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6000)
     ap.add_argument("--block", type=int, default=100)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--stores", default="embedded,server", help="embedded, server or both")
+    ap.add_argument("--hist-every", type=int, default=None,
+                    help="GradWatch(hist_every=) (default: the hook's, histograms on)")  # fmt: skip
     args = ap.parse_args()
+    stores = args.stores.split(",")
     results: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
-        bench_store("embedded", f"sqlite:///{tmp}/embedded.db", args.steps, args.block, results)
+        if "embedded" in stores:
+            bench_store("embedded", f"sqlite:///{tmp}/embedded.db", args.steps, args.block,
+                        results, args.hist_every)  # fmt: skip
         os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-        with MlflowServer(Path(tmp) / "server") as server:
-            time.sleep(2)  # let the freshly started server settle before timing
-            bench_store("server", server.uri, args.steps, args.block, results)
+        if "server" in stores:
+            with MlflowServer(Path(tmp) / "server") as server:
+                time.sleep(2)  # let the freshly started server settle before timing
+                bench_store("server", server.uri, args.steps, args.block, results, args.hist_every)
     print("\n| store | variant | steps | wrapped/bare (totals) | median of blocks |")
     print("|---|---|---|---|---|")
     for label, name, steps, total, median in results:

@@ -92,6 +92,17 @@ HOOK_OPTIONS: dict[str, Param] = {
     "stats_every": Param(
         "auto", "int_or_auto", "steps between norm statistics, or auto", minimum=1
     ),  # fmt: skip
+    "hist_every": Param(
+        1,
+        "int",
+        "statistics steps between histograms of |g| and |θ| (0, false or null: none)",
+        minimum=0,
+    ),  # fmt: skip
+    "report": Param(
+        True,
+        "bool",
+        "write gradwatch/report.html and gradwatch/histograms.png at the end of the run",
+    ),  # fmt: skip
     "experiment": Param(None, "str", "MLflow experiment name"),
     "run_name": Param(None, "str", "MLflow run name"),
     "tracking_uri": Param(None, "str", "MLflow tracking URI (null: MLFLOW_TRACKING_URI)"),
@@ -115,6 +126,8 @@ WEBHOOK_OPTIONS: dict[str, Param] = {
 }
 #: Hook options that are options of the check engine too.
 _CHECK_OPTIONS = ("mode", "num_samples", "eps", "seed")
+#: Hook options that ``false`` or ``null`` turns off, the same as 0 (``hist_every: false``).
+_OFF_AS_ZERO = ("hist_every",)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
@@ -239,7 +252,7 @@ def check_hook_option(name: str, value: Any) -> Any:
 
         check_hook_option("seed", 2**64)   # ValueError: must be an integer from 0 to 2**64 - 1...
     """
-    value = HOOK_OPTIONS[name].check(value)
+    value = HOOK_OPTIONS[name].check(_off_as_zero(name, value))
     if name in _CHECK_OPTIONS:
         try:
             validate_options(**{name: value})
@@ -247,6 +260,11 @@ def check_hook_option(name: str, value: Any) -> Any:
             problem = str(exc)
             raise ValueError(problem.removeprefix(f"{name} ")) from None
     return value
+
+
+def _off_as_zero(name: str, value: Any) -> Any:
+    """``false``/``null`` of an option that 0 turns off, as 0 (``true`` stays an error)."""
+    return 0 if name in _OFF_AS_ZERO and (value is False or value is None) else value
 
 
 def _placeholder_or_redacted(value: Any) -> Any:
@@ -580,7 +598,7 @@ def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
     for key, value in hook.items():
         if key not in HOOK_OPTIONS:
             raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
-        out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key])
+        out[key] = _value(ctx, ("hook", key), _off_as_zero(key, value), HOOK_OPTIONS[key])
         try:
             check_hook_option(key, out[key])
         except ValueError as exc:

@@ -4,6 +4,9 @@ The hook computes them every few steps (see ``GradWatch(stats_every=)``).
 
     stats = tensor_stats({"W1": W1}, {"W1": dW1})   # {"W1": TensorStats(...)}
     stats["W1"].grad_zero_frac                      # 0.4: 40 % of dW1 is exactly 0 (dead ReLUs?)
+    log_histogram(dW1)                              # |dW1| on fixed log-spaced bins
+
+On histogram steps :func:`tensor_stats_and_histograms` gives both at the cost of one sort.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ __all__ = [
     "log_histogram",
     "norm",
     "tensor_stats",
+    "tensor_stats_and_histograms",
     "update_ratio",
 ]
 
@@ -48,13 +52,21 @@ def norm(a: np.ndarray) -> float:
     return math.sqrt(float(np.dot(flat, flat)))
 
 
+def _abs_flat(a: np.ndarray) -> np.ndarray:
+    """|a| as a fresh flat array. Integers go through float64: ``abs(int8(-128))`` wraps."""
+    flat = a.reshape(-1)
+    if not np.issubdtype(flat.dtype, np.floating):
+        return np.abs(flat, dtype=np.float64)
+    return np.abs(flat)
+
+
 def abs_quantiles(a: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
     """Quantiles of |a| (nearest rank, ``round(q * (n - 1))``) by one ``np.partition``: O(n),
     not a sort. NaN entries count as the largest. An empty array gives 0.0.
 
         abs_quantiles(np.array([-3.0, 1.0, 2.0]), (0.5,)) == (2.0,)
     """
-    flat = np.abs(a.reshape(-1))  # a fresh array: partitioned in place below
+    flat = _abs_flat(a)  # a fresh array: partitioned in place below
     if flat.size == 0:
         return tuple(0.0 for _ in qs)
     ranks = [round(q * (flat.size - 1)) for q in qs]
@@ -69,11 +81,22 @@ def abs_quantiles(a: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(found[k] for k in ranks)
 
 
+def _sorted_quantiles(ranked: np.ndarray, qs: tuple[float, ...]) -> tuple[float, ...]:
+    """:func:`abs_quantiles` of an array whose |values| ``ranked`` are already sorted."""
+    if ranked.size == 0:
+        return tuple(0.0 for _ in qs)
+    return tuple(float(ranked[round(q * (ranked.size - 1))]) for q in qs)
+
+
 def _nonfinite(a: np.ndarray, n: float) -> int:
     # The norm is finite iff every entry is (barring overflow): count only when it is not.
     if math.isfinite(n):
         return 0
     return int(a.size - np.count_nonzero(np.isfinite(a)))
+
+
+def _zero_frac(nonzero: int, size: int) -> float:
+    return float(1.0 - nonzero / size) if size else 0.0
 
 
 def tensor_stats(
@@ -86,10 +109,31 @@ def tensor_stats(
         gn, pn = norm(g), norm(p)
         g50, g99 = abs_quantiles(g, (0.5, 0.99))
         (p99,) = abs_quantiles(p, (0.99,))
-        zero_frac = 1.0 - np.count_nonzero(g) / g.size if g.size else 0.0
         out[name] = TensorStats(gn, pn, _nonfinite(g, gn) + _nonfinite(p, pn),
-                                g50, g99, float(zero_frac), p99)  # fmt: skip
+                                g50, g99, _zero_frac(np.count_nonzero(g), g.size), p99)  # fmt: skip
     return out
+
+
+def tensor_stats_and_histograms(
+    step: int, params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]
+) -> tuple[dict[str, TensorStats], dict[str, Any]]:
+    """``(tensor_stats(params, grads), histogram_record(step, params, grads))`` at the cost of
+    one sort of each |array|: binning on uneven edges sorts anyway (``np.histogram`` does),
+    and the sorted array gives the quantiles for free. Same values as the two calls.
+
+        stats, record = tensor_stats_and_histograms(300, {"W1": W1}, {"W1": dW1})
+    """
+    stats, tensors = {}, {}
+    for name, p in params.items():
+        g = grads[name]
+        g_ranked, p_ranked = _sorted_abs(g), _sorted_abs(p)
+        g_hist, p_hist = _histogram_of_sorted(g_ranked), _histogram_of_sorted(p_ranked)
+        g50, g99 = _sorted_quantiles(g_ranked, (0.5, 0.99))
+        (p99,) = _sorted_quantiles(p_ranked, (0.99,))
+        stats[name] = TensorStats(norm(g), norm(p), g_hist["nonfinite"] + p_hist["nonfinite"],
+                                  g50, g99, _zero_frac(g.size - g_hist["zero"], g.size), p99)  # fmt: skip
+        tensors[name] = {"grad": g_hist, "param": p_hist}
+    return stats, {"step": int(step), "bins": dict(HIST_BINS), "tensors": tensors}
 
 
 def update_ratio(before: np.ndarray, after: np.ndarray) -> float:
@@ -128,19 +172,28 @@ def log_histogram(a: np.ndarray) -> dict[str, Any]:
 
     ``counts[i]`` holds ``HIST_EDGES[i] <= |x| < HIST_EDGES[i+1]`` (the last bin includes its
     right edge); ``under`` is ``0 < |x| < 1e-10``, ``over`` is ``|x| > 1e4``, ``zero`` is
-    exactly 0 and ``nonfinite`` NaN/Inf. The five add up to ``a.size``.
+    exactly 0 and ``nonfinite`` NaN/Inf. The five add up to ``a.size``. Values are compared
+    with the edges exactly (float16/float32 as their float64 values), integers as numbers.
     """
-    flat = np.abs(a.reshape(-1))
-    finite = np.isfinite(flat)
-    nonfinite = int(flat.size - np.count_nonzero(finite))
-    if nonfinite:
-        flat = flat[finite]
-    counts, _ = np.histogram(flat, bins=HIST_EDGES)
-    zero = int(flat.size - np.count_nonzero(flat))
-    under = int(np.count_nonzero(flat < HIST_EDGES[0])) - zero
-    over = int(np.count_nonzero(flat > HIST_EDGES[-1]))
-    return {"counts": counts.tolist(), "zero": zero, "under": under, "over": over,
-            "nonfinite": nonfinite}  # fmt: skip
+    return _histogram_of_sorted(_sorted_abs(a))
+
+
+def _sorted_abs(a: np.ndarray) -> np.ndarray:
+    """|a| flat and sorted (NaN last, as np.sort puts it)."""
+    ranked = _abs_flat(a)
+    ranked.sort()
+    return ranked
+
+
+def _histogram_of_sorted(ranked: np.ndarray) -> dict[str, Any]:
+    """:func:`log_histogram` of sorted |values|: a binary search per edge, not per value."""
+    exact = ranked if ranked.dtype == np.float64 else ranked.astype(np.float64)  # stays sorted
+    cuts = np.searchsorted(exact, HIST_EDGES, side="left")
+    cuts[-1] = np.searchsorted(exact, HIST_EDGES[-1], side="right")  # the last bin is closed
+    zero = int(np.searchsorted(exact, 0.0, side="right"))
+    finite = int(np.searchsorted(exact, np.inf, side="left"))  # Inf, then NaN, sort last
+    return {"counts": np.diff(cuts).tolist(), "zero": zero, "under": int(cuts[0]) - zero,
+            "over": finite - int(cuts[-1]), "nonfinite": exact.size - finite}  # fmt: skip
 
 
 def histogram_record(

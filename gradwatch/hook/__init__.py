@@ -22,7 +22,9 @@ Parts (each a module of this package):
     clock       LoopClock: the loop's own time vs the hook's (pure; fake-clock testable)
     schedule    Schedule: when statistics and checks run, the budget (pure)
     layout      TensorLayout: the tensors' names, gradient keys and shapes, checked every step
-    statistics  Statistics (norms, update ratios), StaleParams (arrays replaced, not updated)
+    statistics  Statistics (norms, quantiles, update ratios), StaleParams (arrays replaced,
+                not updated)
+    histograms  Histograms: which statistics steps also append |g| and |θ| histograms
     feed        AlertFeed: typed step records batched into the alert engine; alert sinks
     checks      CheckRunner: runs a check, records it, prints a failure once
     sigterm     SigtermGuard: SIGTERM ends the run KILLED

@@ -32,7 +32,8 @@ OPTION_NAMES: tuple[str, ...] = tuple(k for k in HOOK_OPTIONS if k not in _METAD
 #: Hook options and their defaults, from the schema.
 DEFAULTS: dict[str, Any] = {k: HOOK_OPTIONS[k].default for k in OPTION_NAMES}
 #: Options shown as MLflow params ``gradwatch.<name>`` (the others are where the run goes).
-LOGGED = ("every", "num_samples", "mode", "eps", "seed", "budget", "stats_every")
+LOGGED = ("every", "num_samples", "mode", "eps", "seed", "budget", "stats_every", "hist_every",
+          "report")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class HookOptions:
     seed: int | None
     budget: float | None
     stats_every: int | str
+    hist_every: int  # 0: no histograms
+    report: bool
     experiment: str | None
     run_name: str | None
     tracking_uri: str | None
@@ -83,9 +86,9 @@ class HookOptions:
         return asdict(self)
 
     def loggable(self) -> dict[str, str]:
-        """``{"gradwatch.every": "100", ...}``: the check options as MLflow params."""
-        return {PARAM_PREFIX + k: "none" if getattr(self, k) is None else str(getattr(self, k))
-                for k in LOGGED}  # fmt: skip
+        """``{"gradwatch.every": "100", ...}``: the check options as MLflow params (booleans
+        as ``true``/``false``, as the config file's params show them)."""
+        return {PARAM_PREFIX + k: _shown(getattr(self, k)) for k in LOGGED}
 
 
 def _checked(name: str, value: Any, source: str = "", config_path: str = "") -> Any:
@@ -114,6 +117,12 @@ def _plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def _short(value: Any) -> str:

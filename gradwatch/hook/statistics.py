@@ -1,8 +1,8 @@
 """Per-tensor statistics of a step and the update the optimizer applies after it, plus the
 one trap they reveal: parameter arrays replaced (rebound) instead of updated in place.
 
-    stats = Statistics(layout)
-    result = stats.measure(step, params, grads)       # norms, non-finite counts, metrics
+    stats = Statistics(layout, Histograms(every=1, recorder=run))
+    result = stats.measure(step, params, grads, metrics)  # norms, quantiles, histograms
     ratios = stats.update_ratios(params)              # next step: ||after - before|| / ||before||
 
 The hook's own arithmetic never prints numpy warnings: an overflow on a diverging run is the
@@ -17,8 +17,9 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from gradwatch import schema
+from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.layout import TensorLayout
-from gradwatch.stats import tensor_stats, update_ratio
+from gradwatch.stats import tensor_stats, tensor_stats_and_histograms, update_ratio
 
 __all__ = ["PROBE_STEPS", "StaleParams", "Statistics", "StepStats"]
 
@@ -39,20 +40,30 @@ class StepStats(NamedTuple):
 
 
 class Statistics:
-    """Norms and non-finite counts on statistics steps; update ratios on the step after."""
+    """Norms, quantiles and non-finite counts on statistics steps (with histograms of |g| and
+    |θ| on ``histograms``' steps); update ratios on the step after."""
 
-    def __init__(self, layout: TensorLayout) -> None:
+    def __init__(self, layout: TensorLayout, histograms: Histograms | None = None) -> None:
         self.layout = layout
+        self.histograms = histograms
         self.snapshot: tuple[int, dict[str, np.ndarray]] | None = None  # (step, copies)
         self.num_metrics = 0  # metrics the last statistics step produced
 
     def measure(self, step: int, params: Any, grads: Any, metrics: dict[str, float]) -> StepStats:
         """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``), ``grad_abs_p50/<t>``,
         ``grad_abs_p99/<t>``, ``grad_zero_frac/<t>`` and ``param_abs_p99/<t>`` to ``metrics`` and
-        keep a copy of the parameters to measure the update the optimizer is about to apply."""
+        keep a copy of the parameters to measure the update the optimizer is about to apply.
+        On a histogram step, also append the histograms to ``gradwatch/histograms.jsonl``."""
         named = self.layout.named(params)
+        named_grads = self.layout.named_grads(grads)
+        record = None
         with np.errstate(all="ignore"):
-            stats = tensor_stats(named, self.layout.named_grads(grads))
+            if self.histograms is not None and self.histograms.due(step):
+                stats, record = tensor_stats_and_histograms(step, named, named_grads)
+            else:
+                stats = tensor_stats(named, named_grads)
+        if record is not None:
+            self.histograms.write(record)
         out = StepStats({}, {}, {}, {})
         for name, st in stats.items():
             out.grad_norms[name] = st.grad_norm

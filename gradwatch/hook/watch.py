@@ -21,10 +21,13 @@ from gradwatch.check import CheckReport
 from gradwatch.config import Config, load_config
 from gradwatch.errors import GradwatchError
 from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
+from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.inputs import as_float, as_step, scalars
+from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.run import RunParts, open_tracking_run
 from gradwatch.hook.sigterm import SigtermGuard
+from gradwatch.hook.statistics import Statistics
 from gradwatch.secrets import mask_uri
 
 __all__ = ["GradWatch"]
@@ -59,6 +62,14 @@ class GradWatch:
             ``None``: no limit.
         stats_every: steps between per-tensor statistics, or ``"auto"`` (at most 0.25% of the
             loop's time and 1000 metrics/s).
+        hist_every: statistics steps between histograms of |g| and |θ| per tensor (fixed
+            log-spaced bins) appended to the artifact ``gradwatch/histograms.jsonl``; 1 (the
+            default): every statistics step; 0 or ``None``: none. Two histogram steps are at
+            least 1 % of the run's steps apart (a bounded file however dense the statistics).
+            Their cost is part of the statistics step's, which ``stats_every="auto"`` and
+            ``budget`` account for.
+        report: write ``gradwatch/report.html`` and ``gradwatch/histograms.png`` at the end
+            of the run (default True).
         rules: alert rules (default: the config's, else check failure, non-finite, loss
             divergence); ``callbacks``: ``{name: fn(alert)}`` for ``callback:<name>`` actions.
         rank: process rank (default ``RANK`` env, else 0). Only rank 0 checks and logs unless
@@ -89,6 +100,8 @@ class GradWatch:
         seed: int | None = _UNSET,
         budget: float | None = _UNSET,
         stats_every: int | str = _UNSET,
+        hist_every: int | None = _UNSET,
+        report: bool = _UNSET,
         journal_dir: str | None = _UNSET,
         keep_journal: bool = _UNSET,
         flush_timeout: float = _UNSET,
@@ -101,8 +114,9 @@ class GradWatch:
         given = {
             "every": every, "experiment": experiment, "run_name": run_name,
             "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
-            "seed": seed, "budget": budget, "stats_every": stats_every, "journal_dir": journal_dir,
-            "keep_journal": keep_journal, "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
+            "seed": seed, "budget": budget, "stats_every": stats_every, "hist_every": hist_every,
+            "report": report, "journal_dir": journal_dir, "keep_journal": keep_journal,
+            "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
         }  # fmt: skip
         self.options = HookOptions.resolve({k: v for k, v in given.items() if v is not _UNSET},
                                            self.config)  # fmt: skip
@@ -265,6 +279,8 @@ class GradWatch:
             feed.flush(entered)
             parts.leave(entered)
             return None
+        if parts.layout is None:
+            _first_layout(parts, params, grads)
         report = parts.busy_step(s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered)  # fmt: skip
         parts.leave(entered)  # raises AlertStop when a `stop` rule fired
         return report
@@ -292,6 +308,15 @@ class GradWatch:
             return loss, grads
 
         return wrapped
+
+
+def _first_layout(parts: RunParts, params: Any, grads: Any) -> None:
+    """Fix the run's tensor layout at its first step, with Statistics that write histograms.
+
+    RunParts builds a plain ``Statistics(layout)`` when it finds no layout; built here first,
+    the run's statistics steps also record ``hist_every``'s histograms."""
+    parts.layout = TensorLayout.of(params, grads)
+    parts.statistics = Statistics(parts.layout, Histograms(parts.options.hist_every, parts.run))
 
 
 def _load_config(config: Any) -> Config:
