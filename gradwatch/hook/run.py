@@ -26,6 +26,7 @@ from gradwatch.errors import AlertStop
 from gradwatch.hook.checks import CheckRunner
 from gradwatch.hook.clock import LoopClock
 from gradwatch.hook.feed import AlertFeed, PendingStep
+from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.inputs import scalars
 from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
@@ -51,7 +52,7 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
         tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
     return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
                     run_name=run_name, tags=tags, journal_dir=options.journal_dir,
-                    keep_journal=options.keep_journal)  # fmt: skip
+                    keep_journal=options.keep_journal, report=options.report)  # fmt: skip
 
 
 class RunParts:
@@ -145,7 +146,7 @@ class RunParts:
         """The first step fixes the layout; later busy steps verify it fully."""
         if self.layout is None:
             self.layout = TensorLayout.of(params, grads)
-            self.statistics = Statistics(self.layout)
+            self.statistics = Statistics(self.layout, Histograms(self.options.hist_every, self.run))
             return
         self.layout.verify(params, grads, s)
         self.layout.verify_params(params, s)

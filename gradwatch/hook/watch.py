@@ -21,13 +21,10 @@ from gradwatch.check import CheckReport
 from gradwatch.config import Config, load_config
 from gradwatch.errors import GradwatchError
 from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
-from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.inputs import as_float, as_step, scalars
-from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.run import RunParts, open_tracking_run
 from gradwatch.hook.sigterm import SigtermGuard
-from gradwatch.hook.statistics import Statistics
 from gradwatch.secrets import mask_uri
 
 __all__ = ["GradWatch"]
@@ -279,8 +276,6 @@ class GradWatch:
             feed.flush(entered)
             parts.leave(entered)
             return None
-        if parts.layout is None:
-            _first_layout(parts, params, grads)
         report = parts.busy_step(s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered)  # fmt: skip
         parts.leave(entered)  # raises AlertStop when a `stop` rule fired
         return report
@@ -308,15 +303,6 @@ class GradWatch:
             return loss, grads
 
         return wrapped
-
-
-def _first_layout(parts: RunParts, params: Any, grads: Any) -> None:
-    """Fix the run's tensor layout at its first step, with Statistics that write histograms.
-
-    RunParts builds a plain ``Statistics(layout)`` when it finds no layout; built here first,
-    the run's statistics steps also record ``hist_every``'s histograms."""
-    parts.layout = TensorLayout.of(params, grads)
-    parts.statistics = Statistics(parts.layout, Histograms(parts.options.hist_every, parts.run))
 
 
 def _load_config(config: Any) -> Config:
