@@ -54,16 +54,17 @@ STEPS, EVERY, HIST_EVERY = 120, 20, 10
 
 
 def _train(uri: str, journal_dir: Path, config: Path, run_name: str, bug: bool,
-           extra_params: dict | None = None) -> tuple[str, Path]:  # fmt: skip
+           extra_params: dict | None = None, report: bool = True) -> tuple[str, Path]:  # fmt: skip
     """A small numpy MLP watched by GradWatch; with ``bug``, dW2 gets an offset from step 60
-    on (not a shared factor: a backprop bug). Histogram lines go in as the hook writes them."""
+    on (not a shared factor: a backprop bug). The hook writes a histogram every statistics
+    step; with ``report`` the shipper draws the report at the end of the run."""
     X, y = make_blobs(n=256, dim=8, classes=3, seed=0)
     mlp = MLP([8, 16, 3], seed=0)
     params = mlp.params
     rng = np.random.default_rng(0)
     with gradwatch.GradWatch(every=EVERY, experiment="report-tests", run_name=run_name,
                              tracking_uri=uri, journal_dir=str(journal_dir), keep_journal=True,
-                             config=str(config),
+                             config=str(config), stats_every=HIST_EVERY, report=report,
                              params={"lr": 0.2, "bug": bug, **(extra_params or {})}) as watch:  # fmt: skip
         for step in range(STEPS):
             idx = rng.choice(len(X), size=32, replace=False)
@@ -73,9 +74,6 @@ def _train(uri: str, journal_dir: Path, config: Path, run_name: str, bug: bool,
                 grads["dW2"] = grads["dW2"] + 0.05 * float(np.abs(grads["dW2"]).max())
             watch.step(params, grads, loss=loss, lr=0.2,
                        loss_fn=lambda p, Xb=Xb, yb=yb: mlp.loss(p, Xb, yb))  # fmt: skip
-            if step % HIST_EVERY == 0:
-                matched = {k: grads["d" + k] for k in params}
-                watch.run.append_artifact_line(ARTIFACT_HISTOGRAMS, histogram_record(step, params, matched))  # fmt: skip
             for k in params:
                 params[k] -= 0.2 * grads["d" + k]
     result = watch.close_result
@@ -91,7 +89,7 @@ def runs(mlflow_server, tmp_path_factory):
     config.write_text(CONFIG)
     return {
         "bug": _train(mlflow_server.uri, root / "j", config, "mlp bug", bug=True),
-        "ok": _train(mlflow_server.uri, root / "j", config, "mlp ok", bug=False),
+        "ok": _train(mlflow_server.uri, root / "j", config, "mlp ok", bug=False, report=False),
     }
 
 
@@ -151,6 +149,25 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 # --------------------------------------------------------------------------- the command
+
+
+def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, mlflow_server):
+    # Before any `gradwatch report`: the shipper drew and uploaded both at the end of the run.
+    client = MlflowClient(mlflow_server.uri)
+    run_id, _ = runs["bug"]
+    assert client.get_run(run_id).info.status == "FINISHED"
+    names = {f.path for f in client.list_artifacts(run_id, "gradwatch")}
+    assert {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS, ARTIFACT_HISTOGRAMS_PNG} <= names
+    html = artifact_text(client, run_id, ARTIFACT_REPORT)
+    verdict = _compare_verdict(mlflow_server.uri, run_id)
+    assert "BUG" in verdict
+    assert _parse(html).verdict == verdict
+    hist_steps = [json.loads(line)["step"] for line in artifact_text(client, run_id, ARTIFACT_HISTOGRAMS).splitlines()]  # fmt: skip
+    assert hist_steps == list(range(0, STEPS, HIST_EVERY))  # hist_every=1: every statistics step
+    # report=False: histograms still recorded, no pictures drawn.
+    ok_id, _ = runs["ok"]
+    names = {f.path for f in client.list_artifacts(ok_id, "gradwatch")}
+    assert ARTIFACT_HISTOGRAMS in names and not {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS_PNG} & names
 
 
 def test_report_command_attaches_the_report_of_a_run_with_a_backprop_bug(
