@@ -12,7 +12,9 @@ From ``--bug-at`` on, backprop returns dW2 twice too large: the next check fails
 ``check_failure`` rule fires once (then stays quiet for its cooldown).
 
 Everything goes to the tracking URI in force: MLFLOW_TRACKING_URI, else the embedded
-sqlite:///mlflow.db in the working directory (see it with ``mlflow ui``).
+sqlite:///mlflow.db in the working directory (see it with ``mlflow ui``). At the end, the run
+gets its report (artifact gradwatch/report.html: verdict, curves, every check, the alerts)
+and the gradient and weight distributions over the steps (gradwatch/histograms.png).
 """
 
 from __future__ import annotations
@@ -110,6 +112,11 @@ def main() -> None:
         print(f"  {alert.text()}")
     print(result)  # "run <id> complete", or the records still pending and the sync command
     print(f"tracking URI: {watch.run.tracking_uri}")
+    if result.complete:
+        # Drawn by gradwatch at the end of the run: the verdict, curves, every check, the
+        # alerts and the gradient distributions (gradwatch/histograms.png) in one page.
+        print(f"run report: artifact gradwatch/report.html of run {result.run_id}"
+              f" (again any time: gradwatch report {result.run_id})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -76,6 +76,11 @@ def test_train_mlp_fires_check_failure_once_after_the_bug(tracking_uri):
     assert {"gradwatch/checks.jsonl", "gradwatch/alerts.jsonl", "gradwatch/gradwatch.yaml"} <= (
         artifacts
     )
+    # The run's story without code: the report and the distributions, drawn at its end.
+    assert {"gradwatch/report.html", "gradwatch/histograms.jsonl", "gradwatch/histograms.png"} <= (
+        artifacts
+    )
+    assert "gradwatch/report.html" in out  # the script says where to read it
 
 
 def test_lr_sweep_flags_the_diverging_run(tracking_uri):
