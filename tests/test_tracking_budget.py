@@ -39,3 +39,38 @@ def test_the_budget_account_holds_the_shipping_of_statistics_and_checks(tmp_path
     # then its measured CPU per metric, which moves during the run (hence the half).
     per_metric = min(cpu_seconds / metrics, 65e-6)
     assert watch.clock.hook_seconds >= 0.5 * charged_metrics * per_metric
+
+
+def _sleepy_run(budget: float, steps: int, caplog) -> gradwatch.GradWatch:
+    import time
+
+    params = {"w": np.ones(3)}
+
+    def loss_fn(p):
+        return float((p["w"] ** 2).sum())
+
+    with gradwatch.GradWatch(every=50, budget=budget, stats_every=1000, experiment="t-floor",
+                             config=False) as watch:  # fmt: skip
+        for _ in range(steps):
+            time.sleep(0.0005)  # a 0.5 ms training step: loss and lr shipping is a large share
+            grads = {"w": 2 * params["w"]}
+            watch.step(params, grads, loss=loss_fn(params), lr=1e-3, loss_fn=loss_fn)
+            params["w"] -= 1e-3 * grads["w"]
+    return watch
+
+
+def test_the_budget_pays_for_shipping_loss_and_lr_and_says_when_they_alone_exceed_it(caplog):
+    caplog.set_level("WARNING", logger="gradwatch")
+    steps = 5000
+    watch = _sleepy_run(0.05, steps, caplog)
+    floor = [r for r in caplog.records if "cannot pay for checks" in r.getMessage()]
+    assert len(floor) == 1, [r.getMessage() for r in caplog.records]
+    assert "never thinned" in floor[0].getMessage()
+    # The every-step values all landed (never thinned), and the checks waited for the budget.
+    assert watch.close_result.pending == 0
+    assert watch.checks < steps // 50 // 2 and watch.checks_deferred > 0
+    # With room in the budget: every check runs and nothing is said.
+    caplog.clear()
+    roomy = _sleepy_run(1.0, 1000, caplog)
+    assert roomy.checks == 1000 // 50 and roomy.checks_deferred == 0
+    assert not [r for r in caplog.records if "cannot pay for checks" in r.getMessage()]

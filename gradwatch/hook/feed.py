@@ -70,6 +70,9 @@ class AlertFeed:
         self.fed_at = time.perf_counter()
         self.alerts: list[Alert] = []
         self.stop_alert: Alert | None = None
+        # Every step passes through here: the loss and lr values logged so far, counted per
+        # flush (not per step) for the budget, which pays for shipping them.
+        self.scalars_fed = 0
 
     def due(self, now: float) -> bool:
         return len(self.pending) >= self.batch or now - self.fed_at >= ALERT_MAX_DELAY
@@ -78,6 +81,7 @@ class AlertFeed:
         """Give the engine the steps queued since the last flush; dispatch what fires."""
         self.fed_at = now
         pending, self.pending = self.pending, []
+        self.scalars_fed += sum((p.loss is not None) + (p.lr is not None) for p in pending)
         observations = [p.observation() for p in pending]
         for alert in self.engine.observe_steps(observations):
             self.dispatch(alert)

@@ -30,13 +30,18 @@ from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.inputs import scalars
 from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.schedule import Schedule
+from gradwatch.hook.schedule import BUDGET_RESERVE, Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
 from gradwatch.params import ENV_SWEEP_ID
 
 __all__ = ["RunParts", "open_tracking_run"]
 
 logger = logging.getLogger("gradwatch")
+
+#: The floor warning waits for this much loop time, so a slow first step cannot cause it.
+#: Checks are asked about at ever longer intervals once the budget postpones them, so a
+#: longer wait could let a whole run pass unwarned.
+FLOOR_WARN_AFTER_SECONDS = 0.25
 
 
 def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
@@ -70,6 +75,7 @@ class RunParts:
         self.statistics: Statistics | None = None
         self.next_step = 0
         self._warned_no_loss_fn = False
+        self._warned_floor = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
         self._ratio_cost = 0.0  # seconds the last update ratio took, its journal line included
 
@@ -185,7 +191,26 @@ class RunParts:
                 logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
                                "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
             return False
-        return schedule.budget_allows(s, self.clock)
+        return schedule.budget_allows(s, self.clock, self._every_step_shipping())
+
+    def _every_step_shipping(self) -> float:
+        """What shipping the every-step loss and lr has cost the shipper process so far. They
+        are never thinned, so when they alone exceed the budget the checks wait, and the
+        user is told once why and what would help."""
+        cost_per_value = getattr(self.run, "ship_cpu_per_metric", 0.0)
+        shipping = self.feed.scalars_fed * cost_per_value
+        loop = self.clock.loop_seconds
+        budget = self.options.budget
+        if (not self._warned_floor and budget and loop > FLOOR_WARN_AFTER_SECONDS
+                and shipping > budget * (1.0 - BUDGET_RESERVE) * loop):  # fmt: skip
+            self._warned_floor = True
+            logger.warning(
+                "gradwatch: budget=%g cannot pay for checks: shipping loss and lr every step "
+                "costs the tracking store %.1f %% of this loop's time by itself (%.0f us a "
+                "value; they are never thinned), so checks wait. A local `mlflow server` costs "
+                "far less per value than the embedded sqlite store; or raise budget.",
+                budget, 100.0 * shipping / loop, 1e6 * cost_per_value)  # fmt: skip
+        return shipping
 
     def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
         self.schedule.check_started(s)
@@ -204,7 +229,7 @@ class RunParts:
         """Charge the hook's time with what shipping ``num_metrics`` metrics costs the shipper
         process (its measured CPU per metric) and return that: ``budget`` covers shipping what
         the statistics and checks log, not only their time inside ``step()``. The every-step
-        loss and lr are never thinned, so they are not charged."""
+        loss and lr are charged when a check asks the budget (``_every_step_shipping``)."""
         shipping = num_metrics * getattr(self.run, "ship_cpu_per_metric", 0.0)
         self.clock.hook_seconds += shipping
         return shipping

@@ -71,14 +71,16 @@ class Schedule:
         """Ask again in ``every`` steps, not every step (no loss_fn to check with)."""
         self.check_not_before = step + (self.every or 1)
 
-    def budget_allows(self, step: int, clock: LoopClock) -> bool:
+    def budget_allows(self, step: int, clock: LoopClock, shipping: float = 0.0) -> bool:
         """Everything the hook spends, checks included, stays within ``budget`` x the loop's
         own time (wrapped/bare <= 1 + budget, whatever the statistics cost); else postpone
-        the check until the loop has run long enough to pay for it."""
+        the check until the loop has run long enough to pay for it. ``shipping``: what the
+        shipper process spent on the every-step values so far (not in ``clock``)."""
         if self.budget is None or self.last_check_step is None:
             return True
         usable = self.budget * (1.0 - BUDGET_RESERVE)
-        deficit = (clock.hook_seconds + self.last_check_cost) / usable - clock.loop_seconds
+        spent = clock.hook_seconds + shipping + self.last_check_cost
+        deficit = spent / usable - clock.loop_seconds
         if deficit <= 0:
             return True
         steps = deficit / clock.step_seconds if clock.step_seconds > 0 else 1
