@@ -3,14 +3,11 @@ HTTP receiver on loopback, remembered in run tags so nothing is sent twice."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -22,44 +19,14 @@ from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservatio
 from gradwatch.cli import main
 from gradwatch.runs.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
 from tests.mlflow_server import MlflowServer
+from tests.webhooks import WebhookReceiver
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-class Receiver:
-    """A real webhook endpoint on 127.0.0.1 that records every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def rules(self) -> list[str]:
-        return [b["alert"]["rule"] for b in self.bodies]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = WebhookReceiver()
     yield r
     r.close()
 

@@ -5,11 +5,8 @@ real webhook receiver exactly once."""
 
 from __future__ import annotations
 
-import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import mlflow
@@ -23,46 +20,15 @@ import gradwatch
 from gradwatch.alerts import CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
 from gradwatch.runs.monitor import TAG_ALERTED, Monitor, observations, rule_metrics
+from tests.webhooks import WebhookReceiver
 
 HIDDEN, KILLED = 16, 12  # ReLU units, and how many of them die at KILL_STEP
 KILL_STEP, STEPS, VAL_EVERY = 20, 40, 5
 
 
-class Receiver:
-    """A real webhook endpoint on 127.0.0.1 that records every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def alerts(self) -> dict[str, list[dict]]:
-        out: dict[str, list[dict]] = {}
-        for body in self.bodies:
-            out.setdefault(body["alert"]["rule"], []).append(body["alert"])
-        return out
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = WebhookReceiver()
     yield r
     r.close()
 

@@ -4,10 +4,7 @@ never; a run that logs again re-arms), accepted but never evaluated by the hook.
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -19,44 +16,14 @@ from gradwatch.alerts import AlertEngine, Delivery, Rule, WebhookSpec, validate_
 from gradwatch.config import load_config
 from gradwatch.errors import ConfigError
 from gradwatch.runs.monitor import STALE_RULE, TAG_ALERTED, Monitor
+from tests.webhooks import WebhookReceiver
 
 MINUTE = 60.0
 
 
-class Receiver:
-    """A real webhook endpoint on 127.0.0.1 that records every JSON body it is sent."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict] = []
-        received = self.bodies
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                length = int(self.headers.get("Content-Length") or 0)
-                received.append(json.loads(self.rfile.read(length)))
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def sent(self) -> list[tuple[str, str, int]]:
-        """(rule, run name, step) of each delivered alert."""
-        return [(b["alert"]["rule"], b["alert"]["details"]["run_name"], b["alert"]["step"])
-                for b in self.bodies]  # fmt: skip
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def receiver():
-    r = Receiver()
+    r = WebhookReceiver()
     yield r
     r.close()
 
@@ -76,7 +43,7 @@ def _log_steps(client: MlflowClient, run_id: str, steps: range, at: float) -> No
     client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (s + 1), ms, s) for s in steps])
 
 
-def _monitor(uri: str, experiment: str, rules: list[Rule], receiver: Receiver, clock: Clock,
+def _monitor(uri: str, experiment: str, rules: list[Rule], receiver: WebhookReceiver, clock: Clock,
              stale_minutes: float | None = None) -> Monitor:  # fmt: skip
     delivery = Delivery(webhooks={"ops": WebhookSpec(url=receiver.url, timeout=5, retries=0)})
     return Monitor(uri, experiment, rules=rules, delivery=delivery, settle=0, clock=clock,
