@@ -34,6 +34,8 @@ from gradwatch.report import (
 from gradwatch.runs.compare import select_runs, summarize_runs
 from gradwatch.schema import ARTIFACT_HISTOGRAMS, ARTIFACT_HISTOGRAMS_PNG, ARTIFACT_REPORT
 from gradwatch.stats import hist_edges, histogram_record
+from gradwatch.tracking.journal import state_path
+from gradwatch.tracking.state import ShipState
 from tests.mlflow_server import free_port
 
 HOSTILE = "<script>alert(1)</script>"
@@ -154,8 +156,10 @@ def _png_size(png: bytes) -> tuple[int, int]:
 def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, mlflow_server):
     # Before any `gradwatch report`: the shipper drew and uploaded both at the end of the run.
     client = MlflowClient(mlflow_server.uri)
-    run_id, _ = runs["bug"]
+    run_id, journal = runs["bug"]
     assert client.get_run(run_id).info.status == "FINISHED"
+    # Drawn after the run ended, once: the shipper's state says how it went.
+    assert ShipState.load(state_path(journal)).report == "uploaded"
     names = {f.path for f in client.list_artifacts(run_id, "gradwatch")}
     assert {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS, ARTIFACT_HISTOGRAMS_PNG} <= names
     html = artifact_text(client, run_id, ARTIFACT_REPORT)
@@ -165,7 +169,8 @@ def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, m
     hist_steps = [json.loads(line)["step"] for line in artifact_text(client, run_id, ARTIFACT_HISTOGRAMS).splitlines()]  # fmt: skip
     assert hist_steps == list(range(0, STEPS, HIST_EVERY))  # hist_every=1: every statistics step
     # report=False: histograms still recorded, no pictures drawn.
-    ok_id, _ = runs["ok"]
+    ok_id, ok_journal = runs["ok"]
+    assert ShipState.load(state_path(ok_journal)).report is None
     names = {f.path for f in client.list_artifacts(ok_id, "gradwatch")}
     assert ARTIFACT_HISTOGRAMS in names and not {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS_PNG} & names
 
@@ -380,3 +385,37 @@ def test_without_matplotlib_the_report_is_written_and_says_how_to_get_the_pictur
     html = (tmp_path / "report.html").read_text()
     assert "pip install gradwatch[plot]" in html and "<img" not in html
     assert "Gradient checks (" in html  # everything but the pictures is there
+
+
+def test_a_long_run_is_thinned_for_the_report_and_its_passing_checks_capped():
+    from gradwatch.report import RunData
+    from gradwatch.report.data import MAX_POINTS, sorted_series
+
+    # A million loss values, logged out of order at the end: sorted, then evenly thinned.
+    n = 1_000_000
+    steps = np.arange(n, dtype=np.int64)
+    steps[-2:] = steps[-2:][::-1]
+    values = np.linspace(2.0, 0.1, n)
+    metrics, stamps = sorted_series({"loss": (steps, steps * 10, values)})
+    points = metrics["loss"]
+    assert len(points) == len(stamps["loss"]) == MAX_POINTS
+    got_steps = [s for s, _ in points]
+    assert got_steps == sorted(got_steps) and got_steps[0] == 0 and got_steps[-1] == n - 1
+    assert max(np.diff(got_steps)) <= 2 * n // MAX_POINTS  # evenly spread, no gap
+    # Rows as tuples (the MLflow reader's form) give the same.
+    rows = list(zip(steps[:5000].tolist(), (steps[:5000] * 10).tolist(), values[:5000].tolist()))
+    assert sorted_series({"loss": rows})[0]["loss"] == sorted((s, v) for s, _, v in rows)
+
+    def check(step: int, passed: bool) -> dict:
+        return {"step": step, "passed": passed, "max_rel_error": 1e-9 if passed else 0.3,
+                "per_param": {"W": {"verdict": "ok" if passed else "mismatch",
+                                    "max_rel_error": 1e-9 if passed else 0.3,
+                                    "num_mismatches": 0 if passed else 1, "coords": []}}}  # fmt: skip
+
+    checks = [check(s, passed=s != 700) for s in range(0, 20_000, 100)]  # 200 checks, 1 failed
+    html = render_report(RunData(run_id="r", run_name="long", status="FINISHED",
+                                 metrics={"loss": points}, checks=checks))  # fmt: skip
+    assert "Gradient checks (200)" in html
+    assert "149 earlier passing checks are not listed" in html
+    assert "step 700: " in html  # the failed one, early in the run, is always there
+    assert "step 19900: " in html and "step 100: " not in html

@@ -15,10 +15,15 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
+
 from gradwatch.runs.compare import SUMMARY_KEYS, RunSummary, summarize
 from gradwatch.schema import CHECK_CLIPPED, NONFINITE
 
-__all__ = ["Point", "RunData"]
+__all__ = ["MAX_POINTS", "Point", "RunData"]
+
+#: Points kept of each metric series: enough for a curve and for the verdict's medians.
+MAX_POINTS = 10_000
 
 #: One logged value: (step, value), value as logged (MLflow's ±1.8e308 read back as ±inf).
 Point = tuple[int, float]
@@ -77,12 +82,26 @@ def _metric_objects(points: list[Point], stamps: list[int] | None) -> list[Any]:
             for (s, v), t in zip(points, stamps)]  # fmt: skip
 
 
-def sorted_series(raw: Mapping[str, list[tuple[int, int, float]]]) -> tuple[dict, dict]:
-    """``{key: [(step, ts, value)]}`` -> (metrics, timestamps), each sorted by (step, ts)."""
+def sorted_series(raw: Mapping[str, Any]) -> tuple[dict, dict]:
+    """``{key: rows}`` -> (metrics, timestamps), each sorted by (step, ts) and thinned to at
+    most :data:`MAX_POINTS` evenly spread points (the first and last kept).
+
+    ``rows`` is a list of ``(step, ts, value)`` or three columns ``(steps, stamps, values)``.
+    Thinning bounds what a report of a million-step run costs to read, judge and draw; both
+    readers thin alike, so they agree.
+    """
     metrics: dict[str, list[Point]] = {}
     stamps: dict[str, list[int]] = {}
     for key, rows in raw.items():
-        rows = sorted(rows, key=lambda r: (r[0], r[1]))
-        metrics[key] = [(s, v) for s, _, v in rows]
-        stamps[key] = [t for _, t, _ in rows]
+        if isinstance(rows, tuple) and len(rows) == 3:
+            steps, ts, values = (np.asarray(c) for c in rows)
+        else:
+            steps = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+            ts = np.fromiter((r[1] for r in rows), np.int64, len(rows))
+            values = np.fromiter((r[2] for r in rows), np.float64, len(rows))
+        order = np.lexsort((ts, steps))
+        if order.size > MAX_POINTS:
+            order = order[np.unique(np.linspace(0, order.size - 1, MAX_POINTS).round().astype(np.int64))]  # fmt: skip
+        metrics[key] = list(zip(steps[order].tolist(), values[order].tolist()))
+        stamps[key] = ts[order].tolist()
     return metrics, stamps

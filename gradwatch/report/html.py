@@ -24,6 +24,7 @@ from gradwatch.check import VERDICTS
 from gradwatch.report.data import RunData
 from gradwatch.runs.compare import RunSummary, user_params
 from gradwatch.schema import (
+    ARTIFACT_CHECKS,
     PARAM_PREFIX,
     TAG_ALERT,
     TAG_ERROR,
@@ -36,6 +37,8 @@ __all__ = ["ReportImages", "render_report"]
 
 #: Worst probes listed per check: more for a failed check, whose coordinates are the point.
 WORST_PASSED, WORST_FAILED = 5, 12
+#: Passing checks listed (the latest); every failing one always is.
+PASSED_SHOWN = 50
 _SEVERITY = {v: i for i, v in enumerate(VERDICTS)}
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 
@@ -257,9 +260,21 @@ def _check_status(check: Mapping[str, Any]) -> str:
     return str(check.get("status") or ("passed" if check.get("passed") else "failed"))
 
 
+def _shown_checks(checks: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Every check that did not pass, and the last :data:`PASSED_SHOWN` that did: a long run's
+    thousands of passing checks would make the page too big to open (or to upload)."""
+    passed = [i for i, c in enumerate(checks) if _check_status(c) == "passed"]
+    hidden = set(passed[:-PASSED_SHOWN]) if len(passed) > PASSED_SHOWN else set()
+    return [c for i, c in enumerate(checks) if i not in hidden]
+
+
 def _checks(checks: Sequence[Mapping[str, Any]]) -> str:
     if not checks:
         return "<h2>Gradient checks</h2><p>No gradient checks in this run.</p>"
+    total, shown = len(checks), _shown_checks(checks)
+    left_out = (f"<p>{total - len(shown)} earlier passing checks are not listed; every "
+                f"check is in {_e(ARTIFACT_CHECKS)}.</p>" if len(shown) < total else "")  # fmt: skip
+    checks = shown
     rows = []
     for c in checks:
         tensors = "; ".join(
@@ -276,7 +291,7 @@ def _checks(checks: Sequence[Mapping[str, Any]]) -> str:
                     "tensors: verdict, worst error"], rows, "checks")  # fmt: skip
     details = "".join(_check_details(c) for c in checks)
     return (
-        f'<h2 id="checks">Gradient checks ({len(checks)})</h2>{table}'
+        f'<h2 id="checks">Gradient checks ({total})</h2>{left_out}{table}'
         f"<h3>Worst coordinates of each check</h3>{details}"
     )
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import tempfile
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -287,25 +287,39 @@ class Shipper:
 
     def _finalize(self, status: str, end_ts: int | None, incomplete: bool) -> None:
         self._upload_artifact_lines(force=True)
-        if self.header.get("report"):
-            self._upload_report()
         if self.attached:
             status = "ATTACHED"  # the user's run: they end it, we never do
         else:
             self.store.end_run(self.state.run_id, status, end_ts)
         self.state.finalized, self.state.incomplete = status, incomplete
         self._save()
+        if self.header.get("report") and self.state.report is None:
+            self.state.report = self._upload_report()
+            self._save()
 
-    def _upload_report(self) -> None:
-        # Drawn from the journal, before the run ends, so a run seen FINISHED has its report.
-        # Drawing never raises (a bad record costs a picture, not the run's end); a failed
-        # upload raises StoreError and the whole finalize is retried. Everything is written
-        # and closed here: the shipper process ends with os._exit, flushing nothing later.
+    def _upload_report(self) -> str:
+        """Draw the run report and histograms.png from the journal and upload them; return
+        "uploaded" or why not. Only after the run has ended, and tried once: a report is a
+        summary of what landed, so neither a slow drawing nor an upload the server refuses
+        (a proxy's body limit, say) may keep the run RUNNING or be retried without end.
+        ``gradwatch report RUN_ID`` draws it again from MLflow at any time."""
         from gradwatch.report import REPORT_DIR, write_run_artifacts
 
-        with tempfile.TemporaryDirectory(prefix="gradwatch-report-") as tmp:
-            for path in write_run_artifacts(self.path, tmp, run_id=self.state.run_id):
+        # Beside the journal, not in /tmp: the process ends with os._exit, which would leave
+        # a temporary folder behind if it were cut short; this one goes with the journal.
+        out = self.files / "report"
+        try:
+            paths = write_run_artifacts(self.path, out, run_id=self.state.run_id)
+            for path in paths:
                 self.store.upload(self.state.run_id, path, REPORT_DIR)
+        except Exception as err:  # noqa: BLE001 - see the docstring
+            why = f"{type(err).__name__}: {mask_uri(str(err))}"[:500]
+            logger.warning("gradwatch: the run report was not uploaded (%s); `gradwatch report "
+                           "%s` draws it again", why, self.state.run_id)  # fmt: skip
+            return f"failed: {why}"
+        finally:
+            shutil.rmtree(out, ignore_errors=True)
+        return "uploaded" if paths else "nothing drawn (see the log)"
 
     # ----------------------------------------------------------------- artifact lines
     def _restore_artifact_lines(self) -> None:

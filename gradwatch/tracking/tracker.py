@@ -61,6 +61,9 @@ __all__ = [
     "run_url",
 ]
 
+#: Seconds ``close()`` waits for the run report after the run ended, beyond its own timeout.
+REPORT_GRACE = 20.0
+
 logger = logging.getLogger("gradwatch")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -337,6 +340,11 @@ class RunTracker:
         shipper = self._shipper
         shipper.request_close()
         shipper.wait(lambda: shipper.finalized or bool(shipper.state.fatal), deadline - time.monotonic())  # fmt: skip
+        if shipper.finalized and self.header.get("report"):
+            # The run has ended; its report is drawn after that, from the journal. Give it a
+            # little longer than the records, since closing now would cut it short.
+            report_deadline = max(deadline, time.monotonic() + REPORT_GRACE)
+            shipper.wait(lambda: shipper.state.report is not None, report_deadline - time.monotonic())  # fmt: skip
         shipper.abort()
         shipper.join(min(1.0, max(0.0, deadline - time.monotonic())))
         self._writer.close()
