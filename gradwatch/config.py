@@ -84,7 +84,7 @@ HOOK_OPTIONS: dict[str, Param] = {
     "budget": Param(
         None,
         "float",
-        "fraction of wall time checks may use (null: no limit)",
+        "fraction of the loop's time monitoring may add, shipping included (null: no limit)",
         minimum=0,
         exclusive=True,
         maximum=1.0,

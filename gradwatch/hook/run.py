@@ -30,7 +30,7 @@ from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.inputs import scalars
 from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.schedule import BUDGET_RESERVE, Schedule
+from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
 from gradwatch.params import ENV_SWEEP_ID
 
@@ -38,10 +38,9 @@ __all__ = ["RunParts", "open_tracking_run"]
 
 logger = logging.getLogger("gradwatch")
 
-#: The floor warning waits for this much loop time, so a slow first step cannot cause it.
-#: Checks are asked about at ever longer intervals once the budget postpones them, so a
-#: longer wait could let a whole run pass unwarned.
-FLOOR_WARN_AFTER_SECONDS = 0.25
+#: A check postponed by ``budget`` to more than this many times ``every`` steps away is
+#: worth a warning (once per run), with the figures of where the budget goes.
+LONG_DEFERRAL = 10
 
 
 def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
@@ -75,7 +74,7 @@ class RunParts:
         self.statistics: Statistics | None = None
         self.next_step = 0
         self._warned_no_loss_fn = False
-        self._warned_floor = False
+        self._warned_budget = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
         self._ratio_cost = 0.0  # seconds the last update ratio took, its journal line included
 
@@ -191,26 +190,31 @@ class RunParts:
                 logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
                                "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
             return False
-        return schedule.budget_allows(s, self.clock, self._every_step_shipping())
+        shipping = self.feed.scalars_fed * getattr(self.run, "ship_cpu_per_metric", 0.0)
+        if schedule.budget_allows(s, self.clock, shipping):
+            return True
+        every = schedule.every or 1
+        if not self._warned_budget and schedule.check_not_before - s > LONG_DEFERRAL * every:
+            self._warned_budget = True
+            self._warn_budget(shipping, (schedule.check_not_before - s) // every * every)
+        return False
 
-    def _every_step_shipping(self) -> float:
-        """What shipping the every-step loss and lr has cost the shipper process so far. They
-        are never thinned, so when they alone exceed the budget the checks wait, and the
-        user is told once why and what would help."""
-        cost_per_value = getattr(self.run, "ship_cpu_per_metric", 0.0)
-        shipping = self.feed.scalars_fed * cost_per_value
-        loop = self.clock.loop_seconds
-        budget = self.options.budget
-        if (not self._warned_floor and budget and loop > FLOOR_WARN_AFTER_SECONDS
-                and shipping > budget * (1.0 - BUDGET_RESERVE) * loop):  # fmt: skip
-            self._warned_floor = True
-            logger.warning(
-                "gradwatch: budget=%g cannot pay for checks: shipping loss and lr every step "
-                "costs the tracking store %.1f %% of this loop's time by itself (%.0f us a "
-                "value; they are never thinned), so checks wait. A local `mlflow server` costs "
-                "far less per value than the embedded sqlite store; or raise budget.",
-                budget, 100.0 * shipping / loop, 1e6 * cost_per_value)  # fmt: skip
-        return shipping
+    def _warn_budget(self, shipping: float, wait: int) -> None:
+        """Say once, with the figures, why ``budget`` keeps checks far apart: the shipping of
+        the every-step loss and lr (never thinned), the hook's own work, or the checks."""
+        loop = max(self.clock.loop_seconds, 1e-9)
+        hook = self.clock.hook_seconds
+        embedded = str(getattr(self.run, "tracking_uri", "")).startswith("sqlite:")
+        costly = shipping > 0.5 * (self.options.budget or 0.0) * loop
+        advice = ("a local `mlflow server` ships a value for a fraction of what the embedded "
+                  "sqlite store costs; or " if embedded and costly else "")  # fmt: skip
+        logger.warning(
+            "gradwatch: budget=%g holds gradient checks back: the next is due in ~%d steps, "
+            "not %d. Of this loop's time, shipping loss and lr every step costs %.1f %% (they "
+            "are never thinned), the hook's own work (journal, statistics, the checks so far) "
+            "%.1f %%, and one check %.0f ms. To check more often: %sraise budget.",
+            self.options.budget, wait, self.schedule.every or 0, 100.0 * shipping / loop,
+            100.0 * hook / loop, 1e3 * self.schedule.last_check_cost, advice)  # fmt: skip
 
     def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
         self.schedule.check_started(s)
@@ -229,7 +233,7 @@ class RunParts:
         """Charge the hook's time with what shipping ``num_metrics`` metrics costs the shipper
         process (its measured CPU per metric) and return that: ``budget`` covers shipping what
         the statistics and checks log, not only their time inside ``step()``. The every-step
-        loss and lr are charged when a check asks the budget (``_every_step_shipping``)."""
+        loss and lr are charged when a check asks the budget (``_check_due``)."""
         shipping = num_metrics * getattr(self.run, "ship_cpu_per_metric", 0.0)
         self.clock.hook_seconds += shipping
         return shipping
