@@ -56,9 +56,11 @@ def _png(fig: Any) -> bytes:
 
 
 def _label(name: str, most: int = 40) -> str:
-    """A user's name as literal text: "$" would start mathtext (and a bad formula raises)."""
+    """A user's name as literal text: "$" would start mathtext (and a bad formula raises),
+    and a legend leaves out labels that start with "_" (a zero-width space keeps them)."""
     name = name if len(name) <= most else name[: most - 1] + "…"
-    return name.replace("$", r"\$")
+    name = name.replace("$", r"\$")
+    return "\u200b" + name if name.startswith("_") else name
 
 
 def _require_matplotlib() -> None:

@@ -243,8 +243,9 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
                     if loop.alive():
                         logger.warning("gradwatch: shipping stuck; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
                         break
-                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False,
-                                    on_started=_freeze_startup_heap).start()  # fmt: skip
+                    # The start-up heap is frozen already; freezing again would keep
+                    # whatever garbage exists now for good.
+                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False).start()  # fmt: skip
                 else:
                     loop.kick()
             continue
