@@ -19,7 +19,7 @@ from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservatio
 from gradwatch.cli import main
 from gradwatch.runs.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
 from tests.mlflow_server import MlflowServer
-from tests.webhooks import WebhookReceiver
+from tests.webhooks import WebhookReceiver, webhook_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,16 +58,6 @@ def _baseline_and_drifting(client: MlflowClient, exp_id: str) -> tuple[str, str,
     return base.info.run_id, drift.info.run_id, clean.info.run_id
 
 
-def _config(path: Path, url: str, rules: str) -> str:
-    path.write_text(
-        "alerts:\n"
-        "  defaults: false\n"
-        f'  webhooks:\n    recv: {{url: "{url}", timeout: 5, retries: 2, backoff: 0.2}}\n'
-        f"  rules:\n{rules}"
-    )
-    return str(path)
-
-
 def test_once_delivers_baseline_drift_exactly_once_across_invocations(
     tracking_uri, receiver, tmp_path
 ):
@@ -75,7 +65,7 @@ def test_once_delivers_baseline_drift_exactly_once_across_invocations(
     exp_id = _experiment(client, "monitor-once")
     exp_name = client.get_experiment(exp_id).name
     base_id, drift_id, clean_id = _baseline_and_drifting(client, exp_id)
-    config = _config(tmp_path / "gradwatch.yaml", receiver.url,
+    config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
                      "    - {name: drift, type: baseline_drift, actions: [log, 'webhook:recv'],"
                      " factor: 3}\n")  # fmt: skip
     args = ["monitor", "--experiment", exp_name, "--rules", config, "--once"]
@@ -111,7 +101,7 @@ def test_default_baseline_rule_with_explicit_baseline_run(tracking_uri, receiver
     base_id, drift_id, _ = _baseline_and_drifting(client, exp_id)
     client.delete_tag(base_id, "gradwatch.baseline")  # chosen by --baseline instead
     # No baseline_drift rule configured: the monitor adds one that uses every webhook.
-    config = _config(tmp_path / "gradwatch.yaml", receiver.url, "    []\n")
+    config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url, "    []\n")
     result = CliRunner().invoke(main, ["monitor", "-e", exp_name, "--rules", config, "--once",
                                        "--baseline", base_id])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -185,7 +175,7 @@ def test_service_survives_server_restart_and_stops_on_sigterm(tmp_path, receiver
         exp_id = client.create_experiment("service")
         run_a = client.create_run(exp_id, run_name="a").info.run_id
         _log(client, run_a, {"loss": [1.0, 0.9, float("nan"), 0.5]})
-        config = _config(tmp_path / "gradwatch.yaml", receiver.url,
+        config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
                          "    - {name: nan, type: nonfinite, actions: [log, webhook]}\n")  # fmt: skip
         env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=server.uri)
         proc = subprocess.Popen(
@@ -248,7 +238,7 @@ def test_rules_evaluated_on_what_the_hook_really_logged(tracking_uri, receiver, 
             for k in params:
                 params[k] -= 0.1 * grads["d" + k]
         assert watch.run.flush(timeout=30) == 0
-        config = _config(tmp_path / "gradwatch.yaml", receiver.url,
+        config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
                          "    - {name: bug, type: check_failure, actions: [webhook]}\n")  # fmt: skip
         result = CliRunner().invoke(
             main, ["monitor", "-e", experiment, "--rules", config, "--once", "--settle", "0"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -20,7 +19,7 @@ import gradwatch
 from gradwatch.alerts import CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
 from gradwatch.runs.monitor import TAG_ALERTED, Monitor, observations, rule_metrics
-from tests.webhooks import WebhookReceiver
+from tests.webhooks import WebhookReceiver, webhook_config
 
 HIDDEN, KILLED = 16, 12  # ReLU units, and how many of them die at KILL_STEP
 KILL_STEP, STEPS, VAL_EVERY = 20, 40, 5
@@ -31,16 +30,6 @@ def receiver():
     r = WebhookReceiver()
     yield r
     r.close()
-
-
-def _config(path: Path, url: str, rules: str) -> str:
-    path.write_text(
-        "alerts:\n"
-        "  defaults: false\n"
-        f'  webhooks:\n    recv: {{url: "{url}", timeout: 5, retries: 2, backoff: 0.2}}\n'
-        f"  rules:\n{rules}"
-    )
-    return str(path)
 
 
 def _relu_mlp(seed: int = 0) -> dict[str, np.ndarray]:
@@ -88,7 +77,7 @@ def test_threshold_and_dead_units_on_any_logged_metric_fire_server_side_once(
     tracking_uri, receiver, tmp_path
 ):
     experiment = f"monitor-any-{time.time_ns()}"
-    config = _config(tmp_path / "gradwatch.yaml", receiver.url, (
+    config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url, (
         "    - {name: acc-drop, type: threshold, metric: val_acc, below: 0.5, n: 3,"
         " actions: [webhook]}\n"
         "    - {name: acc-floor, type: threshold, metric: val_acc, below: 0.1, actions: [webhook]}\n"

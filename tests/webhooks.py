@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
-__all__ = ["WebhookReceiver"]
+__all__ = ["WebhookReceiver", "webhook_config"]
 
 
 class WebhookReceiver:
@@ -57,3 +58,15 @@ class WebhookReceiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def webhook_config(path: Path, url: str, rules: str) -> str:
+    """Write a gradwatch.yaml at ``path`` with no default rules, the webhook ``recv`` at
+    ``url`` and ``rules`` (YAML list lines, indented 4) under ``alerts.rules``; its path."""
+    path.write_text(
+        "alerts:\n"
+        "  defaults: false\n"
+        f'  webhooks:\n    recv: {{url: "{url}", timeout: 5, retries: 2, backoff: 0.2}}\n'
+        f"  rules:\n{rules}"
+    )
+    return str(path)
