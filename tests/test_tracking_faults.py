@@ -282,3 +282,101 @@ def test_a_script_that_never_closes_ends_its_run_finished_at_exit(tracking_uri, 
     )
     assert run.info.status == "FINISHED" and "gradwatch.incomplete" not in run.data.tags
     assert run.data.metrics["loss"] == 1.0
+
+
+class BodyLimitProxy:
+    """A real HTTP proxy on 127.0.0.1 in front of the MLflow server that answers 413 to any
+    artifact upload (PUT) over ``limit`` bytes, as nginx does past its body limit."""
+
+    def __init__(self, upstream: str, limit: int) -> None:
+        import http.client
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        target = urllib.parse.urlsplit(upstream)
+        self.refused: list[str] = []
+        refused = self.refused
+
+        class Handler(BaseHTTPRequestHandler):
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.command == "PUT" and len(body) > limit:
+                    refused.append(self.path)
+                    page = b"<html><h1>413 Request Entity Too Large</h1></html>"
+                    self.send_response(413)
+                    self.send_header("Content-Length", str(len(page)))
+                    self.end_headers()
+                    self.wfile.write(page)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body or None, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_artifacts_a_proxy_refuses_as_too_large_never_keep_the_run_from_ending(
+    mlflow_server, tmp_path, caplog
+):
+    import numpy as np
+
+    import gradwatch
+    from gradwatch.tracking.journal import state_path
+    from gradwatch.tracking.state import ShipState
+
+    caplog.set_level("WARNING", logger="gradwatch")
+    proxy = BodyLimitProxy(mlflow_server.uri, limit=3000)
+    try:
+        params = {"W": np.ones((6, 5)), "b": np.zeros(5)}
+
+        def loss_fn(p):
+            return float(((p["W"].sum(0) + p["b"]) ** 2).sum())
+
+        with gradwatch.GradWatch(every=5, experiment="t-413", tracking_uri=proxy.uri,
+                                 journal_dir=str(tmp_path / "j"), config=False) as watch:  # fmt: skip
+            for _ in range(40):
+                grads = {"W": np.tile(2 * (params["W"].sum(0) + params["b"]), (6, 1)),
+                         "b": 2 * (params["W"].sum(0) + params["b"])}  # fmt: skip
+                watch.step(params, grads, loss=loss_fn(params), lr=1e-3, loss_fn=loss_fn)
+                for k in params:
+                    params[k] -= 1e-3 * grads[k]
+        result = watch.close_result
+    finally:
+        proxy.close()
+    # checks.jsonl (8 checks) and report.html outgrow 3000 bytes: refused, never retried
+    # without end. The run still ends FINISHED with every metric, and close() says what
+    # was dropped, keeping the journal.
+    assert any("checks.jsonl" in p for p in proxy.refused)
+    assert any("report.html" in p for p in proxy.refused)
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert len(client.get_metric_history(result.run_id, "loss")) == 40
+    assert result.pending == 0 and result.dropped >= 1 and not result.journal_removed
+    assert f"refused {result.dropped} value(s) or artifact(s)" in result.message
+    ship_log = Path(result.journal_path).with_suffix(".ship.log").read_text()
+    assert "gradwatch/checks.jsonl" in ship_log and "413" in ship_log
+    state = ShipState.load(state_path(result.journal_path))
+    assert state.report.startswith("failed") and "413" in state.report

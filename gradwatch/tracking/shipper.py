@@ -112,6 +112,7 @@ class Shipper:
         self._store: Any = None
         self._last_artifact_upload = float("-inf")
         self.corrupt_lines = 0
+        self._refused: dict[str, str] = {}  # artifact-line files MLflow refused: why
         self.backlog = False
 
     @property
@@ -352,11 +353,33 @@ class Shipper:
             return
         for artifact_path in dirty:
             local, directory = lines_path(self.files, artifact_path)
-            # The whole file each time: simple, idempotent, and these files stay small.
-            self.store.upload(st.run_id, local, directory)
+            # The whole file each time: simple and idempotent.
+            try:
+                self.store.upload(st.run_id, local, directory)
+            except StoreError as err:
+                if not _is_rejection(err):
+                    raise
+                self._refused_artifact(artifact_path, err)
+            else:
+                self._refused.pop(artifact_path, None)
             st.artifacts_uploaded[artifact_path] = st.artifact_sizes[artifact_path]
+        if force:
+            # The run ends with these versions: one refused for good is a drop, counted and
+            # named by close() and sync, never a finalize retried without end.
+            for artifact_path, why in self._refused.items():
+                self._drop("artifact", artifact_path, why)
+            self._refused.clear()
         self._last_artifact_upload = now
         self._save()
+
+    def _refused_artifact(self, artifact_path: str, err: StoreError) -> None:
+        # Too large for the server (or a proxy's body limit), say: sending the same file
+        # again cannot help. It stays beside the journal; a longer version is tried when the
+        # file grows, and at the end of the run.
+        if artifact_path not in self._refused:
+            logger.warning("gradwatch: MLflow refuses artifact %s (%s); it is kept in %s and "
+                           "tried again when it changes", artifact_path, err, self.files)  # fmt: skip
+        self._refused[artifact_path] = str(err)
 
     def close(self) -> None:
         """Release the journal descriptor and the store's connection."""

@@ -47,7 +47,9 @@ def classify_code(code: str | None, http_status: int | None = None) -> str:
     """The ``StoreError.kind`` for an MLflow error code and/or HTTP status."""
     if code in _FATAL_CODES or http_status in (401, 403):
         return "fatal"
-    if code in _REJECTED_CODES or http_status == 400:
+    # 413: the body is too large for the server or a proxy before it (nginx's default limit
+    # is 1 MB); sending the same body again cannot help.
+    if code in _REJECTED_CODES or http_status in (400, 413):
         return "rejected"
     return "transient"
 

@@ -44,7 +44,7 @@ from gradwatch.tracking.journal import (
     new_journal_id,
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
-from gradwatch.tracking.ship_process import ProcessShipper
+from gradwatch.tracking.ship_process import ProcessShipper, ship_log_path
 from gradwatch.tracking.shipper import Shipper, run_url
 from gradwatch.tracking.state import ShipperSettings, ShipState
 
@@ -366,6 +366,11 @@ class RunTracker:
                        f"{display_path(self.journal_path)}`")  # fmt: skip
         elif pending:
             message = pending_message(pending, self.journal_path)
+        elif state.dropped:
+            message = (f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
+                       f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
+                       f"{display_path(self.journal_path)} is kept; each is named in "
+                       f"{display_path(ship_log_path(self.journal_path))}")  # fmt: skip
         else:
             message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
         if lost:
