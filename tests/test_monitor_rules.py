@@ -19,6 +19,7 @@ import gradwatch
 from gradwatch.alerts import CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
 from gradwatch.runs.monitor import TAG_ALERTED, Monitor, observations, rule_metrics
+from tests.test_hook_stats import loss_and_grads  # the same ReLU net's backprop
 from tests.webhooks import WebhookReceiver, webhook_config
 
 HIDDEN, KILLED = 16, 12  # ReLU units, and how many of them die at KILL_STEP
@@ -38,21 +39,6 @@ def _relu_mlp(seed: int = 0) -> dict[str, np.ndarray]:
             "W2": rng.normal(0, 0.5, (HIDDEN, 3)), "b2": np.zeros(3)}  # fmt: skip
 
 
-def _loss_and_grads(p, X, y):
-    z = X @ p["W1"] + p["b1"]
-    h = np.maximum(z, 0.0)
-    logits = h @ p["W2"] + p["b2"]
-    logits -= logits.max(axis=1, keepdims=True)
-    prob = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    n = len(y)
-    loss = float(-np.log(prob[np.arange(n), y]).mean())
-    d = prob.copy()
-    d[np.arange(n), y] -= 1.0
-    d /= n
-    dh = d @ p["W2"].T * (z > 0)
-    return loss, {"W1": X.T @ dh, "b1": dh.sum(0), "W2": h.T @ d, "b2": d.sum(0)}
-
-
 def _train_with_user_metric(experiment: str) -> None:
     """A hooked ReLU net whose units die at KILL_STEP; the user logs ``val_acc`` every
     VAL_EVERY steps with MLflow's own API, into the run the hook attached to."""
@@ -64,7 +50,7 @@ def _train_with_user_metric(experiment: str) -> None:
         for s in range(STEPS):
             if s == KILL_STEP:  # every input drives these units below 0: no gradient reaches them
                 params["b1"][:KILLED] = -1e3
-            loss, grads = _loss_and_grads(params, X, y)
+            loss, grads = loss_and_grads(params, X, y)
             watch.step(params, grads, loss=loss, lr=0.05)
             for k in params:
                 params[k] -= 0.05 * grads[k]
