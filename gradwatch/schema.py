@@ -90,10 +90,10 @@ __all__ = [
     "TAG_SWEEP_ID",
     "TAG_VERSION",
     "UPDATE_RATIO",
-    "WATCHED_PREFIXES",
     "check_metrics",
     "check_report_from_metrics",
     "from_mlflow_value",
+    "hook_series",
     "observations_from_metrics",
     "per_tensor",
     "step_metrics",
@@ -134,8 +134,16 @@ STEP_SERIES: dict[str, str] = {
     UPDATE_RATIO: "update_ratios",
     NONFINITE: "nonfinite",
 }
-#: Metrics that feed the alert rules (what ``monitor`` reads back).
-WATCHED_PREFIXES: tuple[str, ...] = (LOSS, LR, CHECK_PREFIX, *STEP_SERIES)
+
+
+def hook_series(key: str) -> bool:
+    """Whether metric ``key`` fills a field of the observations (loss, lr, per-tensor norms,
+    ratios and non-finite counts, ``gradcheck/*``) rather than ``StepObservation.metrics``.
+
+        hook_series("grad_norm/W1") is True; hook_series("loss_ema") is False
+    """
+    return key in (LOSS, LR) or key.startswith((CHECK_PREFIX, *STEP_SERIES))
+
 
 # -- tags and params -------------------------------------------------------------------------
 
@@ -344,22 +352,28 @@ def observations_from_metrics(
     ``histories`` maps metric keys to MLflow ``Metric`` lists (anything with ``step``,
     ``value`` and ``timestamp``). Per step: a StepObservation if the step has a training
     metric, then a CheckObservation if a check ran at it (the order the hook observes them).
+    Keys that are not :func:`hook_series` (``grad_zero_frac/W1``, a user's ``val_acc``) go to
+    ``StepObservation.metrics``, as the hook passes them; a step that has only such metrics
+    gets a StepObservation of its own.
     """
     from gradwatch.alerts.observations import CheckObservation, StepObservation
 
     out: list[StepObservation | CheckObservation] = []
-    rows = rows_by_step(histories)
-    for step in sorted(rows):
+    rows = rows_by_step({k: h for k, h in histories.items() if hook_series(k)})
+    extra = rows_by_step({k: h for k, h in histories.items() if not hook_series(k)})
+    for step in sorted(set(rows) | set(extra)):
         if step <= after or (upto is not None and step > upto):
             continue
-        row = rows[step]
+        row = rows.get(step, {"_ts": 0})
+        more = extra.get(step)
         ts = row["_ts"] / 1000.0 or None
         series = {
             field_name: per_tensor(row, prefix)
             for prefix, field_name in STEP_SERIES.items()
             if any(k.startswith(prefix) for k in row)
         }
-        if LOSS in row or LR in row or series:
+        trained = LOSS in row or LR in row or bool(series)
+        if trained or more:
             nonfinite = series.pop("nonfinite", None)
             out.append(
                 StepObservation(
@@ -367,7 +381,9 @@ def observations_from_metrics(
                     loss=row.get(LOSS),
                     lr=row.get(LR),
                     nonfinite={k: int(v) for k, v in nonfinite.items()} if nonfinite else None,
-                    timestamp=ts,
+                    # Stamped like the training metrics of its step when it has any.
+                    timestamp=ts if trained else more["_ts"] / 1000.0 or None,
+                    metrics={k: v for k, v in more.items() if k != "_ts"} if more else None,
                     **series,
                 )
             )

@@ -69,15 +69,12 @@ from gradwatch.alerts.detectors import DETECTORS, REL_ERROR_WARNING
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, search_all
 from gradwatch.schema import (
-    CHECK_PREFIX,
     GRAD_ZERO_FRAC,
-    LOSS,
-    LR,
-    STEP_SERIES,
     TAG_BASELINE,
     TAG_MONITOR_ALERTED,
     TAG_MONITOR_STATE,
     check_report_from_metrics,
+    hook_series,
     observations_from_metrics,
     rows_by_step,
 )
@@ -125,12 +122,6 @@ def check_report(values: Mapping[str, float]) -> dict[str, Any]:
     return check_report_from_metrics(values, REL_ERROR_WARNING)
 
 
-def hook_series(key: str) -> bool:
-    """Whether ``key`` fills a field of the observations (loss, lr, per-tensor norms, ratios
-    and non-finite counts, ``gradcheck/*``) rather than ``StepObservation.metrics``."""
-    return key in (LOSS, LR) or key.startswith((CHECK_PREFIX, *STEP_SERIES))
-
-
 def rule_metrics(rules: Iterable[Rule]) -> tuple[str, ...]:
     """Globs of the metrics ``rules`` read besides :func:`hook_series`.
 
@@ -159,37 +150,11 @@ def observations(
 
         obs = observations({"loss": [...], "val_acc": [...]}, after=99)
 
-    Keys that are not :func:`hook_series` (``grad_zero_frac/W1``, a user's ``val_acc``) go to
-    ``StepObservation.metrics``, as the hook passes them; a step that has only such metrics
-    gets a StepObservation of its own.
+    Keys that are not :func:`~gradwatch.schema.hook_series` (``grad_zero_frac/W1``, a
+    user's ``val_acc``) go to ``StepObservation.metrics``
+    (:func:`gradwatch.schema.observations_from_metrics`, with the rules' warning level).
     """
-    hook = {k: h for k, h in histories.items() if hook_series(k)}
-    obs = observations_from_metrics(hook, after, upto, REL_ERROR_WARNING)
-    extra = {
-        step: row
-        for step, row in rows_by_step(
-            {k: h for k, h in histories.items() if not hook_series(k)}
-        ).items()
-        if step > after and (upto is None or step <= upto)
-    }
-    if not extra:
-        return obs
-    by_step: dict[int, list[StepObservation | CheckObservation]] = {}
-    for ob in obs:
-        by_step.setdefault(ob.step, []).append(ob)
-    out: list[StepObservation | CheckObservation] = []
-    for step in sorted(set(by_step) | set(extra)):
-        at_step = by_step.get(step, [])
-        row = extra.get(step)
-        if row is not None:
-            metrics = {k: v for k, v in row.items() if k != "_ts"}
-            if at_step and isinstance(at_step[0], StepObservation):
-                at_step[0] = dataclasses.replace(at_step[0], metrics=metrics)
-            else:  # the StepObservation comes before a check at the same step, as in the hook
-                at_step.insert(0, StepObservation(step, metrics=metrics,
-                                                  timestamp=row["_ts"] / 1000.0 or None))  # fmt: skip
-        out.extend(at_step)
-    return out
+    return observations_from_metrics(histories, after, upto, REL_ERROR_WARNING)
 
 
 def settled_upto(
