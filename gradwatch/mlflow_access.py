@@ -21,6 +21,7 @@ the environment without gradwatch's additions, for child processes (``gradwatch 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterator, Mapping, MutableMapping, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "FAIL_FAST_SETTINGS",
     "apply_fail_fast_defaults",
+    "artifact_records",
     "artifact_text",
     "experiment_id",
     "get_client",
@@ -247,6 +249,27 @@ def artifact_text(client: Any, run_id: str, path: str) -> str | None:
             return None
         with open(local, encoding="utf-8", errors="replace") as fh:
             return fh.read()
+
+
+def artifact_records(client: Any, run_id: str, path: str) -> list[dict[str, Any]] | None:
+    """The JSON objects of the run's JSONL artifact ``path`` (``gradwatch/checks.jsonl``),
+    or None when the run has no such artifact. A line that is not a JSON object (the torn
+    last line of a run still writing) is skipped.
+
+        records = artifact_records(client, run_id, "gradwatch/checks.jsonl") or []
+    """
+    text = artifact_text(client, run_id, path)
+    if text is None:
+        return None
+    records = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def log_tags(client: Any, run_id: str, tags: Mapping[str, object]) -> None:

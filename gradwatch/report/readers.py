@@ -31,7 +31,7 @@ from gradwatch.schema import (
 )
 from gradwatch.secrets import mask_uri
 
-__all__ = ["from_journal", "from_mlflow", "parse_jsonl"]
+__all__ = ["from_journal", "from_mlflow"]
 
 logger = logging.getLogger("gradwatch")
 
@@ -41,19 +41,6 @@ CONFIG_SUFFIXES = (".yaml", ".yml")
 #: Artifact-line files read into RunData fields.
 LINE_ARTIFACTS = {ARTIFACT_CHECKS: "checks", ARTIFACT_ALERTS: "alerts",
                   ARTIFACT_HISTOGRAMS: "histograms"}  # fmt: skip
-
-
-def parse_jsonl(text: str | None) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL text; unparseable lines (a torn last line) are skipped."""
-    out = []
-    for line in (text or "").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            out.append(record)
-    return out
 
 
 # ------------------------------------------------------------------------------ MLflow
@@ -67,7 +54,7 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
     Raises TrackingError (URI masked) when there is no such run or the server cannot be
     reached, InputError when a ``sqlite:///`` store does not exist.
     """
-    from gradwatch.mlflow_access import get_client, get_run, mlflow_errors
+    from gradwatch.mlflow_access import artifact_records, get_client, get_run, mlflow_errors
 
     client = get_client(tracking_uri)
     uri = client.tracking_uri
@@ -78,7 +65,7 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
             raise TrackingError(str(err)) from None
         experiment = client.get_experiment(run.info.experiment_id)
         raw = {key: _history(client, run_id, key) for key in sorted(run.data.metrics)}
-        lines = {field: parse_jsonl(_artifact(client, run_id, path))
+        lines = {field: artifact_records(client, run_id, path) or []
                  for path, field in LINE_ARTIFACTS.items()}  # fmt: skip
         config_name, config_text = _config_artifact(client, run_id)
     metrics, stamps = sorted_series(raw)

@@ -34,7 +34,7 @@ from typing import Any
 
 from gradwatch.errors import InputError
 from gradwatch.mlflow_access import (
-    artifact_text,
+    artifact_records,
     get_run,
     metric_history,
     mlflow_errors,
@@ -133,16 +133,7 @@ def fetch_histories(client: Any, run: Any, keys: Iterable[str] | None = None) ->
 
 def fetch_check_records(client: Any, run: Any) -> list[dict[str, Any]] | None:
     """The run's ``gradwatch/checks.jsonl`` records, or None when it has none to read."""
-    text = artifact_text(client, run.info.run_id, ARTIFACT_CHECKS)
-    if text is None:
-        return None
-    records = []
-    for line in text.splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue  # a torn last line of a run that is still writing
-    return records
+    return artifact_records(client, run.info.run_id, ARTIFACT_CHECKS)
 
 
 # ------------------------------------------------------------------------ summaries
