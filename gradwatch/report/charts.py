@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from gradwatch.errors import InputError
+from gradwatch.runs.plot import agg_figure, require_matplotlib
 from gradwatch.schema import CHECK_MAX_REL_ERROR, CHECK_PASSED, CHECK_REL_ERROR, LOSS, LR
 
 if TYPE_CHECKING:
@@ -39,15 +40,6 @@ DPI = 80
 KINDS = (("grad", "|gradient|"), ("param", "|parameter|"))
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)  # attaches itself: savefig renders with Agg, whatever pyplot uses
-    return fig
-
-
 def _png(fig: Any) -> bytes:
     buf = io.BytesIO()
     # No "Software" entry: the file names no program version or web address.
@@ -61,15 +53,6 @@ def _label(name: str, most: int = 40) -> str:
     name = name if len(name) <= most else name[: most - 1] + "…"
     name = name.replace("$", r"\$")
     return "\u200b" + name if name.startswith("_") else name
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise InputError(
-            "drawing the report needs matplotlib, an optional extra: pip install gradwatch[plot]"
-        ) from None
 
 
 # ---------------------------------------------------------------------------- curves
@@ -112,10 +95,10 @@ def curves_png(data: RunData) -> bytes | None:
         per_tensor = {"worst tensor": data.series(CHECK_MAX_REL_ERROR)}
     if not loss and not per_tensor:
         return None
-    _require_matplotlib()
+    require_matplotlib()
     from matplotlib.ticker import MaxNLocator
 
-    fig = _figure(10, 6.4)
+    fig = agg_figure(10, 6.4, DPI)
     ax_loss, ax_err = fig.subplots(2, 1, sharex=True)
     fig.subplots_adjust(left=0.08, right=0.8, top=0.93, bottom=0.09, hspace=0.12)
     failed = [s for s, v in data.series(CHECK_PASSED) if not v >= 0.5]
@@ -247,7 +230,7 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     usable = _usable(records)
     if not usable:
         raise InputError("no usable histogram records (lines of gradwatch/histograms.jsonl)")
-    _require_matplotlib()
+    require_matplotlib()
     import numpy as np
     from matplotlib.colors import LogNorm
     from matplotlib.ticker import MaxNLocator
@@ -261,7 +244,7 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     y_edges = np.log10(hist_edges(usable[0]["bins"]))
     norm = LogNorm(vmin=MIN_FRACTION, vmax=1.0)
     height = 1.3 + 2.0 * len(shown)
-    fig = _figure(11, height)
+    fig = agg_figure(11, height, DPI)
     axes = fig.subplots(len(shown), 2, squeeze=False)
     fig.subplots_adjust(left=0.08, right=0.86, top=1 - 0.55 / height, bottom=0.45 / height,
                         hspace=0.32, wspace=0.16)  # fmt: skip

@@ -17,7 +17,7 @@ from gradwatch.errors import InputError
 from gradwatch.runs.compare import RunCurves
 from gradwatch.runs.verdicts import is_finite
 
-__all__ = ["LOSS_CLIP_DECADES", "PLOT_SUFFIXES", "plot_runs", "require_matplotlib"]
+__all__ = ["LOSS_CLIP_DECADES", "PLOT_SUFFIXES", "agg_figure", "plot_runs", "require_matplotlib"]
 
 #: The plot's loss axis ends this factor above the highest first loss (diverging runs clip).
 LOSS_CLIP_DECADES = 1e4
@@ -36,14 +36,25 @@ def require_matplotlib() -> Any:
     return matplotlib
 
 
-def _figure(curves_count: int) -> tuple[Any, Any, Any, Any]:
+def agg_figure(width: float, height: float, dpi: float | None = None) -> Any:
+    """A matplotlib Figure on its own Agg canvas: savefig renders with Agg, whatever pyplot
+    uses, and the process's pyplot state is left alone. InputError without matplotlib.
+
+        fig = agg_figure(10, 8); ax = fig.subplots(); ...; fig.savefig("out.png")
+    """
     require_matplotlib()
-    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 8))
-    FigureCanvasAgg(fig)  # attaches itself: savefig renders with Agg, whatever pyplot uses
+    fig = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(fig)  # attaches itself to the figure
+    return fig
+
+
+def _figure(curves_count: int) -> tuple[Any, Any, Any, Any]:
+    from matplotlib import colormaps
+
+    fig = agg_figure(10, 8)
     ax_loss, ax_err = fig.subplots(2, 1, sharex=True)
     cmap = colormaps["tab20" if curves_count > 10 else "tab10"]
     return fig, ax_loss, ax_err, cmap
