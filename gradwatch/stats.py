@@ -133,7 +133,7 @@ def tensor_stats_and_histograms(
         stats[name] = TensorStats(norm(g), norm(p), g_hist["nonfinite"] + p_hist["nonfinite"],
                                   g50, g99, _zero_frac(g.size - g_hist["zero"], g.size), p99)  # fmt: skip
         tensors[name] = {"grad": g_hist, "param": p_hist}
-    return stats, {"step": int(step), "bins": dict(HIST_BINS), "tensors": tensors}
+    return stats, _record(step, tensors)
 
 
 def update_ratio(before: np.ndarray, after: np.ndarray) -> float:
@@ -152,9 +152,6 @@ def update_ratio(before: np.ndarray, after: np.ndarray) -> float:
 HIST_LOG10_LO = -10
 HIST_LOG10_HI = 4
 HIST_PER_DECADE = 4
-HIST_EDGES = np.logspace(
-    HIST_LOG10_LO, HIST_LOG10_HI, (HIST_LOG10_HI - HIST_LOG10_LO) * HIST_PER_DECADE + 1
-)
 HIST_BINS = {"log10_lo": HIST_LOG10_LO, "log10_hi": HIST_LOG10_HI, "per_decade": HIST_PER_DECADE}
 
 
@@ -162,6 +159,9 @@ def hist_edges(bins: Mapping[str, int]) -> np.ndarray:
     """The bin edges a histogram record's ``bins`` entry describes: hist_edges(rec["bins"])."""
     lo, hi, per = int(bins["log10_lo"]), int(bins["log10_hi"]), int(bins["per_decade"])
     return np.logspace(lo, hi, (hi - lo) * per + 1)
+
+
+HIST_EDGES = hist_edges(HIST_BINS)
 
 
 def log_histogram(a: np.ndarray) -> dict[str, Any]:
@@ -210,4 +210,8 @@ def histogram_record(
         name: {"grad": log_histogram(grads[name]), "param": log_histogram(p)}
         for name, p in params.items()
     }
+    return _record(step, tensors)
+
+
+def _record(step: int, tensors: dict[str, Any]) -> dict[str, Any]:
     return {"step": int(step), "bins": dict(HIST_BINS), "tensors": tensors}
