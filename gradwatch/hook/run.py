@@ -190,7 +190,7 @@ class RunParts:
                 logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
                                "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
             return False
-        shipping = self.feed.scalars_fed * getattr(self.run, "ship_cpu_per_metric", 0.0)
+        shipping = self._shipping_cost(self.feed.scalars_fed)
         if schedule.budget_allows(s, self.clock, shipping):
             return True
         every = schedule.every or 1
@@ -234,6 +234,10 @@ class RunParts:
         process (its measured CPU per metric) and return that: ``budget`` covers shipping what
         the statistics and checks log, not only their time inside ``step()``. The every-step
         loss and lr are charged when a check asks the budget (``_check_due``)."""
-        shipping = num_metrics * getattr(self.run, "ship_cpu_per_metric", 0.0)
+        shipping = self._shipping_cost(num_metrics)
         self.clock.hook_seconds += shipping
         return shipping
+
+    def _shipping_cost(self, num_metrics: int) -> float:
+        """CPU seconds the shipper process spends shipping ``num_metrics`` metric values."""
+        return num_metrics * getattr(self.run, "ship_cpu_per_metric", 0.0)
