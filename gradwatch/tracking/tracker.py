@@ -367,10 +367,12 @@ class RunTracker:
         elif pending:
             message = pending_message(pending, self.journal_path)
         elif state.dropped:
+            # A shipper thread (no process to spare) warned in this process's own log.
+            ship_log = ship_log_path(self.journal_path)
+            where = display_path(ship_log) if ship_log.exists() else "the warnings above"
             message = (f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
                        f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
-                       f"{display_path(self.journal_path)} is kept; each is named in "
-                       f"{display_path(ship_log_path(self.journal_path))}")  # fmt: skip
+                       f"{display_path(self.journal_path)} is kept; each is named in {where}")  # fmt: skip
         else:
             message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
         if lost:
