@@ -32,6 +32,7 @@ from gradwatch.errors import InputError
 
 __all__ = [
     "DETECTORS",
+    "PROBLEMS",
     "Detector",
     "DetectorSpec",
     "Finding",
@@ -40,13 +41,18 @@ __all__ = [
     "build_detector",
     "check_failure",
     "dead_units",
+    "exploding_gradients",
     "grad_norm_drift",
     "loss_divergence",
     "nonfinite",
     "rel_error_drift",
+    "saturated_units",
+    "slow_learning",
     "stale_run",
     "stalled_learning",
+    "stuck_loss",
     "threshold",
+    "vanishing_gradients",
 ]
 
 Observation = StepObservation | CheckObservation
@@ -437,9 +443,13 @@ def nonfinite() -> Detector:
         if not new:
             return None, state
         names = list(new)
-        message = f"NaN/Inf first seen in {_fmt_names(names)}"
+        message = (
+            f"NaN/Inf first seen in {_fmt_names(names)}. Usual fix: a lower learning rate, "
+            "gradient clipping, guards on log/exp/division (log(p + eps))"
+        )
         new_state = NonfiniteState(state.seen | frozenset(names))
-        return Finding(message, {"tensor": names[0], "tensors": new}), new_state
+        details = {"problem": PROBLEMS["nonfinite"], "tensor": names[0], "tensors": new}
+        return Finding(message, details), new_state
 
     return Detector(NonfiniteState, update)
 
@@ -748,11 +758,291 @@ def dead_units(
         message = (
             f"dead units in {_fmt_names(order)}: {d['zero_frac']:.0%} of {order[0]}'s gradient "
             f"entries are exactly zero (usually {d['usual']:.0%}) for {d['observations']} "
-            "observations; dead ReLUs after a too-large step, or a saturated layer?"
+            "observations: units that no longer learn (ReLUs pushed below 0 by a too-large "
+            "step, or a saturated layer). Usual fix: a lower learning rate, He initialization, "
+            "leaky ReLU"
         )
-        return Finding(message, {"tensor": order[0], "tensors": dead}), new_state
+        details = {"problem": PROBLEMS["dead_units"], "tensor": order[0], "tensors": dead}
+        return Finding(message, details), new_state
 
     return Detector(DeadUnitsState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# Named training problems: what the default rules diagnose, in the words a reviewer would use.
+
+#: Rule type -> the problem it names (the run report and ``compare`` show these words).
+PROBLEMS: dict[str, str] = {
+    "vanishing_gradients": "vanishing gradients",
+    "exploding_gradients": "exploding gradients",
+    "dead_units": "dead units",
+    "saturated_units": "saturated units",
+    "stuck_loss": "loss not improving",
+    "slow_learning": "learning too slow",
+    "nonfinite": "NaN/Inf",
+}
+
+
+class LossProgress(NamedTuple):
+    """How far the loss has come: O(1) per step (the engine sees every step)."""
+
+    n: int = 0  # finite losses seen
+    start: float = 0.0  # mean log loss of the first START_STEPS steps
+    level: float = math.nan  # EWMA of the log loss (halflife LEVEL_HALFLIFE steps)
+
+
+START_STEPS = 10
+LEVEL_HALFLIFE = 20.0
+_LEVEL_ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALFLIFE)
+
+
+def _progress(p: LossProgress, loss: Any) -> LossProgress:
+    if not _finite(loss) or loss <= 0:
+        return p
+    x = math.log(float(loss))
+    n = p.n + 1
+    start = p.start + (x - p.start) / n if n <= START_STEPS else p.start
+    level = x if p.n == 0 else p.level + _LEVEL_ALPHA * (x - p.level)
+    return LossProgress(n, start, level)
+
+
+def _improved(p: LossProgress) -> float:
+    """Loss level now / at the start (1.0: no progress; 0.1: down 10x)."""
+    return math.exp(p.level - p.start) if p.n > START_STEPS else 1.0
+
+
+def _ordered_norms(norms: Mapping[str, float] | None) -> list[tuple[str, float]]:
+    return [(k, float(v)) for k, v in (norms or {}).items() if _finite(v)]
+
+
+class VanishingState(NamedTuple):
+    low: int = 0  # consecutive observations with the first tensor far below the largest
+
+
+def vanishing_gradients(ratio: float = 50.0, patience: int = 5) -> Detector:
+    """Fire when the first tensor's gradient (the input layer's, in the order the hook was
+    given the tensors) stays ``ratio`` x below the largest gradient of the others.
+
+        det = vanishing_gradients(ratio=50.0, patience=5)
+
+    A deep sigmoid net's input layer gets ~1e-4 of its output layer's gradient; a healthy MLP,
+    deep tanh with Xavier init included, stays within ~4x. Needs ``patience`` statistics steps
+    in a row. A first tensor with an exactly-zero gradient (a frozen layer fed zeros) is not
+    judged.
+    """
+
+    def update(state: VanishingState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.grad_norms:
+            return None, state
+        norms = _ordered_norms(obs.grad_norms)
+        if len(norms) < 2 or norms[0][1] <= 0.0:
+            return None, state
+        (first, g_first), rest = norms[0], norms[1:]
+        top, g_top = max(rest, key=lambda kv: kv[1])
+        low = state.low + 1 if g_top >= ratio * g_first else 0
+        new_state = VanishingState(low)
+        if low < patience:
+            return None, new_state
+        below = g_top / g_first
+        message = (
+            f"vanishing gradients: {first}'s gradient norm {g_first:.3g} is {below:,.0f}x below "
+            f"{top}'s ({g_top:.3g}) for {low} statistics steps, so the first layers barely "
+            "learn. Usual fix: He/Xavier initialization, ReLU or leaky ReLU instead of "
+            "sigmoid/tanh, normalization layers or residual connections"
+        )
+        details = {"problem": PROBLEMS["vanishing_gradients"], "tensor": first,
+                   "tensors": [first, top], "grad_norms": {first: g_first, top: g_top},
+                   "ratio": below, "observations": low}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(VanishingState, update)
+
+
+class ExplodingState(NamedTuple):
+    early: tuple[float, ...] = ()  # total gradient norms of the first `baseline` observations
+    high: int = 0  # consecutive observations above factor x the early level
+
+
+def exploding_gradients(factor: float = 100.0, baseline: int = 5, patience: int = 2) -> Detector:
+    """Fire when the total gradient norm grows ``factor`` x above its early level (the median
+    of the first ``baseline`` statistics steps) for ``patience`` statistics steps in a row:
+    gradients blowing up, usually some time before the loss turns NaN.
+
+        det = exploding_gradients(factor=100.0)
+
+    Healthy runs, noisy batch-1 SGD and early transients included, stay within ~35x.
+    """
+
+    def update(state: ExplodingState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.grad_norms:
+            return None, state
+        norms = _ordered_norms(obs.grad_norms)
+        if not norms or len(norms) < len(obs.grad_norms):
+            return None, state  # NaN/Inf: the nonfinite rule's
+        total = math.hypot(*(v for _, v in norms))
+        if not math.isfinite(total):
+            return None, state
+        if len(state.early) < baseline:
+            return None, state._replace(early=state.early + (total,))
+        ref = _median(state.early)
+        high = state.high + 1 if ref > 0 and total >= factor * ref else 0
+        new_state = state._replace(high=high)
+        if high < patience:
+            return None, new_state
+        top, g_top = max(norms, key=lambda kv: kv[1])
+        message = (
+            f"exploding gradients: the total gradient norm {total:.3g} is {total / ref:,.0f}x "
+            f"its early level ({ref:.3g}) for {high} statistics steps, largest in {top} "
+            f"({g_top:.3g}); NaN is likely next. Usual fix: lower the learning rate (check its "
+            "schedule), clip gradients by norm"
+        )
+        details = {"problem": PROBLEMS["exploding_gradients"], "tensor": top,
+                   "grad_norm": total, "early": ref, "ratio": total / ref,
+                   "grad_norms": dict(norms)}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(ExplodingState, update)
+
+
+class SaturatedState(NamedTuple):
+    loss: LossProgress = LossProgress()
+    high: Mapping[str, int] = {}  # tensor -> consecutive observations mostly zero
+
+
+def saturated_units(min_frac: float = 0.5, stuck: float = 0.7, patience: int = 5,
+                    min_steps: int = 50) -> Detector:  # fmt: skip
+    """Fire when most of a tensor's gradient entries are exactly zero, observation after
+    observation, while the loss has not come down below ``stuck`` x where it started: units
+    pinned where their derivative is 0 (tanh/sigmoid saturated by unnormalized inputs or too
+    large weights, or ReLUs dead from the start).
+
+        det = saturated_units(min_frac=0.5, stuck=0.7)
+
+    Reads ``grad_zero_frac/<tensor>``. Batch-1 ReLU nets have half their gradient at zero too,
+    but their loss falls: not judged before ``min_steps`` steps, nor while the loss improves.
+    """
+
+    def update(state: SaturatedState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        progress = _progress(state.loss, obs.loss)
+        if not obs.metrics:
+            return None, state._replace(loss=progress)
+        fracs = {k[len(ZERO_FRAC_PREFIX) :]: float(v) for k, v in obs.metrics.items()
+                 if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+        high = dict(state.high)
+        for name, frac in fracs.items():
+            high[name] = high.get(name, 0) + 1 if frac >= min_frac else 0
+        new_state = SaturatedState(progress, high)
+        hits = [n for n in fracs if high[n] >= patience]
+        if not hits or obs.step < min_steps or _improved(progress) < stuck:
+            return None, new_state
+        worst = max(hits, key=lambda n: fracs[n])
+        message = (
+            f"saturated units: {fracs[worst]:.0%} of {worst}'s gradient entries are exactly zero "
+            f"for {high[worst]} statistics steps while the loss stays at "
+            f"{_improved(progress):.0%} of where it started (units stuck where their "
+            "derivative is 0). Usual fix: normalize the inputs, smaller initial weights "
+            "(Xavier/He), a lower learning rate; leaky ReLU for dead ReLUs"
+        )
+        details = {"problem": PROBLEMS["saturated_units"], "tensor": worst,
+                   "tensors": {n: fracs[n] for n in hits},
+                   "loss_vs_start": _improved(progress)}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(SaturatedState, update)
+
+
+class StuckLossState(NamedTuple):
+    loss: LossProgress = LossProgress()
+    stuck: int = 0  # consecutive steps with the loss level at or above its start
+
+
+def stuck_loss(steps: int = 100, above: float = 1.0) -> Detector:
+    """Fire when the smoothed loss stays at or above ``above`` x its starting level for
+    ``steps`` consecutive steps: a learning rate so large the loss bounces instead of falling.
+
+        det = stuck_loss(steps=100)
+
+    Healthy runs fall below their starting loss within a few dozen steps; a loss that only
+    creeps down (lr too small) is below it too, and ``slow_learning``'s.
+    """
+
+    def update(state: StuckLossState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        progress = _progress(state.loss, obs.loss)
+        if progress.n == state.loss.n:
+            return None, state._replace(loss=progress)
+        ratio = _improved(progress)
+        stuck = state.stuck + 1 if progress.n > START_STEPS and ratio >= above else 0
+        new_state = StuckLossState(progress, stuck)
+        if stuck < steps:
+            return None, new_state
+        message = (
+            f"loss not improving: after {progress.n} steps the smoothed loss "
+            f"{math.exp(progress.level):.4g} is still {ratio:.2g}x where it started "
+            f"({math.exp(progress.start):.4g}), for the last {stuck} steps: the updates "
+            "overshoot (oscillation). Usual fix: lower the learning rate (10x), "
+            "check the inputs are normalized, clip gradients"
+        )
+        details = {"problem": PROBLEMS["stuck_loss"], "loss": math.exp(progress.level),
+                   "start": math.exp(progress.start), "steps": stuck}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(StuckLossState, update)
+
+
+class SlowLearningState(NamedTuple):
+    loss: LossProgress = LossProgress()
+    param_norms: Mapping[str, float] = {}  # of the last statistics step
+    low: int = 0  # consecutive update-ratio observations below max_ratio
+
+
+def slow_learning(max_ratio: float = 1e-4, stuck: float = 0.5, patience: int = 5) -> Detector:
+    """Fire when the whole update, ||Δθ|| / ||θ|| over all tensors, stays below ``max_ratio``
+    for ``patience`` measurements while the loss has not fallen below ``stuck`` x its start.
+
+        det = slow_learning(max_ratio=1e-4)
+
+    Healthy SGD moves the weights by ~1e-3 of their size per step; a run converged to ~0 loss
+    or at the end of an lr schedule has small updates too, but its loss came down. An update of
+    exactly 0 (every tensor frozen) is not judged.
+    """
+
+    def update(state: SlowLearningState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        progress = _progress(state.loss, obs.loss)
+        norms = state.param_norms
+        if obs.param_norms:
+            norms = {k: float(v) for k, v in obs.param_norms.items() if _finite(v)}
+        if not obs.update_ratios:
+            return None, state._replace(loss=progress, param_norms=norms)
+        moved = weights = 0.0
+        for name, r in obs.update_ratios.items():
+            p = state.param_norms.get(name)
+            if _finite(r) and p is not None:
+                moved += (r * p) ** 2
+                weights += p * p
+        if weights <= 0 or moved <= 0:
+            return None, SlowLearningState(progress, norms, 0)
+        ratio = math.sqrt(moved / weights)
+        low = state.low + 1 if ratio < max_ratio else 0
+        new_state = SlowLearningState(progress, norms, low)
+        if low < patience or _improved(progress) < stuck:
+            return None, new_state
+        message = (
+            f"learning too slow: each step moves the weights by {ratio:.2g} of their size "
+            f"(healthy: ~1e-3) for {low} measurements, and the loss is still "
+            f"{_improved(progress):.0%} of where it started. Usual fix: raise the learning "
+            "rate (10x steps), check the lr schedule and the gradient scaling"
+        )
+        details = {"problem": PROBLEMS["slow_learning"], "update_ratio": ratio, "lr": obs.lr,
+                   "loss_vs_start": _improved(progress)}  # fmt: skip
+        return Finding(message, details), new_state
+
+    return Detector(SlowLearningState, update)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1084,6 +1374,57 @@ DETECTORS: dict[str, DetectorSpec] = {
             "baseline": _count("first observations that set a tensor's usual level"),
         },
         "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
+    ),
+    "vanishing_gradients": _spec(
+        vanishing_gradients,
+        {
+            "ratio": _above_one("largest gradient norm / the first tensor's that counts"),
+            "patience": _count("consecutive statistics steps that fire"),
+        },
+        "vanishing gradients: the first layer's gradient far below the others'",
+    ),
+    "exploding_gradients": _spec(
+        exploding_gradients,
+        {
+            "factor": _above_one("total gradient norm / its early level that counts"),
+            "baseline": _count("first statistics steps that set the early level"),
+            "patience": _count("consecutive statistics steps that fire"),
+        },
+        "exploding gradients: the total gradient norm far above its early level",
+        severity="critical",
+    ),
+    "saturated_units": _spec(
+        saturated_units,
+        {
+            "min_frac": _param(
+                "float",
+                "zero-gradient fraction that counts",
+                minimum=0.0,
+                exclusive=True,
+                maximum=1.0,
+            ),
+            "stuck": _pos("loss level / starting level at or above which it counts as stuck"),
+            "patience": _count("consecutive statistics steps that fire"),
+            "min_steps": _count("steps before the rule judges", 0),
+        },
+        "saturated units: gradients mostly exactly zero while the loss does not improve",
+    ),  # fmt: skip
+    "stuck_loss": _spec(
+        stuck_loss,
+        {
+            "steps": _count("consecutive steps with the loss at or above its start"),
+            "above": _pos("loss level / starting level that counts as not improving"),
+        },
+        "loss not improving: still at or above where it started (lr far too high)",
+    ),
+    "slow_learning": _spec(
+        slow_learning,
+        {
+            "max_ratio": _pos("total update/weight ratio below this counts as slow"),
+            "stuck": _pos("loss level / starting level at or above which it counts"),
+            "patience": _count("consecutive measurements that fire"),
+        },
+        "learning too slow: tiny updates while the loss stays high (lr too small)",
     ),
     "stale_run": _spec(
         stale_run,
