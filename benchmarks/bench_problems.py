@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import sys
 import tempfile
@@ -76,7 +77,7 @@ class Net:
 
     sizes: tuple[int, ...]
     act: str = "relu"
-    init: float = 1.0  # x the He (ReLU) / Xavier (tanh, sigmoid) standard deviation
+    init: float = 1.0  # hidden layers: x the He (ReLU) / Xavier (tanh, sigmoid) std
     loss: str = "xent"  # xent: softmax cross-entropy; mse: squared error to one-hot targets
 
     def params(self, rng: np.random.Generator) -> Params:
@@ -85,7 +86,8 @@ class Net:
             std = math.sqrt(2.0 / a) if self.act in ("relu", "leaky") else math.sqrt(1.0 / a)
             if self.act == "sigmoid":
                 std *= 4.0  # Xavier for the logistic function
-            p[f"W{i}"] = rng.normal(0.0, self.init * std, (a, b))
+            scale = self.init if i < len(self.sizes) - 1 else 1.0  # the output layer: as usual
+            p[f"W{i}"] = rng.normal(0.0, scale * std, (a, b))
             p[f"b{i}"] = np.zeros(b)
         return p
 
@@ -104,11 +106,9 @@ class Net:
             loss = float(0.5 * np.sum(delta * delta) / n)
             return loss, self._backward(p, hs, ds, delta / n)
         logits = logits - logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
-        prob /= prob.sum(axis=1, keepdims=True)
-        with np.errstate(divide="ignore"):
-            loss = float(-np.log(prob[np.arange(n), y]).mean())
-        delta = prob
+        log_prob = logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # stable
+        loss = float(-log_prob[np.arange(n), y].mean())
+        delta = np.exp(log_prob)
         delta[np.arange(n), y] -= 1.0
         return loss, self._backward(p, hs, ds, delta / n)
 
@@ -147,9 +147,11 @@ class Scenario:
     onset: int = 0  # the step the problem starts
     spread: float = 2.0
     x_scale: float = 1.0
+    x_offset: float = 0.0  # added to every input feature (raw, unnormalized data)
     n: int = 512
     schedule: str = "constant"  # constant | step | cosine
     lr_at: tuple[int, float] | None = None  # (step, factor): lr x factor from that step
+    lr_ramp: tuple[int, float] | None = None  # (step, rate): lr x rate**(s - step) from then
     kill_at: int | None = None  # too large a step: most first-layer biases pushed below 0
     nan_at: int | None = None  # the loss of this step's batch is NaN
     frozen: tuple[str, ...] = ()  # tensors not updated (their gradients are still passed)
@@ -164,14 +166,17 @@ class Scenario:
             lr *= 0.5 * (1.0 + math.cos(math.pi * s / self.steps))
         if self.lr_at and s >= self.lr_at[0]:
             lr *= self.lr_at[1]
+        if self.lr_ramp and s >= self.lr_ramp[0]:
+            lr *= self.lr_ramp[1] ** (s - self.lr_ramp[0])
         return lr
 
 
-def train(sc: Scenario, step: Callable[..., object]) -> Iterator[int]:
-    """Run ``sc``, calling ``step(params, grads, loss=, lr=)`` like a user's loop; yields steps."""
+def train(sc: Scenario, step: Callable[..., object]) -> Iterator[tuple[int, float, float]]:
+    """Run ``sc``, calling ``step(params, grads, loss=, lr=)`` like a user's loop; yields
+    ``(step, loss, total gradient norm)``."""
     rng = np.random.default_rng(sc.seed)
     X, y = blobs(rng, sc.n, sc.net.sizes[0], sc.net.sizes[-1], sc.spread)
-    X = X * sc.x_scale
+    X = X * sc.x_scale + sc.x_offset
     params = sc.net.params(rng)
     for s in range(sc.steps):
         if sc.kill_at is not None and s == sc.kill_at:
@@ -192,7 +197,8 @@ def train(sc: Scenario, step: Callable[..., object]) -> Iterator[int]:
             for k, g in grads.items():
                 if k not in sc.frozen:
                     params[k] -= lr * g
-        yield s
+            total = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        yield s, loss, total
 
 
 def problem_scenarios(seeds: tuple[int, ...], held_out: bool) -> list[Scenario]:
@@ -206,28 +212,27 @@ def problem_scenarios(seeds: tuple[int, ...], held_out: bool) -> list[Scenario]:
                      Net((20, *[w] * (7 + d), 4), "sigmoid", init=0.25), seed, lr=0.5),
             Scenario("deep tanh, tiny init", "vanishing_gradients",
                      Net((20, *[w] * (6 + d), 4), "tanh", init=0.3), seed, lr=0.1),
-            Scenario("MSE, lr raised x4 mid-run", "exploding_gradients",
-                     Net((20, w, 4), "relu", loss="mse"), seed, lr=0.05, lr_at=(200, 4.0 + d),
-                     onset=200, batch=64),
-            Scenario("MSE, lr raised x6, tanh", "exploding_gradients",
-                     Net((20, w, w, 4), "tanh", loss="mse"), seed, lr=0.05, lr_at=(250, 6.0),
-                     onset=250, batch=64),
+            Scenario("lr far too high, ReLU", "exploding_gradients",
+                     Net((20, w, 4), "relu"), seed, lr=3.0 + d),
+            Scenario("lr ramped up mid-run, MSE, tanh", "exploding_gradients",
+                     Net((20, w, w, 4), "tanh", loss="mse"), seed, lr=0.05,
+                     lr_ramp=(250, 1.02), onset=250, batch=64),
             Scenario("ReLU units killed", "dead_units",
                      Net((20, w * 2, 4), "relu"), seed, lr=0.1, kill_at=200, onset=200,
                      batch=32 + 32 * d),
             Scenario("ReLU units killed, deeper", "dead_units",
                      Net((20, w, w, 4), "relu"), seed, lr=0.05, kill_at=300, onset=300),
-            Scenario("tanh, unnormalized inputs", "saturated_units",
-                     Net((20, w, 4), "tanh"), seed, lr=0.05, x_scale=40.0 + 20 * d),
-            Scenario("sigmoid, init x8", "saturated_units",
-                     Net((20, w, w, 4), "sigmoid", init=8.0), seed, lr=0.1),
-            Scenario("lr far too high, ReLU", "stuck_loss",
-                     Net((20, w, 4), "relu"), seed, lr=5.0 + 2 * d),
+            Scenario("tanh, raw inputs (offset 100)", "saturated_units",
+                     Net((20, w, 4), "tanh"), seed, lr=0.05, x_offset=100.0 + 100 * d),
+            Scenario("sigmoid, raw inputs (offset 300)", "saturated_units",
+                     Net((20, w, w, 4), "sigmoid"), seed, lr=0.1, x_offset=300.0),
             Scenario("lr far too high, tanh", "stuck_loss",
-                     Net((20, w, w, 4), "tanh"), seed, lr=20.0),
-            Scenario("lr 1000x too small", "slow_learning",
-                     Net((20, w, 4), "relu"), seed, lr=1e-4, batch=8 + 8 * d),
-            Scenario("lr 1000x too small, tanh", "slow_learning",
+                     Net((20, w, w, 4), "tanh"), seed, lr=5.0 + 5 * d),
+            Scenario("lr far too high, sigmoid", "stuck_loss",
+                     Net((20, w, 4), "sigmoid"), seed, lr=100.0),
+            Scenario("lr 3000x too small", "slow_learning",
+                     Net((20, w, 4), "relu"), seed, lr=3e-5, batch=8 + 8 * d),
+            Scenario("lr 2000x too small, tanh", "slow_learning",
                      Net((20, w, w, 4), "tanh"), seed, lr=5e-5),
             Scenario("NaN loss", "nonfinite", Net((20, w, 4), "relu"), seed, nan_at=350,
                      onset=350),
@@ -270,10 +275,45 @@ def healthy_scenarios(seeds: tuple[int, ...], held_out: bool) -> list[Scenario]:
 
 
 @dataclass
+class Trace:
+    """What the training loop itself saw: when the loss first went NaN/Inf, and when the total
+    gradient norm first reached 10x its median over the first 100 steps (where an exploding
+    run's onset is read, whatever its lr schedule)."""
+
+    first_nonfinite: int | None = None
+    exploded_at: int | None = None
+    early: list[float] = field(default_factory=list)
+
+    def see(self, s: int, loss: float, total: float) -> None:
+        if self.first_nonfinite is None and not (math.isfinite(loss) and math.isfinite(total)):
+            self.first_nonfinite = s
+        if s < 100:
+            self.early.append(total)
+        elif self.exploded_at is None and not total < 10.0 * float(np.median(self.early)):
+            self.exploded_at = s
+
+
+def run_loop(sc: Scenario, step: Callable[..., object]) -> Trace:
+    trace = Trace()
+    for s, loss, total in train(sc, step):
+        trace.see(s, loss, total)
+    return trace
+
+
+@dataclass
 class Outcome:
     scenario: Scenario
     alerts: list[dict]  # Alert.to_dict() of every alert of the run
     seconds: float
+    trace: Trace = field(default_factory=Trace)
+
+    @property
+    def onset(self) -> int:
+        """The scenario's onset; for a ramped learning rate, when the gradients took off."""
+        sc = self.scenario
+        if sc.lr_ramp is not None and self.trace.exploded_at is not None:
+            return max(sc.onset, self.trace.exploded_at)
+        return sc.onset
 
     @property
     def named(self) -> list[dict]:
@@ -283,7 +323,13 @@ class Outcome:
     @property
     def delay(self) -> int | None:
         named = self.named
-        return min(a["step"] for a in named) - self.scenario.onset if named else None
+        return max(0, min(a["step"] for a in named) - self.onset) if named else None
+
+    @property
+    def before_nonfinite(self) -> bool:
+        """Named before the loss or a gradient first went NaN/Inf (or it never did)."""
+        named, bad = self.named, self.trace.first_nonfinite
+        return bool(named) and (bad is None or min(a["step"] for a in named) < bad)
 
 
 class _MemoryRun:
@@ -318,11 +364,10 @@ def run_feed(sc: Scenario) -> Outcome:
     t0 = time.perf_counter()
     try:
         with gradwatch.GradWatch(config=False, report=False) as watch:
-            for _ in train(sc, watch.step):
-                pass
+            trace = run_loop(sc, watch.step)
     finally:
         watch_module.open_tracking_run = real
-    return Outcome(sc, [a.to_dict() for a in watch.alerts], time.perf_counter() - t0)
+    return Outcome(sc, [a.to_dict() for a in watch.alerts], time.perf_counter() - t0, trace)
 
 
 def run_real(sc: Scenario, tracking_uri: str) -> Outcome:
@@ -333,14 +378,13 @@ def run_real(sc: Scenario, tracking_uri: str) -> Outcome:
     t0 = time.perf_counter()
     with gradwatch.GradWatch(config=False, report=False, tracking_uri=tracking_uri,
                              experiment="bench-problems", run_name=sc.name) as watch:  # fmt: skip
-        for _ in train(sc, watch.step):
-            pass
+        trace = run_loop(sc, watch.step)
     seconds = time.perf_counter() - t0
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri)
     records = artifact_records(client, watch.run.run_id, schema.ARTIFACT_ALERTS)
-    return Outcome(sc, list(records), seconds)
+    return Outcome(sc, list(records), seconds, trace)
 
 
 # ------------------------------------------------------------------------------ tables
@@ -356,6 +400,9 @@ def table(outcomes: list[Outcome]) -> str:
         delays = sorted(o.delay for o in runs if o.delay is not None)
         other = sorted({a["kind"] for o in runs for a in o.alerts if a["kind"] != problem})
         shown = f"{delays[len(delays) // 2]} / {delays[-1]}" if delays else "-"
+        if problem == "exploding_gradients":
+            early = sum(o.before_nonfinite for o in runs)
+            shown += f" (before NaN/Inf in {early} of {len(runs)})"
         rows.append(f"| {PROBLEMS[problem]} | {len(runs)} | {len(delays)} "
                     f"({100 * len(delays) / len(runs):.0f} %) | {shown} | "
                     f"{', '.join(other) or '-'} |")  # fmt: skip
@@ -374,7 +421,7 @@ def details(outcomes: list[Outcome]) -> str:
         verdict = ("ok" if (o.delay is not None) == (sc.problem is not None) and
                    (sc.problem is not None or not o.alerts) else "MISS")  # fmt: skip
         lines.append(f"{verdict:4} {sc.problem or 'healthy':20} {sc.name:36} seed {sc.seed} "
-                     f"onset {sc.onset:3}: {kinds}")  # fmt: skip
+                     f"onset {o.onset:3}: {kinds}")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -389,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write every run's alerts here")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run")
     args = ap.parse_args(argv)
+    # The alerts are read from the runs; their log lines would bury the table.
+    logging.getLogger("gradwatch").setLevel(logging.ERROR)
     seeds = (10, 11, 12) if args.held_out else (0, 1, 2)
     if args.quick:
         seeds = seeds[:1]

@@ -787,11 +787,12 @@ class LossProgress(NamedTuple):
     """How far the loss has come: O(1) per step (the engine sees every step)."""
 
     n: int = 0  # finite losses seen
+    first: float = 0.0  # log of the first loss
     start: float = 0.0  # mean log loss of the first START_STEPS steps
     level: float = math.nan  # EWMA of the log loss (halflife LEVEL_HALFLIFE steps)
 
 
-START_STEPS = 10
+START_STEPS = 5
 LEVEL_HALFLIFE = 20.0
 _LEVEL_ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALFLIFE)
 
@@ -803,7 +804,7 @@ def _progress(p: LossProgress, loss: Any) -> LossProgress:
     n = p.n + 1
     start = p.start + (x - p.start) / n if n <= START_STEPS else p.start
     level = x if p.n == 0 else p.level + _LEVEL_ALPHA * (x - p.level)
-    return LossProgress(n, start, level)
+    return LossProgress(n, x if p.n == 0 else p.first, start, level)
 
 
 def _improved(p: LossProgress) -> float:
@@ -816,42 +817,45 @@ def _ordered_norms(norms: Mapping[str, float] | None) -> list[tuple[str, float]]
 
 
 class VanishingState(NamedTuple):
-    low: int = 0  # consecutive observations with the first tensor far below the largest
+    low: int = 0  # consecutive observations with the early tensors far below the late ones
 
 
-def vanishing_gradients(ratio: float = 50.0, patience: int = 5) -> Detector:
-    """Fire when the first tensor's gradient (the input layer's, in the order the hook was
-    given the tensors) stays ``ratio`` x below the largest gradient of the others.
+def vanishing_gradients(ratio: float = 100.0, patience: int = 5) -> Detector:
+    """Fire when a tensor of the first half (in the order the hook was given the tensors: the
+    input layers, for a model listed input to output) has a gradient norm ``ratio`` x below
+    the largest of the second half, for ``patience`` statistics steps in a row.
 
-        det = vanishing_gradients(ratio=50.0, patience=5)
+        det = vanishing_gradients(ratio=100.0, patience=5)
 
-    A deep sigmoid net's input layer gets ~1e-4 of its output layer's gradient; a healthy MLP,
-    deep tanh with Xavier init included, stays within ~4x. Needs ``patience`` statistics steps
-    in a row. A first tensor with an exactly-zero gradient (a frozen layer fed zeros) is not
-    judged.
+    Deep sigmoid nets and deep tanh nets with too small an init show 300x-80,000x; healthy
+    MLPs (batch-1 SGD, deep tanh with Xavier init, 512-wide layers) stay below 30x. Tensors
+    with an exactly-zero gradient (a frozen layer fed zeros) are not judged.
     """
 
     def update(state: VanishingState, obs: Observation):
         if not isinstance(obs, StepObservation) or not obs.grad_norms:
             return None, state
         norms = _ordered_norms(obs.grad_norms)
-        if len(norms) < 2 or norms[0][1] <= 0.0:
+        half = (len(norms) + 1) // 2
+        early = [kv for kv in norms[:half] if kv[1] > 0.0]
+        late = norms[half:]
+        if len(norms) < 2 or not early or not late:
             return None, state
-        (first, g_first), rest = norms[0], norms[1:]
-        top, g_top = max(rest, key=lambda kv: kv[1])
-        low = state.low + 1 if g_top >= ratio * g_first else 0
+        low_name, g_low = min(early, key=lambda kv: kv[1])
+        top, g_top = max(late, key=lambda kv: kv[1])
+        low = state.low + 1 if g_top >= ratio * g_low else 0
         new_state = VanishingState(low)
         if low < patience:
             return None, new_state
-        below = g_top / g_first
+        below = g_top / g_low
         message = (
-            f"vanishing gradients: {first}'s gradient norm {g_first:.3g} is {below:,.0f}x below "
-            f"{top}'s ({g_top:.3g}) for {low} statistics steps, so the first layers barely "
-            "learn. Usual fix: He/Xavier initialization, ReLU or leaky ReLU instead of "
+            f"vanishing gradients: {low_name}'s gradient norm {g_low:.3g} is {below:,.0f}x "
+            f"below {top}'s ({g_top:.3g}) for {low} statistics steps, so the first layers "
+            "barely learn. Usual fix: He/Xavier initialization, ReLU or leaky ReLU instead of "
             "sigmoid/tanh, normalization layers or residual connections"
         )
-        details = {"problem": PROBLEMS["vanishing_gradients"], "tensor": first,
-                   "tensors": [first, top], "grad_norms": {first: g_first, top: g_top},
+        details = {"problem": PROBLEMS["vanishing_gradients"], "tensor": low_name,
+                   "tensors": [low_name, top], "grad_norms": {low_name: g_low, top: g_top},
                    "ratio": below, "observations": low}  # fmt: skip
         return Finding(message, details), new_state
 
@@ -905,49 +909,60 @@ def exploding_gradients(factor: float = 100.0, baseline: int = 5, patience: int 
 
 
 class SaturatedState(NamedTuple):
-    loss: LossProgress = LossProgress()
-    high: Mapping[str, int] = {}  # tensor -> consecutive observations mostly zero
+    fracs: Mapping[str, float] = {}  # zero-gradient fractions of the last statistics step
+    grad_norms: Mapping[str, float] = {}  # gradient norms of the last statistics step
+    still: Mapping[str, int] = {}  # tensor -> consecutive measurements mostly zero and still
 
 
-def saturated_units(min_frac: float = 0.5, stuck: float = 0.7, patience: int = 5,
-                    min_steps: int = 50) -> Detector:  # fmt: skip
-    """Fire when most of a tensor's gradient entries are exactly zero, observation after
-    observation, while the loss has not come down below ``stuck`` x where it started: units
-    pinned where their derivative is 0 (tanh/sigmoid saturated by unnormalized inputs or too
-    large weights, or ReLUs dead from the start).
+def saturated_units(min_frac: float = 0.5, ratio: float = 1000.0, patience: int = 3) -> Detector:
+    """Fire when most of a tensor's gradient entries are exactly zero and the tensor has all
+    but stopped moving: its update/weight ratio ``ratio`` x below the median tensor's, for
+    ``patience`` measurements in a row. Units pinned where their derivative is 0 (tanh/sigmoid
+    saturated by unnormalized inputs or too large weights; ReLUs dead from the start).
 
-        det = saturated_units(min_frac=0.5, stuck=0.7)
+        det = saturated_units(min_frac=0.5, ratio=1000.0)
 
-    Reads ``grad_zero_frac/<tensor>``. Batch-1 ReLU nets have half their gradient at zero too,
-    but their loss falls: not judged before ``min_steps`` steps, nor while the loss improves.
+    Reads ``grad_zero_frac/<tensor>`` and the update ratios. Batch-1 ReLU nets have half their
+    gradient entries at zero too, but each step moves them as much as the other tensors; a
+    frozen tensor (not updated although its gradient is not zero) is not judged.
     """
 
     def update(state: SaturatedState, obs: Observation):
         if not isinstance(obs, StepObservation):
             return None, state
-        progress = _progress(state.loss, obs.loss)
-        if not obs.metrics:
-            return None, state._replace(loss=progress)
-        fracs = {k[len(ZERO_FRAC_PREFIX) :]: float(v) for k, v in obs.metrics.items()
-                 if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
-        high = dict(state.high)
-        for name, frac in fracs.items():
-            high[name] = high.get(name, 0) + 1 if frac >= min_frac else 0
-        new_state = SaturatedState(progress, high)
-        hits = [n for n in fracs if high[n] >= patience]
-        if not hits or obs.step < min_steps or _improved(progress) < stuck:
+        if obs.grad_norms or obs.metrics:
+            fracs = {k[len(ZERO_FRAC_PREFIX) :]: float(v) for k, v in (obs.metrics or {}).items()
+                     if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+            state = state._replace(fracs=fracs, grad_norms=dict(_ordered_norms(obs.grad_norms)))
+        if not obs.update_ratios:
+            return None, state
+        moving = sorted(r for r in obs.update_ratios.values() if _finite(r) and r > 0)
+        if len(moving) < 2:
+            return None, state
+        ref = _median(moving)
+        still = dict(state.still)
+        for name, r in obs.update_ratios.items():
+            frac, grad = state.fracs.get(name), state.grad_norms.get(name)
+            stopped = _finite(r) and (0 < r <= ref / ratio or (r == 0 and grad == 0.0))
+            still[name] = (
+                still.get(name, 0) + 1 if frac is not None and frac >= min_frac and stopped else 0
+            )
+        new_state = state._replace(still=still)
+        hits = [n for n in obs.update_ratios if still[n] >= patience]
+        if not hits:
             return None, new_state
-        worst = max(hits, key=lambda n: fracs[n])
+        worst = max(hits, key=lambda n: state.fracs[n])
+        r = obs.update_ratios[worst]
         message = (
-            f"saturated units: {fracs[worst]:.0%} of {worst}'s gradient entries are exactly zero "
-            f"for {high[worst]} statistics steps while the loss stays at "
-            f"{_improved(progress):.0%} of where it started (units stuck where their "
-            "derivative is 0). Usual fix: normalize the inputs, smaller initial weights "
-            "(Xavier/He), a lower learning rate; leaky ReLU for dead ReLUs"
+            f"saturated units: {state.fracs[worst]:.0%} of {worst}'s gradient entries are "
+            f"exactly zero and each step moves it by {r:.2g} of its size, against {ref:.2g} for "
+            f"the median tensor ({still[worst]} measurements): units stuck where their derivative "
+            "is 0. Usual fix: normalize the inputs, smaller initial weights (Xavier/He), a "
+            "lower learning rate; leaky ReLU for dead ReLUs"
         )
         details = {"problem": PROBLEMS["saturated_units"], "tensor": worst,
-                   "tensors": {n: fracs[n] for n in hits},
-                   "loss_vs_start": _improved(progress)}  # fmt: skip
+                   "tensors": {n: state.fracs[n] for n in hits}, "update_ratio": r,
+                   "median_update_ratio": ref}  # fmt: skip
         return Finding(message, details), new_state
 
     return Detector(SaturatedState, update)
@@ -955,39 +970,66 @@ def saturated_units(min_frac: float = 0.5, stuck: float = 0.7, patience: int = 5
 
 class StuckLossState(NamedTuple):
     loss: LossProgress = LossProgress()
-    stuck: int = 0  # consecutive steps with the loss level at or above its start
+    param_norms: Mapping[str, float] = {}  # of the last statistics step
+    update: float = math.nan  # the last measured update/weight ratio of the whole model
+    stuck: int = 0  # consecutive steps with the loss level far above the first loss
 
 
-def stuck_loss(steps: int = 100, above: float = 1.0) -> Detector:
-    """Fire when the smoothed loss stays at or above ``above`` x its starting level for
-    ``steps`` consecutive steps: a learning rate so large the loss bounces instead of falling.
+def _total_update(ratios: Mapping[str, float], param_norms: Mapping[str, float]) -> float:
+    """||Δθ|| / ||θ|| of the whole model from per-tensor ratios (NaN: nothing measured)."""
+    moved = weights = 0.0
+    for name, r in ratios.items():
+        p = param_norms.get(name)
+        if _finite(r) and p is not None:
+            moved += (r * p) ** 2
+            weights += p * p
+    return math.sqrt(moved / weights) if weights > 0 else math.nan
 
-        det = stuck_loss(steps=100)
 
-    Healthy runs fall below their starting loss within a few dozen steps; a loss that only
-    creeps down (lr too small) is below it too, and ``slow_learning``'s.
+def _param_norms(obs: StepObservation, known: Mapping[str, float]) -> Mapping[str, float]:
+    if not obs.param_norms:
+        return known
+    return {k: float(v) for k, v in obs.param_norms.items() if _finite(v)}
+
+
+def stuck_loss(steps: int = 60, blowup: float = 2.0, min_update: float = 1e-3) -> Detector:
+    """Fire when the loss stays far above where it started while the updates stay large: for
+    ``steps`` consecutive steps the smoothed loss (a geometric mean over ~20 steps) is at least
+    ``blowup`` x the first loss, and the last measured update moved the weights by at least
+    ``min_update`` of their size. A learning rate so large that every step overshoots and the
+    loss bounces at a high level instead of falling (without necessarily diverging).
+
+        det = stuck_loss(steps=60, blowup=2.0)
+
+    Healthy runs, batch-1 SGD included, fall from their first loss; a loss stuck because the
+    updates are tiny is ``slow_learning``'s. A loss that hovers at its starting level (a pure
+    2-cycle) is not caught: nothing tells it from a slow start.
     """
 
     def update(state: StuckLossState, obs: Observation):
         if not isinstance(obs, StepObservation):
             return None, state
         progress = _progress(state.loss, obs.loss)
-        if progress.n == state.loss.n:
-            return None, state._replace(loss=progress)
-        ratio = _improved(progress)
-        stuck = state.stuck + 1 if progress.n > START_STEPS and ratio >= above else 0
-        new_state = StuckLossState(progress, stuck)
-        if stuck < steps:
+        norms, moved = _param_norms(obs, state.param_norms), state.update
+        if obs.update_ratios:
+            moved = _total_update(obs.update_ratios, state.param_norms)
+        if progress.n == state.loss.n:  # no finite loss at this step
+            return None, state._replace(param_norms=norms, update=moved)
+        high = progress.n > START_STEPS and progress.level >= progress.first + math.log(blowup)
+        stuck = state.stuck + 1 if high else 0
+        new_state = StuckLossState(progress, norms, moved, stuck)
+        if stuck < steps or not moved >= min_update:
             return None, new_state
+        above = math.exp(progress.level - progress.first)
         message = (
-            f"loss not improving: after {progress.n} steps the smoothed loss "
-            f"{math.exp(progress.level):.4g} is still {ratio:.2g}x where it started "
-            f"({math.exp(progress.start):.4g}), for the last {stuck} steps: the updates "
-            "overshoot (oscillation). Usual fix: lower the learning rate (10x), "
-            "check the inputs are normalized, clip gradients"
+            f"loss not improving: for {stuck} steps the smoothed loss "
+            f"({math.exp(progress.level):.4g}) has stayed {above:.2g}x above the first loss "
+            f"({math.exp(progress.first):.4g}) while each step moves the weights by {moved:.2g} "
+            "of their size: the steps overshoot and the loss bounces. Usual fix: lower the "
+            "learning rate (10x), normalize the inputs, clip gradients"
         )
         details = {"problem": PROBLEMS["stuck_loss"], "loss": math.exp(progress.level),
-                   "start": math.exp(progress.start), "steps": stuck}  # fmt: skip
+                   "first": math.exp(progress.first), "update_ratio": moved, "steps": stuck}  # fmt: skip
         return Finding(message, details), new_state
 
     return Detector(StuckLossState, update)
@@ -1014,20 +1056,12 @@ def slow_learning(max_ratio: float = 1e-4, stuck: float = 0.5, patience: int = 5
         if not isinstance(obs, StepObservation):
             return None, state
         progress = _progress(state.loss, obs.loss)
-        norms = state.param_norms
-        if obs.param_norms:
-            norms = {k: float(v) for k, v in obs.param_norms.items() if _finite(v)}
+        norms = _param_norms(obs, state.param_norms)
         if not obs.update_ratios:
             return None, state._replace(loss=progress, param_norms=norms)
-        moved = weights = 0.0
-        for name, r in obs.update_ratios.items():
-            p = state.param_norms.get(name)
-            if _finite(r) and p is not None:
-                moved += (r * p) ** 2
-                weights += p * p
-        if weights <= 0 or moved <= 0:
+        ratio = _total_update(obs.update_ratios, state.param_norms)
+        if not ratio > 0:  # nothing measured, or nothing moved at all (frozen)
             return None, SlowLearningState(progress, norms, 0)
-        ratio = math.sqrt(moved / weights)
         low = state.low + 1 if ratio < max_ratio else 0
         new_state = SlowLearningState(progress, norms, low)
         if low < patience or _improved(progress) < stuck:
@@ -1378,10 +1412,10 @@ DETECTORS: dict[str, DetectorSpec] = {
     "vanishing_gradients": _spec(
         vanishing_gradients,
         {
-            "ratio": _above_one("largest gradient norm / the first tensor's that counts"),
+            "ratio": _above_one("late tensors' largest gradient norm / early ones' smallest"),
             "patience": _count("consecutive statistics steps that fire"),
         },
-        "vanishing gradients: the first layer's gradient far below the others'",
+        "vanishing gradients: the first layers' gradients far below the last layers'",
     ),
     "exploding_gradients": _spec(
         exploding_gradients,
@@ -1403,19 +1437,19 @@ DETECTORS: dict[str, DetectorSpec] = {
                 exclusive=True,
                 maximum=1.0,
             ),
-            "stuck": _pos("loss level / starting level at or above which it counts as stuck"),
-            "patience": _count("consecutive statistics steps that fire"),
-            "min_steps": _count("steps before the rule judges", 0),
+            "ratio": _above_one("median tensor's update ratio / this tensor's that counts"),
+            "patience": _count("consecutive measurements that fire"),
         },
-        "saturated units: gradients mostly exactly zero while the loss does not improve",
+        "saturated units: gradients mostly exactly zero and the tensor no longer moving",
     ),  # fmt: skip
     "stuck_loss": _spec(
         stuck_loss,
         {
-            "steps": _count("consecutive steps with the loss at or above its start"),
-            "above": _pos("loss level / starting level that counts as not improving"),
+            "steps": _count("consecutive steps with the loss far above its first value"),
+            "blowup": _above_one("smoothed loss / the first loss that counts as far above"),
+            "min_update": _pos("update/weight ratio of the model at least this (large steps)"),
         },
-        "loss not improving: still at or above where it started (lr far too high)",
+        "loss not improving: far above where it started, with large updates (lr too high)",
     ),
     "slow_learning": _spec(
         slow_learning,
