@@ -784,32 +784,40 @@ PROBLEMS: dict[str, str] = {
 
 
 class LossProgress(NamedTuple):
-    """How far the loss has come: O(1) per step (the engine sees every step)."""
+    """How far the loss has come, sampled on statistics steps (their loss is as good a sample
+    as any step's, and the rules that read it then cost nothing on the other steps)."""
 
-    n: int = 0  # finite losses seen
+    n: int = 0  # finite losses sampled
+    step: int = 0  # step of the last sample
     first: float = 0.0  # log of the first loss
-    start: float = 0.0  # mean log loss of the first START_STEPS steps
-    level: float = math.nan  # EWMA of the log loss (halflife LEVEL_HALFLIFE steps)
+    start: float = 0.0  # mean log loss of the first START_SAMPLES samples
+    level: float = math.nan  # EWMA of the log loss, halflife LEVEL_HALFLIFE steps
 
 
-START_STEPS = 5
+START_SAMPLES = 5
 LEVEL_HALFLIFE = 20.0
-_LEVEL_ALPHA = 1.0 - 0.5 ** (1.0 / LEVEL_HALFLIFE)
 
 
-def _progress(p: LossProgress, loss: Any) -> LossProgress:
+def _progress(p: LossProgress, step: int, loss: Any) -> LossProgress:
     if not _finite(loss) or loss <= 0:
         return p
     x = math.log(float(loss))
+    if p.n == 0:
+        return LossProgress(1, step, x, x, x)
     n = p.n + 1
-    start = p.start + (x - p.start) / n if n <= START_STEPS else p.start
-    level = x if p.n == 0 else p.level + _LEVEL_ALPHA * (x - p.level)
-    return LossProgress(n, x if p.n == 0 else p.first, start, level)
+    start = p.start + (x - p.start) / n if n <= START_SAMPLES else p.start
+    weight = 1.0 - 0.5 ** (max(step - p.step, 1) / LEVEL_HALFLIFE)  # samples are uneven
+    return LossProgress(n, step, p.first, start, p.level + weight * (x - p.level))
 
 
 def _improved(p: LossProgress) -> float:
     """Loss level now / at the start (1.0: no progress; 0.1: down 10x)."""
-    return math.exp(p.level - p.start) if p.n > START_STEPS else 1.0
+    return math.exp(p.level - p.start) if p.n > START_SAMPLES else 1.0
+
+
+def _statistics_step(obs: Observation) -> bool:
+    """An observation that carries statistics or update ratios (not a plain loss step)."""
+    return isinstance(obs, StepObservation) and bool(obs.grad_norms or obs.update_ratios)
 
 
 def _ordered_norms(norms: Mapping[str, float] | None) -> list[tuple[str, float]]:
@@ -972,7 +980,7 @@ class StuckLossState(NamedTuple):
     loss: LossProgress = LossProgress()
     param_norms: Mapping[str, float] = {}  # of the last statistics step
     update: float = math.nan  # the last measured update/weight ratio of the whole model
-    stuck: int = 0  # consecutive steps with the loss level far above the first loss
+    since: int | None = None  # first step of the current stretch far above the first loss
 
 
 def _total_update(ratios: Mapping[str, float], param_norms: Mapping[str, float]) -> float:
@@ -1007,19 +1015,18 @@ def stuck_loss(steps: int = 60, blowup: float = 2.0, min_update: float = 1e-3) -
     """
 
     def update(state: StuckLossState, obs: Observation):
-        if not isinstance(obs, StepObservation):
+        if not _statistics_step(obs):
             return None, state
-        progress = _progress(state.loss, obs.loss)
+        progress = _progress(state.loss, obs.step, obs.loss)
         norms, moved = _param_norms(obs, state.param_norms), state.update
         if obs.update_ratios:
             moved = _total_update(obs.update_ratios, state.param_norms)
-        if progress.n == state.loss.n:  # no finite loss at this step
-            return None, state._replace(param_norms=norms, update=moved)
-        high = progress.n > START_STEPS and progress.level >= progress.first + math.log(blowup)
-        stuck = state.stuck + 1 if high else 0
-        new_state = StuckLossState(progress, norms, moved, stuck)
-        if stuck < steps or not moved >= min_update:
+        high = progress.n > START_SAMPLES and progress.level >= progress.first + math.log(blowup)
+        since = (obs.step if state.since is None else state.since) if high else None
+        new_state = StuckLossState(progress, norms, moved, since)
+        if since is None or obs.step - since < steps or not moved >= min_update:
             return None, new_state
+        stuck = obs.step - since
         above = math.exp(progress.level - progress.first)
         message = (
             f"loss not improving: for {stuck} steps the smoothed loss "
@@ -1053,9 +1060,9 @@ def slow_learning(max_ratio: float = 1e-4, stuck: float = 0.5, patience: int = 5
     """
 
     def update(state: SlowLearningState, obs: Observation):
-        if not isinstance(obs, StepObservation):
+        if not _statistics_step(obs):
             return None, state
-        progress = _progress(state.loss, obs.loss)
+        progress = _progress(state.loss, obs.step, obs.loss)
         norms = _param_norms(obs, state.param_norms)
         if not obs.update_ratios:
             return None, state._replace(loss=progress, param_norms=norms)
@@ -1281,6 +1288,8 @@ class DetectorSpec:
     """A rule type: its factory, parameters, default severity (None: the detector decides).
 
     ``monitor_only``: judged by ``gradwatch monitor`` alone; the engine skips such rules.
+    ``statistics_only``: the detector reads nothing but statistics steps (norms, update
+    ratios, zero fractions); the engine does not call it on plain loss steps.
     """
 
     factory: Callable[..., Detector]
@@ -1288,6 +1297,7 @@ class DetectorSpec:
     summary: str
     severity: str | None = "warning"
     monitor_only: bool = False
+    statistics_only: bool = False
 
 
 def _spec(
@@ -1296,6 +1306,7 @@ def _spec(
     summary: str,
     severity: str | None = "warning",
     monitor_only: bool = False,
+    statistics_only: bool = False,
 ) -> DetectorSpec:
     """``params`` with their defaults read from ``factory``'s signature (declared once)."""
     signature = inspect.signature(factory).parameters
@@ -1304,7 +1315,7 @@ def _spec(
                         f"the factory takes {list(signature)}")  # fmt: skip
     filled = {name: dataclasses.replace(p, default=signature[name].default)
               for name, p in params.items()}  # fmt: skip
-    return DetectorSpec(factory, filled, summary, severity, monitor_only)
+    return DetectorSpec(factory, filled, summary, severity, monitor_only, statistics_only)
 
 
 DETECTORS: dict[str, DetectorSpec] = {
@@ -1408,6 +1419,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "baseline": _count("first observations that set a tensor's usual level"),
         },
         "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
+        statistics_only=True,
     ),
     "vanishing_gradients": _spec(
         vanishing_gradients,
@@ -1416,6 +1428,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "patience": _count("consecutive statistics steps that fire"),
         },
         "vanishing gradients: the first layers' gradients far below the last layers'",
+        statistics_only=True,
     ),
     "exploding_gradients": _spec(
         exploding_gradients,
@@ -1426,6 +1439,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         },
         "exploding gradients: the total gradient norm far above its early level",
         severity="critical",
+        statistics_only=True,
     ),
     "saturated_units": _spec(
         saturated_units,
@@ -1441,6 +1455,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "patience": _count("consecutive measurements that fire"),
         },
         "saturated units: gradients mostly exactly zero and the tensor no longer moving",
+        statistics_only=True,
     ),  # fmt: skip
     "stuck_loss": _spec(
         stuck_loss,
@@ -1450,6 +1465,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "min_update": _pos("update/weight ratio of the model at least this (large steps)"),
         },
         "loss not improving: far above where it started, with large updates (lr too high)",
+        statistics_only=True,
     ),
     "slow_learning": _spec(
         slow_learning,
@@ -1459,6 +1475,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "patience": _count("consecutive measurements that fire"),
         },
         "learning too slow: tiny updates while the loss stays high (lr too small)",
+        statistics_only=True,
     ),
     "stale_run": _spec(
         stale_run,
