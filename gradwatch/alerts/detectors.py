@@ -978,9 +978,9 @@ def saturated_units(min_frac: float = 0.5, ratio: float = 1000.0, patience: int 
 
 class StuckLossState(NamedTuple):
     loss: LossProgress = LossProgress()
-    param_norms: Mapping[str, float] = {}  # of the last statistics step
-    update: float = math.nan  # the last measured update/weight ratio of the whole model
-    since: int | None = None  # first step of the current stretch far above the first loss
+    first_norm: float = math.nan  # total parameter norm at the first statistics step
+    norm: float = math.nan  # ... at the last one
+    since: int | None = None  # first step of the current stretch (stuck, weights blown up)
 
 
 def _total_update(ratios: Mapping[str, float], param_norms: Mapping[str, float]) -> float:
@@ -1000,43 +1000,47 @@ def _param_norms(obs: StepObservation, known: Mapping[str, float]) -> Mapping[st
     return {k: float(v) for k, v in obs.param_norms.items() if _finite(v)}
 
 
-def stuck_loss(steps: int = 60, blowup: float = 2.0, min_update: float = 1e-3) -> Detector:
-    """Fire when the loss stays far above where it started while the updates stay large: for
-    ``steps`` consecutive steps the smoothed loss (a geometric mean over ~20 steps) is at least
-    ``blowup`` x the first loss, and the last measured update moved the weights by at least
-    ``min_update`` of their size. A learning rate so large that every step overshoots and the
-    loss bounces at a high level instead of falling (without necessarily diverging).
+def stuck_loss(steps: int = 50, growth: float = 3.0, above: float = 1.0) -> Detector:
+    """Fire when the loss does not come down while the steps are far too large: for ``steps``
+    consecutive steps the weights (the total parameter norm) are ``growth`` x their size at the
+    first step or more, and the smoothed loss (a geometric mean over ~20 steps) is still at or
+    above ``above`` x the first loss. A learning rate so large that every step overshoots: the
+    weights blow up and the loss bounces at a high level (without necessarily diverging).
 
-        det = stuck_loss(steps=60, blowup=2.0)
+        det = stuck_loss(steps=50, growth=3.0)
 
-    Healthy runs, batch-1 SGD included, fall from their first loss; a loss stuck because the
-    updates are tiny is ``slow_learning``'s. A loss that hovers at its starting level (a pure
-    2-cycle) is not caught: nothing tells it from a slow start.
+    Healthy runs, batch-1 SGD included, keep their total weight norm within ~1.2x of its
+    initial value over their first hundreds of steps, and fall below their first loss; a lr
+    400x too large grows it 20-200x within 30 steps. A loss that stalls with weights that stay
+    put (a pure 2-cycle, or tiny steps: ``slow_learning``) is not this rule's.
     """
 
     def update(state: StuckLossState, obs: Observation):
         if not _statistics_step(obs):
             return None, state
         progress = _progress(state.loss, obs.step, obs.loss)
-        norms, moved = _param_norms(obs, state.param_norms), state.update
-        if obs.update_ratios:
-            moved = _total_update(obs.update_ratios, state.param_norms)
-        high = progress.n > START_SAMPLES and progress.level >= progress.first + math.log(blowup)
-        since = (obs.step if state.since is None else state.since) if high else None
-        new_state = StuckLossState(progress, norms, moved, since)
-        if since is None or obs.step - since < steps or not moved >= min_update:
+        first, now = state.first_norm, state.norm
+        if obs.param_norms:
+            norms = [float(v) for v in obs.param_norms.values()]
+            if all(_finite(v) for v in norms):
+                now = math.hypot(*norms)
+                first = now if math.isnan(first) else first
+        stuck = (progress.n > START_SAMPLES and first > 0 and now >= growth * first
+                 and progress.level >= progress.first + math.log(above))  # fmt: skip
+        since = (obs.step if state.since is None else state.since) if stuck else None
+        new_state = StuckLossState(progress, first, now, since)
+        if since is None or obs.step - since < steps:
             return None, new_state
-        stuck = obs.step - since
-        above = math.exp(progress.level - progress.first)
         message = (
-            f"loss not improving: for {stuck} steps the smoothed loss "
-            f"({math.exp(progress.level):.4g}) has stayed {above:.2g}x above the first loss "
-            f"({math.exp(progress.first):.4g}) while each step moves the weights by {moved:.2g} "
-            "of their size: the steps overshoot and the loss bounces. Usual fix: lower the "
-            "learning rate (10x), normalize the inputs, clip gradients"
+            f"loss not improving: for {obs.step - since} steps the smoothed loss "
+            f"({math.exp(progress.level):.4g}) has stayed above the first loss "
+            f"({math.exp(progress.first):.4g}) while the weights grew to {now / first:.3g}x "
+            "their initial size: the steps overshoot and the loss bounces. Usual fix: lower "
+            "the learning rate (10x), normalize the inputs, clip gradients"
         )
         details = {"problem": PROBLEMS["stuck_loss"], "loss": math.exp(progress.level),
-                   "first": math.exp(progress.first), "update_ratio": moved, "steps": stuck}  # fmt: skip
+                   "first": math.exp(progress.first), "weight_growth": now / first,
+                   "steps": obs.step - since}  # fmt: skip
         return Finding(message, details), new_state
 
     return Detector(StuckLossState, update)
@@ -1460,11 +1464,11 @@ DETECTORS: dict[str, DetectorSpec] = {
     "stuck_loss": _spec(
         stuck_loss,
         {
-            "steps": _count("consecutive steps with the loss far above its first value"),
-            "blowup": _above_one("smoothed loss / the first loss that counts as far above"),
-            "min_update": _pos("update/weight ratio of the model at least this (large steps)"),
+            "steps": _count("consecutive steps stuck, with the weights blown up, that fire"),
+            "growth": _above_one("total parameter norm / its first value that counts"),
+            "above": _pos("smoothed loss / the first loss at or above which it is stuck"),
         },
-        "loss not improving: far above where it started, with large updates (lr too high)",
+        "loss not improving while the weights blow up (learning rate far too high)",
         statistics_only=True,
     ),
     "slow_learning": _spec(
