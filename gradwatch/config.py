@@ -24,7 +24,6 @@ secrets, like webhook URLs and headers, and never reach logs or MLflow params.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -46,7 +45,7 @@ from gradwatch.alerts.detectors import DETECTORS, Param
 from gradwatch.alerts.observations import SEVERITIES
 from gradwatch.alerts.rules import Rule, default_rules, validate_rule
 from gradwatch.check import MODES, validate_options
-from gradwatch.errors import ConfigError, InputError
+from gradwatch.errors import ConfigError, InputError, did_you_mean
 from gradwatch.secrets import REDACTED, mask_uri
 
 __all__ = [
@@ -563,14 +562,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _suggest(word: str, allowed: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
 def _unknown(ctx: _Ctx, keypath: KeyPath, allowed: list[str] | tuple[str, ...]) -> ConfigError:
     key = str(keypath[-1])
-    return ctx.error(keypath, f"unknown key{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+    return ctx.error(
+        keypath, f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -72,8 +72,8 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
 
     resolve_tracking_uri("sqlite:///runs.db") == "sqlite:////abs/cwd/runs.db"
 
-    A relative sqlite path is made absolute, so a command run from another directory (or a
-    child process with another cwd) reaches the same database.
+    A relative sqlite path is made absolute, so a command run from another directory (a
+    ``gradwatch sync``, or a child process with another cwd) reaches the same database.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if (
