@@ -1,7 +1,7 @@
 """Gradient checks during training: run one, record it in the run and hand it to the alerts.
 
     runner = CheckRunner(options, run, feed)
-    report = runner.run(step, params, grads, loss_fn, timestamp_ms)   # CheckReport or None
+    report = runner.run_check(step, params, grads, loss_fn, timestamp_ms)   # CheckReport or None
 
 A check that cannot run (loss_fn raised, a non-finite loss near the parameters) is logged
 and tagged, never raised: monitoring must not stop training. Malformed params/grads are the
