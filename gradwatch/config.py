@@ -251,7 +251,12 @@ def check_hook_option(name: str, value: Any) -> Any:
     check's own options, :func:`gradwatch.check.validate_options` (so ``check_gradients``, the
     hook and the YAML file accept exactly the same values). Raises ValueError.
 
-        check_hook_option("seed", 2**64)   # ValueError: must be an integer from 0 to 2**64 - 1...
+    >>> check_hook_option("hist_every", False)   # off, as 0
+    0
+    >>> check_hook_option("seed", 2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: must be an integer from 0 to 2**64 - 1, or None (drawn and recorded); got ...
     """
     value = HOOK_OPTIONS[name].check(_off_as_zero(name, value))
     if name in _CHECK_OPTIONS:

@@ -70,7 +70,10 @@ _applied: dict[str, str] = {}
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
 
-    resolve_tracking_uri("sqlite:///runs.db") == "sqlite:////abs/cwd/runs.db"
+    >>> resolve_tracking_uri("http://127.0.0.1:5000")
+    'http://127.0.0.1:5000'
+    >>> resolve_tracking_uri("sqlite:///runs.db") == f"sqlite:///{os.path.abspath('runs.db')}"
+    True
 
     A relative sqlite path is made absolute, so a command run from another directory (a
     ``gradwatch sync``, or a child process with another cwd) reaches the same database.

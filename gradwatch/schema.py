@@ -202,7 +202,9 @@ _FLOAT_MAX = sys.float_info.max
 def step_metrics(obs: StepObservation) -> dict[str, float]:
     """The metrics the hook logs for one step observation (non-finite values kept).
 
-    step_metrics(StepObservation(3, loss=0.5, grad_norms={"W": 2.0})) == {"loss": 0.5, "grad_norm/W": 2.0}
+    >>> from gradwatch.alerts import StepObservation
+    >>> step_metrics(StepObservation(3, loss=0.5, grad_norms={"W": 2.0}))
+    {'loss': 0.5, 'grad_norm/W': 2.0}
 
     ``nonfinite/<t>`` is written only for tensors with a count above zero (a clean run logs
     none); ``update_ratio/<t>`` belongs to the statistics step the update followed.
