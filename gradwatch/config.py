@@ -24,6 +24,7 @@ secrets, like webhook URLs and headers, and never reach logs or MLflow params.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -592,8 +593,15 @@ def _convert(ctx: _Ctx, keypath: KeyPath, value: Any, kind: str | None) -> Any:
     return value
 
 
-def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
-    """Check ``value`` against ``spec``; values from ${VAR} are converted, never echoed."""
+def _value(
+    ctx: _Ctx,
+    keypath: KeyPath,
+    value: Any,
+    spec: Param,
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Check ``value`` against ``spec`` (with ``check``, if given, instead of ``spec.check``);
+    values from ${VAR} are converted, never echoed."""
     from_env = keypath in ctx.env
     value = _convert(ctx, keypath, value, spec.kind)
     if spec.kind == "mapping":
@@ -612,11 +620,13 @@ def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
         if not all(isinstance(v, str) for v in value):
             raise ctx.error(keypath, "expected a list of strings")
     try:
-        return spec.check(value)
+        return (check or spec.check)(value)
     except ValueError as exc:
         if from_env:
             var = ctx.env[keypath]
-            raise ctx.error(keypath, f"value of ${{{var}}} is not a valid {spec.kind}") from None
+            raise ctx.error(
+                keypath, f"value of ${{{var}}} is not a valid {spec.kind} here"
+            ) from None
         raise ctx.error(keypath, str(exc)) from None
 
 
@@ -665,14 +675,8 @@ def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
     for key, value in hook.items():
         if key not in HOOK_OPTIONS:
             raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
-        out[key] = _value(ctx, ("hook", key), _off_as_zero(key, value), HOOK_OPTIONS[key])
-        try:
-            check_hook_option(key, out[key])
-        except ValueError as exc:
-            if ("hook", key) in ctx.env:
-                var = ctx.env[("hook", key)]
-                raise ctx.error(("hook", key), f"value of ${{{var}}} is not valid here") from None
-            raise ctx.error(("hook", key), str(exc)) from None
+        check = functools.partial(check_hook_option, key)  # the hook's own rules, once
+        out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key], check)
     return out
 
 
