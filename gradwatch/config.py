@@ -454,13 +454,10 @@ class _Loader(yaml.SafeLoader):
         self._check_tag(node)
         if isinstance(node, yaml.CollectionNode):
             self.first_path[node] = self.keypath
-        self.depth += 1  # aliases can nest deeper than the text does
-        try:
-            if self.depth > MAX_CONFIG_DEPTH:
-                raise self._too_deep(node.start_mark.line + 1, " through aliases")
-            return super().construct_object(node, deep=True)  # depth first, paths known
-        finally:
-            self.depth -= 1
+        # Depth first, so the key path is known. A node is built where its anchor stands (the
+        # first place in document order) and reused at its aliases, so building recurses no
+        # deeper than the composer did.
+        return super().construct_object(node, deep=True)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
         self.flatten_mapping(node)
@@ -532,9 +529,9 @@ class _Loader(yaml.SafeLoader):
                 line=line,
             )
 
-    def _too_deep(self, line: int, how: str = "") -> ConfigError:
+    def _too_deep(self, line: int) -> ConfigError:
         return ConfigError(
-            f"nested more than {MAX_CONFIG_DEPTH} levels deep{how}; "
+            f"nested more than {MAX_CONFIG_DEPTH} levels deep; "
             "a gradwatch.yaml is a few levels deep",
             path=self.ctx.path,
             line=line,
