@@ -138,3 +138,36 @@ def test_every_named_problem_is_a_default_rule():
     from gradwatch.alerts import default_rules
 
     assert set(PROBLEMS) <= {r.type for r in default_rules()}
+
+
+def test_the_report_lists_the_diagnosed_problems_first_and_compare_names_them():
+    from gradwatch.report.html import render_report
+    from gradwatch.report.readers import from_journal
+
+    sc = scenario("ReLU units killed", kill_at=100, onset=100, steps=220)
+    alerts, _, _ = run(sc)
+    assert any(a.rule == "dead_units" for a in alerts)
+    (journal,) = Path(".gradwatch/journal").glob("*.jsonl")
+    data = from_journal(journal)
+    page = render_report(data)
+    first_h2 = page.index("<h2")
+    assert page.index('<h2 id="problems">Diagnosed problems') == first_h2
+    section = page[first_h2 : page.index("<h2", first_h2 + 1)]
+    assert "<b>dead units</b> from step" in section and "Usual fix:" in section
+    assert "W1" in section  # the tensors the alert named
+    # compare's verdict column says it in the same words.
+    summary = data.summary()
+    assert "dead units" in summary.problems and "dead units" in summary.verdict
+    assert summary.to_record()["problems"] == list(summary.problems)
+
+
+def test_a_healthy_run_reports_no_problem():
+    from gradwatch.report.problems import problems_section
+    from gradwatch.report.readers import from_journal
+    from gradwatch.runs.compare import diagnosed_problems
+
+    run(scenario("cosine lr schedule", steps=200))
+    (journal,) = Path(".gradwatch/journal").glob("*.jsonl")
+    data = from_journal(journal)
+    assert "None of the known training problems was diagnosed" in problems_section(data)
+    assert diagnosed_problems(data.tags) == () and data.summary().verdict == "ok"

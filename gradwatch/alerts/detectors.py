@@ -772,15 +772,7 @@ def dead_units(
 # Named training problems: what the default rules diagnose, in the words a reviewer would use.
 
 #: Rule type -> the problem it names (the run report and ``compare`` show these words).
-PROBLEMS: dict[str, str] = {
-    "vanishing_gradients": "vanishing gradients",
-    "exploding_gradients": "exploding gradients",
-    "dead_units": "dead units",
-    "saturated_units": "saturated units",
-    "stuck_loss": "loss not improving",
-    "slow_learning": "learning too slow",
-    "nonfinite": "NaN/Inf",
-}
+PROBLEMS = schema.PROBLEMS
 
 
 class LossProgress(NamedTuple):

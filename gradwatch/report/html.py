@@ -22,6 +22,7 @@ from typing import Any
 from gradwatch import __version__
 from gradwatch.check import VERDICTS
 from gradwatch.report.data import RunData
+from gradwatch.report.problems import problems_section
 from gradwatch.runs.compare import RunSummary, user_params
 from gradwatch.schema import (
     ARTIFACT_CHECKS,
@@ -94,6 +95,7 @@ def render_report(data: RunData, images: ReportImages | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         _header(data),
+        problems_section(data),  # the training problems the alerts named, first
         _verdict(data, summary),
         _facts(data, summary),
         _curves(images.curves, images.note),

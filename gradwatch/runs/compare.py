@@ -52,10 +52,12 @@ from gradwatch.schema import (
     LOSS,
     NONFINITE,
     PARAM_PREFIX,
+    PROBLEMS,
     TAG_ALERT,
     TAG_MONITOR_ALERTED,
     TAG_PREFIX,
     TAG_SWEEP_ID,
+    alert_problem,
 )
 
 __all__ = [
@@ -63,6 +65,7 @@ __all__ = [
     "RunCurves",
     "RunSummary",
     "curves_from",
+    "diagnosed_problems",
     "differing_params",
     "fetch_check_records",
     "fetch_curves",
@@ -165,6 +168,7 @@ class RunSummary:
     clip_bound: float | None = None
     grad_scale: float | None = None  # analytic/numeric shared by every failed check
     checks_explained: int = 0  # failed checks explained by clipping or one shared factor
+    problems: tuple[str, ...] = ()  # training problems the alerts named ("dead units", ...)
 
     @property
     def bug_checks(self) -> int:
@@ -187,6 +191,8 @@ class RunSummary:
             parts.append("no loss")
         if self.checks_clipped:
             parts.append("clipped")
+        # The problems the alerts named; NaN/Inf already reads as DIVERGED.
+        parts.extend(p for p in self.problems if not (self.diverged and p == PROBLEMS["nonfinite"]))
         return " + ".join(parts) or "ok"
 
     def to_record(self) -> dict[str, Any]:
@@ -213,8 +219,16 @@ class RunSummary:
             "max_rel_error": _json_float(self.max_rel_error),
             "alerts": self.alerts,
             "alert_rules": list(self.alert_rules),
+            "problems": list(self.problems),
             "verdict": self.verdict,
         }
+
+
+def diagnosed_problems(tags: Mapping[str, str]) -> tuple[str, ...]:
+    """The training problems the run's alerts named (their ``gradwatch.alert.<rule>`` tags),
+    in :data:`~gradwatch.schema.PROBLEMS` order: ``("vanishing gradients", "dead units")``."""
+    found = {alert_problem(v) for k, v in tags.items() if k.startswith(TAG_ALERT)}
+    return tuple(p for p in PROBLEMS.values() if p in found)
 
 
 def _json_float(value: float | None) -> float | None:
@@ -324,6 +338,7 @@ def summarize(
         clip_bound=findings.clip_bound,
         grad_scale=findings.scale,
         checks_explained=findings.explained,
+        problems=diagnosed_problems(tags),
     )
 
 
