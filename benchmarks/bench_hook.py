@@ -150,22 +150,39 @@ def main() -> None:
     ap.add_argument("--stores", default="embedded,server", help="embedded, server or both")
     ap.add_argument("--hist-every", type=int, default=None,
                     help="GradWatch(hist_every=) (default: the hook's, histograms on)")  # fmt: skip
-    ap.add_argument("--stats-only", action="store_true",
-                    help="only the statistics-only variant (no checks, no MLflow baselines)")  # fmt: skip
+    ap.add_argument(
+        "--stats-only",
+        action="store_true",
+        help="only the statistics-only variant (no checks, no MLflow baselines)",
+    )
     args = ap.parse_args()
     stores = args.stores.split(",")
     results: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         if "embedded" in stores:
-            bench_store("embedded", f"sqlite:///{tmp}/embedded.db", args.steps, args.block,
-                        results, args.hist_every, args.stats_only)  # fmt: skip
+            bench_store(
+                "embedded",
+                f"sqlite:///{tmp}/embedded.db",
+                args.steps,
+                args.block,
+                results,
+                args.hist_every,
+                args.stats_only,
+            )
         os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if "server" in stores:
             with MlflowServer(Path(tmp) / "server") as server:
                 time.sleep(2)  # let the freshly started server settle before timing
-                bench_store("server", server.uri, args.steps, args.block, results, args.hist_every,
-                            args.stats_only)  # fmt: skip
+                bench_store(
+                    "server",
+                    server.uri,
+                    args.steps,
+                    args.block,
+                    results,
+                    args.hist_every,
+                    args.stats_only,
+                )
     print("\n| store | variant | steps | wrapped/bare (totals) | median of blocks |")
     print("|---|---|---|---|---|")
     for label, name, steps, total, median in results:

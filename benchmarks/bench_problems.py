@@ -209,35 +209,99 @@ def problem_scenarios(seeds: tuple[int, ...], held_out: bool) -> list[Scenario]:
     out = []
     for seed in seeds:
         out += [
-            Scenario("deep sigmoid", "vanishing_gradients",
-                     Net((20, *[w] * (7 + d), 4), "sigmoid", init=0.25), seed, lr=0.5),
-            Scenario("deep tanh, tiny init", "vanishing_gradients",
-                     Net((20, *[w] * (6 + d), 4), "tanh", init=0.3), seed, lr=0.1),
-            Scenario("lr far too high, ReLU", "exploding_gradients",
-                     Net((20, w, 4), "relu"), seed, lr=3.0 + d),
-            Scenario("lr ramped up mid-run, MSE, tanh", "exploding_gradients",
-                     Net((20, w, w, 4), "tanh", loss="mse"), seed, lr=0.05,
-                     lr_ramp=(250, 1.02), onset=250, batch=64),
-            Scenario("ReLU units killed", "dead_units",
-                     Net((20, w * 2, 4), "relu"), seed, lr=0.1, kill_at=200, onset=200,
-                     batch=32 + 32 * d),
-            Scenario("ReLU units killed, deeper", "dead_units",
-                     Net((20, w, w, 4), "relu"), seed, lr=0.05, kill_at=300, onset=300),
-            Scenario("tanh, raw inputs (offset 100)", "saturated_units",
-                     Net((20, w, 4), "tanh"), seed, lr=0.05, x_offset=100.0 + 100 * d),
-            Scenario("sigmoid, raw inputs (offset 300)", "saturated_units",
-                     Net((20, w, w, 4), "sigmoid"), seed, lr=0.1, x_offset=300.0),
-            Scenario("lr far too high, tanh", "stuck_loss",
-                     Net((20, w, w, 4), "tanh"), seed, lr=5.0 + 5 * d),
-            Scenario("lr far too high, sigmoid", "stuck_loss",
-                     Net((20, w, 4), "sigmoid"), seed, lr=100.0),
-            Scenario("lr 3000x too small", "slow_learning",
-                     Net((20, w, 4), "relu"), seed, lr=3e-5, batch=8 + 8 * d),
-            Scenario("lr 2000x too small, tanh", "slow_learning",
-                     Net((20, w, w, 4), "tanh"), seed, lr=5e-5),
-            Scenario("NaN loss", "nonfinite", Net((20, w, 4), "relu"), seed, nan_at=350,
-                     onset=350),
-        ]  # fmt: skip
+            Scenario(
+                "deep sigmoid",
+                "vanishing_gradients",
+                Net((20, *[w] * (7 + d), 4), "sigmoid", init=0.25),
+                seed,
+                lr=0.5,
+            ),
+            Scenario(
+                "deep tanh, tiny init",
+                "vanishing_gradients",
+                Net((20, *[w] * (6 + d), 4), "tanh", init=0.3),
+                seed,
+                lr=0.1,
+            ),
+            Scenario(
+                "lr far too high, ReLU",
+                "exploding_gradients",
+                Net((20, w, 4), "relu"),
+                seed,
+                lr=3.0 + d,
+            ),
+            Scenario(
+                "lr ramped up mid-run, MSE, tanh",
+                "exploding_gradients",
+                Net((20, w, w, 4), "tanh", loss="mse"),
+                seed,
+                lr=0.05,
+                lr_ramp=(250, 1.02),
+                onset=250,
+                batch=64,
+            ),
+            Scenario(
+                "ReLU units killed",
+                "dead_units",
+                Net((20, w * 2, 4), "relu"),
+                seed,
+                lr=0.1,
+                kill_at=200,
+                onset=200,
+                batch=32 + 32 * d,
+            ),
+            Scenario(
+                "ReLU units killed, deeper",
+                "dead_units",
+                Net((20, w, w, 4), "relu"),
+                seed,
+                lr=0.05,
+                kill_at=300,
+                onset=300,
+            ),
+            Scenario(
+                "tanh, raw inputs (offset 100)",
+                "saturated_units",
+                Net((20, w, 4), "tanh"),
+                seed,
+                lr=0.05,
+                x_offset=100.0 + 100 * d,
+            ),
+            Scenario(
+                "sigmoid, raw inputs (offset 300)",
+                "saturated_units",
+                Net((20, w, w, 4), "sigmoid"),
+                seed,
+                lr=0.1,
+                x_offset=300.0,
+            ),
+            Scenario(
+                "lr far too high, tanh",
+                "stuck_loss",
+                Net((20, w, w, 4), "tanh"),
+                seed,
+                lr=5.0 + 5 * d,
+            ),
+            Scenario(
+                "lr far too high, sigmoid", "stuck_loss", Net((20, w, 4), "sigmoid"), seed, lr=100.0
+            ),
+            Scenario(
+                "lr 3000x too small",
+                "slow_learning",
+                Net((20, w, 4), "relu"),
+                seed,
+                lr=3e-5,
+                batch=8 + 8 * d,
+            ),
+            Scenario(
+                "lr 2000x too small, tanh",
+                "slow_learning",
+                Net((20, w, w, 4), "tanh"),
+                seed,
+                lr=5e-5,
+            ),
+            Scenario("NaN loss", "nonfinite", Net((20, w, 4), "relu"), seed, nan_at=350, onset=350),
+        ]
     return out
 
 
@@ -248,27 +312,54 @@ def healthy_scenarios(seeds: tuple[int, ...], held_out: bool) -> list[Scenario]:
         out += [
             Scenario("batch-1 SGD", None, Net((20, w, 4), "relu"), seed, batch=1, lr=0.02),
             Scenario("batch-1 SGD, tanh", None, Net((20, w, 4), "tanh"), seed, batch=1, lr=0.05),
-            Scenario("step lr schedule", None, Net((20, w, w, 4), "relu"), seed, lr=0.2,
-                     schedule="step"),
-            Scenario("cosine lr schedule", None, Net((20, w, 4), "relu"), seed, lr=0.3,
-                     schedule="cosine"),
+            Scenario(
+                "step lr schedule", None, Net((20, w, w, 4), "relu"), seed, lr=0.2, schedule="step"
+            ),
+            Scenario(
+                "cosine lr schedule", None, Net((20, w, 4), "relu"), seed, lr=0.3, schedule="cosine"
+            ),
             Scenario("deep tanh, Xavier", None, Net((20, *[w] * 5, 4), "tanh"), seed, lr=0.05),
-            Scenario("large model", None, Net((20, 8 * w, 8 * w, 4), "relu"), seed, lr=0.05,
-                     batch=64),
-            Scenario("small model (softmax regression)", None, Net((20, 4), "relu"), seed,
-                     lr=0.1),
-            Scenario("converges to ~0 loss", None, Net((20, w, 4), "relu"), seed, lr=0.5,
-                     spread=0.05, batch=64),
-            Scenario("frozen first layer", None, Net((20, w, 4), "relu"), seed, lr=0.1,
-                     frozen=("W1", "b1")),
-            Scenario("gradient clipping", None, Net((20, w, w, 4), "relu"), seed, lr=0.2,
-                     clip=0.5),
-            Scenario("leaky ReLU, noisy classes", None, Net((20, w, 4), "leaky"), seed,
-                     lr=0.1, spread=2.0),
+            Scenario(
+                "large model", None, Net((20, 8 * w, 8 * w, 4), "relu"), seed, lr=0.05, batch=64
+            ),
+            Scenario("small model (softmax regression)", None, Net((20, 4), "relu"), seed, lr=0.1),
+            Scenario(
+                "converges to ~0 loss",
+                None,
+                Net((20, w, 4), "relu"),
+                seed,
+                lr=0.5,
+                spread=0.05,
+                batch=64,
+            ),
+            Scenario(
+                "frozen first layer",
+                None,
+                Net((20, w, 4), "relu"),
+                seed,
+                lr=0.1,
+                frozen=("W1", "b1"),
+            ),
+            Scenario("gradient clipping", None, Net((20, w, w, 4), "relu"), seed, lr=0.2, clip=0.5),
+            Scenario(
+                "leaky ReLU, noisy classes",
+                None,
+                Net((20, w, 4), "leaky"),
+                seed,
+                lr=0.1,
+                spread=2.0,
+            ),
             Scenario("sigmoid MLP", None, Net((20, w, 4), "sigmoid"), seed, lr=0.5),
-            Scenario("batch-1, lr schedule, deep", None, Net((20, w, w, w, 4), "relu"), seed,
-                     batch=1, lr=0.02, schedule="cosine"),
-        ]  # fmt: skip
+            Scenario(
+                "batch-1, lr schedule, deep",
+                None,
+                Net((20, w, w, w, 4), "relu"),
+                seed,
+                batch=1,
+                lr=0.02,
+                schedule="cosine",
+            ),
+        ]
     return out
 
 
@@ -377,8 +468,13 @@ def run_real(sc: Scenario, tracking_uri: str) -> Outcome:
     from gradwatch.mlflow_access import artifact_records
 
     t0 = time.perf_counter()
-    with gradwatch.GradWatch(config=False, report=False, tracking_uri=tracking_uri,
-                             experiment="bench-problems", run_name=sc.name) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        config=False,
+        report=False,
+        tracking_uri=tracking_uri,
+        experiment="bench-problems",
+        run_name=sc.name,
+    ) as watch:
         trace = run_loop(sc, watch.step)
     seconds = time.perf_counter() - t0
     import mlflow
@@ -392,8 +488,10 @@ def run_real(sc: Scenario, tracking_uri: str) -> Outcome:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    rows = ["| problem | runs | named | steps onset -> alert (median / max) | other alerts |",
-            "|---|---|---|---|---|"]  # fmt: skip
+    rows = [
+        "| problem | runs | named | steps onset -> alert (median / max) | other alerts |",
+        "|---|---|---|---|---|",
+    ]
     for problem in PROBLEMS:
         runs = [o for o in outcomes if o.scenario.problem == problem]
         if not runs:
@@ -404,13 +502,17 @@ def table(outcomes: list[Outcome]) -> str:
         if problem == "exploding_gradients":
             early = sum(o.before_nonfinite for o in runs)
             shown += f" (before NaN/Inf in {early} of {len(runs)})"
-        rows.append(f"| {PROBLEMS[problem]} | {len(runs)} | {len(delays)} "
-                    f"({100 * len(delays) / len(runs):.0f} %) | {shown} | "
-                    f"{', '.join(other) or '-'} |")  # fmt: skip
+        rows.append(
+            f"| {PROBLEMS[problem]} | {len(runs)} | {len(delays)} "
+            f"({100 * len(delays) / len(runs):.0f} %) | {shown} | "
+            f"{', '.join(other) or '-'} |"
+        )
     healthy = [o for o in outcomes if o.scenario.problem is None]
     alarmed = [o for o in healthy if o.alerts]
-    rows.append(f"| healthy runs | {len(healthy)} | false alarms: {len(alarmed)} | | "
-                f"{', '.join(sorted({a['kind'] for o in alarmed for a in o.alerts})) or '-'} |")  # fmt: skip
+    rows.append(
+        f"| healthy runs | {len(healthy)} | false alarms: {len(alarmed)} | | "
+        f"{', '.join(sorted({a['kind'] for o in alarmed for a in o.alerts})) or '-'} |"
+    )
     return "\n".join(rows)
 
 
@@ -419,20 +521,32 @@ def details(outcomes: list[Outcome]) -> str:
     for o in outcomes:
         sc = o.scenario
         kinds = ", ".join(f"{a['kind']}@{a['step']}" for a in o.alerts) or "-"
-        verdict = ("ok" if (o.delay is not None) == (sc.problem is not None) and
-                   (sc.problem is not None or not o.alerts) else "MISS")  # fmt: skip
-        lines.append(f"{verdict:4} {sc.problem or 'healthy':20} {sc.name:36} seed {sc.seed} "
-                     f"onset {o.onset:3}: {kinds}")  # fmt: skip
+        verdict = (
+            "ok"
+            if (o.delay is not None) == (sc.problem is not None)
+            and (sc.problem is not None or not o.alerts)
+            else "MISS"
+        )
+        lines.append(
+            f"{verdict:4} {sc.problem or 'healthy':20} {sc.name:36} seed {sc.seed} "
+            f"onset {o.onset:3}: {kinds}"
+        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed per scenario")
-    ap.add_argument("--held-out", action="store_true",
-                    help="seeds and shapes the default rules were not tuned on")  # fmt: skip
-    ap.add_argument("--feed", action="store_true",
-                    help="the hook's code on an in-memory run instead of MLflow (fast)")  # fmt: skip
+    ap.add_argument(
+        "--held-out",
+        action="store_true",
+        help="seeds and shapes the default rules were not tuned on",
+    )
+    ap.add_argument(
+        "--feed",
+        action="store_true",
+        help="the hook's code on an in-memory run instead of MLflow (fast)",
+    )
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
     ap.add_argument("--json", help="write every run's alerts here")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run")
@@ -464,13 +578,27 @@ def main(argv: list[str] | None = None) -> int:
             if args.verbose:
                 print(details(outcomes[-1:]), flush=True)
     mode = "in-memory run (--feed)" if args.feed else "GradWatch() defaults, alerts.jsonl"
-    print(f"\n{len(outcomes)} runs, {mode}, seeds {seeds}"
-          f"{', held-out shapes' if args.held_out else ''}, {time.perf_counter() - t0:.0f} s\n")  # fmt: skip
+    print(
+        f"\n{len(outcomes)} runs, {mode}, seeds {seeds}"
+        f"{', held-out shapes' if args.held_out else ''}, {time.perf_counter() - t0:.0f} s\n"
+    )
     print(table(outcomes))
     if args.json:
-        Path(args.json).write_text(json.dumps([
-            {"scenario": o.scenario.name, "problem": o.scenario.problem, "seed": o.scenario.seed,
-             "onset": o.scenario.onset, "alerts": o.alerts} for o in outcomes], indent=1))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                [
+                    {
+                        "scenario": o.scenario.name,
+                        "problem": o.scenario.problem,
+                        "seed": o.scenario.seed,
+                        "onset": o.scenario.onset,
+                        "alerts": o.alerts,
+                    }
+                    for o in outcomes
+                ],
+                indent=1,
+            )
+        )
     return 0
 
 

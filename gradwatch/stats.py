@@ -127,8 +127,12 @@ def tensor_norms(
     for name, p in params.items():
         g = grads[name]
         gn, pn = norm(g), norm(p)
-        out[name] = TensorStats(gn, pn, _nonfinite(g, gn) + _nonfinite(p, pn),
-                                grad_zero_frac=_zero_frac(np.count_nonzero(g), g.size))  # fmt: skip
+        out[name] = TensorStats(
+            gn,
+            pn,
+            _nonfinite(g, gn) + _nonfinite(p, pn),
+            grad_zero_frac=_zero_frac(np.count_nonzero(g), g.size),
+        )
     return out
 
 

@@ -40,9 +40,12 @@ def scenario(name: str, held_out: bool = False, **changes) -> bench.Scenario:
 def run(sc: bench.Scenario):
     """A default GradWatch run of ``sc``; its alerts and its journal's text."""
     with gradwatch.GradWatch(
-        config=False, report=False, tracking_uri=f"http://127.0.0.1:{free_port()}",
-        flush_timeout=0, keep_journal=True,
-    ) as watch:  # fmt: skip
+        config=False,
+        report=False,
+        tracking_uri=f"http://127.0.0.1:{free_port()}",
+        flush_timeout=0,
+        keep_journal=True,
+    ) as watch:
         trace = bench.run_loop(sc, watch.step)
     journal = "".join(p.read_text() for p in Path(".gradwatch/journal").glob("*.jsonl"))
     return watch.alerts, trace, journal
@@ -62,8 +65,9 @@ PROBLEM_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "changes", "rule", "latest"), PROBLEM_CASES,
-                         ids=[c[0] for c in PROBLEM_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "changes", "rule", "latest"), PROBLEM_CASES, ids=[c[0] for c in PROBLEM_CASES]
+)
 def test_each_problem_is_named_with_its_evidence_and_fix(name, changes, rule, latest):
     sc = scenario(name, **changes)
     alerts, trace, journal = run(sc)

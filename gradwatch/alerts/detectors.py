@@ -854,9 +854,14 @@ def vanishing_gradients(ratio: float = 100.0, patience: int = 5) -> Detector:
             "barely learn. Usual fix: He/Xavier initialization, ReLU or leaky ReLU instead of "
             "sigmoid/tanh, normalization layers or residual connections"
         )
-        details = {"problem": PROBLEMS["vanishing_gradients"], "tensor": low_name,
-                   "tensors": [low_name, top], "grad_norms": {low_name: g_low, top: g_top},
-                   "ratio": below, "observations": low}  # fmt: skip
+        details = {
+            "problem": PROBLEMS["vanishing_gradients"],
+            "tensor": low_name,
+            "tensors": [low_name, top],
+            "grad_norms": {low_name: g_low, top: g_top},
+            "ratio": below,
+            "observations": low,
+        }
         return Finding(message, details), new_state
 
     return Detector(VanishingState, update)
@@ -900,9 +905,14 @@ def exploding_gradients(factor: float = 100.0, baseline: int = 5, patience: int 
             f"({g_top:.3g}); NaN is likely next. Usual fix: lower the learning rate (check its "
             "schedule), clip gradients by norm"
         )
-        details = {"problem": PROBLEMS["exploding_gradients"], "tensor": top,
-                   "grad_norm": total, "early": ref, "ratio": total / ref,
-                   "grad_norms": dict(norms)}  # fmt: skip
+        details = {
+            "problem": PROBLEMS["exploding_gradients"],
+            "tensor": top,
+            "grad_norm": total,
+            "early": ref,
+            "ratio": total / ref,
+            "grad_norms": dict(norms),
+        }
         return Finding(message, details), new_state
 
     return Detector(ExplodingState, update)
@@ -960,9 +970,13 @@ def saturated_units(min_frac: float = 0.5, ratio: float = 1000.0, patience: int 
             "is 0. Usual fix: normalize the inputs, smaller initial weights (Xavier/He), a "
             "lower learning rate; leaky ReLU for dead ReLUs"
         )
-        details = {"problem": PROBLEMS["saturated_units"], "tensor": worst,
-                   "tensors": {n: state.fracs[n] for n in hits}, "update_ratio": r,
-                   "median_update_ratio": ref}  # fmt: skip
+        details = {
+            "problem": PROBLEMS["saturated_units"],
+            "tensor": worst,
+            "tensors": {n: state.fracs[n] for n in hits},
+            "update_ratio": r,
+            "median_update_ratio": ref,
+        }
         return Finding(message, details), new_state
 
     return Detector(SaturatedState, update)
@@ -1017,8 +1031,12 @@ def stuck_loss(steps: int = 50, growth: float = 3.0, above: float = 1.0) -> Dete
             if all(_finite(v) for v in norms):
                 now = math.hypot(*norms)
                 first = now if math.isnan(first) else first
-        stuck = (progress.n > START_SAMPLES and first > 0 and now >= growth * first
-                 and progress.level >= progress.first + math.log(above))  # fmt: skip
+        stuck = (
+            progress.n > START_SAMPLES
+            and first > 0
+            and now >= growth * first
+            and progress.level >= progress.first + math.log(above)
+        )
         since = (obs.step if state.since is None else state.since) if stuck else None
         new_state = StuckLossState(progress, first, now, since)
         if since is None or obs.step - since < steps:
@@ -1030,9 +1048,13 @@ def stuck_loss(steps: int = 50, growth: float = 3.0, above: float = 1.0) -> Dete
             "their initial size: the steps overshoot and the loss bounces. Usual fix: lower "
             "the learning rate (10x), normalize the inputs, clip gradients"
         )
-        details = {"problem": PROBLEMS["stuck_loss"], "loss": math.exp(progress.level),
-                   "first": math.exp(progress.first), "weight_growth": now / first,
-                   "steps": obs.step - since}  # fmt: skip
+        details = {
+            "problem": PROBLEMS["stuck_loss"],
+            "loss": math.exp(progress.level),
+            "first": math.exp(progress.first),
+            "weight_growth": now / first,
+            "steps": obs.step - since,
+        }
         return Finding(message, details), new_state
 
     return Detector(StuckLossState, update)
@@ -1075,8 +1097,12 @@ def slow_learning(max_ratio: float = 1e-4, stuck: float = 0.5, patience: int = 5
             f"{_improved(progress):.0%} of where it started. Usual fix: raise the learning "
             "rate (10x steps), check the lr schedule and the gradient scaling"
         )
-        details = {"problem": PROBLEMS["slow_learning"], "update_ratio": ratio, "lr": obs.lr,
-                   "loss_vs_start": _improved(progress)}  # fmt: skip
+        details = {
+            "problem": PROBLEMS["slow_learning"],
+            "update_ratio": ratio,
+            "lr": obs.lr,
+            "loss_vs_start": _improved(progress),
+        }
         return Finding(message, details), new_state
 
     return Detector(SlowLearningState, update)

@@ -43,9 +43,16 @@ DEFAULT_ACTIONS: tuple[str, ...] = ("log", "mlflow")
 #: persistent failure is re-announced about every tenth check.
 DEFAULT_COOLDOWN = 1000
 DEFAULT_RULE_TYPES: tuple[str, ...] = (
-    "check_failure", "nonfinite", "loss_divergence", "vanishing_gradients",
-    "exploding_gradients", "dead_units", "saturated_units", "stuck_loss", "slow_learning",
-)  # fmt: skip
+    "check_failure",
+    "nonfinite",
+    "loss_divergence",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "dead_units",
+    "saturated_units",
+    "stuck_loss",
+    "slow_learning",
+)
 #: Keys of a rule besides its detector's parameters.
 RULE_KEYS: tuple[str, ...] = ("name", "type", "severity", "cooldown", "actions", "enabled")
 # Rule names become MLflow tag keys (gradwatch.alert.<rule>): keep to characters MLflow accepts.

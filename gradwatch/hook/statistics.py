@@ -49,8 +49,9 @@ class Statistics:
         self.snapshot: tuple[int, dict[str, np.ndarray]] | None = None  # (step, copies)
         self.num_metrics = 0  # metrics the last statistics step produced
 
-    def measure(self, step: int, params: Any, grads: Any, metrics: dict[str, float],
-                full: bool = True) -> StepStats:  # fmt: skip
+    def measure(
+        self, step: int, params: Any, grads: Any, metrics: dict[str, float], full: bool = True
+    ) -> StepStats:
         """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``), ``grad_zero_frac/<t>``
         and, when ``full``, ``grad_abs_p50/<t>``, ``grad_abs_p99/<t>`` and ``param_abs_p99/<t>``
         to ``metrics``, and keep a copy of the parameters to measure the update the optimizer

@@ -75,15 +75,23 @@ def diagnosed(alerts: Sequence[Mapping[str, Any]]) -> list[Problem]:
         problem = _problem_of(alert)
         if problem is None:
             continue
-        entry = found.setdefault(problem, {"step": alert["step"], "alerts": 0,
-                                           "message": str(alert.get("message", "")),
-                                           "tensors": []})  # fmt: skip
+        entry = found.setdefault(
+            problem,
+            {
+                "step": alert["step"],
+                "alerts": 0,
+                "message": str(alert.get("message", "")),
+                "tensors": [],
+            },
+        )
         if alert["step"] < entry["step"]:
             entry.update(step=alert["step"], message=str(alert.get("message", "")))
         entry["alerts"] += 1
         entry["tensors"] += [t for t in _tensors(alert.get("details")) if t not in entry["tensors"]]
-    problems = [Problem(p, e["step"], e["alerts"], e["message"], tuple(e["tensors"]))
-                for p, e in found.items()]  # fmt: skip
+    problems = [
+        Problem(p, e["step"], e["alerts"], e["message"], tuple(e["tensors"]))
+        for p, e in found.items()
+    ]
     return sorted(problems, key=lambda p: p.first_step)
 
 
@@ -130,13 +138,22 @@ def problems_png(data: RunData, problems: Sequence[Problem]) -> bytes | None:
     for problem in problems:
         for ax in (ax_norm, ax_zero):
             ax.axvline(problem.first_step, color="darkorange", linestyle=":", linewidth=1.2)
-        ax_norm.annotate(problem.problem, (problem.first_step, 1.0), xycoords=("data", "axes fraction"),
-                         fontsize=8, color="darkorange", rotation=90, va="top", ha="right")  # fmt: skip
+        ax_norm.annotate(
+            problem.problem,
+            (problem.first_step, 1.0),
+            xycoords=("data", "axes fraction"),
+            fontsize=8,
+            color="darkorange",
+            rotation=90,
+            va="top",
+            ha="right",
+        )
     for ax in (ax_norm, ax_zero):
         ax.grid(True, alpha=0.3)
     ax_norm.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    fig.suptitle("per-tensor gradient norm and zero fraction (orange: problem first named)",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle(
+        "per-tensor gradient norm and zero fraction (orange: problem first named)", fontsize=11
+    )
     return _png(fig)
 
 
@@ -146,8 +163,10 @@ def problems_section(data: RunData) -> str:
     problems = diagnosed(data.alerts)
     if not problems:
         known = ", ".join(PROBLEMS.values())
-        return ("<h2>Diagnosed problems</h2><p>None of the known training problems was "
-                f"diagnosed ({html.escape(known)}).</p>")  # fmt: skip
+        return (
+            "<h2>Diagnosed problems</h2><p>None of the known training problems was "
+            f"diagnosed ({html.escape(known)}).</p>"
+        )
     items = "".join(
         f"<li><b>{html.escape(p.problem)}</b> from step {p.first_step}"
         f"{f' ({p.alerts} alerts)' if p.alerts > 1 else ''}"
@@ -159,7 +178,9 @@ def problems_section(data: RunData) -> str:
     try:
         png = problems_png(data, problems)
     except Exception as err:  # noqa: BLE001 - a picture (or matplotlib missing) never costs the report
-        logger.info("gradwatch: report: no picture of the problems (%s: %s)", type(err).__name__, err)  # fmt: skip
+        logger.info(
+            "gradwatch: report: no picture of the problems (%s: %s)", type(err).__name__, err
+        )
         png = None
     if png:
         src = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
