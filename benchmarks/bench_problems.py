@@ -534,6 +534,50 @@ def details(outcomes: list[Outcome]) -> str:
     return "\n".join(lines)
 
 
+def engine_cost(steps: int = 20_000) -> str:
+    """CPU microseconds per observation of the default rules against the three rules that
+    were the defaults before the named problems (check_failure, nonfinite, loss_divergence),
+    in the same process, on the hook's stream: a loss every step, statistics every 10th step
+    and the update ratio on the step after, fed in batches of 32 like the hook feeds them."""
+    from gradwatch.alerts import AlertEngine, Rule, StepObservation, default_rules
+
+    rng = np.random.default_rng(0)
+    names = ("W1", "b1", "W2", "b2")
+    stream = []
+    for s in range(steps):
+        loss = float(1.0 + rng.random())
+        if s % 10 == 0:
+            stream.append(
+                StepObservation(
+                    s,
+                    loss=loss,
+                    lr=0.1,
+                    grad_norms=dict.fromkeys(names, 1.0),
+                    param_norms=dict.fromkeys(names, 3.0),
+                    nonfinite=dict.fromkeys(names, 0),
+                    metrics={f"grad_zero_frac/{n}": 0.1 for n in names},
+                )
+            )
+        elif s % 10 == 1:
+            stream.append(
+                StepObservation(s, loss=loss, lr=0.1, update_ratios=dict.fromkeys(names, 1e-3))
+            )
+        else:
+            stream.append(StepObservation(s, loss=loss, lr=0.1))
+    old = [Rule(k, k) for k in ("check_failure", "nonfinite", "loss_divergence")]
+    out = []
+    for label, rules in (("three rules (before)", old), ("default rules (now)", default_rules())):
+        best = math.inf
+        for _ in range(3):
+            engine = AlertEngine(rules)
+            t0 = time.process_time()
+            for i in range(0, len(stream), 32):
+                engine.observe_steps(stream[i : i + 32])
+            best = min(best, (time.process_time() - t0) / len(stream))
+        out.append(f"{label}: {1e6 * best:.2f} us CPU per observation")
+    return "; ".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="one seed per scenario")
@@ -550,7 +594,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help="run scenarios whose name contains this")
     ap.add_argument("--json", help="write every run's alerts here")
     ap.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    ap.add_argument(
+        "--engine-cost",
+        action="store_true",
+        help="only time the alert engine: default rules vs the three before",
+    )
     args = ap.parse_args(argv)
+    if args.engine_cost:
+        print(engine_cost())
+        return 0
     # The alerts are read from the runs; their log lines would bury the table.
     logging.getLogger("gradwatch").setLevel(logging.CRITICAL + 1)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
