@@ -104,7 +104,7 @@ HEALTHY = [
 
 @pytest.mark.parametrize(("name", "held_out"), HEALTHY, ids=[h[0] for h in HEALTHY])
 def test_healthy_runs_raise_no_alert(name, held_out):
-    alerts, _, _ = run(scenario(name, held_out, steps=400))
+    alerts, _, _ = run(scenario(name, held_out, steps=300))
     assert not alerts, [(a.rule, a.step, a.message) for a in alerts]
 
 
