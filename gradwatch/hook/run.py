@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
-from gradwatch.params import ENV_SWEEP_ID
+from gradwatch.params import ENV_PARENT_RUN_ID, ENV_SWEEP_ID
 
 __all__ = ["RunParts", "open_tracking_run"]
 
@@ -41,6 +42,8 @@ logger = logging.getLogger("gradwatch")
 #: A check postponed by ``budget`` to more than this many times ``every`` steps away is
 #: worth a warning (once per run), with the figures of where the budget goes.
 LONG_DEFERRAL = 10
+#: The longest param value MLflow keeps.
+MAX_PARAM_VALUE = 6000
 
 
 def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
@@ -54,9 +57,32 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
     tags = {schema.TAG_VERSION: __version__, **user_tags}
     if os.environ.get(ENV_SWEEP_ID):
         tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
-    return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
-                    run_name=run_name, tags=tags, journal_dir=options.journal_dir,
-                    keep_journal=options.keep_journal, report=options.report)  # fmt: skip
+    run = open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
+                   run_name=run_name, tags=tags, journal_dir=options.journal_dir,
+                   keep_journal=options.keep_journal, report=options.report,
+                   parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
+                   shared_prefix=schema.SHARED_PREFIX)  # fmt: skip
+    if run.placement.message:
+        # Said once, where the user looks (as MLflow prints its own run links).
+        print(run.placement.message, file=sys.stderr)
+    return run
+
+
+def settings_params(config: Config, options: HookOptions, run: Any) -> dict[str, str]:
+    """The hook's settings as one param, ``gradwatch.settings`` (JSON), not one param each in
+    the user's table. Settings too long for a param (MLflow keeps 6000 characters; a config
+    with many rules) go whole into the artifact ``gradwatch/settings.json``; the param then
+    holds the hook's options alone."""
+    settings = {**config.loggable_params(), **options.loggable()}
+    param = schema.settings_param(settings)
+    if len(param[schema.PARAM_SETTINGS]) <= MAX_PARAM_VALUE:
+        return param
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(schema.ARTIFACT_SETTINGS))
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(param[schema.PARAM_SETTINGS])
+        run.log_artifact_file(path, os.path.dirname(schema.ARTIFACT_SETTINGS))
+    return schema.settings_param(options.loggable())
 
 
 class RunParts:
@@ -82,7 +108,7 @@ class RunParts:
     def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
              callbacks: Mapping[str, Callable[..., Any]], params: Mapping[str, Any]) -> RunParts:  # fmt: skip
         """Log the run's params and (masked) config file, load baselines, start the alerts."""
-        run.log_params({**params, **config.loggable_params(), **options.loggable()})
+        run.log_params({**params, **settings_params(config, options, run)})
         masked = config.masked_text()
         if masked is not None:
             with tempfile.TemporaryDirectory() as tmp:
