@@ -33,6 +33,7 @@ from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
+from gradwatch.links import run_links, run_path
 from gradwatch.params import ENV_PARENT_RUN_ID, ENV_SWEEP_ID
 
 __all__ = ["RunParts", "open_tracking_run"]
@@ -99,6 +100,7 @@ class RunParts:
         self.layout: TensorLayout | None = None  # fixed at the first step
         self.statistics: Statistics | None = None
         self.next_step = 0
+        self.verdict: str | None = None  # the run's verdict, once verdict_tags() read it
         self._warned_no_loss_fn = False
         self._warned_budget = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
@@ -124,6 +126,44 @@ class RunParts:
 
             rules = attach_baselines(rules, tracking_uri=run.tracking_uri)
         return cls(options, run, AlertEngine(rules), config.delivery(callbacks))
+
+    def verdict_tags(self, wait: float) -> dict[str, str]:
+        """The verdict tag and the run's description (markdown), read from the journal just
+        before the run's end record (see :mod:`gradwatch.report.verdict`): the report's
+        verdict, which is ``gradwatch compare``'s. ``{}`` when that cannot be read; the run
+        still ends. Waits up to ``wait`` s for the run to exist (for the report's link)."""
+        from gradwatch.report.verdict import verdict_tags
+
+        run = self.run
+        link = None
+        # The description links the report once the run exists: a short run on a store still
+        # starting waits for it here, out of the time close() would wait for it anyway.
+        run.wait_for_run(wait)
+        if run.run_id and run.experiment_id:  # relative: opens on whatever host shows the UI
+            link = run_path(run.experiment_id, run.run_id, schema.ARTIFACT_REPORT)
+        placement = getattr(run, "placement", None)
+        try:
+            tags = verdict_tags(run.journal_path, link, self.options.report, run.run_id,
+                                user_note=bool(placement and placement.user_note))  # fmt: skip
+        except Exception as err:  # noqa: BLE001 - a verdict must never keep the run from ending
+            logger.warning("gradwatch: no verdict tag: cannot read the journal (%s: %s)",
+                           type(err).__name__, err)  # fmt: skip
+            return {}
+        self.verdict = tags.get(schema.TAG_VERDICT)
+        return tags
+
+    def say_where(self, result: Any) -> None:
+        """Print the verdict and where to see the run: direct links for a server, the
+        ``mlflow ui`` command and the links it will serve for a local store."""
+        run = self.run
+        run_id = getattr(result, "run_id", None)
+        experiment_id = run.experiment_id
+        if not run_id or not experiment_id:
+            return  # not in MLflow yet: close()'s message says how to sync it
+        links = run_links(run.tracking_uri, experiment_id, run_id)
+        verdict = f"verdict {self.verdict}; " if self.verdict else ""
+        lines = links.lines(report=self.options.report)
+        print(f"gradwatch: {verdict}" + "\n    ".join(lines), file=sys.stderr)
 
     def summary(self, status: str, error: BaseException | None) -> dict[str, str]:
         """The run's closing tags."""

@@ -199,13 +199,19 @@ class GradWatch:
         if self.run is None:
             return None
         parts = self._parts
+        deadline = time.monotonic() + self.options.flush_timeout
         try:
             if parts is not None:
                 parts.feed.close()
                 self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
+                # Last before the end record; its wait for the run counts against the flush.
+                self.run.set_tags(parts.verdict_tags(wait=deadline - time.monotonic()))
         finally:
-            self.close_result = self.run.close(status, timeout=self.options.flush_timeout)
+            remaining = max(deadline - time.monotonic(), min(1.0, self.options.flush_timeout))
+            self.close_result = self.run.close(status, timeout=remaining)
+        if parts is not None:
+            parts.say_where(self.close_result)
         return self.close_result
 
     def _close_at_exit(self) -> None:

@@ -47,8 +47,9 @@ class Placement:
     tracking_uri: str
     run_id: str | None = None  # shared: the active run
     parent_run_id: str | None = None  # child: the run it is nested under
-    experiment_id: str | None = None  # child of an active run: that run's experiment
+    experiment_id: str | None = None  # beside an active run: that run's experiment
     message: str = ""
+    user_note: bool = False  # shared: the user's run has a description of its own
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -106,7 +107,8 @@ def place_run(
             f"gradwatch: a child run{f' {run_name!r}' if run_name else ''} of your active "
             f"MLflow run {active_id} ({why}), as mlflow.start_run(nested=True) makes one"))  # fmt: skip
     _shared_runs.add(active_id)
-    return Placement(SHARED, uri, run_id=active_id, message=(
+    note = bool(active.data.tags.get("mlflow.note.content")) if active.data else False
+    return Placement(SHARED, uri, run_id=active_id, experiment_id=exp_id, user_note=note, message=(
         f"gradwatch: logging into your active MLflow run {active_id}: the hook's series go "
         f"under {SHARED_PREFIX} ({SHARED_PREFIX}loss, {SHARED_PREFIX}grad_norm/<tensor> ...) "
         f"beside yours, its settings into the one param gradwatch.settings; the run stays "

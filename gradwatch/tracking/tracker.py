@@ -266,6 +266,12 @@ class RunTracker:
         return self._state().run_id or self.header.get("run_id")
 
     @property
+    def experiment_id(self) -> str | None:
+        """The run's experiment id once known: the shipper created the run, or the run was
+        placed beside the user's active run."""
+        return self._state().experiment_id or self.placement.experiment_id
+
+    @property
     def pending(self) -> int:
         """Records written to the journal that MLflow has not acknowledged yet."""
         state = self._state()
@@ -309,6 +315,13 @@ class RunTracker:
         self._shipper.kick()
         self._shipper.wait(lambda: self._shipper.state.acked_seq >= target, timeout)
         return self.pending
+
+    def wait_for_run(self, timeout: float) -> str | None:
+        """Wait up to ``timeout`` s until the run exists in MLflow; its id, or None (outage)."""
+        if self.run_id is None and self._closed is None:
+            self._shipper.kick()
+            self._shipper.wait(lambda: self._shipper.state.run_id is not None, timeout)
+        return self.run_id
 
     def close(self, status: str = "FINISHED", timeout: float = 10.0) -> CloseResult:
         """End the run: write the end record, ship for at most ``timeout`` s, set ``status``.
