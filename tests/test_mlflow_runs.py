@@ -18,6 +18,7 @@ from gradwatch.schema import (
     hook_keys,
 )
 
+pytestmark = pytest.mark.server
 X, Y = make_blobs(256, 12, 3, seed=0)
 STEPS = 30
 
