@@ -389,13 +389,20 @@ def sweep_cmd(
         raise click.UsageError("give the values to sweep, e.g. --lr 1 0.1 0.01")
     experiment = experiment or "sweep-" + os.path.splitext(os.path.basename(script))[0]
     plan = sweep.plan_sweep(script, grid, experiment, script_args, tracking_uri=tracking_uri)
-    sweep.ensure_experiment(tracking_uri, experiment)
+    exp_id = sweep.ensure_experiment(tracking_uri, experiment)
+    parent = sweep.start_parent_run(tracking_uri, plan)
+    plan = sweep.with_parent(plan, parent)
     click.echo(
         f"sweep {plan.sweep_id}: {len(plan.runs)} run(s) of {script} in experiment "
-        f"{experiment!r}, {parallel} at a time; logs in {plan.runs[0].log_path.parent}",
+        f"{experiment!r}, {parallel} at a time, children of run {parent}; logs in "
+        f"{plan.runs[0].log_path.parent}",
         err=True,
     )
-    results = _run_sweep_with_progress(sweep, plan, parallel, timeout)
+    try:
+        results = _run_sweep_with_progress(sweep, plan, parallel, timeout)
+    except KeyboardInterrupt:
+        sweep.end_parent_run(tracking_uri, parent, [], interrupted=True)
+        raise
     failed = [r for r in results if not r.ok]
     for r in failed:
         click.echo(
@@ -415,8 +422,23 @@ def sweep_cmd(
             "gradwatch.GradWatch?",
             err=True,
         )
+    sweep.end_parent_run(tracking_uri, parent, results, {s.run_name: s.verdict for s in summaries})
+    _say_where(resolve_tracking_uri(tracking_uri), exp_id, parent, "the sweep's parent run")
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(results)} run(s) failed")
+
+
+def _say_where(uri: str, experiment_id: str | None, run_id: str | None, what: str) -> None:
+    """Print where to see a run (and its experiment's runs) in the MLflow UI."""
+    from gradwatch.links import run_links
+
+    if not experiment_id or not run_id:
+        return
+    links = run_links(uri, experiment_id, run_id)
+    if links.command:
+        click.echo(f"Open the runs in the MLflow UI: `{links.command}`, then", err=True)
+    click.echo(f"    {what}: {links.run}", err=True)
+    click.echo(f"    all runs of the experiment: {links.experiment}", err=True)
 
 
 def _run_sweep_with_progress(sweep: Any, plan: Any, parallel: int, timeout: float | None) -> list:
