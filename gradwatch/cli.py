@@ -390,7 +390,7 @@ def sweep_cmd(
     experiment = experiment or "sweep-" + os.path.splitext(os.path.basename(script))[0]
     plan = sweep.plan_sweep(script, grid, experiment, script_args, tracking_uri=tracking_uri)
     exp_id = sweep.ensure_experiment(tracking_uri, experiment)
-    parent = sweep.start_parent_run(tracking_uri, plan)
+    parent = sweep.start_sweep_run(tracking_uri, plan)
     plan = sweep.with_parent(plan, parent)
     click.echo(
         f"sweep {plan.sweep_id}: {len(plan.runs)} run(s) of {script} in experiment "
@@ -499,6 +499,7 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     to MLflow. Ends with the comparison table and the command that opens the MLflow UI.
     """
     from gradwatch.demo import run as demo
+    from gradwatch.links import run_links
 
     uri = resolve_tracking_uri(tracking_uri)
     specs = demo.plan(steps=60 if quick else steps)
@@ -511,9 +512,14 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
         status.update(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: "
                       f"step {step}/{spec.steps}")  # fmt: skip
 
-    def on_run(spec: Any, final_loss: float | None) -> None:
-        loss = "non-finite" if final_loss is None else f"{final_loss:.4g}"
-        status.finished(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: final loss {loss}")
+    def on_run(spec: Any, outcome: Any) -> None:
+        loss = "non-finite" if outcome.final_loss is None else f"{outcome.final_loss:.4g}"
+        line = f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: final loss {loss}"
+        if outcome.verdict:
+            line += f", verdict {outcome.verdict}"
+        if outcome.run_id and outcome.experiment_id:
+            line += f" -> {run_links(uri, outcome.experiment_id, outcome.run_id).run}"
+        status.finished(line)
 
     try:
         result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_step=on_step,
@@ -523,8 +529,18 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     click.echo()
     run_compare(uri, experiment, sweep_id=result.sweep_id, progress=False)
     click.echo()
-    click.echo("Open the runs in the MLflow UI:")
-    click.echo(f"    {mask_uri(demo.ui_command(uri, result.experiment_id))}")
+    exp_id = result.experiment_id
+    links = (
+        run_links(uri, exp_id, result.parent_run_id) if exp_id and result.parent_run_id else None
+    )
+    if links is None:
+        click.echo("Open the runs in the MLflow UI:")
+        click.echo(f"    {mask_uri(demo.ui_command(uri, exp_id))}")
+    else:
+        click.echo(f"Open the runs in the MLflow UI{f': `{links.command}`, then' if links.command else ':'}")  # fmt: skip
+        click.echo(f"    all runs of the experiment: {links.experiment}")
+        click.echo(f"    the demo's parent run (its description lists every verdict): {links.run}")
+        click.echo("    a run's report: its Artifacts tab, gradwatch/report.html (the links above)")
     click.echo("Compare them again, with a plot:")
     again = f"gradwatch compare --experiment {experiment} --sweep {result.sweep_id} --plot demo.png"
     if tracking_uri is not None and tracking_uri != os.environ.get("MLFLOW_TRACKING_URI"):

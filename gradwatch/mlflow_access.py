@@ -58,10 +58,13 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SQLITE = "sqlite:///"
 
 #: MLflow's own environment settings for a client that reports an outage instead of
-#: retrying for minutes: one retry, 10 s per request.
+#: retrying for minutes: one retry, 10 s per request. And no progress bar per artifact read:
+#: with tqdm installed (Ray and Optuna bring it) MLflow draws one on stderr for every run's
+#: checks.jsonl that ``compare`` reads.
 FAIL_FAST_SETTINGS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 # What apply_fail_fast_defaults() added to the environment (key -> value it set).
 _applied: dict[str, str] = {}

@@ -40,12 +40,28 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     experiment = f"demo-{time.time_ns()}"
     result = CliRunner().invoke(main, ["demo", "--quick", "--experiment", experiment])
     assert result.exit_code == 0, result.output
-    assert f"open {tracking_uri}/#/experiments/" in result.output
-    # Progress: one line per finished run (stderr is no terminal here: no redraws).
-    assert re.search(r"\[1/12\] classic lr=0\.2: final loss \d", result.stderr)
-    assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d", result.stderr)
+    exp_id = MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
+    assert f"all runs of the experiment: {tracking_uri}/#/experiments/{exp_id}/runs" in result.output  # fmt: skip
+    # Progress: one line per finished run, with its verdict and its link (stderr is no
+    # terminal here: no redraws).
+    run_link = rf"{re.escape(tracking_uri)}/#/experiments/{exp_id}/runs/\w+"
+    assert re.search(rf"\[1/12\] classic lr=0\.2: final loss \d\S*, verdict ok -> {run_link}\n", result.stderr)  # fmt: skip
+    assert re.search(r"\[6/12\] classic lr=1e-10 BUG: final loss \d\S*, verdict BACKPROP BUG \+ stalled ", result.stderr)  # fmt: skip
+    assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d\S*, verdict grads ×2 \+ stalled ", result.stderr)  # fmt: skip
     assert "\r" not in result.stderr
+    assert "gradwatch: verdict" not in result.stderr  # the hook's own lines: folded into those
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
+    # One parent run, its description listing every run's verdict; the runs its children.
+    parent_id = re.search(rf"parent run \(its description lists every verdict\): {run_link}", result.output).group(0).rsplit("/", 1)[1]  # fmt: skip
+    parent = MlflowClient(tracking_uri).get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["gradwatch.sweep_parent"] == sweep
+    children = MlflowClient(tracking_uri).search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    assert len(children) == 12
+    for child in children:
+        verdict = child.data.tags["gradwatch.verdict"]
+        assert f"| {child.info.run_name} | {verdict} |" in parent.data.tags["mlflow.note.content"]
 
     out = CliRunner().invoke(
         main, ["compare", "-e", experiment, "--sweep", sweep, "--format", "json"]

@@ -1,7 +1,7 @@
 """Run a training script once per parameter value: one parent MLflow run, a child run each.
 
     plan = plan_sweep("train.py", {"lr": [1.0, 0.1, 0.01]}, experiment="mlp")
-    parent = start_parent_run(tracking_uri, plan)          # the sweep's own run
+    parent = start_sweep_run(tracking_uri, plan)           # the sweep's own run
     results = run_sweep(with_parent(plan, parent), parallel=2)
     end_parent_run(tracking_uri, parent, results, verdicts)
     # then: gradwatch compare --experiment mlp --sweep <plan.sweep_id>
@@ -50,6 +50,7 @@ __all__ = [
     "plan_sweep",
     "run_sweep",
     "start_parent_run",
+    "start_sweep_run",
     "with_parent",
 ]
 
@@ -158,42 +159,61 @@ def with_parent(plan: SweepPlan, parent_run_id: str) -> SweepPlan:
     return dataclasses.replace(plan, runs=runs)
 
 
-def start_parent_run(tracking_uri: str | None, plan: SweepPlan) -> str:
-    """Create the sweep's parent run (RUNNING until :func:`end_parent_run`); return its id.
+def start_parent_run(
+    tracking_uri: str | None,
+    experiment: str,
+    sweep_id: str,
+    name: str,
+    params: Mapping[str, object] | None = None,
+    source: str | None = None,
+) -> str:
+    """Create a sweep's parent run (RUNNING until :func:`end_parent_run`); return its id.
 
-    Named ``sweep <script> <sweep id>``, tagged ``gradwatch.sweep_parent``, with one param per
-    swept name listing its values (``lr``: ``1.0, 0.1, 0.01``).
+        parent = start_parent_run(uri, "mlp", plan.sweep_id, "sweep train.py", {"lr": "1, 0.1"})
+
+    Tagged ``gradwatch.sweep_parent`` = ``sweep_id``; ``params`` are logged as they are.
     """
     client = get_client(tracking_uri, must_exist=False)
     with mlflow_errors(client.tracking_uri, "cannot create the sweep's parent run"):
-        exp_id = experiment_id(client, plan.experiment, create=True)
-        name = f"sweep {os.path.basename(plan.script) or 'script'} {plan.sweep_id}"
-        tags = {TAG_SWEEP_PARENT: plan.sweep_id, "mlflow.source.name": os.path.abspath(plan.script)}
+        exp_id = experiment_id(client, experiment, create=True)
+        tags = {TAG_SWEEP_PARENT: sweep_id}
+        if source:
+            tags["mlflow.source.name"] = source
         run = client.create_run(exp_id, tags=tags, run_name=name)
-        params = {n: ", ".join(_fmt_value(v) for v in values) for n, values in plan.grid.items()}
-        for key, value in params.items():
-            client.log_param(run.info.run_id, key, value[:6000])
+        for key, value in (params or {}).items():
+            client.log_param(run.info.run_id, key, str(value)[:6000])
     return run.info.run_id
+
+
+def start_sweep_run(tracking_uri: str | None, plan: SweepPlan) -> str:
+    """The parent run of ``plan``: named ``sweep <script> <sweep id>``, one param per swept
+    name listing its values (``lr``: ``1.0, 0.1, 0.01``)."""
+    name = f"sweep {os.path.basename(plan.script) or 'script'} {plan.sweep_id}"
+    params = {n: ", ".join(_fmt_value(v) for v in values) for n, values in plan.grid.items()}
+    return start_parent_run(tracking_uri, plan.experiment, plan.sweep_id, name, params,
+                            os.path.abspath(plan.script) if plan.script else None)  # fmt: skip
 
 
 def end_parent_run(
     tracking_uri: str | None,
     parent_run_id: str,
-    results: Sequence[SweepResult],
+    results: Sequence[SweepResult | tuple[str, int]],
     verdicts: Mapping[str, str] | None = None,
     interrupted: bool = False,
 ) -> None:
-    """End the parent run: FINISHED when every child's script succeeded, FAILED when one
-    failed, KILLED when the sweep was interrupted; its description lists the children with
-    their verdicts (``{run_name: verdict}``, as ``gradwatch compare`` gives them)."""
+    """End the parent run: FINISHED when every child succeeded, FAILED when one failed,
+    KILLED when the sweep was interrupted; its description lists the children with their
+    verdicts (``{run_name: verdict}``, as ``gradwatch compare`` gives them). ``results``:
+    the sweep's, or ``(run_name, exit code)`` pairs of children run another way."""
     verdicts = verdicts or {}
-    failed = sum(1 for r in results if not r.ok)
-    lines = [f"**gradwatch sweep: {len(results)} run(s)"
+    outcomes = [(r.run.run_name, r.returncode) if isinstance(r, SweepResult) else r for r in results]  # fmt: skip
+    failed = sum(1 for _, code in outcomes if code != 0)
+    lines = [f"**gradwatch sweep: {len(outcomes)} run(s)"
              + (f", {failed} failed" if failed else "") + "**", "",
              "| run | verdict |", "|---|---|"]  # fmt: skip
-    for r in results:
-        outcome = verdicts.get(r.run.run_name) or ("-" if r.ok else f"script failed (exit {r.returncode})")  # fmt: skip
-        lines.append(f"| {_cell(r.run.run_name)} | {_cell(outcome)} |")
+    for name, code in outcomes:
+        outcome = verdicts.get(name) or ("-" if code == 0 else f"script failed (exit {code})")
+        lines.append(f"| {_cell(name)} | {_cell(outcome)} |")
     status = "KILLED" if interrupted else ("FAILED" if failed else "FINISHED")
     client = get_client(tracking_uri, must_exist=False)
     with mlflow_errors(client.tracking_uri, "cannot end the sweep's parent run"):
