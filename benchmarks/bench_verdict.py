@@ -28,9 +28,13 @@ def cpu() -> float:
 
 
 def journal(steps: int, folder: str):
-    run = open_run(tracking_uri="http://127.0.0.1:9", experiment="bench-verdict",
-                   journal_dir=folder, keep_journal=True,
-                   settings=ShipperSettings(process=False, interval=3600.0))  # fmt: skip
+    run = open_run(
+        tracking_uri="http://127.0.0.1:9",
+        experiment="bench-verdict",
+        journal_dir=folder,
+        keep_journal=True,
+        settings=ShipperSettings(process=False, interval=3600.0),
+    )
     rng = random.Random(0)
     stats = {f"{kind}/W{i}": 1.0 for kind in ("grad_norm", "param_norm") for i in range(8)}
     for s in range(steps):

@@ -537,7 +537,9 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
         click.echo("Open the runs in the MLflow UI:")
         click.echo(f"    {mask_uri(demo.ui_command(uri, exp_id))}")
     else:
-        click.echo(f"Open the runs in the MLflow UI{f': `{links.command}`, then' if links.command else ':'}")  # fmt: skip
+        click.echo(
+            f"Open the runs in the MLflow UI{f': `{links.command}`, then' if links.command else ':'}"
+        )
         click.echo(f"    all runs of the experiment: {links.experiment}")
         click.echo(f"    the demo's parent run (its description lists every verdict): {links.run}")
         click.echo("    a run's report: its Artifacts tab, gradwatch/report.html (the links above)")

@@ -242,8 +242,10 @@ def settings_param(settings: Mapping[str, Any]) -> dict[str, str]:
 
     settings_param({"gradwatch.every": "100"}) == {"gradwatch.settings": '{"every": "100"}'}
     """
-    plain = {(k[len(PARAM_PREFIX) :] if k.startswith(PARAM_PREFIX) else k): str(v)
-             for k, v in settings.items()}  # fmt: skip
+    plain = {
+        (k[len(PARAM_PREFIX) :] if k.startswith(PARAM_PREFIX) else k): str(v)
+        for k, v in settings.items()
+    }
     return {PARAM_SETTINGS: json.dumps(plain, ensure_ascii=False)}
 
 

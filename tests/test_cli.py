@@ -41,18 +41,31 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     result = CliRunner().invoke(main, ["demo", "--quick", "--experiment", experiment])
     assert result.exit_code == 0, result.output
     exp_id = MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
-    assert f"all runs of the experiment: {tracking_uri}/#/experiments/{exp_id}/runs" in result.output  # fmt: skip
+    assert (
+        f"all runs of the experiment: {tracking_uri}/#/experiments/{exp_id}/runs" in result.output
+    )
     # Progress: one line per finished run, with its verdict and its link (stderr is no
     # terminal here: no redraws).
     run_link = rf"{re.escape(tracking_uri)}/#/experiments/{exp_id}/runs/\w+"
-    assert re.search(rf"\[1/12\] classic lr=0\.2: final loss \d\S*, verdict ok -> {run_link}\n", result.stderr)  # fmt: skip
-    assert re.search(r"\[6/12\] classic lr=1e-10 BUG: final loss \d\S*, verdict BACKPROP BUG \+ stalled ", result.stderr)  # fmt: skip
-    assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d\S*, verdict grads ×2 \+ stalled ", result.stderr)  # fmt: skip
+    assert re.search(
+        rf"\[1/12\] classic lr=0\.2: final loss \d\S*, verdict ok -> {run_link}\n", result.stderr
+    )
+    assert re.search(
+        r"\[6/12\] classic lr=1e-10 BUG: final loss \d\S*, verdict BACKPROP BUG \+ stalled ",
+        result.stderr,
+    )
+    assert re.search(
+        r"\[12/12\] mlp lr=1e-10 BUG: final loss \d\S*, verdict grads ×2 \+ stalled ", result.stderr
+    )
     assert "\r" not in result.stderr
     assert "gradwatch: verdict" not in result.stderr  # the hook's own lines: folded into those
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
     # One parent run, its description listing every run's verdict; the runs its children.
-    parent_id = re.search(rf"parent run \(its description lists every verdict\): {run_link}", result.output).group(0).rsplit("/", 1)[1]  # fmt: skip
+    parent_id = (
+        re.search(rf"parent run \(its description lists every verdict\): {run_link}", result.output)
+        .group(0)
+        .rsplit("/", 1)[1]
+    )
     parent = MlflowClient(tracking_uri).get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["gradwatch.sweep_parent"] == sweep
     children = MlflowClient(tracking_uri).search_runs(
@@ -150,7 +163,10 @@ def test_sweep_runs_the_script_once_per_lr(tracking_uri, tmp_path, monkeypatch):
     for r in runs:
         assert r.info.run_name in result.stdout
         assert f"| {r.info.run_name} | {r.data.tags['gradwatch.verdict']} |" in note
-    assert f"the sweep's parent run: {tracking_uri}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}" in result.output  # fmt: skip
+    assert (
+        f"the sweep's parent run: {tracking_uri}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+        in result.output
+    )
 
 
 def test_sweep_reports_failing_runs(tmp_path, tracking_uri):

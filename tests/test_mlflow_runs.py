@@ -125,7 +125,10 @@ def test_two_hooks_in_one_run_never_share_a_history(client):
     for child in children:
         assert _steps(client, child.info.run_id, "loss") == list(range(STEPS))
     assert client.get_run(parent.info.run_id).data.metrics == {}
-    assert not any(k.startswith("gradwatch.param_conflict") for k in client.get_run(parent.info.run_id).data.tags)  # fmt: skip
+    assert not any(
+        k.startswith("gradwatch.param_conflict")
+        for k in client.get_run(parent.info.run_id).data.tags
+    )
 
 
 @pytest.mark.slow

@@ -38,7 +38,9 @@ def train(lr: float, journal_dir: str, steps: int = STEPS) -> float:
         for s in range(steps):
             b = slice((s * 32) % 256, (s * 32) % 256 + 32)
             loss, grads = mlp.loss_and_grads(params, X[b], Y[b])
-            watch.step(params, grads, loss=loss, lr=lr, loss_fn=lambda p, b=b: mlp.loss(p, X[b], Y[b]))  # fmt: skip
+            watch.step(
+                params, grads, loss=loss, lr=lr, loss_fn=lambda p, b=b: mlp.loss(p, X[b], Y[b])
+            )
             for k in params:
                 params[k] -= lr * grads["d" + k]
     assert watch.close_result.pending == 0, watch.close_result.message
@@ -92,8 +94,9 @@ def test_optuna_trials_each_log_into_their_nested_run(tracking_uri, tmp_path):
 def _ray_trainable(config):
     from ray.air.integrations.mlflow import setup_mlflow
 
-    mlflow_module = setup_mlflow(config, tracking_uri=config["uri"], experiment_name="gw-ray",
-                                 run_name=f"lr={config['lr']}")  # fmt: skip
+    mlflow_module = setup_mlflow(
+        config, tracking_uri=config["uri"], experiment_name="gw-ray", run_name=f"lr={config['lr']}"
+    )
     try:
         final = train(config["lr"], config["journal_dir"])
     finally:
@@ -114,10 +117,17 @@ def test_ray_tune_trials_with_setup_mlflow_each_log_into_their_run(tracking_uri,
     lrs = [0.02, 0.05, 0.1, 0.2]
     # A short folder: Ray's socket paths must fit in 107 bytes.
     ray_tmp = tempfile.mkdtemp(prefix="gwray", dir="/tmp")
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # fmt: skip
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
-             runtime_env={"env_vars": env})  # fmt: skip
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=ray_tmp,
+        log_to_driver=False,
+        runtime_env={"env_vars": env},
+    )
     try:
         tuner = tune.Tuner(
             _ray_trainable,
@@ -125,7 +135,7 @@ def test_ray_tune_trials_with_setup_mlflow_each_log_into_their_run(tracking_uri,
                 "lr": tune.grid_search(lrs),
                 "uri": tracking_uri,
                 "journal_dir": str(journal_dir),
-            },  # fmt: skip
+            },
             run_config=tune.RunConfig(storage_path=str(tmp_path / "ray"), verbose=0),
         )
         results = tuner.fit()

@@ -47,8 +47,13 @@ def bug_run(mlflow_server):
 
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        with GradWatch(every=10, experiment="verdict", run_name="bug",
-                       tracking_uri=mlflow_server.uri, config=False) as watch:  # fmt: skip
+        with GradWatch(
+            every=10,
+            experiment="verdict",
+            run_name="bug",
+            tracking_uri=mlflow_server.uri,
+            config=False,
+        ) as watch:
             _train(watch, bug=True)
     run = mlflow.MlflowClient(mlflow_server.uri).get_run(watch.close_result.run_id)
     return run, err.getvalue()
@@ -104,14 +109,18 @@ def test_a_local_store_gets_the_mlflow_ui_command_and_the_runs_path(tmp_path, ca
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(result.run_id)
     exp = run.info.experiment_id
     printed = capsys.readouterr().err
-    assert f"open it: `mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db`, then" in printed  # fmt: skip
+    assert (
+        f"open it: `mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db`, then" in printed
+    )
     assert f"run: http://127.0.0.1:5000/#/experiments/{exp}/runs/{result.run_id}\n" in printed
     assert f"all runs of the experiment: http://127.0.0.1:5000/#/experiments/{exp}/runs" in printed
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-                    reason="needs Debian's chromium and chromium-driver")  # fmt: skip
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver",
+)
 def test_the_run_page_shows_the_verdict_in_its_description(browser, bug_run, mlflow_server):  # noqa: F811
     from selenium.webdriver.common.by import By
 
@@ -123,8 +132,11 @@ def test_the_run_page_shows_the_verdict_in_its_description(browser, bug_run, mlf
     deadline = time.monotonic() + 60
     shown = []
     while not shown and time.monotonic() < deadline:
-        shown = [e for e in browser.find_elements(By.XPATH, f"//strong[contains(., '{heading}')]")
-                 if e.is_displayed()]  # fmt: skip
+        shown = [
+            e
+            for e in browser.find_elements(By.XPATH, f"//strong[contains(., '{heading}')]")
+            if e.is_displayed()
+        ]
         time.sleep(0.25)
     assert shown, f"the run page shows no '{heading}' in bold"
     # The description's link opens the report in MLflow's artifact viewer, on this host.

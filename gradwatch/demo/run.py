@@ -241,9 +241,13 @@ def run_demo(
     from gradwatch.runs.sweep import end_parent_run, new_sweep_id, start_parent_run
 
     sweep_id = sweep_id or "demo-" + new_sweep_id()
-    grid = {"lr": ", ".join(f"{lr:g}" for lr in dict.fromkeys(s.lr for s in specs)),
-            "model": ", ".join(dict.fromkeys(s.model for s in specs))}  # fmt: skip
-    parent = start_parent_run(tracking_uri, experiment, sweep_id, f"gradwatch demo {sweep_id}", grid)  # fmt: skip
+    grid = {
+        "lr": ", ".join(f"{lr:g}" for lr in dict.fromkeys(s.lr for s in specs)),
+        "model": ", ".join(dict.fromkeys(s.model for s in specs)),
+    }
+    parent = start_parent_run(
+        tracking_uri, experiment, sweep_id, f"gradwatch demo {sweep_id}", grid
+    )
     hook_logger = logging.getLogger("gradwatch")
     saved = hook_logger.level
     hook_logger.setLevel(logging.CRITICAL + 1)
@@ -260,9 +264,13 @@ def run_demo(
         interrupted = False
     finally:
         hook_logger.setLevel(saved)
-        end_parent_run(tracking_uri, parent, [(name, 0) for name in outcomes],
-                       {n: o.verdict for n, o in outcomes.items() if o.verdict},
-                       interrupted=interrupted)  # fmt: skip
+        end_parent_run(
+            tracking_uri,
+            parent,
+            [(name, 0) for name in outcomes],
+            {n: o.verdict for n, o in outcomes.items() if o.verdict},
+            interrupted=interrupted,
+        )
     losses = {name: o.final_loss for name, o in outcomes.items()}
     return DemoResult(sweep_id, experiment, tracking_uri, losses, outcomes, parent)
 

@@ -58,11 +58,17 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
     tags = {schema.TAG_VERSION: __version__, **user_tags}
     if os.environ.get(ENV_SWEEP_ID):
         tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
-    run = open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
-                   run_name=run_name, tags=tags, journal_dir=options.journal_dir,
-                   keep_journal=options.keep_journal, report=options.report,
-                   parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
-                   shared_prefix=schema.SHARED_PREFIX)  # fmt: skip
+    run = open_run(
+        tracking_uri=options.tracking_uri,
+        experiment=options.experiment,
+        run_name=run_name,
+        tags=tags,
+        journal_dir=options.journal_dir,
+        keep_journal=options.keep_journal,
+        report=options.report,
+        parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
+        shared_prefix=schema.SHARED_PREFIX,
+    )
     if run.placement.message:
         # Said once, where the user looks (as MLflow prints its own run links).
         print(run.placement.message, file=sys.stderr)
@@ -143,11 +149,19 @@ class RunParts:
             link = run_path(run.experiment_id, run.run_id, schema.ARTIFACT_REPORT)
         placement = getattr(run, "placement", None)
         try:
-            tags = verdict_tags(run.journal_path, link, self.options.report, run.run_id,
-                                user_note=bool(placement and placement.user_note))  # fmt: skip
+            tags = verdict_tags(
+                run.journal_path,
+                link,
+                self.options.report,
+                run.run_id,
+                user_note=bool(placement and placement.user_note),
+            )
         except Exception as err:  # noqa: BLE001 - a verdict must never keep the run from ending
-            logger.warning("gradwatch: no verdict tag: cannot read the journal (%s: %s)",
-                           type(err).__name__, err)  # fmt: skip
+            logger.warning(
+                "gradwatch: no verdict tag: cannot read the journal (%s: %s)",
+                type(err).__name__,
+                err,
+            )
             return {}
         self.verdict = tags.get(schema.TAG_VERDICT)
         return tags

@@ -143,9 +143,11 @@ class GradWatch:
     check_errors = property(lambda self: self._parts.checks.check_errors if self._parts else 0)
     checks_not_run = property(lambda self: self._parts.checks.checks_not_run if self._parts else 0)
     checks_deferred = property(lambda self: self._parts.schedule.checks_deferred if self._parts else 0)  # fmt: skip
-    verdict = property(lambda self: self._parts.verdict if self._parts else None,
-                       doc="The run's verdict once closed (``ok``, ``BACKPROP BUG`` ..., as "
-                           "``gradwatch compare`` says), also its tag ``gradwatch.verdict``.")  # fmt: skip
+    verdict = property(
+        lambda self: self._parts.verdict if self._parts else None,
+        doc="The run's verdict once closed (``ok``, ``BACKPROP BUG`` ..., as "
+        "``gradwatch compare`` says), also its tag ``gradwatch.verdict``.",
+    )
     last_report = property(lambda self: self._parts.checks.last_report if self._parts else None)
     alerts = property(lambda self: self._parts.feed.alerts if self._parts else [])
     clock = property(lambda self: self._parts.clock if self._parts else None,

@@ -57,11 +57,13 @@ def run_description(data: RunData, word: str, report_link: str | None, report: b
     if not report:
         lines.append(f"No report was drawn (report=False); {redraw} draws one.")
     elif report_link:
-        lines.append(f"Report: [{ARTIFACT_REPORT}]({report_link}) (Artifacts tab); "
-                     f"{redraw} draws it again.")  # fmt: skip
+        lines.append(
+            f"Report: [{ARTIFACT_REPORT}]({report_link}) (Artifacts tab); {redraw} draws it again."
+        )
     else:
-        lines.append(f"Report: the artifact `{ARTIFACT_REPORT}` (Artifacts tab); {redraw} "
-                     "draws it again.")  # fmt: skip
+        lines.append(
+            f"Report: the artifact `{ARTIFACT_REPORT}` (Artifacts tab); {redraw} draws it again."
+        )
     text = "\n".join(lines)
     return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 3] + "..."
 

@@ -132,7 +132,9 @@ def fetch_histories(client: Any, run: Any, keys: Iterable[str] | None = None) ->
     present = set(names)
     wanted = set(SUMMARY_KEYS if keys is None else keys)
     wanted |= {k for k in present if k.startswith((NONFINITE, CHECK_CLIPPED))}
-    return {key: metric_history(client, run.info.run_id, names[key]) for key in sorted(wanted & present)}  # fmt: skip
+    return {
+        key: metric_history(client, run.info.run_id, names[key]) for key in sorted(wanted & present)
+    }
 
 
 def fetch_check_records(client: Any, run: Any) -> list[dict[str, Any]] | None:

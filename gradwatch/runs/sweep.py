@@ -190,8 +190,14 @@ def start_sweep_run(tracking_uri: str | None, plan: SweepPlan) -> str:
     name listing its values (``lr``: ``1.0, 0.1, 0.01``)."""
     name = f"sweep {os.path.basename(plan.script) or 'script'} {plan.sweep_id}"
     params = {n: ", ".join(_fmt_value(v) for v in values) for n, values in plan.grid.items()}
-    return start_parent_run(tracking_uri, plan.experiment, plan.sweep_id, name, params,
-                            os.path.abspath(plan.script) if plan.script else None)  # fmt: skip
+    return start_parent_run(
+        tracking_uri,
+        plan.experiment,
+        plan.sweep_id,
+        name,
+        params,
+        os.path.abspath(plan.script) if plan.script else None,
+    )
 
 
 def end_parent_run(
@@ -206,11 +212,18 @@ def end_parent_run(
     verdicts (``{run_name: verdict}``, as ``gradwatch compare`` gives them). ``results``:
     the sweep's, or ``(run_name, exit code)`` pairs of children run another way."""
     verdicts = verdicts or {}
-    outcomes = [(r.run.run_name, r.returncode) if isinstance(r, SweepResult) else r for r in results]  # fmt: skip
+    outcomes = [
+        (r.run.run_name, r.returncode) if isinstance(r, SweepResult) else r for r in results
+    ]
     failed = sum(1 for _, code in outcomes if code != 0)
-    lines = [f"**gradwatch sweep: {len(outcomes)} run(s)"
-             + (f", {failed} failed" if failed else "") + "**", "",
-             "| run | verdict |", "|---|---|"]  # fmt: skip
+    lines = [
+        f"**gradwatch sweep: {len(outcomes)} run(s)"
+        + (f", {failed} failed" if failed else "")
+        + "**",
+        "",
+        "| run | verdict |",
+        "|---|---|",
+    ]
     for name, code in outcomes:
         outcome = verdicts.get(name) or ("-" if code == 0 else f"script failed (exit {code})")
         lines.append(f"| {_cell(name)} | {_cell(outcome)} |")

@@ -88,9 +88,14 @@ def place_run(
     active_uri = resolve_tracking_uri(mlflow.get_tracking_uri())
     uri = resolve_tracking_uri(tracking_uri) if tracking_uri else active_uri
     if uri != active_uri:
-        return Placement(OWN, uri, message=(
-            f"gradwatch: your active MLflow run {active_id} is on {mask_uri(active_uri)}, "
-            f"tracking_uri is {mask_uri(uri)}: this training gets its own run there"))  # fmt: skip
+        return Placement(
+            OWN,
+            uri,
+            message=(
+                f"gradwatch: your active MLflow run {active_id} is on {mask_uri(active_uri)}, "
+                f"tracking_uri is {mask_uri(uri)}: this training gets its own run there"
+            ),
+        )
     exp_id = str(active.info.experiment_id)
     if experiment:
         active_exp = _experiment_name(mlflow, uri, exp_id)
@@ -101,18 +106,36 @@ def place_run(
                 f"(or a child of it with run_name=), or start the hook outside the active run"
             )
     if run_name or active_id in _shared_runs:
-        why = (f"run_name={run_name!r} given" if active_id not in _shared_runs
-               else "a gradwatch hook already logged into that run")  # fmt: skip
-        return Placement(CHILD, uri, parent_run_id=active_id, experiment_id=exp_id, message=(
-            f"gradwatch: a child run{f' {run_name!r}' if run_name else ''} of your active "
-            f"MLflow run {active_id} ({why}), as mlflow.start_run(nested=True) makes one"))  # fmt: skip
+        why = (
+            f"run_name={run_name!r} given"
+            if active_id not in _shared_runs
+            else "a gradwatch hook already logged into that run"
+        )
+        return Placement(
+            CHILD,
+            uri,
+            parent_run_id=active_id,
+            experiment_id=exp_id,
+            message=(
+                f"gradwatch: a child run{f' {run_name!r}' if run_name else ''} of your active "
+                f"MLflow run {active_id} ({why}), as mlflow.start_run(nested=True) makes one"
+            ),
+        )
     _shared_runs.add(active_id)
     note = bool(active.data.tags.get("mlflow.note.content")) if active.data else False
-    return Placement(SHARED, uri, run_id=active_id, experiment_id=exp_id, user_note=note, message=(
-        f"gradwatch: logging into your active MLflow run {active_id}: the hook's series go "
-        f"under {SHARED_PREFIX} ({SHARED_PREFIX}loss, {SHARED_PREFIX}grad_norm/<tensor> ...) "
-        f"beside yours, its settings into the one param gradwatch.settings; the run stays "
-        f"open for you to end"))  # fmt: skip
+    return Placement(
+        SHARED,
+        uri,
+        run_id=active_id,
+        experiment_id=exp_id,
+        user_note=note,
+        message=(
+            f"gradwatch: logging into your active MLflow run {active_id}: the hook's series go "
+            f"under {SHARED_PREFIX} ({SHARED_PREFIX}loss, {SHARED_PREFIX}grad_norm/<tensor> ...) "
+            f"beside yours, its settings into the one param gradwatch.settings; the run stays "
+            f"open for you to end"
+        ),
+    )
 
 
 def _experiment_name(mlflow, uri: str, experiment_id: str) -> str:  # noqa: ANN001 - the module

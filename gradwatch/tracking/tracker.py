@@ -512,7 +512,11 @@ def open_run(
         placement = place_run(tracking_uri, experiment, run_name, parent_run_id)
     else:
         uri = resolve_tracking_uri(tracking_uri)
-        placement = Placement(CHILD, uri, parent_run_id=parent_run_id) if parent_run_id else Placement(OWN, uri)  # fmt: skip
+        placement = (
+            Placement(CHILD, uri, parent_run_id=parent_run_id)
+            if parent_run_id
+            else Placement(OWN, uri)
+        )
     uri = placement.tracking_uri
     attached = placement.kind == SHARED
     exp_name, exp_id = (experiment, None) if experiment else _default_experiment()
