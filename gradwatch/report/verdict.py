@@ -18,7 +18,7 @@ from gradwatch.report.html import _verdict_lines as verdict_lines
 from gradwatch.report.readers import from_journal
 from gradwatch.schema import ARTIFACT_REPORT, TAG_ERROR, TAG_NOTE, TAG_STOP_REASON, TAG_VERDICT
 
-__all__ = ["run_description", "verdict_tags"]
+__all__ = ["run_description", "tags_of", "verdict_tags"]
 
 #: MLflow keeps tag values up to 8000 characters; the description stays well below.
 MAX_NOTE = 4000
@@ -38,6 +38,14 @@ def verdict_tags(
     user's (a run the hook shares): it is left alone and only the verdict tag is returned.
     """
     data = from_journal(journal_path, run_id=run_id)
+    return tags_of(data, report_link, report, user_note)
+
+
+def tags_of(
+    data: RunData, report_link: str | None = None, report: bool = True, user_note: bool = False
+) -> dict[str, str]:
+    """:func:`verdict_tags` of a run already read (one read of the journal can serve the
+    report's drawing and these tags)."""
     word = data.summary().verdict
     tags = {TAG_VERDICT: word}
     if not user_note:
