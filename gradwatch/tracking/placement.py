@@ -22,18 +22,17 @@ MLflow already, so the training process never imports it for this. Only an expli
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import dataclass
 
 from gradwatch.errors import InputError, TrackingError
+from gradwatch.mlflow_access import resolve_tracking_uri
 from gradwatch.schema import SHARED_PREFIX
 from gradwatch.secrets import mask_uri
 
-__all__ = ["CHILD", "OWN", "SHARED", "Placement", "place_run", "resolve_tracking_uri"]
+__all__ = ["CHILD", "OWN", "SHARED", "Placement", "place_run"]
 
 OWN, SHARED, CHILD = "own", "shared", "child"
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 #: Active runs a tracker of this process logged into: a second hook there gets a child run.
 _shared_runs: set[str] = set()
@@ -50,19 +49,6 @@ class Placement:
     experiment_id: str | None = None  # beside an active run: that run's experiment
     message: str = ""
     user_note: bool = False  # shared: the user's run has a description of its own
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
-
-    A relative sqlite path is made absolute, so ``gradwatch sync`` run from another
-    directory lands in the same database.
-    """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
-        uri = prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def place_run(

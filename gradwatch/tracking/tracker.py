@@ -26,6 +26,7 @@ from typing import Any
 
 from gradwatch import schema
 from gradwatch.errors import InputError, TrackingError
+from gradwatch.mlflow_access import DEFAULT_TRACKING_URI, resolve_tracking_uri
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.context import context_tags
 from gradwatch.tracking.journal import (
@@ -44,15 +45,7 @@ from gradwatch.tracking.journal import (
     new_journal_id,
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
-from gradwatch.tracking.placement import (
-    CHILD,
-    DEFAULT_TRACKING_URI,
-    OWN,
-    SHARED,
-    Placement,
-    place_run,
-    resolve_tracking_uri,
-)
+from gradwatch.tracking.placement import CHILD, OWN, SHARED, Placement, place_run
 from gradwatch.tracking.ship_process import ProcessShipper, ship_log_path
 from gradwatch.tracking.shipper import Shipper, run_url
 from gradwatch.tracking.state import ShipperSettings, ShipState
