@@ -20,6 +20,8 @@ Verdicts (one word per problem, worst first; see :mod:`gradwatch.runs.verdicts`)
 ``clipped``       (a note) probes sat exactly on an element-wise clipping bound: the checks
                   compared clipped gradients with the true slope; check before clipping.
 ``no loss``       the run logged no loss.
+``vanishing gradients``, ``dead units``, ... the training problems the run's alerts named
+                  (:data:`gradwatch.schema.PROBLEMS`, read from its ``gradwatch.alert.*`` tags).
 """
 
 from __future__ import annotations
