@@ -95,8 +95,8 @@ def render_report(data: RunData, images: ReportImages | None = None) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         _header(data),
-        problems_section(data),  # the training problems the alerts named, first
         _verdict(data, summary),
+        problems_section(data),  # the training problems the alerts named: the first section
         _facts(data, summary),
         _curves(images.curves, images.note),
         _checks(data.checks),
