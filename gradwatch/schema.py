@@ -25,7 +25,8 @@ Metrics (per step unless noted; ``<t>`` is a parameter tensor's name)
 ``gradcheck/rel_error/<t>``              per tensor worst relative error
 ``gradcheck/mismatches/<t>``             per tensor mismatching probes (only when > 0)
 ``gradcheck/clipped/<t>``                per tensor probes explained by element-wise clipping
-``gradcheck/scale``                      analytic/numeric ratio every disagreeing probe shares
+``gradcheck/scale``                      analytic/numeric ratio every tensor shares (finding ``factor``)
+``gradcheck/finding``                    the engine's finding, an index into ``CHECK_FINDINGS``
 ``alerts/count``                         running count of alerts recorded (``mlflow`` action)
 """
 
@@ -49,6 +50,8 @@ __all__ = [
     "ARTIFACT_REPORT",
     "CHECK_CLIPPED",
     "CHECK_DIFFERENCE",
+    "CHECK_FINDING",
+    "CHECK_FINDINGS",
     "CHECK_MAX_REL_ERROR",
     "CHECK_MISMATCHES",
     "CHECK_NUM_EVALS",
@@ -124,6 +127,15 @@ CHECK_REL_ERROR = "gradcheck/rel_error/"
 CHECK_MISMATCHES = "gradcheck/mismatches/"
 CHECK_CLIPPED = "gradcheck/clipped/"
 CHECK_SCALE = "gradcheck/scale"
+#: The engine's finding of a check, as the index of its kind in :data:`CHECK_FINDINGS`: every
+#: reader judges a check by this one value (or the same kind in ``checks.jsonl``), never again.
+CHECK_FINDING = "gradcheck/finding"
+#: What a check can conclude (``gradwatch.check.Finding.kind``); the metric logs the index.
+#: ``passed``; ``bug`` (a backprop bug in the tensors named); ``factor`` (every tensor off by one
+#: factor: the loss and its gradient follow different conventions); ``call_order`` (the
+#: gradients match the parameters before the update: step() was called after it); ``stochastic``
+#: and ``timeout`` (inconclusive: a non-deterministic loss, or ``check_timeout`` reached).
+CHECK_FINDINGS = ("passed", "bug", "factor", "call_order", "stochastic", "timeout")
 
 ALERT_COUNT = "alerts/count"
 
@@ -226,8 +238,9 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     check_metrics(report.to_dict())["gradcheck/passed"] == 1.0
 
     Per tensor: ``rel_error``, plus ``mismatches`` and ``clipped`` counts when above zero.
-    A ``scale`` entry of the report (a ratio shared by every disagreeing probe) is logged
-    as ``gradcheck/scale``.
+    The engine's finding is logged as ``gradcheck/finding`` (its kind's index in
+    :data:`CHECK_FINDINGS`) and, for a factor every tensor shares, the factor as
+    ``gradcheck/scale``.
     """
     out: dict[str, float] = {
         CHECK_PASSED: 1.0 if report.get("passed") else 0.0,
@@ -236,7 +249,12 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
         CHECK_NUM_EVALS: float(report.get("num_evals") or 0),
         CHECK_SECONDS: _float(report.get("seconds")),
     }
-    if report.get("scale") is not None:
+    finding = report.get("finding")
+    if isinstance(finding, Mapping) and finding.get("kind") in CHECK_FINDINGS:
+        out[CHECK_FINDING] = float(CHECK_FINDINGS.index(finding["kind"]))
+        if finding["kind"] == "factor" and finding.get("factor") is not None:
+            out[CHECK_SCALE] = _float(finding["factor"])
+    elif report.get("scale") is not None:
         out[CHECK_SCALE] = _float(report["scale"])
     for name, tensor in (report.get("per_param") or {}).items():
         out[CHECK_REL_ERROR + name] = _float(tensor.get("max_rel_error"))
