@@ -25,6 +25,7 @@ from gradwatch.check._explain import (
     invariance_note,
     subset_hint,
 )
+from gradwatch.check._groups import Member, probe_groups
 from gradwatch.check._inputs import Tensor, normalize
 from gradwatch.check._probes import CheckTimeout, Evaluator, central_coord, loss_precision
 from gradwatch.check._steps import central_step, coord_rtol
@@ -278,6 +279,7 @@ def _run(loss_fn, params, tensors, work_params, plan: _Plan, started: float) -> 
         t.name: TensorReport(t.name, tuple(t.array.shape), str(t.array.dtype), 0.0) for t in tensors
     }
     probed: dict[str, _Probed] = {}
+    groups: list[Probe] = []
     try:
         j0 = ev()
         if not math.isfinite(j0):
@@ -292,26 +294,28 @@ def _run(loss_fn, params, tensors, work_params, plan: _Plan, started: float) -> 
         j0_again = ev()
         if abs(j0_again - j0) > STOCHASTIC_ULPS * loss_eps * max(abs(j0), 1e-300):
             return _stochastic(per_param, ev, started, plan, j0, j0_again, notes)
-        _probe_all(ev, tensors, per_param, probed, plan, j0, loss_eps)
+        groups.extend(_probe_all(ev, tensors, per_param, probed, plan, j0, loss_eps))
     except CheckTimeout:
-        return _timed_out(per_param, probed, ev, started, plan, notes)
-    return _conclude(ev, per_param, probed, plan, started, j0, notes)
+        report = _timed_out(per_param, probed, ev, started, plan, notes)
+    else:
+        report = _conclude(ev, per_param, probed, plan, started, j0, notes)
+    report.groups = groups
+    return report
 
 
-def _probe_all(ev, tensors, per_param, probed, plan: _Plan, j0: float, loss_eps: float) -> None:
+def _probe_all(
+    ev, tensors, per_param, probed, plan: _Plan, j0: float, loss_eps: float
+) -> list[Probe]:
+    """Probe every tensor; returns the shared group probes (none unless there are more
+    tensors than ``num_samples / 2``)."""
     rng = np.random.default_rng(plan.seed)
     checkable = [t for t in tensors if t.array.size > 0]
-    counts = _allocate(checkable, plan.num_samples)
     bounds = clip_bounds(checkable)
+    if plan.mode != "full" and len(checkable) > max(1, plan.num_samples // 2):
+        return _probe_grouped(ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng)
+    counts = _allocate(checkable, plan.num_samples)
     for t in checkable:
-        h = float(plan.eps) if plan.eps is not None else central_step(t.work, loss_eps)
-        grad_eps = float(np.finfo(t.grad_dtype).eps)
-        rtol = max(coord_rtol(loss_eps), coord_rtol(grad_eps))
-        extra_atol = 0.0
-        if grad_eps > np.finfo(np.float64).eps * 1.01:
-            # A float32 analytic gradient carries round-off relative to the tensor's scale.
-            extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
-        ctx = Context(ev, j0, loss_eps, extra_atol, bounds.get(t.name))
+        ctx, h, rtol = _tensor_context(t, ev, j0, loss_eps, plan.eps, bounds)
         tr = per_param[t.name]
         tr.step = h
         probed[t.name] = _Probed(t, ctx, h, rtol)
@@ -322,6 +326,45 @@ def _probe_all(ev, tensors, per_param, probed, plan: _Plan, j0: float, loss_eps:
             directions = 1 if plan.mode == "auto" else counts[t.name]
             _probe_directions(ctx, t, tr, rng, directions, h, rtol)
         tr.invariant = _is_invariant(tr, ctx.tolerance(rtol, h).atol)
+    return []
+
+
+def _tensor_context(t: Tensor, ev, j0, loss_eps, eps, bounds) -> tuple[Context, float, float]:
+    """``(context, step, rtol)`` of one tensor: its step and the tolerances its precision allows."""
+    h = float(eps) if eps is not None else central_step(t.work, loss_eps)
+    grad_eps = float(np.finfo(t.grad_dtype).eps)
+    rtol = max(coord_rtol(loss_eps), coord_rtol(grad_eps))
+    extra_atol = 0.0
+    if grad_eps > np.finfo(np.float64).eps * 1.01:
+        # A float32 analytic gradient carries round-off relative to the tensor's scale.
+        extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
+    return Context(ev, j0, loss_eps, extra_atol, bounds.get(t.name)), h, rtol
+
+
+def _probe_grouped(
+    ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng
+) -> list[Probe]:
+    """More tensors than ``num_samples / 2``: a cost bounded by ``num_samples``, not by the
+    number of tensors. ``num_samples / 2`` coordinates (modes auto and sampled) on tensors
+    drawn at random, and ``num_samples / 2`` shared directions over groups of tensors (all
+    of them covered), localized by bisection only when a group disagrees."""
+    members = []
+    for t in checkable:
+        ctx, h, rtol = _tensor_context(t, ev, j0, loss_eps, plan.eps, bounds)
+        tr = per_param[t.name]
+        tr.step = h
+        probed[t.name] = _Probed(t, ctx, h, rtol)
+        members.append(Member(t, tr, ctx, h, rtol))
+    half = max(1, plan.num_samples // 2)
+    if plan.mode in ("auto", "sampled"):
+        weights = np.sqrt([t.array.size for t in checkable])
+        count = min(half, len(checkable))
+        picks = rng.choice(len(checkable), size=count, replace=False, p=weights / weights.sum())
+        for i in sorted(int(i) for i in picks):
+            m = members[i]
+            _probe_coordinates(m.ctx, m.tensor, m.report, rng, 1, m.step, m.rtol, full=False)
+    groups = half if plan.mode != "directional" else plan.num_samples
+    return probe_groups(ev, members, groups, rng, j0, loss_eps)
 
 
 def _is_invariant(tr: TensorReport, atol: float) -> bool:

@@ -222,7 +222,8 @@ def _factor_text(factor: float) -> str:
     text = f"{factor:.4g}"
     if 0 < factor < 0.5:
         inverse = 1.0 / factor
-        if abs(inverse - round(inverse)) <= 1e-4 * inverse:  # e.g. 1/batch size
+        exact = abs(inverse - round(inverse)) <= 1e-4 * inverse
+        if exact and not math.log10(round(inverse)).is_integer():  # e.g. 1/batch size
             text += f" (1/{round(inverse)})"
     return text
 
@@ -328,6 +329,9 @@ class CheckReport:
     per_param: dict[str, TensorReport]
     notes: list[str] = field(default_factory=list)
     finding: Finding = field(default_factory=Finding)
+    #: Shared directional probes over groups of tensors (only when a check has more tensors
+    #: than ``num_samples / 2``; see ``gradwatch.check._groups``).
+    groups: list[Probe] = field(default_factory=list)
 
     @property
     def num_mismatches(self) -> int:
@@ -372,18 +376,22 @@ class CheckReport:
         if self.finding.hint:
             lines.append(f"hint: {self.finding.hint}")
         lines.extend(f"  {p}" for p in self.worst(5))
-        lines.extend(f"note: {n}" for n in self.notes)
+        lines.extend(f"note: {n}" for n in self.notes if n != self.finding.hint)
         return "\n".join(lines)
 
     def summary_lines(self) -> list[str]:
         """A failing check in a few lines: verdict and tensors, the worst error, the hint."""
-        head = {"failed": "FAILED", "inconclusive": "INCONCLUSIVE"}.get(self.status, "PASSED")
-        worst = self.worst(1)
-        where = f" at {worst[0].label}" if worst and self.status == "failed" else ""
-        lines = [
-            f"gradient check {head}: {self.finding.headline}; worst rel error "
-            f"{self.max_rel_error:.1e}{where} ({self.num_evals} loss evaluations)"
-        ]
+        evals = f"{self.num_evals} loss evaluations"
+        if self.status == "inconclusive":
+            lines = [f"gradient check {self.finding.headline} ({evals})"]
+        else:
+            head = "FAILED" if self.status == "failed" else "PASSED"
+            worst = self.worst(1)
+            where = f" at {worst[0].label}" if worst and self.status == "failed" else ""
+            lines = [
+                f"gradient check {head}: {self.finding.headline}; worst rel error "
+                f"{self.max_rel_error:.1e}{where} ({evals})"
+            ]
         if self.finding.hint:
             lines.append(f"hint: {self.finding.hint}")
         return lines
@@ -415,6 +423,7 @@ class CheckReport:
                 finding = Finding("bug", names)
         seed = record.get("seed")
         notes = record.get("notes")
+        groups = record.get("groups") if isinstance(record.get("groups"), list) else []
         return cls(
             passed=bool(record.get("passed", status == "passed")),
             status=status,
@@ -429,6 +438,7 @@ class CheckReport:
             per_param=per_param,
             notes=[str(n) for n in notes] if isinstance(notes, list) else [],
             finding=finding,
+            groups=[Probe.from_dict("(group)", g) for g in groups if isinstance(g, Mapping)],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -448,6 +458,7 @@ class CheckReport:
             "notes": list(self.notes),
             "finding": self.finding.to_dict(),
             "per_param": {name: t.to_dict() for name, t in self.per_param.items()},
+            **({"groups": [p.to_dict() for p in self.groups]} if self.groups else {}),
         }
 
 
