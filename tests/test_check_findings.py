@@ -82,6 +82,8 @@ def _backward(p, X, y, bug=None, mask=None):
     # The shared-path bug: the softmax's delta without the target (every tensor inherits it).
     delta = (probs if bug == "shared" else probs - onehot) / len(y)
     g = {"W2": c["h_out"].T @ delta, "b2": delta.sum(axis=0, keepdims=True)}
+    if "gamma" in p:
+        g["b2"] = delta.sum(axis=0)  # (3,) for a (1, 3) bias: a harmless numpy habit
     dh = delta @ p["W2"].T
     if mask is not None:
         dh = dh * mask
@@ -254,8 +256,13 @@ def test_a_bias_before_batchnorm_is_named_invariant_not_blamed_on_loss_fn(traine
     assert all(c["per_param"]["b1"].get("invariant") for c in data.checks)
     assert "the loss does not depend on 'b1' here" in logs["batchnorm"]
     assert "does loss_fn use the params" not in logs["batchnorm"]
-    # b1's gradient is (1, 10) for a (1, 10) bias: nothing to say about shapes.
-    assert "length-1" not in logs["batchnorm"]
+    # db2 is (3,) for a (1, 3) bias: accepted, with one info line.
+    assert (
+        logs["batchnorm"].count(
+            "the gradient of 'b2' has shape (3,) for a parameter of shape (1, 3): accepted"
+        )
+        == 1
+    )
 
 
 def test_at_the_first_step_without_lr_stale_gradients_are_ruled_out():

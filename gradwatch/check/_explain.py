@@ -160,17 +160,22 @@ def subset_hint(per_param: dict[str, TensorReport], failing: list[str], factor) 
             f"perturbing {', '.join(ignored)} never changed the loss: does loss_fn use the "
             "params it is given (not a global or closure copy)?"
         )
-    names = ", ".join(failing)
+    names = failing[0] if len(failing) == 1 else ", ".join(failing[:-1]) + " and " + failing[-1]
+    subject = (
+        f"the gradient of {names} is" if len(failing) == 1 else f"the gradients of {names} are"
+    )
     others = " while the other tensors agree" if len(failing) < len(per_param) else ""
     if factor is not None:
         return (
-            f"the gradient of {names} is off by a factor {_factor_text(factor)}{others}: a bug "
-            f"in the backward pass of {names} (a term counted twice, a constant missing or "
-            "extra), not a loss convention (that would scale every tensor)"
+            f"{subject} off by a factor {_factor_text(factor)}{others}: a bug in the backward "
+            f"pass of {names} (a term counted twice, a constant missing or extra), not a loss "
+            "convention (that would scale every tensor)"
         )
+    verb = "disagrees" if len(failing) == 1 else "disagree"
+    subject = subject.rsplit(" ", 1)[0]
     return (
-        f"the gradient of {names} disagrees with the loss's slope{others}: a bug in the "
-        f"backward pass of {names} (a sign, a transpose or index, a missing term)"
+        f"{subject} {verb} with the loss's slope{others}: a bug in the backward pass of "
+        f"{names} (a sign, a transpose or index, a missing term)"
     )
 
 
