@@ -31,17 +31,17 @@ def _many(count: int, seed: int = 0):
 def test_ten_thousand_tensors_cost_what_num_samples_says():
     params, grads, loss_fn = _many(10_000)
     before = {k: v.copy() for k, v in params.items()}
-    report = gradwatch.check_gradients(loss_fn, params, grads, num_samples=16, seed=0)
+    report = gradwatch.check_gradients(loss_fn, params, grads, seed=0)
     assert report.passed, str(report)
-    # 2 (the loss twice) + 8 coordinates x 2 + 8 shared group directions x 2.
-    assert report.num_evals <= 3 * 16 + 2
-    assert len(report.groups) == 8 and sum(g.size for g in report.groups) == 30_000
+    # 2 (the loss twice) + 16 coordinates x 2 + 16 shared group directions x 2.
+    assert report.num_evals <= 3 * 32 + 2  # the default num_samples=32
+    assert len(report.groups) == 16 and sum(g.size for g in report.groups) == 30_000
 
     bad = dict(grads, t4321=grads["t4321"] * 2)
-    failing = gradwatch.check_gradients(loss_fn, params, bad, num_samples=16, seed=0)
+    failing = gradwatch.check_gradients(loss_fn, params, bad, seed=0)
     assert failing.finding.kind == "bug" and failing.finding.tensors == ("t4321",)
-    # Bisection over one group of 1,250 tensors: about 2 log2(1250) probes of 2 evaluations.
-    assert failing.num_evals <= report.num_evals + 4 * 11 + 20
+    # Bisection over one group of 625 tensors: about 2 log2(625) probes of 2 evaluations.
+    assert failing.num_evals <= report.num_evals + 4 * 10 + 20
     assert all(np.array_equal(params[k], before[k]) for k in params)
 
 

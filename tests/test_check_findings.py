@@ -296,3 +296,24 @@ def test_a_smooth_network_gets_no_kink_label():
         report = gradwatch.check_gradients(lambda p: _loss(p, X, y), params, grads, seed=seed)
         probes = [p for t in report.per_param.values() for p in t.probes]
         assert not any(p.verdict == "kink" or "kink:" in p.note for p in probes)
+
+
+@pytest.mark.server
+def test_the_hook_option_check_timeout_bounds_a_check(tracking_uri):
+    X, y = _data()
+    params = _init()
+
+    def slow_loss(p):
+        time.sleep(0.05)
+        return _loss(p, X, y)
+
+    with gradwatch.GradWatch(
+        every=5, experiment="findings-timeout", config=False, report=False, check_timeout=0.3
+    ) as watch:
+        loss, grads = _backward(params, X, y)
+        report = watch.step(params, grads, loss=loss, lr=LR, loss_fn=slow_loss)
+    assert report.status == "inconclusive" and report.finding.kind == "timeout"
+    assert report.num_evals <= 0.3 / 0.05 + 1
+    data = from_mlflow(watch.close_result.run_id, tracking_uri)
+    assert data.params["gradwatch.check_timeout"] == "0.3"
+    assert data.summary().verdict.startswith("INCONCLUSIVE")

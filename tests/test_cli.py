@@ -60,6 +60,8 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
         if bug:
             assert rec["checks_failed"] == rec["checks"], f"{name}: the planted bug must fail"
             assert rec["max_rel_error"] > 1e-2 and "check_failure" in rec["alert_rules"]
+            # The same verdict as the full demo's: a factor in dW2 alone is a bug.
+            assert rec["verdict"].startswith("BACKPROP BUG"), rec["verdict"]
         else:
             assert rec["checks_failed"] == 0, f"{name}: correct backprop must pass"
             assert rec["max_rel_error"] < 1e-4

@@ -41,7 +41,7 @@ def _group_probe(ev: Evaluator, members: list[Member], j0: float, loss_eps: floa
     """Move every member along its signs at once; ``ok`` or ``mismatch`` (see module)."""
     n = sum(m.tensor.work.size for m in members)
     saved = [m.tensor.work.copy() for m in members]
-    disps = [m.signs * (m.step / math.sqrt(n)) for m in members]
+    disps = [m.signs.reshape(m.tensor.work.shape) * (m.step / math.sqrt(n)) for m in members]
     try:
         for m, base, d in zip(members, saved, disps):
             np.add(base, d, out=m.tensor.work, casting="unsafe")

@@ -49,6 +49,11 @@ MAX_NUM_SAMPLES = 2**31 - 1
 #: Two calls at the same parameters may differ by this many ulps of the loss before the loss
 #: is called non-deterministic (summation order can legitimately differ by an ulp or two).
 STOCHASTIC_ULPS = 16.0
+#: Tensors beyond which (and beyond num_samples / 2) they are probed in shared groups: up to
+#: this many, every tensor gets its own direction (a check then costs at most
+#: 2·num_samples + 2·GROUPED_ABOVE + 2 evaluations when it passes); above, about
+#: 3·num_samples + 2 whatever the number of tensors.
+GROUPED_ABOVE = 16
 #: Disagreeing coordinates triaged per tensor until this many mismatches are confirmed: the
 #: tensor has failed, the rest (and its directions) inherit the verdict without evaluations,
 #: so a failing check costs little more than a passing one.
@@ -89,7 +94,10 @@ def check_gradients(
             directions only, 2 evaluations each) or ``"full"`` (every coordinate: 2n
             evaluations, the classic method).
         num_samples: coordinates (or directions) to probe in the sampled modes, spread over the
-            tensors with at least one per tensor.
+            tensors with at least one per tensor; with more than ``GROUPED_ABOVE`` (16) and
+            ``num_samples / 2`` tensors, half of them coordinates on tensors drawn at random
+            and half shared directions over groups of tensors (every tensor covered), so the
+            cost stays about 3·num_samples + 2 evaluations whatever the number of tensors.
         eps: ``None`` picks the central-difference step per tensor as (100·EPS)^(1/3)·max(1, rms),
             EPS of the loss's precision (see ``gradwatch.check._steps``); a float forces that step everywhere.
         seed: seeds the choice of coordinates and directions; ``None`` draws one and records it
@@ -311,7 +319,7 @@ def _probe_all(
     rng = np.random.default_rng(plan.seed)
     checkable = [t for t in tensors if t.array.size > 0]
     bounds = clip_bounds(checkable)
-    if plan.mode != "full" and len(checkable) > max(1, plan.num_samples // 2):
+    if plan.mode != "full" and len(checkable) > max(GROUPED_ABOVE, plan.num_samples // 2):
         return _probe_grouped(ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng)
     counts = _allocate(checkable, plan.num_samples)
     for t in checkable:
@@ -344,7 +352,7 @@ def _tensor_context(t: Tensor, ev, j0, loss_eps, eps, bounds) -> tuple[Context, 
 def _probe_grouped(
     ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng
 ) -> list[Probe]:
-    """More tensors than ``num_samples / 2``: a cost bounded by ``num_samples``, not by the
+    """More tensors than ``GROUPED_ABOVE`` and ``num_samples / 2``: a cost bounded by ``num_samples``, not by the
     number of tensors. ``num_samples / 2`` coordinates (modes auto and sampled) on tensors
     drawn at random, and ``num_samples / 2`` shared directions over groups of tensors (all
     of them covered), localized by bisection only when a group disagrees."""

@@ -79,7 +79,7 @@ class CheckRunner:
                     num_samples=self.options.num_samples, eps=self.options.eps, seed=seed,
                     lr=lr if lr is not None and math.isfinite(lr) and lr > 0 else None,
                     first_step=first_step,
-                    timeout=getattr(self.options, "check_timeout", None),
+                    timeout=self.options.check_timeout,
                 )  # fmt: skip
         except InputError as exc:
             # Malformed params/grads are the caller's bug: say so at once. A loss that is not
