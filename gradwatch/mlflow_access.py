@@ -58,10 +58,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SQLITE = "sqlite:///"
 
 #: MLflow's own environment settings for a client that reports an outage instead of
-#: retrying for minutes: one retry, 10 s per request.
+#: retrying for minutes: one retry, 10 s per request; and no download progress bar (the
+#: command's output is its table, and checks.jsonl is read for the words of a finding).
 FAIL_FAST_SETTINGS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 # What apply_fail_fast_defaults() added to the environment (key -> value it set).
 _applied: dict[str, str] = {}
