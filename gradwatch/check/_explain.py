@@ -171,6 +171,13 @@ def subset_hint(per_param: dict[str, TensorReport], failing: list[str], factor) 
             f"pass of {names} (a term counted twice, a constant missing or extra), not a loss "
             "convention (that would scale every tensor)"
         )
+    ratios = {n: _shared_ratio(_mismatches(per_param[n])) for n in failing}
+    if len(failing) > 1 and all(r is not None for r in ratios.values()):
+        each = ", ".join(f"{_factor_text(r)} ({n})" for n, r in ratios.items())
+        return (
+            f"{subject} off by factors {each}{others}: bugs in the backward pass of {names} "
+            "(a term counted twice, a constant missing or extra)"
+        )
     verb = "disagrees" if len(failing) == 1 else "disagree"
     subject = subject.rsplit(" ", 1)[0]
     return (
