@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gradwatch import schema
+from gradwatch.alerts.observations import SEVERITY_LOG_LEVELS
 from gradwatch.check import CheckReport, check_gradients
 from gradwatch.errors import InputError, LossError
 from gradwatch.hook.feed import AlertFeed
@@ -33,8 +34,6 @@ logger = logging.getLogger("gradwatch")
 #: Alerts are printed on the logger the delivery's ``log`` action uses.
 alert_logger = logging.getLogger("gradwatch.alerts")
 
-#: Log levels of alert severities (as the delivery's ``log`` action uses them).
-_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 
 
 class CheckRunner:
@@ -128,7 +127,7 @@ class CheckRunner:
             self._log_failure(step, report, logged)
         else:
             for alert in logged:  # an alert on a passing check (e.g. rel_error_drift)
-                alert_logger.log(_LEVELS[alert.severity], alert.text(),
+                alert_logger.log(SEVERITY_LOG_LEVELS[alert.severity], alert.text(),
                            extra={"gradwatch_alert": alert.to_dict()})  # fmt: skip
         return report
 
@@ -147,7 +146,7 @@ class CheckRunner:
         if not alerts:
             logger.warning("gradwatch: step %d: %s", step, text)
             return
-        worst = max(alerts, key=lambda a: _LEVELS[a.severity])
+        worst = max(alerts, key=lambda a: SEVERITY_LOG_LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        alert_logger.log(_LEVELS[worst.severity], "%s\n%s", heads, text,
+        alert_logger.log(SEVERITY_LOG_LEVELS[worst.severity], "%s\n%s", heads, text,
                    extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip

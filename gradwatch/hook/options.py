@@ -6,7 +6,12 @@
     HookOptions.resolve(given={"seed": -1})   # InputError: GradWatch(seed=-1): ... must be >= 0
 
 Precedence: ``GRADWATCH_EXPERIMENT``/``GRADWATCH_RUN_NAME`` (set by ``gradwatch sweep``) >
-explicit arguments > the config file's ``hook:`` section > the schema's defaults.
+arguments > the config file's ``hook:`` section > the schema's defaults. An argument equal to
+its default does not override the file (``GradWatch``'s signature shows the real defaults, so
+"left at its default" and "given as the default" are the same call):
+
+    HookOptions.resolve({"every": 100}, Config(hook={"every": 50})).every   # 50
+    HookOptions.resolve({"every": 90}, Config(hook={"every": 50})).every    # 90
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ OPTION_NAMES: tuple[str, ...] = tuple(k for k in HOOK_OPTIONS if k not in _METAD
 #: Hook options and their defaults, from the schema.
 DEFAULTS: dict[str, Any] = {k: HOOK_OPTIONS[k].default for k in OPTION_NAMES}
 #: Options shown as MLflow params ``gradwatch.<name>`` (the others are where the run goes).
-LOGGED = ("every", "num_samples", "mode", "eps", "seed", "check_timeout", "budget", "stats_every", "hist_every",
-          "report")  # fmt: skip
+LOGGED = ("every", "num_samples", "mode", "eps", "seed", "check_timeout", "budget",
+          "stats_every", "hist_every", "report")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,9 +70,10 @@ class HookOptions:
         config: Config | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> HookOptions:
-        """Merge defaults, ``config.hook``, ``given`` arguments and the sweep's environment,
-        validating every value against the schema. Raises InputError (an argument or an
-        environment variable) or ConfigError (the file) naming the option."""
+        """Merge defaults, ``config.hook``, ``given`` arguments (those that differ from their
+        default) and the sweep's environment, validating every value against the schema.
+        Raises InputError (an argument or an environment variable) or ConfigError (the file)
+        naming the option."""
         config = config or Config()
         env = os.environ if environ is None else environ
         values = dict(DEFAULTS)
@@ -77,7 +83,9 @@ class HookOptions:
         for name, value in (given or {}).items():
             if name not in DEFAULTS:
                 raise InputError(f"unknown GradWatch option {name!r}; known: {', '.join(DEFAULTS)}")
-            values[name] = _checked(name, value, source=f"GradWatch({name}={_short(value)})")
+            value = _checked(name, value, source=f"GradWatch({name}={_short(value)})")
+            if name not in config.hook or value != DEFAULTS[name]:
+                values[name] = value
         for name, var in (("experiment", ENV_EXPERIMENT), ("run_name", ENV_RUN_NAME)):
             if env.get(var):
                 values[name] = env[var]

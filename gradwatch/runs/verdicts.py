@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gradwatch.schema import CHECK_FINDINGS, from_mlflow_value
+from gradwatch.schema import CHECK_FINDINGS, float_or_nan, from_mlflow_value
 
 __all__ = [
     "DIVERGENCE_FACTOR",
@@ -145,13 +145,6 @@ def _blew_up(values: Sequence[float], end: float, noise: float) -> bool:
 # ------------------------------------------------------------------------ checks
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def clip_bound(check: Mapping[str, Any]) -> float | None:
     """The bound ``c`` of a check whose engine gave probes the ``clipped`` verdict, else None.
 
@@ -162,7 +155,7 @@ def clip_bound(check: Mapping[str, Any]) -> float | None:
             continue
         for probe in tensor.get("coords") or ():
             if isinstance(probe, Mapping) and probe.get("verdict") == "clipped":
-                value = _number(probe.get("analytic"))
+                value = float_or_nan(probe.get("analytic"))
                 return abs(value) if math.isfinite(value) else None
     return None
 
