@@ -302,9 +302,10 @@ def compare_cmd(
     Judged on the smoothed loss (medians of the first and last tenth of the run):
     "DIVERGED" when the loss (or a tensor) went non-finite, or rose to 10x its best and
     ended above its start; "stalled" when the end is no lower than the start, within the
-    batches' noise. "BACKPROP BUG" when gradient checks failed and their probes show
-    neither clipping nor one constant factor; "clipped" when gradients sat on an
-    element-wise clipping bound ("grads xR" when they differ by one factor R).
+    batches' noise. The checks' words are the engine's findings as logged: "BACKPROP BUG"
+    (the tensors and the hint below the table), "CALL ORDER" (step() after the update),
+    "grads xR" (every tensor off by one factor R), "INCONCLUSIVE" (every check was);
+    "clipped" when gradients sat on an element-wise clipping bound.
 
     \b
       gradwatch compare --experiment gradwatch-demo --plot runs.png

@@ -375,9 +375,13 @@ class CheckReport:
             lines.append(self.finding.headline)
         if self.finding.hint:
             lines.append(f"hint: {self.finding.hint}")
-        lines.extend(f"  {p}" for p in self.worst(5))
+        return "\n".join(lines + self.probe_lines())
+
+    def probe_lines(self) -> list[str]:
+        """The five worst probes and the notes (the probe table of the console)."""
+        lines = [f"  {p}" for p in self.worst(5)]
         lines.extend(f"note: {n}" for n in self.notes if n != self.finding.hint)
-        return "\n".join(lines)
+        return lines
 
     def summary_lines(self) -> list[str]:
         """A failing check in a few lines: verdict and tensors, the worst error, the hint."""

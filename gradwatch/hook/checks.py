@@ -35,7 +35,6 @@ logger = logging.getLogger("gradwatch")
 alert_logger = logging.getLogger("gradwatch.alerts")
 
 
-
 class CheckRunner:
     """Runs checks with the run's options and records each: metrics, ``checks.jsonl``,
     alerts, and one log message per failed check."""
@@ -137,7 +136,7 @@ class CheckRunner:
         lines = report.summary_lines()
         if not self._table_printed:
             self._table_printed = True
-            lines.append(str(report))
+            lines.extend(report.probe_lines())
             lines.append(
                 "(the probe table is printed once per run; every check's is in "
                 f"{schema.ARTIFACT_CHECKS} and the run report)"
