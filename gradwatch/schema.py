@@ -308,11 +308,16 @@ def check_report_from_metrics(
     When the check failed, tensors with logged mismatches are ``mismatch`` (their count as
     ``num_mismatches``); without counts, tensors whose error is at least
     ``warning_rel_error`` (the worst one if none is) are, with ``num_mismatches`` 1 (a lower
-    bound). Tensors with clipped probes and no mismatch are ``clipped``. Coordinates are
-    unknown (``coords`` empty); ``reconstructed`` is True.
+    bound). Tensors with clipped probes and no mismatch are ``clipped``. A check the engine
+    logged as inconclusive (``gradcheck/finding``) is ``inconclusive`` with no mismatch.
+    Coordinates are unknown (``coords`` empty); ``reconstructed`` is True.
     """
     passed = values.get(CHECK_PASSED)
-    failed = passed is not None and not passed >= 0.5
+    code = values.get(CHECK_FINDING)
+    kind = CHECK_FINDINGS[int(code)] if code in range(len(CHECK_FINDINGS)) else None
+    # An inconclusive check (the engine's finding) found no mismatch: nothing to rebuild.
+    inconclusive = kind in ("stochastic", "timeout")
+    failed = passed is not None and not passed >= 0.5 and not inconclusive
     errors = per_tensor(values, CHECK_REL_ERROR)
     counts = per_tensor(values, CHECK_MISMATCHES)
     clipped = per_tensor(values, CHECK_CLIPPED)
@@ -344,7 +349,9 @@ def check_report_from_metrics(
                                       "verdict": "mismatch", "num_mismatches": 1,
                                       "num_clipped": 0, "coords": []}  # fmt: skip
     return {
-        "passed": not failed,
+        "passed": not failed and not inconclusive,
+        **({"status": "inconclusive"} if inconclusive else {}),
+        **({"finding": {"kind": kind}} if kind else {}),
         "max_rel_error": max_rel,
         "difference": values.get(CHECK_DIFFERENCE),
         "num_evals": int(values.get(CHECK_NUM_EVALS) or 0),

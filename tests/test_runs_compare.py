@@ -139,3 +139,14 @@ def test_noisy_flat_run_is_stalled_and_diff_only_shows_what_differs(tracking_uri
         {"gradwatch.every": "100", "lr": "30"},
         {"gradwatch.every": "50", "lr": "3"},
     ]
+
+
+def test_a_check_rebuilt_from_metrics_keeps_the_engine_s_inconclusive():
+    from gradwatch.schema import check_report_from_metrics
+
+    dropout = check_report_from_metrics({"gradcheck/passed": 0.0, "gradcheck/finding": 4.0})
+    assert dropout["status"] == "inconclusive" and dropout["per_param"] == {}
+    bug = check_report_from_metrics(
+        {"gradcheck/passed": 0.0, "gradcheck/finding": 1.0, "gradcheck/rel_error/W2": 0.3}
+    )
+    assert bug["per_param"]["W2"]["verdict"] == "mismatch" and not bug["passed"]
