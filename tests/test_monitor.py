@@ -250,3 +250,18 @@ def test_rules_evaluated_on_what_the_hook_really_logged(tracking_uri, receiver, 
     alert = receiver.bodies[0]["alert"]
     assert alert["step"] == 0 and alert["severity"] == "critical"
     assert "W2" in alert["message"]
+
+
+def test_one_line_per_alert_and_no_baseline_warning_without_a_baseline_rule(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "one-line")
+    run_id = client.create_run(exp_id, run_name="nan").info.run_id
+    _log(client, run_id, {"loss": [1.0, 0.9, float("nan"), 0.5]})
+    name = client.get_experiment(exp_id).name
+    result = CliRunner().invoke(main, ["monitor", "-e", name, "--once", "--settle", "0"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "nonfinite" in line]
+    assert len(lines) == 1, result.output
+    assert "CRITICAL" in lines[0] and "run nan:" in lines[0]
+    assert "baseline" not in result.output, result.output
+    assert "1 alert(s) sent" in result.output

@@ -505,7 +505,7 @@ class Monitor:
         if alert.step <= state.alerted.get(alert.rule, -1):
             result.already += 1  # delivered before this process started
             return
-        pending = _Pending(alert, self.delivery.targets(alert))
+        pending = _Pending(alert, self._targets(alert))
         if not self._claim(run, state, pending, result):
             return
         shown = alert_for_run(alert, run)
@@ -517,6 +517,16 @@ class Monitor:
             recorder = ClientRecorder(self.client, run.info.run_id)
             MlflowAlertSink(recorder, log_count=False).record(alert)
         self._deliver(run, state, pending, result)
+
+    def _targets(self, alert: Alert) -> list[str]:
+        """Where this monitor sends ``alert``. Callbacks are Python functions of the training
+        process (``GradWatch(callbacks=...)``): one this monitor was not given is the hook's to
+        call, not a failed delivery."""
+        return [
+            t
+            for t in self.delivery.targets(alert)
+            if not t.startswith("callback:") or t.partition(":")[2] in self.delivery.callbacks
+        ]
 
     def _claim(self, run: Any, state: _Followed, pending: _Pending, result: _Tally) -> bool:
         """Record in the run that this process delivers ``pending``'s alert; False when another
