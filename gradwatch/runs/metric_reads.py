@@ -6,11 +6,16 @@
 A poll learns from ``search_runs`` (one call per page of runs) the latest step of every metric
 of every run; only the metrics whose latest step moved are read, and only from the first step
 not yet seen. Against an http(s) MLflow server the points come from the server's bulk history
-endpoint (``/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval``, the one MLflow's own UI
-charts use): one request per metric for up to 100 runs whose new steps lie within one window of
-2,500 steps (within that window the server returns every point; a run that has more points
-than that in the window is read whole, as below). Elsewhere (a database URI, or a server that
-does not answer there) each metric is read with ``MlflowClient.get_metric_history``.
+endpoints, the ones MLflow's own UI charts use, one request per metric for up to 100 runs:
+
+- runs whose whole history of the metric is short (<= 2,500 steps): ``get-history-bulk``,
+  one database query for all of them (up to 25,000 points a request);
+- longer ones whose new steps lie within one window of 2,500 steps:
+  ``get-history-bulk-interval`` for that window (the server returns every point within it;
+  a run with more points than that in the window is read whole, as below).
+
+Elsewhere (a database URI, or a server that does not answer there) each metric is read with
+``MlflowClient.get_metric_history``.
 """
 
 from __future__ import annotations
@@ -25,13 +30,15 @@ from typing import Any, NamedTuple
 from gradwatch.errors import TrackingError
 from gradwatch.secrets import mask_uri, split_userinfo
 
-__all__ = ["BULK_RUNS", "BULK_STEPS", "NewPoints", "Point"]
+__all__ = ["BULK_ROWS", "BULK_RUNS", "BULK_STEPS", "NewPoints", "Point"]
 
 logger = logging.getLogger("gradwatch.monitor")
 
 BULK_RUNS = 100  # runs per bulk request (the server's limit)
 BULK_STEPS = 2500  # points per run per bulk request (the server's limit; more are sampled)
+BULK_ROWS = 25000  # points per whole-history bulk request (the server's limit)
 _BULK_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk-interval"
+_HISTORY_PATH = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
 _NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
@@ -69,24 +76,38 @@ class NewPoints:
         """The points at steps >= the first step wanted, per pair (sorted by step, time)."""
         out: dict[tuple[str, str], list] = {}
         whole: list[tuple[str, str]] = []
-        by_key: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+        short: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+        windowed: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
         for (run_id, key), (first, last) in wanted.items():
-            if self._base is None or last - first + 1 > BULK_STEPS:
+            if self._base is None:
                 whole.append((run_id, key))
+            elif last + 1 <= BULK_STEPS:  # the whole history is short: one query for many runs
+                short[key].append((run_id, first, last))
+            elif last - first + 1 <= BULK_STEPS:
+                windowed[key].append((run_id, first, last))
             else:
-                by_key[key].append((run_id, first, last))
-        for key, items in by_key.items():
-            for batch in _batches(items):
-                got = self._bulk(key, batch)
-                if got is None:  # the server has no bulk endpoint: read every pair whole
-                    whole += [(run_id, key) for run_id, _, _ in batch]
-                    continue
-                for run_id, first, _ in batch:
-                    points = got.get(run_id, [])
-                    if len(points) >= BULK_STEPS:  # maybe sampled: read it whole
-                        whole.append((run_id, key))
-                    else:
-                        out[(run_id, key)] = [m for m in points if m.step >= first]
+                whole.append((run_id, key))
+        requests = [
+            (key, batch, self._histories)
+            for key, items in short.items()
+            for batch in _by_total(items)
+        ]
+        requests += [
+            (key, batch, self._window)
+            for key, items in windowed.items()
+            for batch in _batches(items)
+        ]
+        for key, batch, fetch in requests:
+            got = fetch(key, batch) if self._base is not None else None
+            if got is None:  # no bulk endpoint, or an answer that may be cut: read them whole
+                whole += [(run_id, key) for run_id, _, _ in batch]
+                continue
+            for run_id, first, _ in batch:
+                points = got.get(run_id, [])
+                if len(points) >= BULK_STEPS and fetch == self._window:  # maybe sampled
+                    whole.append((run_id, key))
+                else:
+                    out[(run_id, key)] = [m for m in points if m.step >= first]
         for run_id, key in whole:
             first = wanted[(run_id, key)][0]
             self.calls += 1
@@ -96,14 +117,20 @@ class NewPoints:
             )
         return out
 
-    def _bulk(self, key: str, batch: list[tuple[str, int, int]]) -> dict[str, list] | None:
-        """One bulk request: ``{run_id: [Metric]}``, or None when the server has no such API."""
-        import requests
+    def _histories(self, key: str, batch: list[tuple[str, int, int]]) -> dict[str, list] | None:
+        """Whole histories of ``key`` for the batch's runs, in one query (``get-history-bulk``)."""
+        params = {
+            "run_id": [run_id for run_id, _, _ in batch],
+            "metric_key": key,
+            "max_results": BULK_ROWS,
+        }
+        got = self._get(_HISTORY_PATH, params, key)
+        if got is not None and sum(len(p) for p in got.values()) >= BULK_ROWS:
+            return None  # cut at the server's limit
+        return got
 
-        if self._session is None:
-            self._session = requests.Session()
-            self._session.headers.update({"User-Agent": "gradwatch", **self._auth})
-            self._session.verify = _verify()
+    def _window(self, key: str, batch: list[tuple[str, int, int]]) -> dict[str, list] | None:
+        """The batch's points of ``key`` within one step window (``get-history-bulk-interval``)."""
         params = {
             "run_ids": [run_id for run_id, _, _ in batch],
             "metric_key": key,
@@ -111,9 +138,19 @@ class NewPoints:
             "end_step": max(last for _, _, last in batch),
             "max_results": BULK_STEPS,
         }
+        return self._get(_BULK_PATH, params, key)
+
+    def _get(self, path: str, params: dict, key: str) -> dict[str, list] | None:
+        """One bulk request: ``{run_id: [Point]}``, or None when the server has no such API."""
+        import requests
+
+        if self._session is None:
+            self._session = requests.Session()
+            self._session.headers.update({"User-Agent": "gradwatch", **self._auth})
+            self._session.verify = _verify()
         self.calls += 1
         try:
-            response = self._session.get(self._base + _BULK_PATH, params=params, timeout=60)
+            response = self._session.get(self._base + path, params=params, timeout=60)
         except requests.RequestException as err:
             raise TrackingError(
                 f"MLflow at {mask_uri(self.client.tracking_uri)}: {type(err).__name__}: "
@@ -152,6 +189,21 @@ def _batches(items: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int
                 batch.append(item)
                 continue
         batches.append([item])
+    return batches
+
+
+def _by_total(items: list[tuple[str, int, int]]) -> list[list[tuple[str, int, int]]]:
+    """Runs grouped so that each group's whole histories fit one request."""
+    batches: list[list[tuple[str, int, int]]] = []
+    total = 0
+    for item in items:
+        size = item[2] + 1
+        if batches and len(batches[-1]) < BULK_RUNS and total + size <= BULK_ROWS:
+            batches[-1].append(item)
+            total += size
+        else:
+            batches.append([item])
+            total = size
     return batches
 
 

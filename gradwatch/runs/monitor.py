@@ -86,7 +86,7 @@ from gradwatch.alerts.detectors import DETECTORS, REL_ERROR_WARNING
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, search_all
 from gradwatch.runs.claims import ClaimError, Claims, claim_param
-from gradwatch.runs.metric_reads import NewPoints
+from gradwatch.runs.metric_reads import NewPoints, Point
 from gradwatch.schema import (
     GRAD_ZERO_FRAC,
     TAG_BASELINE,
@@ -407,7 +407,22 @@ class Monitor:
             for key, m in metrics.items()
             if m.step > states[run_id].seen.get(key, -1)
         }
-        for (run_id, key), points in self.reader.read(wanted).items():
+        # A metric one step further than read: its new point is the latest value the search
+        # returned. Only longer moves are read (from the first step not read yet).
+        got = {
+            pair: [
+                Point(
+                    latest[pair[0]][pair[1]].key,
+                    latest[pair[0]][pair[1]].value,
+                    latest[pair[0]][pair[1]].timestamp,
+                    last,
+                )
+            ]
+            for pair, (first, last) in wanted.items()
+            if first == last
+        }
+        got.update(self.reader.read({p: w for p, w in wanted.items() if p not in got}))
+        for (run_id, key), points in got.items():
             state = states[run_id]
             if state.add(key, points, wanted[(run_id, key)][1]) and not hook_series(key):
                 self._note(
