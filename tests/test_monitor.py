@@ -265,3 +265,36 @@ def test_one_line_per_alert_and_no_baseline_warning_without_a_baseline_rule(trac
     assert "CRITICAL" in lines[0] and "run nan:" in lines[0]
     assert "baseline" not in result.output, result.output
     assert "1 alert(s) sent" in result.output
+
+
+def test_new_points_read_in_bulk_equal_the_histories(tracking_uri):
+    """Every read path of the monitor (whole short histories, a step window of a long one,
+    one metric at a time) gives exactly the points ``get_metric_history`` has."""
+    import math
+
+    from gradwatch.runs.metric_reads import NewPoints
+
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "bulk")
+    long_run = client.create_run(exp_id, run_name="long").info.run_id
+    short_run = client.create_run(exp_id, run_name="short").info.run_id
+    _log(client, long_run, {"loss": [1.0 / (1 + s) for s in range(3000)]})
+    _log(client, short_run, {"loss": [1.0, float("nan"), float("inf"), 0.5]})
+    wanted = {
+        (long_run, "loss"): (2990, 2999),  # a window of a long history
+        (short_run, "loss"): (1, 3),  # a short history, whole
+    }
+    reader = NewPoints(client)
+    got = reader.read(wanted)
+    assert reader.calls == 2, "one request per path"
+    for (run_id, key), (first, _) in wanted.items():
+        expected = [
+            (m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= first
+        ]
+        points = [(m.step, m.value) for m in got[(run_id, key)]]
+        assert [s for s, _ in points] == sorted(s for s, _ in expected)
+        for (_, a), (_, b) in zip(points, sorted(expected)):
+            assert a == b or (math.isnan(a) and math.isnan(b))
+    whole = NewPoints(client)
+    assert whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")][-1].step == 2999
+    assert len(whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")]) == 3000
