@@ -13,6 +13,7 @@ here, which is much faster than through its REST API). Per N, wall seconds (and 
 - ``first``: the first poll of a fresh monitor (replays every run's whole history);
 - ``idle``: a poll with nothing new;
 - ``moved``: a poll after every run logged one more step of every metric;
+- ``moved10``: a poll after every run logged ten more steps of every metric;
 - ``old``: what the monitor did before (every metric history of every run read at every poll),
   the same runs, measured here as the baseline (for N <= ``--old-max``).
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -63,12 +65,16 @@ def build(client, experiment: str, runs: int, steps: int) -> list[str]:
     return ids
 
 
-def one_more_step(client, run_ids: list[str], step: int) -> None:
+def more_steps(client, run_ids: list[str], first: int, count: int = 1) -> None:
     from mlflow.entities import Metric
 
     ts = int((time.time() - 60) * 1000)
     for run_id in run_ids:
-        metrics = [Metric(key, 0.5 + i, ts, step) for i, key in enumerate(METRICS)]
+        metrics = [
+            Metric(key, 0.5 + i, ts, step)
+            for step in range(first, first + count)
+            for i, key in enumerate(METRICS)
+        ]
         client.log_batch(run_id, metrics=metrics)
 
 
@@ -90,16 +96,25 @@ def old_poll(client, experiment_id: str) -> int:
     return reads
 
 
-def measure(uri: str, store: str, runs: int, steps: int, old_max: int) -> dict:
+def measure(
+    uri: str, store: str, runs: int, steps: int, old_max: int, existing: str | None = None
+) -> dict:
     from mlflow import MlflowClient
 
     from gradwatch.runs.monitor import Monitor
 
     client = MlflowClient(uri)
     writer = MlflowClient(store)  # the server's own database when the server is ours: faster
-    experiment = f"bench-monitor-{runs}-{time.time_ns()}"
     t0 = time.perf_counter()
-    ids = build(writer, experiment, runs, steps)
+    if existing is None:
+        experiment = f"bench-monitor-{runs}-{time.time_ns()}"
+        ids = build(writer, experiment, runs, steps)
+    else:  # measure again on runs built before (--experiment)
+        experiment = existing
+        exp_id = client.get_experiment_by_name(experiment).experiment_id
+        found = client.search_runs([exp_id], "attributes.status = 'RUNNING'", max_results=1000)
+        ids, runs = [r.info.run_id for r in found], len(found)
+        steps = 1 + max(int(m.step) for m in found[0].data.to_proto().metrics)
     row: dict = {
         "runs": runs,
         "metrics": len(METRICS),
@@ -107,9 +122,11 @@ def measure(uri: str, store: str, runs: int, steps: int, old_max: int) -> dict:
         "build_s": round(time.perf_counter() - t0, 1),
     }
     monitor = Monitor(uri, experiment, settle=0)
-    for name, prepare in [("first", None), ("idle", None), ("moved", steps)]:
-        if prepare is not None:
-            one_more_step(writer, ids, prepare)
+    plan = [("first", 0), ("idle", 0), ("moved", 1), ("moved10", 10)]
+    for name, count in plan:
+        if count:
+            more_steps(writer, ids, steps, count)
+            steps += count
         wall, cpu, result = timed(monitor.poll)
         assert result.runs == runs, result
         row[name] = {
@@ -134,6 +151,8 @@ def main() -> None:
     parser.add_argument("--old-max", type=int, default=100, help="largest N for the old poll")
     parser.add_argument("--quick", action="store_true", help="10 and 100 runs, 20 steps")
     parser.add_argument("--tracking-uri", help="an http(s) MLflow server (default: start one)")
+    parser.add_argument("--experiment", help="measure this experiment built before, build none")
+    parser.add_argument("--keep", action="store_true", help="keep the server's directory")
     args = parser.parse_args()
     sizes = [int(n) for n in args.runs.split(",")]
     steps = args.steps
@@ -147,11 +166,18 @@ def main() -> None:
         server = MlflowServer(Path(tempfile.mkdtemp(prefix="bench-monitor-"))).start()
         uri, store = server.uri, server.backend_uri
     try:
+        if args.experiment:
+            sizes = sizes[:1]
         for runs in sizes:
-            print(json.dumps(measure(uri, store, runs, steps, args.old_max)), flush=True)
+            row = measure(uri, store, runs, steps, args.old_max, args.experiment)
+            print(json.dumps(row), flush=True)
     finally:
         if server is not None:
             server.stop()
+            if args.keep:
+                print(f"server directory kept: {server.root}", file=sys.stderr)
+            else:
+                shutil.rmtree(server.root, ignore_errors=True)
 
 
 if __name__ == "__main__":

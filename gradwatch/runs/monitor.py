@@ -84,7 +84,13 @@ from gradwatch.alerts import (
 from gradwatch.alerts.delivery import single_line
 from gradwatch.alerts.detectors import DETECTORS, REL_ERROR_WARNING
 from gradwatch.errors import InputError, TrackingError
-from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, search_all
+from gradwatch.mlflow_access import (
+    experiment_id,
+    get_client,
+    is_missing,
+    mlflow_errors,
+    search_all,
+)
 from gradwatch.runs.claims import ClaimError, Claims, claim_param
 from gradwatch.runs.metric_reads import NewPoints, Point
 from gradwatch.schema import (
@@ -287,6 +293,7 @@ class Monitor:
         self._baseline_ids: set[str] = set()
         self._experiment_id: str | None = None
         self._followed: dict[str, _Followed] = {}
+        self._searched_followed = False
 
     # -- rules and baselines ---------------------------------------------------------------
 
@@ -374,9 +381,29 @@ class Monitor:
                 raise TrackingError(f"{err} (yet)") from None
         ids = [self._experiment_id]
         running = search_all(self.client, ids, "attributes.status = 'RUNNING'")
-        followed = search_all(self.client, ids, f"tags.`{TAG_STATE}` = 'active'")
-        runs = {r.info.run_id: r for r in [*followed, *running]}
+        if not self._searched_followed:
+            # Runs a monitor was following when it stopped, finished since: judged to the end.
+            followed = search_all(self.client, ids, f"tags.`{TAG_STATE}` = 'active'")
+            self._searched_followed = True
+        else:  # this process knows what it follows: only those that stopped RUNNING
+            seen = {r.info.run_id for r in running}
+            followed = [self._refetch(run_id) for run_id in self._followed if run_id not in seen]
+        runs = {r.info.run_id: r for r in [*followed, *running] if r is not None}
         return [r for r in runs.values() if r.info.run_id not in self._baseline_ids]
+
+    def _refetch(self, run_id: str) -> Any:
+        """A followed run that left the RUNNING search; None (and no longer followed) when it
+        was deleted."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as err:  # noqa: BLE001 - MLflow's not-found comes in several kinds
+            if not is_missing(err):
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            self._followed.pop(run_id, None)
+            return None
+        return run
 
     def poll(self) -> PollResult:
         """Evaluate every active run once. Raises TrackingError if MLflow cannot be read."""
@@ -393,6 +420,7 @@ class Monitor:
                 # A baseline appeared: replay every run with it (the alerted tags and the
                 # claims keep earlier alerts from being sent again).
                 self._followed.clear()
+                self._searched_followed = False
             runs = [r for r in runs if r.info.run_id not in self._baseline_ids]
         states = {}
         for run in runs:
