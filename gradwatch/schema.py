@@ -27,13 +27,20 @@ Metrics (per step unless noted; ``<t>`` is a parameter tensor's name)
 ``gradcheck/clipped/<t>``                per tensor probes explained by element-wise clipping
 ``gradcheck/scale``                      analytic/numeric ratio every disagreeing probe shares
 ``alerts/count``                         running count of alerts recorded (``mlflow`` action)
+
+In a run the hook shares with the user's own logging (it logged into their active MLflow run)
+every key above carries the prefix ``gradwatch/`` (``gradwatch/loss``), so the hook never doubles
+the user's ``loss`` or ``lr``; the run is tagged ``gradwatch.metric_prefix``. Readers map either
+layout to these names with :func:`hook_keys`. The hook's settings are one param,
+``gradwatch.settings`` (JSON), read back as ``gradwatch.<name>`` by :func:`expand_settings`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: gradwatch.alerts' detectors import this module
@@ -47,6 +54,7 @@ __all__ = [
     "ARTIFACT_HISTOGRAMS",
     "ARTIFACT_HISTOGRAMS_PNG",
     "ARTIFACT_REPORT",
+    "ARTIFACT_SETTINGS",
     "CHECK_CLIPPED",
     "CHECK_DIFFERENCE",
     "CHECK_MAX_REL_ERROR",
@@ -91,10 +99,20 @@ __all__ = [
     "TAG_STOP_REASON",
     "TAG_SWEEP_ID",
     "TAG_VERSION",
+    "PARAM_SETTINGS",
+    "SHARED_PREFIX",
+    "TAG_METRIC_PREFIX",
+    "TAG_NOTE",
+    "TAG_PARENT_RUN",
+    "TAG_SWEEP_PARENT",
+    "TAG_VERDICT",
     "UPDATE_RATIO",
     "check_metrics",
     "check_report_from_metrics",
+    "expand_settings",
     "float_or_nan",
+    "hook_keys",
+    "settings_param",
     "from_mlflow_value",
     "hook_series",
     "observations_from_metrics",
@@ -186,12 +204,91 @@ PARAM_MONITOR_CLAIM = "gradwatch.monitor.claim."
 TAG_MONITOR_RELEASED = "gradwatch.monitor.released."
 TAG_DEMO_MODEL = "gradwatch.demo.model"
 TAG_DEMO_BUG = "gradwatch.demo.bug"
+#: The run's verdict as ``gradwatch compare`` words it (``ok``, ``BACKPROP BUG``, ``DIVERGED``,
+#: ``stalled`` ...), set when the hook ends its part of the run.
+TAG_VERDICT = "gradwatch.verdict"
+#: MLflow's run description (markdown) at the top of the run page: the verdict's reason and
+#: where the report is.
+TAG_NOTE = "mlflow.note.content"
+#: MLflow's link from a child run to its parent (the UI folds children under it).
+TAG_PARENT_RUN = "mlflow.parentRunId"
+#: The parent run of a ``gradwatch sweep``: the sweep's id (each child is tagged
+#: ``gradwatch.sweep_id`` with it).
+TAG_SWEEP_PARENT = "gradwatch.sweep_parent"
+#: Set on a run the hook shares with the user's own logging (it logged into their active run):
+#: the prefix of the hook's metric keys there, :data:`SHARED_PREFIX`. A run without it has the
+#: hook's keys bare (its own run). Read both layouts with :func:`hook_keys`.
+TAG_METRIC_PREFIX = "gradwatch.metric_prefix"
+#: The hook's series in a shared run: ``gradwatch/loss``, ``gradwatch/grad_norm/W1`` ... beside
+#: the user's own ``loss``; never the same key as theirs.
+SHARED_PREFIX = "gradwatch/"
+#: One param holding the hook's settings as a JSON object (``{"every": "100", ...}``), so the
+#: user's params table gets one entry, not one per setting. Read with :func:`expand_settings`.
+PARAM_SETTINGS = "gradwatch.settings"
+
+
+def hook_keys(metric_keys: Iterable[str], tags: Mapping[str, str]) -> dict[str, str]:
+    """``{schema name: MLflow key}`` of a run's metrics, whichever layout the run has.
+
+        hook_keys(["loss", "gradwatch/loss"], {TAG_METRIC_PREFIX: "gradwatch/"})["loss"] == "gradwatch/loss"
+
+    In a run the hook shared with the user (tag :data:`TAG_METRIC_PREFIX`), the hook's keys
+    carry that prefix: they are read under their schema names, and a user's own key of the
+    same name (their ``loss``) is left out; the user's other keys (``val_acc``) stay. In the
+    hook's own run every key is its own name.
+    """
+    keys = list(metric_keys)
+    prefix = tags.get(TAG_METRIC_PREFIX) or ""
+    if not prefix:
+        return {k: k for k in keys}
+    out = {k: k for k in keys if not k.startswith(prefix)}
+    out.update({k[len(prefix) :]: k for k in keys if k.startswith(prefix) and len(k) > len(prefix)})
+    return out
+
+
+def settings_param(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The hook's settings (``{"gradwatch.every": "100", ...}``) as the one param it logs.
+
+    settings_param({"gradwatch.every": "100"}) == {"gradwatch.settings": '{"every": "100"}'}
+    """
+    plain = {
+        (k[len(PARAM_PREFIX) :] if k.startswith(PARAM_PREFIX) else k): str(v)
+        for k, v in settings.items()
+    }
+    return {PARAM_SETTINGS: json.dumps(plain, ensure_ascii=False)}
+
+
+def expand_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """A run's params with the hook's settings as ``gradwatch.<name>`` entries, either layout.
+
+        expand_settings({"lr": "0.1", "gradwatch.settings": '{"every": "100"}'})
+        # {"lr": "0.1", "gradwatch.every": "100"}
+
+    Runs logged before :data:`PARAM_SETTINGS` have one ``gradwatch.<name>`` param per setting
+    already and come back as they are; so does a settings value that is not a JSON object.
+    """
+    raw = params.get(PARAM_SETTINGS)
+    if raw is None:
+        return dict(params)
+    try:
+        settings = json.loads(raw)
+    except ValueError:
+        return dict(params)
+    if not isinstance(settings, dict):
+        return dict(params)
+    out = {k: v for k, v in params.items() if k != PARAM_SETTINGS}
+    for key, value in settings.items():
+        out.setdefault(PARAM_PREFIX + str(key), str(value))
+    return out
+
 
 # -- artifacts -------------------------------------------------------------------------------
 
 ARTIFACT_CHECKS = "gradwatch/checks.jsonl"  # one CheckReport.to_dict() per check, with "step"
 ARTIFACT_ALERTS = "gradwatch/alerts.jsonl"  # one Alert.to_dict() per recorded alert
 ARTIFACT_CONFIG = "gradwatch/gradwatch.yaml"  # the effective config, secrets masked
+#: The hook's settings, when too long for the ``gradwatch.settings`` param (JSON, as it).
+ARTIFACT_SETTINGS = "gradwatch/settings.json"
 #: One ``gradwatch.stats.histogram_record`` per histogram step: |g| and |θ| of every tensor on
 #: fixed log-spaced bins (``{"step", "bins", "tensors": {t: {"grad": .., "param": ..}}}``).
 ARTIFACT_HISTOGRAMS = "gradwatch/histograms.jsonl"

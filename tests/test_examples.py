@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from gradwatch.schema import expand_settings
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -70,7 +72,7 @@ def test_train_mlp_fires_check_failure_once_after_the_bug(tracking_uri):
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(120))
     assert "gradwatch.alert.check_failure" in run.data.tags
-    assert run.data.params["gradwatch.every"] == "50"
+    assert expand_settings(run.data.params)["gradwatch.every"] == "50"
     assert run.data.params["model"] == "mlp-64-128-10"  # hook.params from the YAML file
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "gradwatch")}
     assert {"gradwatch/checks.jsonl", "gradwatch/alerts.jsonl", "gradwatch/gradwatch.yaml"} <= (

@@ -30,7 +30,6 @@ logger = logging.getLogger("gradwatch")
 alert_logger = logging.getLogger("gradwatch.alerts")
 
 
-
 class CheckRunner:
     """Runs checks with the run's options and records each: metrics, ``checks.jsonl``,
     alerts, and one log message per failed check."""

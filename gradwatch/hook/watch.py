@@ -144,6 +144,11 @@ class GradWatch:
     check_errors = property(lambda self: self._parts.checks.check_errors if self._parts else 0)
     checks_not_run = property(lambda self: self._parts.checks.checks_not_run if self._parts else 0)
     checks_deferred = property(lambda self: self._parts.schedule.checks_deferred if self._parts else 0)  # fmt: skip
+    verdict = property(
+        lambda self: self._parts.verdict if self._parts else None,
+        doc="The run's verdict once closed (``ok``, ``BACKPROP BUG`` ..., as "
+        "``gradwatch compare`` says), also its tag ``gradwatch.verdict``.",
+    )
     last_report = property(lambda self: self._parts.checks.last_report if self._parts else None)
     alerts = property(lambda self: self._parts.feed.alerts if self._parts else [])
     clock = property(lambda self: self._parts.clock if self._parts else None,
@@ -200,13 +205,19 @@ class GradWatch:
         if self.run is None:
             return None
         parts = self._parts
+        deadline = time.monotonic() + self.options.flush_timeout
         try:
             if parts is not None:
                 parts.feed.close()
                 self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
+                # Last before the end record; its wait for the run counts against the flush.
+                self.run.set_tags(parts.verdict_tags(wait=deadline - time.monotonic()))
         finally:
-            self.close_result = self.run.close(status, timeout=self.options.flush_timeout)
+            remaining = max(deadline - time.monotonic(), min(1.0, self.options.flush_timeout))
+            self.close_result = self.run.close(status, timeout=remaining)
+        if parts is not None:
+            parts.say_where(self.close_result)
         return self.close_result
 
     def _close_at_exit(self) -> None:

@@ -57,6 +57,8 @@ from gradwatch.schema import (
     TAG_MONITOR_ALERTED,
     TAG_PREFIX,
     TAG_SWEEP_ID,
+    expand_settings,
+    hook_keys,
 )
 
 __all__ = [
@@ -124,12 +126,16 @@ def fetch_histories(client: Any, run: Any, keys: Iterable[str] | None = None) ->
     """Metric histories of ``run`` (``{key: [Metric, ...]}`` sorted by step).
 
     Only keys the run has are fetched: ``keys`` (default :data:`SUMMARY_KEYS`) and the
-    hook's per-tensor ``nonfinite/*`` and ``gradcheck/clipped/*`` counts.
+    hook's per-tensor ``nonfinite/*`` and ``gradcheck/clipped/*`` counts. Keys are the
+    schema's names in either layout (``gradwatch/loss`` in a run the hook shared is ``loss``).
     """
-    present = set(run.data.metrics)
+    names = hook_keys(run.data.metrics, run.data.tags)  # a run shared with the user's logging too
+    present = set(names)
     wanted = set(SUMMARY_KEYS if keys is None else keys)
     wanted |= {k for k in present if k.startswith((NONFINITE, CHECK_CLIPPED))}
-    return {key: metric_history(client, run.info.run_id, key) for key in sorted(wanted & present)}
+    return {
+        key: metric_history(client, run.info.run_id, names[key]) for key in sorted(wanted & present)
+    }
 
 
 def fetch_check_records(client: Any, run: Any) -> list[dict[str, Any]] | None:
@@ -306,7 +312,7 @@ def summarize(
         run_id=run.info.run_id,
         run_name=run.info.run_name or tags.get("mlflow.runName", "") or run.info.run_id,
         status=run.info.status,
-        params=dict(run.data.params),
+        params=expand_settings(run.data.params),
         steps=max((m.step for h in histories.values() for m in h), default=None),
         first_loss=loss.first,
         final_loss=loss.final,

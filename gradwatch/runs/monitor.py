@@ -99,6 +99,7 @@ from gradwatch.schema import (
     TAG_MONITOR_ALERTED,
     TAG_MONITOR_STATE,
     check_report_from_metrics,
+    hook_keys,
     hook_series,
     observations_from_metrics,
     rows_by_step,
@@ -428,7 +429,9 @@ class Monitor:
             if state is None:
                 state = self._followed[run.info.run_id] = self._follow(run)
             states[run.info.run_id] = state
-        latest = {run.info.run_id: self._latest(run) for run in runs}
+        # {schema name: MLflow key}: in a run the hook shares with the user, gradwatch/loss -> loss
+        names = {run.info.run_id: hook_keys(run.data.metrics, run.data.tags) for run in runs}
+        latest = {run.info.run_id: self._latest(run, names[run.info.run_id]) for run in runs}
         wanted = {
             (run_id, key): (states[run_id].seen.get(key, -1) + 1, m.step)
             for run_id, metrics in latest.items()
@@ -438,18 +441,17 @@ class Monitor:
         # A metric one step further than read: its new point is the latest value the search
         # returned. Only longer moves are read (from the first step not read yet).
         got = {
-            pair: [
-                Point(
-                    latest[pair[0]][pair[1]].key,
-                    latest[pair[0]][pair[1]].value,
-                    latest[pair[0]][pair[1]].timestamp,
-                    last,
-                )
+            (run_id, name): [
+                Point(name, latest[run_id][name].value, latest[run_id][name].timestamp, last)
             ]
-            for pair, (first, last) in wanted.items()
+            for (run_id, name), (first, last) in wanted.items()
             if first == last
         }
-        got.update(self.reader.read({p: w for p, w in wanted.items() if p not in got}))
+        to_read = {(r, names[r][n]): w for (r, n), w in wanted.items() if (r, n) not in got}
+        read = self.reader.read(to_read)
+        for run_id, name in wanted:
+            if (run_id, name) not in got:
+                got[(run_id, name)] = read.get((run_id, names[run_id][name]), [])
         for (run_id, key), points in got.items():
             state = states[run_id]
             if state.add(key, points, wanted[(run_id, key)][1]) and not hook_series(key):
@@ -475,9 +477,13 @@ class Monitor:
             self.reader.calls - calls,
         )
 
-    def _latest(self, run: Any) -> dict[str, Any]:
-        """The run's latest point of each metric the rules read, from the search result."""
-        return {m.key: m for m in run.data.to_proto().metrics if self._reads(m.key)}
+    def _latest(self, run: Any, names: Mapping[str, str]) -> dict[str, Any]:
+        """The run's latest point of each metric the rules read (by schema name), from the
+        search result."""
+        by_key = {m.key: m for m in run.data.to_proto().metrics}
+        return {
+            name: by_key[key] for name, key in names.items() if key in by_key and self._reads(name)
+        }
 
     def _follow(self, run: Any) -> _Followed:
         tags = run.data.tags
