@@ -17,7 +17,14 @@ from mlflow.entities import Metric
 
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
-from gradwatch.runs.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
+from gradwatch.runs.monitor import (
+    TAG_ALERTED,
+    TAG_STATE,
+    Monitor,
+    check_report,
+    observations,
+    settled_upto,
+)
 from tests.mlflow_server import MlflowServer
 from tests.webhooks import WebhookReceiver, webhook_config
 
@@ -298,3 +305,26 @@ def test_new_points_read_in_bulk_equal_the_histories(tracking_uri):
     whole = NewPoints(client)
     assert whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")][-1].step == 2999
     assert len(whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")]) == 3000
+
+
+def test_a_run_shared_with_the_user_is_judged_on_the_hooks_series(tracking_uri):
+    """The hook's series under ``gradwatch/`` (a run it shares with the user), the user's own
+    ``loss`` beside them: the rules read the hook's, through the incremental reads too."""
+    from gradwatch.schema import TAG_METRIC_PREFIX
+
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "shared")
+    run_id = client.create_run(exp_id, run_name="mine", tags={TAG_METRIC_PREFIX: "gradwatch/"})
+    run_id = run_id.info.run_id
+    _log(client, run_id, {"loss": [1.0] * 6, "gradwatch/loss": [1.0, 0.9, 0.8, 0.7]})
+    monitor = Monitor(tracking_uri, client.get_experiment(exp_id).name, settle=0)
+    first = monitor.poll()
+    _log(client, run_id, {"gradwatch/loss": [1.0, 0.9, 0.8, 0.7, float("nan")]})  # one step on
+    second = monitor.poll()
+    _log(client, run_id, {"gradwatch/loss": [0.5] * 9})  # four more steps at once: read
+    third = monitor.poll()
+    monitor.close(timeout=5)
+    assert first.observations == 4 and first.sent == []
+    assert [(a.rule, a.step) for _, a in second.sent] == [("nonfinite", 4)]
+    assert second.observations == 1 and second.reads == 0, "the step came from the search"
+    assert third.observations == 4 and third.reads == 1
