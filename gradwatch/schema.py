@@ -95,6 +95,8 @@ __all__ = [
     "TAG_JOURNAL_ID",
     "TAG_MONITOR_ALERTED",
     "TAG_MONITOR_STATE",
+    "PARAM_MONITOR_CLAIM",
+    "TAG_MONITOR_RELEASED",
     "TAG_PARAM_CONFLICT",
     "TAG_PREFIX",
     "TAG_STOP_REASON",
@@ -206,6 +208,12 @@ TAG_BASELINE = "gradwatch.baseline"
 TAG_MONITOR_ALERTED = "gradwatch.monitor.alerted."
 #: "active" while ``monitor`` follows a run, "done" once it evaluated it to the end.
 TAG_MONITOR_STATE = "gradwatch.monitor.state"
+#: + rule name + "." + step + "." + generation: param whose value names the ``gradwatch
+#: monitor`` process that claimed the alert (params are write-once: the first claim wins).
+PARAM_MONITOR_CLAIM = "gradwatch.monitor.claim."
+#: + rule name + "." + step -> the last claim generation given up undelivered (a monitor that
+#: stopped before delivering hands the alert on to the next one).
+TAG_MONITOR_RELEASED = "gradwatch.monitor.released."
 TAG_DEMO_MODEL = "gradwatch.demo.model"
 TAG_DEMO_BUG = "gradwatch.demo.bug"
 #: The run's verdict as ``gradwatch compare`` words it (``ok``, ``BACKPROP BUG``, ``DIVERGED``,

@@ -60,6 +60,7 @@ from gradwatch.schema import (
     CHECK_SCALE,
     LOSS,
     NONFINITE,
+    PARAM_MONITOR_CLAIM,
     PARAM_PREFIX,
     TAG_ALERT,
     TAG_MONITOR_ALERTED,
@@ -423,7 +424,8 @@ def differing_params(summaries: Sequence[RunSummary]) -> dict[str, dict[str, str
 
     A param missing from some runs differs (shown as ``-``). The hook's settings count too.
     """
-    keys = sorted({k for s in summaries for k in s.params})
+    # A monitor's claims (one param per alert it delivered) are bookkeeping, not settings.
+    keys = sorted({k for s in summaries for k in s.params if not k.startswith(PARAM_MONITOR_CLAIM)})
     differ = [k for k in keys if len({s.params.get(k) for s in summaries}) > 1]
     return {s.run_name: {k: s.params.get(k, "-") for k in differ} for s in summaries}
 
