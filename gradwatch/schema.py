@@ -25,7 +25,8 @@ Metrics (per step unless noted; ``<t>`` is a parameter tensor's name)
 ``gradcheck/rel_error/<t>``              per tensor worst relative error
 ``gradcheck/mismatches/<t>``             per tensor mismatching probes (only when > 0)
 ``gradcheck/clipped/<t>``                per tensor probes explained by element-wise clipping
-``gradcheck/scale``                      analytic/numeric ratio every disagreeing probe shares
+``gradcheck/scale``                      analytic/numeric ratio every tensor shares (finding ``factor``)
+``gradcheck/finding``                    the engine's finding, an index into ``CHECK_FINDINGS``
 ``alerts/count``                         running count of alerts recorded (``mlflow`` action)
 
 In a run the hook shares with the user's own logging (it logged into their active MLflow run)
@@ -59,6 +60,8 @@ __all__ = [
     "ARTIFACT_SETTINGS",
     "CHECK_CLIPPED",
     "CHECK_DIFFERENCE",
+    "CHECK_FINDING",
+    "CHECK_FINDINGS",
     "CHECK_MAX_REL_ERROR",
     "CHECK_MISMATCHES",
     "CHECK_NUM_EVALS",
@@ -94,6 +97,8 @@ __all__ = [
     "TAG_JOURNAL_ID",
     "TAG_MONITOR_ALERTED",
     "TAG_MONITOR_STATE",
+    "PARAM_MONITOR_CLAIM",
+    "TAG_MONITOR_RELEASED",
     "TAG_PARAM_CONFLICT",
     "TAG_PREFIX",
     "TAG_STOP_REASON",
@@ -145,6 +150,15 @@ CHECK_REL_ERROR = "gradcheck/rel_error/"
 CHECK_MISMATCHES = "gradcheck/mismatches/"
 CHECK_CLIPPED = "gradcheck/clipped/"
 CHECK_SCALE = "gradcheck/scale"
+#: The engine's finding of a check, as the index of its kind in :data:`CHECK_FINDINGS`: every
+#: reader judges a check by this one value (or the same kind in ``checks.jsonl``), never again.
+CHECK_FINDING = "gradcheck/finding"
+#: What a check can conclude (``gradwatch.check.Finding.kind``); the metric logs the index.
+#: ``passed``; ``bug`` (a backprop bug in the tensors named); ``factor`` (every tensor off by one
+#: factor: the loss and its gradient follow different conventions); ``call_order`` (the
+#: gradients match the parameters before the update: step() was called after it); ``stochastic``
+#: and ``timeout`` (inconclusive: a non-deterministic loss, or ``check_timeout`` reached).
+CHECK_FINDINGS = ("passed", "bug", "factor", "call_order", "stochastic", "timeout")
 
 ALERT_COUNT = "alerts/count"
 
@@ -224,6 +238,12 @@ TAG_BASELINE = "gradwatch.baseline"
 TAG_MONITOR_ALERTED = "gradwatch.monitor.alerted."
 #: "active" while ``monitor`` follows a run, "done" once it evaluated it to the end.
 TAG_MONITOR_STATE = "gradwatch.monitor.state"
+#: + rule name + "." + step + "." + generation: param whose value names the ``gradwatch
+#: monitor`` process that claimed the alert (params are write-once: the first claim wins).
+PARAM_MONITOR_CLAIM = "gradwatch.monitor.claim."
+#: + rule name + "." + step -> the last claim generation given up undelivered (a monitor that
+#: stopped before delivering hands the alert on to the next one).
+TAG_MONITOR_RELEASED = "gradwatch.monitor.released."
 TAG_DEMO_MODEL = "gradwatch.demo.model"
 TAG_DEMO_BUG = "gradwatch.demo.bug"
 #: The run's verdict as ``gradwatch compare`` words it (``ok``, ``BACKPROP BUG``, ``DIVERGED``,
@@ -356,8 +376,9 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     check_metrics(report.to_dict())["gradcheck/passed"] == 1.0
 
     Per tensor: ``rel_error``, plus ``mismatches`` and ``clipped`` counts when above zero.
-    A ``scale`` entry of the report (a ratio shared by every disagreeing probe) is logged
-    as ``gradcheck/scale``.
+    The engine's finding is logged as ``gradcheck/finding`` (its kind's index in
+    :data:`CHECK_FINDINGS`) and, for a factor every tensor shares, the factor as
+    ``gradcheck/scale``.
     """
     out: dict[str, float] = {
         CHECK_PASSED: 1.0 if report.get("passed") else 0.0,
@@ -366,7 +387,12 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
         CHECK_NUM_EVALS: float(report.get("num_evals") or 0),
         CHECK_SECONDS: float_or_nan(report.get("seconds")),
     }
-    if report.get("scale") is not None:
+    finding = report.get("finding")
+    if isinstance(finding, Mapping) and finding.get("kind") in CHECK_FINDINGS:
+        out[CHECK_FINDING] = float(CHECK_FINDINGS.index(finding["kind"]))
+        if finding["kind"] == "factor" and finding.get("factor") is not None:
+            out[CHECK_SCALE] = float_or_nan(finding["factor"])
+    elif report.get("scale") is not None:
         out[CHECK_SCALE] = float_or_nan(report["scale"])
     for name, tensor in (report.get("per_param") or {}).items():
         out[CHECK_REL_ERROR + name] = float_or_nan(tensor.get("max_rel_error"))
@@ -417,11 +443,16 @@ def check_report_from_metrics(
     When the check failed, tensors with logged mismatches are ``mismatch`` (their count as
     ``num_mismatches``); without counts, tensors whose error is at least
     ``warning_rel_error`` (the worst one if none is) are, with ``num_mismatches`` 1 (a lower
-    bound). Tensors with clipped probes and no mismatch are ``clipped``. Coordinates are
-    unknown (``coords`` empty); ``reconstructed`` is True.
+    bound). Tensors with clipped probes and no mismatch are ``clipped``. A check the engine
+    logged as inconclusive (``gradcheck/finding``) is ``inconclusive`` with no mismatch.
+    Coordinates are unknown (``coords`` empty); ``reconstructed`` is True.
     """
     passed = values.get(CHECK_PASSED)
-    failed = passed is not None and not passed >= 0.5
+    code = values.get(CHECK_FINDING)
+    kind = CHECK_FINDINGS[int(code)] if code in range(len(CHECK_FINDINGS)) else None
+    # An inconclusive check (the engine's finding) found no mismatch: nothing to rebuild.
+    inconclusive = kind in ("stochastic", "timeout")
+    failed = passed is not None and not passed >= 0.5 and not inconclusive
     errors = per_tensor(values, CHECK_REL_ERROR)
     counts = per_tensor(values, CHECK_MISMATCHES)
     clipped = per_tensor(values, CHECK_CLIPPED)
@@ -453,7 +484,9 @@ def check_report_from_metrics(
                                       "verdict": "mismatch", "num_mismatches": 1,
                                       "num_clipped": 0, "coords": []}  # fmt: skip
     return {
-        "passed": not failed,
+        "passed": not failed and not inconclusive,
+        **({"status": "inconclusive"} if inconclusive else {}),
+        **({"finding": {"kind": kind}} if kind else {}),
         "max_rel_error": max_rel,
         "difference": values.get(CHECK_DIFFERENCE),
         "num_evals": int(values.get(CHECK_NUM_EVALS) or 0),

@@ -12,7 +12,13 @@ de-duplication; delivery does the I/O. MLflow is imported only by the baseline l
 from __future__ import annotations
 
 from gradwatch.alerts.baseline import attach_baselines, find_baseline_run, load_baseline
-from gradwatch.alerts.delivery import Delivery, EmailSpec, WebhookSpec, redact_url
+from gradwatch.alerts.delivery import (
+    Delivery,
+    DeliveryError,
+    EmailSpec,
+    WebhookSpec,
+    redact_url,
+)
 from gradwatch.alerts.detectors import DETECTORS, PROBLEMS, Detector, Finding, build_detector
 from gradwatch.alerts.engine import AlertEngine, EngineState
 from gradwatch.alerts.observations import SEVERITIES, Alert, CheckObservation, StepObservation
@@ -37,6 +43,7 @@ __all__ = [
     "AlertEngine",
     "CheckObservation",
     "Delivery",
+    "DeliveryError",
     "EmailSpec",
     "Detector",
     "EngineState",

@@ -104,6 +104,7 @@ class RunParts:
         self.checks = CheckRunner(options, run, self.feed)
         self.stale = StaleParams()
         self.layout: TensorLayout | None = None  # fixed at the first step
+        self._first_step: int | None = None  # the step of the run's first gradients
         self.statistics: Statistics | None = None
         self.next_step = 0
         self.verdict: str | None = None  # the run's verdict, once verdict_tags() read it
@@ -218,7 +219,7 @@ class RunParts:
                 cost = time.perf_counter() - entered + shipping
                 cost += self._ratio_cost if ratios is None else 0.0
                 self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
-        report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
+        report = self._check(s, params, grads, loss_fn, timestamp_ms, lr) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
         return report
 
@@ -234,6 +235,7 @@ class RunParts:
     def _observe_tensors(self, s: int, params: Any, grads: Any) -> None:
         """The first step fixes the layout; later busy steps verify it fully."""
         if self.layout is None:
+            self._first_step = s  # the run's first gradients: none can be stale
             self.layout = TensorLayout.of(params, grads)
             self.statistics = Statistics(self.layout, Histograms(self.options.hist_every, self.run))
             return
@@ -302,7 +304,7 @@ class RunParts:
             self.options.budget, wait, self.schedule.every or 0, 100.0 * shipping / loop,
             100.0 * hook / loop, 1e3 * self.schedule.last_check_cost, advice)  # fmt: skip
 
-    def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
+    def _check(self, s, params, grads, loss_fn, timestamp_ms, lr=None) -> CheckReport | None:
         self.schedule.check_started(s)
         if self.stale.suspect:
             self.checks.skip_stale(s)  # the gradients belong to other arrays than these
@@ -310,7 +312,9 @@ class RunParts:
         t0 = time.perf_counter()
         self.checks.last_num_metrics = 0  # stays 0 when the check cannot run
         try:
-            return self.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
+            return self.checks.run_check(
+                s, params, grads, loss_fn, timestamp_ms, lr, first_step=s == self._first_step
+            )
         finally:
             shipping = self._charge_shipping(self.checks.last_num_metrics)
             self.schedule.check_finished(time.perf_counter() - t0 + shipping)

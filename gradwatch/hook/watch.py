@@ -51,6 +51,9 @@ class GradWatch:
         config: path of a gradwatch.yaml, a :class:`~gradwatch.config.Config`, ``None`` for
             ``./gradwatch.yaml`` if present, or ``False`` for no file.
         num_samples, mode, eps, seed: options of :func:`gradwatch.check_gradients`.
+        check_timeout: seconds after which a check starts no further loss evaluation and ends
+            INCONCLUSIVE with what it covered (``None``: no limit; one slow ``loss_fn`` call
+            still runs to its end).
         budget: how much slower monitoring may make the loop, as a fraction of the loop's own
             time (e.g. 0.05): everything the hook spends, checks included, and the shipper's CPU
             for what statistics and checks log stay within it, so
@@ -97,6 +100,7 @@ class GradWatch:
         mode: str = "auto",
         eps: float | None = None,
         seed: int | None = None,
+        check_timeout: float | None = None,
         budget: float | None = None,
         stats_every: int | str = "auto",
         hist_every: int | None = 1,
@@ -113,8 +117,9 @@ class GradWatch:
         given = {
             "every": every, "experiment": experiment, "run_name": run_name,
             "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
-            "seed": seed, "budget": budget, "stats_every": stats_every, "hist_every": hist_every,
-            "report": report, "journal_dir": journal_dir, "keep_journal": keep_journal,
+            "seed": seed, "check_timeout": check_timeout, "budget": budget,
+            "stats_every": stats_every, "hist_every": hist_every, "report": report,
+            "journal_dir": journal_dir, "keep_journal": keep_journal,
             "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
         }  # fmt: skip
         self.options = HookOptions.resolve(given, self.config)
