@@ -168,12 +168,15 @@ def test_attaches_to_the_run_the_user_started(tracking_uri):
 
 
 def test_budget_limits_how_often_checks_run(tracking_uri):
-    def five_ms_step(s, loss):
-        time.sleep(0.005)  # the training work a check's cost is weighed against
+    def training_work(s, loss):
+        # The training work a check's cost is weighed against: 20 ms a step leaves the budget
+        # room for several checks in 300 steps even when a loaded host makes each check (and
+        # the hook's first step) several times slower than on a quiet one.
+        time.sleep(0.02)
         return loss
 
     with gradwatch.GradWatch(every=1, budget=0.05, experiment="hook-budget") as budgeted:
-        _train(budgeted, 300, loss_hook=five_ms_step)
+        _train(budgeted, 300, loss_hook=training_work)
     with gradwatch.GradWatch(every=1, experiment="hook-budget-off") as unlimited:
         _train(unlimited, 20)
     assert unlimited.checks == 20 and unlimited.checks_deferred == 0

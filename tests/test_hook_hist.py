@@ -23,6 +23,7 @@ from gradwatch.config import parse_config
 from gradwatch.errors import ConfigError, InputError
 from gradwatch.hook import HookOptions
 from gradwatch.hook.histograms import HIST_MIN_GAP
+from gradwatch.schema import expand_settings
 from gradwatch.stats import (
     HIST_BINS,
     HIST_EDGES,
@@ -78,8 +79,8 @@ def test_histograms_land_every_hist_every_statistics_step(tracking_uri, tmp_path
         seen = train(watch, 40)
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(watch.run.run_id)
-    assert run.data.params["gradwatch.hist_every"] == "3"
-    assert run.data.params["gradwatch.report"] == "true"
+    assert expand_settings(run.data.params)["gradwatch.hist_every"] == "3"
+    assert expand_settings(run.data.params)["gradwatch.report"] == "true"
     lines = histogram_lines(client, watch.run.run_id, tmp_path)
     # Statistics at 0, 2, 4, ...; every third of them has histograms.
     assert [r["step"] for r in lines] == list(range(0, 40, 6))
@@ -119,7 +120,10 @@ def test_default_is_every_statistics_step_and_zero_writes_none(tracking_uri, tmp
         assert watch.options.hist_every == 0
         names = artifact_names(client, watch.run.run_id)
         assert schema.ARTIFACT_HISTOGRAMS not in names, (off, names)
-        assert client.get_run(watch.run.run_id).data.params["gradwatch.hist_every"] == "0"
+        assert (
+            expand_settings(client.get_run(watch.run.run_id).data.params)["gradwatch.hist_every"]
+            == "0"
+        )
 
 
 def test_dense_statistics_get_histograms_at_least_one_percent_of_the_run_apart(
