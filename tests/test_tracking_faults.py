@@ -97,6 +97,8 @@ def test_full_disk_is_reported_and_ends_the_run_failed(tracking_uri, tmp_path):
     assert run.data.tags[JOURNAL_DROPPED_TAG].startswith(f"{result['dropped']} records dropped")
 
 
+# Both start a store process (a server; a shipper creating a sqlite store): `server` tests.
+@pytest.mark.server
 @pytest.mark.parametrize("store", ["server", "embedded"])
 def test_a_step_outside_int64_is_dropped_and_the_rest_lands(store, request, tmp_path):
     uri = request.getfixturevalue("tracking_uri") if store == "server" else None
