@@ -37,8 +37,12 @@ def pytest_collection_modifyitems(config, items):
             # `request.getfixturevalue("tracking_uri")` hides the fixture from the scan above:
             # such a test must say @pytest.mark.server itself, or the fast subset starts a server.
             source = getattr(getattr(item, "function", None), "__code__", None)
-            names = set(source.co_consts) if source is not None else set()
-            if SERVER_FIXTURES & names and not item.get_closest_marker("server"):
+            asks = source is not None and "getfixturevalue" in source.co_names
+            if (
+                asks
+                and SERVER_FIXTURES & set(source.co_consts)
+                and not item.get_closest_marker("server")
+            ):
                 raise pytest.UsageError(
                     f"{item.nodeid} asks for a server fixture through request.getfixturevalue; "
                     "mark it @pytest.mark.server"
