@@ -23,7 +23,7 @@ from gradwatch.errors import GradwatchError
 from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
 from gradwatch.hook.inputs import as_float, as_step, scalars
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.run import RunParts, open_tracking_run
+from gradwatch.hook.run import RunParts, open_tracking_run, report_step
 from gradwatch.hook.sigterm import SigtermGuard
 from gradwatch.secrets import mask_uri
 
@@ -205,7 +205,9 @@ class GradWatch:
                 self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
         finally:
-            self.close_result = self.run.close(status, timeout=self.options.flush_timeout)
+            # The report is drawn once the summary tags are in the journal (it shows them).
+            draw = report_step(self.run) if parts is not None and self.options.report else None
+            self.close_result = self.run.close(status, timeout=self.options.flush_timeout, before_end=draw)  # fmt: skip
         return self.close_result
 
     def _close_at_exit(self) -> None:

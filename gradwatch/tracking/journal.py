@@ -41,6 +41,7 @@ import logging
 import math
 import mmap
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -51,6 +52,7 @@ from typing import Any
 from gradwatch.tracking.locks import lock_held
 
 __all__ = [
+    "remove_journal",
     "DEFAULT_JOURNAL_DIR",
     "HEADER",
     "METRICS",
@@ -400,3 +402,15 @@ def read_header(journal_path: str | os.PathLike) -> dict[str, Any]:
             return rec
         break
     raise ValueError(f"{journal_path}: first line is not a gradwatch journal header")
+
+
+def remove_journal(journal_path: str | os.PathLike) -> None:
+    """Delete a journal and everything beside it that belongs to it."""
+    for path in journal_files(journal_path):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass

@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -182,6 +181,7 @@ class Shipper:
             self._ack(batch)
         self.state.cpu_seconds += time.thread_time() - cpu  # the last ack: saved with the next
         if self.state.end_status is not None and not self.finalized:
+            self._set_phase("ending the run")
             self._finalize(self.state.end_status, self.state.end_ts, incomplete=False)
         elif not self.finalized:
             self._upload_artifact_lines(force=False)
@@ -204,8 +204,29 @@ class Shipper:
     def _ensure_run(self) -> None:
         if self.state.run_id:
             return
+        if self._store is None:
+            self._set_phase("opening the store")  # importing MLflow, creating/migrating it
+            self.store  # noqa: B018 - opened now, so the phase says what takes the time
+        self._set_phase("creating the run")
         self.state.run_id = self.header.get("run_id") or self._find_or_create_run()
+        self.state.phase = "shipping"
         self._save()
+
+    def _set_phase(self, phase: str) -> None:
+        """Say in the state file what the shipper is busy with (``close()`` shows it)."""
+        if self.state.phase != phase:
+            self.state.phase = phase
+            self._save()
+
+    def note_failing(self, why: str | None) -> None:
+        """Record (or clear, with None) the error the shipper keeps meeting, for close()."""
+        why = mask_uri(why) if why else None
+        if self.state.failing != why:
+            self.state.failing = why
+            try:
+                self._save()
+            except OSError:
+                pass  # a full disk: the failure itself says so
 
     def _find_or_create_run(self) -> str:
         exp_id = self.store.experiment_id(self.header.get("exp"), self.header.get("exp_id"))
@@ -237,7 +258,13 @@ class Shipper:
             elif not local.is_file():
                 self._drop("artifact", str(rec.get("src")), f"copied file {local} is missing")
             else:
-                self.store.upload(self.state.run_id, local, rec.get("path") or None)
+                try:
+                    self.store.upload(self.state.run_id, local, rec.get("path") or None)
+                except StoreError as err:
+                    if not _is_rejection(err):
+                        raise  # an outage or a dropped connection: the round is retried
+                    # Too large for the server or a proxy: sending it again cannot help.
+                    self._drop("artifact", f"{rec.get('path') or ''}/{local.name}".lstrip("/"), str(err)[:300])  # fmt: skip
 
     def _log_batch(self, metrics: list, params: list, tags: list) -> None:
         try:
@@ -293,34 +320,8 @@ class Shipper:
         else:
             self.store.end_run(self.state.run_id, status, end_ts)
         self.state.finalized, self.state.incomplete = status, incomplete
+        self.state.phase = "ended"
         self._save()
-        if self.header.get("report") and self.state.report is None:
-            self.state.report = self._upload_report()
-            self._save()
-
-    def _upload_report(self) -> str:
-        """Draw the run report and histograms.png from the journal and upload them; return
-        "uploaded" or why not. Only after the run has ended, and tried once: a report is a
-        summary of what landed, so neither a slow drawing nor an upload the server refuses
-        (a proxy's body limit, say) may keep the run RUNNING or be retried without end.
-        ``gradwatch report RUN_ID`` draws it again from MLflow at any time."""
-        from gradwatch.report import REPORT_DIR, write_run_artifacts
-
-        # Beside the journal, not in /tmp: the process ends with os._exit, which would leave
-        # a temporary folder behind if it were cut short; this one goes with the journal.
-        out = self.files / "report"
-        try:
-            paths = write_run_artifacts(self.path, out, run_id=self.state.run_id)
-            for path in paths:
-                self.store.upload(self.state.run_id, path, REPORT_DIR)
-        except Exception as err:  # noqa: BLE001 - see the docstring
-            why = f"{type(err).__name__}: {mask_uri(str(err))}"[:500]
-            logger.warning("gradwatch: the run report was not uploaded (%s); `gradwatch report "
-                           "%s` draws it again", why, self.state.run_id)  # fmt: skip
-            return f"failed: {why}"
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        return "uploaded" if paths else "nothing drawn (see the log)"
 
     # ----------------------------------------------------------------- artifact lines
     def _restore_artifact_lines(self) -> None:

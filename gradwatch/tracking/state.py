@@ -57,7 +57,8 @@ class ShipState:
     finalized: str | None = None  # status the run was ended with (or "ATTACHED")
     incomplete: bool = False  # ended by sync because the journal had no end record
     fatal: str | None = None  # why MLflow cannot take this run at all (deleted, denied)
-    report: str | None = None  # after the run ended: "uploaded", or why there is no report
+    phase: str | None = None  # what the shipper is busy with ("opening the store", ...)
+    failing: str | None = None  # the error it keeps meeting while retrying (None: none)
     cpu_seconds: float = 0.0  # the shipper's own CPU spent shipping (its thread's)
     metrics: int = 0  # metric values shipped (cpu_seconds / metrics: the cost of one)
     artifact_sizes: dict[str, int] = field(default_factory=dict)  # artifact-line files
