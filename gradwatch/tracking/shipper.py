@@ -22,6 +22,7 @@ experiment or run, permission denied) is recorded as ``state.fatal`` and ends sh
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
@@ -41,7 +42,14 @@ from gradwatch.tracking.batching import (
     send_bisecting,
     truncate_value,
 )
-from gradwatch.tracking.journal import files_dir, read_header, scan_lines, state_path
+from gradwatch.tracking.journal import (
+    files_dir,
+    private_file,
+    read_header,
+    reserve_path,
+    scan_lines,
+    state_path,
+)
 from gradwatch.tracking.state import ShipperSettings, ShipState
 from gradwatch.tracking.store import StoreError, open_store
 
@@ -102,6 +110,7 @@ class Shipper:
         self.attached = bool(self.header.get("attached"))
         self.settings = settings or ShipperSettings()
         self.state_file, self.files = state_path(self.path), files_dir(self.path)
+        self._reserve = reserve_path(self.path)  # set aside by open_run (journal.py)
         self.state = ShipState.load(self.state_file)
         if self.state.uri not in (None, self.shown_uri):
             self.state = ShipState()  # synced to another server: its ids mean nothing there
@@ -133,7 +142,17 @@ class Shipper:
         return self.state.finalized is not None
 
     def _save(self) -> None:
-        self.state.save(self.state_file)
+        try:
+            self.state.save(self.state_file)
+        except OSError as err:
+            if err.errno != errno.ENOSPC or not self._reserve.exists():
+                raise
+            # The disk is full: give back the space set aside for this moment, so the
+            # state (and with it the run's end) can still be written.
+            self._reserve.unlink()
+            self.state.save(self.state_file)
+            logger.warning("gradwatch: disk full at %s; shipping on with the space kept "
+                           "for the shipper's state", self.path.parent)  # fmt: skip
 
     # ----------------------------------------------------------------- rounds
     def step(self, full_only: bool = False) -> bool:
@@ -297,6 +316,8 @@ class Shipper:
 
     def _drop(self, kind: str, key: str, why: str) -> None:
         self.state.dropped += 1
+        if kind == "artifact" and len(self.state.refused_artifacts) < 20:
+            self.state.refused_artifacts.append(key)  # close() names the report's fate
         logger.warning("gradwatch: MLflow cannot store %s %r (%s); dropped it", kind, key, why)
 
     # ----------------------------------------------------------------- acknowledging
@@ -341,10 +362,15 @@ class Shipper:
 
     def _append_artifact_line(self, artifact_path: str, line: str) -> None:
         local, _ = lines_path(self.files, artifact_path)
-        local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(local, "ab") as f:
-            f.write(line.encode() + b"\n")
-            self.state.artifact_sizes[artifact_path] = f.tell()
+        try:
+            with private_file(local, append=True) as f:
+                f.write(line.encode() + b"\n")
+                self.state.artifact_sizes[artifact_path] = f.tell()
+        except OSError as err:  # a full disk: the line is lost, the run still lands
+            if local.exists():
+                with open(local, "r+b") as f:  # no half line left behind
+                    f.truncate(self.state.artifact_sizes.get(artifact_path, 0))
+            self._drop("artifact line", artifact_path, f"cannot keep it beside the journal: {err}")
 
     def _upload_artifact_lines(self, force: bool) -> None:
         st = self.state

@@ -14,6 +14,7 @@ format and shipper.py for delivery.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import shutil
@@ -42,7 +43,9 @@ from gradwatch.tracking.journal import (
     files_dir,
     make_private_dir,
     new_journal_id,
+    private_file,
     remove_journal,
+    set_aside_reserve,
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
 from gradwatch.tracking.ship_process import ProcessShipper, ship_log_path
@@ -296,8 +299,8 @@ class RunTracker:
         seq = self._writer.last_seq + 1
         rel = f"f/{seq}-{os.getpid()}/{src.name}"
         dest = files_dir(self.journal_path) / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with open(src, "rb") as source, private_file(dest) as copy:  # 0600 in 0700 folders
+            shutil.copyfileobj(source, copy)
         target = artifact_path.strip("/") if artifact_path else ""
         self._append({"t": ARTIFACT_FILE, "ts": _now_ms(), "src": rel, "path": target})
 
@@ -462,10 +465,15 @@ class RunTracker:
             message = (f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
                        f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
                        f"{shown} is kept; each is named in {where}")  # fmt: skip
+            if any(p.endswith(("report.html", "histograms.png")) for p in state.refused_artifacts):
+                message += (f"; the run report among them: `gradwatch report {run_id}` draws "
+                            "it from MLflow and tries again")  # fmt: skip
         else:
             message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
         if lost:
-            message = (f"gradwatch: {lost} records were dropped: cannot write journal "
+            full = getattr(self._writer.last_error, "errno", None) == errno.ENOSPC
+            where = f"disk full at {self.journal_path.parent}: " if full else ""
+            message = (f"gradwatch: {where}{lost} records were dropped: cannot write journal "
                        f"{shown} ({self._writer.last_error}); the run "
                        f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
         if note:
@@ -654,6 +662,7 @@ def open_run(
     try:
         make_private_dir(directory)
         writer = JournalWriter.create(directory, header)
+        set_aside_reserve(writer.path)
     except OSError as err:
         raise TrackingError(
             f"cannot create a journal in {directory} ({err}); pass journal_dir= a writable folder"
