@@ -267,3 +267,35 @@ def test_a_disk_that_fills_up_mid_run_ends_the_run_failed_in_mlflow_and_says_dis
     assert run.info.status == "FAILED"
     assert run.data.tags["gradwatch.journal_dropped"].startswith(f"{result['dropped']} records")
     assert "Traceback" not in out.stderr
+
+
+def test_sync_of_a_read_only_journal_says_so_in_one_line(tmp_path):
+    dead = "http://127.0.0.1:9"  # discard port: nothing answers, the journal stays
+    journal_dir = tmp_path / "ro"
+    run = open_run(tracking_uri=dead, experiment="t-ro", journal_dir=journal_dir, settings=FAST)
+    run.log_metrics(0, {"loss": 1.0})
+    result = run.close(timeout=1.0)
+    assert result.pending > 0
+    for path in journal_dir.iterdir():  # what the shipper left besides the journal itself
+        if path != result.journal_path and path.is_file():
+            path.unlink()
+    # Read-only for root too: a read-only bind mount of the folder.
+    mounts = [["mount", "--bind", str(journal_dir), str(journal_dir)],
+              ["mount", "-o", "remount,ro,bind", str(journal_dir)]]  # fmt: skip
+    if any(subprocess.run(m, capture_output=True).returncode for m in mounts):
+        subprocess.run(["umount", str(journal_dir)], capture_output=True)
+        os.chmod(journal_dir, 0o500)  # not root (or no mount): the mode does it
+    try:
+        out = subprocess.run([sys.executable, "-m", "gradwatch", "sync", str(result.journal_path),
+                              "--tracking-uri", dead, "--timeout", "5"], capture_output=True,
+                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(journal_dir)], capture_output=True)
+        os.chmod(journal_dir, 0o700)
+    assert out.returncode != 0
+    assert "Traceback" not in out.stderr, out.stderr
+    assert (
+        f"cannot write beside {result.journal_path}" in out.stderr
+        or "cannot write beside" in out.stderr
+    )
+    assert "make" in out.stderr and "writable" in out.stderr

@@ -59,6 +59,8 @@ logger = logging.getLogger("gradwatch")
 #: Seconds an orphaned shipper may keep working before it leaves the rest of the journal to
 #: `gradwatch sync` (which is exactly-once with whatever the child shipped).
 ORPHAN_GRACE = 60.0
+#: Shipper processes close() left running in the background (see ``detach``).
+_still_running: list[subprocess.Popen] = []
 #: How often the parent re-reads the state file while it waits for a flush or close.
 POLL_SECONDS = 0.02
 #: Niceness added to the shipper process: training gets the CPU first.
@@ -158,6 +160,18 @@ class ProcessShipper:
     def cpu_seconds(self) -> float | None:
         """The shipper process's CPU so far (Linux), None where it cannot be read."""
         return cpu_seconds(self.proc.pid)
+
+    def detach(self) -> None:
+        """close() is done with the child: close the pipe (end of file is the child's cue
+        that nobody waits for it any more) and keep the process object until it exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        _still_running[:] = [p for p in _still_running if p.poll() is None]
+        if self.proc.poll() is None:
+            _still_running.append(self.proc)  # reaped later, never warned about as leaked
 
     def leave_running(self) -> None:
         """close() stops waiting: the child finishes on its own (within ``ORPHAN_GRACE``

@@ -437,6 +437,7 @@ class RunTracker:
             ending = "aborted"  # failing: what is not shipped stays in the journal
             shipper.abort()
             shipper.join(1.0)
+        shipper.detach()
         self._writer.close()
         self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
         self._closed = result = self._result(status, lost, ending, note)
