@@ -46,6 +46,8 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d", result.stderr)
     assert "\r" not in result.stderr
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
+    # Every run landed whole before the table was printed: no journal is left behind.
+    assert not list(Path(".gradwatch/journal").glob("*.jsonl"))
 
     out = CliRunner().invoke(
         main, ["compare", "-e", experiment, "--sweep", sweep, "--format", "json"]

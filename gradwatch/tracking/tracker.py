@@ -436,7 +436,9 @@ class RunTracker:
         else:
             ending = "aborted"  # failing: what is not shipped stays in the journal
             shipper.abort()
-            shipper.join(1.0)
+            # It stops after its current request; until it has, `gradwatch sync` would
+            # find the journal still being shipped.
+            shipper.join(5.0)
         shipper.detach()
         self._writer.close()
         self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
