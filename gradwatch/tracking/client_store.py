@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from gradwatch.mlflow_access import open_client
 from gradwatch.secrets import mask_uri
-from gradwatch.tracking.store import StoreError, classify_code
+from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["ClientStore"]
 

@@ -21,7 +21,7 @@ from typing import Protocol
 from gradwatch.tracking.backoff import Backoff
 from gradwatch.tracking.shipper import Shipper
 from gradwatch.tracking.state import ShipState
-from gradwatch.tracking.store import StoreError
+from gradwatch.tracking.store_error import StoreError
 
 __all__ = ["ShipLoop", "ShipperHandle", "cpu_seconds"]
 

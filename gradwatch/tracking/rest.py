@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.secrets import mask_uri
-from gradwatch.tracking.store import StoreError, classify_code
+from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["RestApiStore"]
 
