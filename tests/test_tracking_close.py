@@ -299,3 +299,35 @@ def test_sync_of_a_read_only_journal_says_so_in_one_line(tmp_path):
         or "cannot write beside" in out.stderr
     )
     assert "make" in out.stderr and "writable" in out.stderr
+
+
+def test_every_file_the_hook_writes_is_private_even_in_a_folder_open_to_others(
+    tracking_uri, tmp_path
+):
+    import stat
+
+    import numpy as np
+
+    import gradwatch
+
+    journal_dir = tmp_path / "shared"
+    journal_dir.mkdir(mode=0o755)
+    os.chmod(journal_dir, 0o755)  # a folder others may read: the files must not be
+    params = {"W": np.ones((4, 3))}
+
+    def loss_fn(p):
+        return float((p["W"] ** 2).sum())
+
+    with gradwatch.GradWatch(experiment="t-private", tracking_uri=tracking_uri, every=5,
+                             journal_dir=str(journal_dir), keep_journal=True, config=False) as watch:  # fmt: skip
+        for _ in range(20):
+            watch.step(params, {"W": 2 * params["W"]}, loss=loss_fn(params), lr=0.01, loss_fn=loss_fn)  # fmt: skip
+            params["W"] -= 0.01 * 2 * params["W"]
+    assert watch.close_result.complete, watch.close_result.message
+    written = list(journal_dir.rglob("*"))
+    files = [p for p in written if p.is_file()]
+    assert any(p.suffix == ".jsonl" for p in files)
+    assert any(p.parent.name != "shared" for p in files)  # in <journal>.files/: copies, lines
+    for path in written:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode & 0o077 == 0, f"{path} is {oct(mode)}: readable by others"
