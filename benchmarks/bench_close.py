@@ -69,12 +69,21 @@ def main() -> None:
         for i in range(args.repeats):
             with tempfile.TemporaryDirectory() as tmp:
                 db = Path(tmp) / "store" / "mlflow.db"
-                out = subprocess.run([sys.executable, "-c", SCRIPT, str(db)], cwd=tmp, env=env,
-                                     capture_output=True, text=True, timeout=900)  # fmt: skip
+                out = subprocess.run(
+                    [sys.executable, "-c", SCRIPT, str(db)],
+                    cwd=tmp,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=900,
+                )
                 line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
                 tb = "Traceback" in out.stderr
-                print(f"{i + 1}: close {line[0][7:] if line else 'no result'}"
-                      f"{' [traceback on stderr]' if tb else ''}", flush=True)  # fmt: skip
+                print(
+                    f"{i + 1}: close {line[0][7:] if line else 'no result'}"
+                    f"{' [traceback on stderr]' if tb else ''}",
+                    flush=True,
+                )
     finally:
         for b in burners:
             b.kill()

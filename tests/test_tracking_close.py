@@ -139,8 +139,13 @@ def test_a_shipper_killed_while_uploading_the_report_is_named_and_sync_lands_it(
     try:
         params = {"W": np.ones((4, 3))}
         grads = {"W": np.full((4, 3), 0.5)}
-        with gradwatch.GradWatch(experiment="t-killed", tracking_uri=proxy.uri, every=10,
-                                 journal_dir=str(tmp_path / "j"), config=False) as watch:  # fmt: skip
+        with gradwatch.GradWatch(
+            experiment="t-killed",
+            tracking_uri=proxy.uri,
+            every=10,
+            journal_dir=str(tmp_path / "j"),
+            config=False,
+        ) as watch:
             for step in range(30):
                 watch.step(params, grads, loss=float(30 - step), lr=0.1)
         result = watch.close_result
@@ -151,7 +156,9 @@ def test_a_shipper_killed_while_uploading_the_report_is_named_and_sync_lands_it(
     shown = display_path(result.journal_path)
     assert f"the shipper (pid {killed[0]}) stopped before the run landed" in result.message
     assert result.message.endswith(f"run `gradwatch sync {shown}`")
-    synced = sync_journal(result.journal_path, tracking_uri=mlflow_server.uri, settings=FAST, timeout=60)  # fmt: skip
+    synced = sync_journal(
+        result.journal_path, tracking_uri=mlflow_server.uri, settings=FAST, timeout=60
+    )
     assert synced.complete, synced.message
     client = mlflow.MlflowClient(mlflow_server.uri)
     assert client.get_run(synced.run_id).info.status == "FINISHED"
@@ -194,8 +201,14 @@ def test_a_fresh_sqlite_store_is_readable_right_after_the_with_block_under_load(
             workdir = tmp_path / f"fresh{attempt}"
             workdir.mkdir()
             db = workdir / "not-yet" / "mlflow.db"  # neither the file nor its folder exist
-            out = subprocess.run([sys.executable, "-c", FRESH_STORE_SCRIPT, str(db)], cwd=workdir,
-                                 env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+            out = subprocess.run(
+                [sys.executable, "-c", FRESH_STORE_SCRIPT, str(db)],
+                cwd=workdir,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             result = [line for line in out.stdout.splitlines() if line.startswith("RESULT")]
             message = [line for line in out.stdout.splitlines() if line.startswith("MESSAGE")]
             outcomes.append((out.returncode, result, message, out.stderr))
@@ -246,15 +259,30 @@ def test_a_disk_that_fills_up_mid_run_ends_the_run_failed_in_mlflow_and_says_dis
     # test_tracking_faults.py's file-size limit stands in for it.
     disk = tmp_path / "disk"
     disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
-                             capture_output=True).returncode == 0  # fmt: skip
+    mounted = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        == 0
+    )
     if not mounted:
         pytest.skip("cannot mount a tmpfs here (not root)")
     try:
         env = dict(os.environ, PYTHONPATH=str(REPO))
-        out = subprocess.run([sys.executable, "-c", DISK_FULL_CHILD, tracking_uri, str(disk / "j"),
-                              str(disk / "filler")],
-                             env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                DISK_FULL_CHILD,
+                tracking_uri,
+                str(disk / "j"),
+                str(disk / "filler"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
     assert out.returncode == 0, out.stderr
@@ -280,15 +308,31 @@ def test_sync_of_a_read_only_journal_says_so_in_one_line(tmp_path):
         if path != result.journal_path and path.is_file():
             path.unlink()
     # Read-only for root too: a read-only bind mount of the folder.
-    mounts = [["mount", "--bind", str(journal_dir), str(journal_dir)],
-              ["mount", "-o", "remount,ro,bind", str(journal_dir)]]  # fmt: skip
+    mounts = [
+        ["mount", "--bind", str(journal_dir), str(journal_dir)],
+        ["mount", "-o", "remount,ro,bind", str(journal_dir)],
+    ]
     if any(subprocess.run(m, capture_output=True).returncode for m in mounts):
         subprocess.run(["umount", str(journal_dir)], capture_output=True)
         os.chmod(journal_dir, 0o500)  # not root (or no mount): the mode does it
     try:
-        out = subprocess.run([sys.executable, "-m", "gradwatch", "sync", str(result.journal_path),
-                              "--tracking-uri", dead, "--timeout", "5"], capture_output=True,
-                             text=True, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)  # fmt: skip
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gradwatch",
+                "sync",
+                str(result.journal_path),
+                "--tracking-uri",
+                dead,
+                "--timeout",
+                "5",
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+            timeout=120,
+        )
     finally:
         subprocess.run(["umount", str(journal_dir)], capture_output=True)
         os.chmod(journal_dir, 0o700)
@@ -318,10 +362,18 @@ def test_every_file_the_hook_writes_is_private_even_in_a_folder_open_to_others(
     def loss_fn(p):
         return float((p["W"] ** 2).sum())
 
-    with gradwatch.GradWatch(experiment="t-private", tracking_uri=tracking_uri, every=5,
-                             journal_dir=str(journal_dir), keep_journal=True, config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        experiment="t-private",
+        tracking_uri=tracking_uri,
+        every=5,
+        journal_dir=str(journal_dir),
+        keep_journal=True,
+        config=False,
+    ) as watch:
         for _ in range(20):
-            watch.step(params, {"W": 2 * params["W"]}, loss=loss_fn(params), lr=0.01, loss_fn=loss_fn)  # fmt: skip
+            watch.step(
+                params, {"W": 2 * params["W"]}, loss=loss_fn(params), lr=0.01, loss_fn=loss_fn
+            )
             params["W"] -= 0.01 * 2 * params["W"]
     assert watch.close_result.complete, watch.close_result.message
     written = list(journal_dir.rglob("*"))

@@ -81,8 +81,10 @@ def report_step(run: Any) -> Callable[[str], str | None]:
                 run.log_artifact_file(str(path), REPORT_DIR)
         if paths:
             return None
-        return (f"The run report could not be drawn (see the warning above); "
-                f"`gradwatch report {run.run_id or 'RUN_ID'}` draws it from MLflow")  # fmt: skip
+        return (
+            f"The run report could not be drawn (see the warning above); "
+            f"`gradwatch report {run.run_id or 'RUN_ID'}` draws it from MLflow"
+        )
 
     return draw
 

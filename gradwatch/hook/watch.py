@@ -207,7 +207,9 @@ class GradWatch:
         finally:
             # The report is drawn once the summary tags are in the journal (it shows them).
             draw = report_step(self.run) if parts is not None and self.options.report else None
-            self.close_result = self.run.close(status, timeout=self.options.flush_timeout, before_end=draw)  # fmt: skip
+            self.close_result = self.run.close(
+                status, timeout=self.options.flush_timeout, before_end=draw
+            )
         return self.close_result
 
     def _close_at_exit(self) -> None:

@@ -79,8 +79,12 @@ def write_report_files(data: RunData, out_dir: str | os.PathLike) -> list[Path]:
     return [report, *written]
 
 
-def write_run_artifacts(journal_path: str | os.PathLike, out_dir: str | os.PathLike,
-                        run_id: str | None = None, status: str | None = None) -> list[Path]:  # fmt: skip
+def write_run_artifacts(
+    journal_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    run_id: str | None = None,
+    status: str | None = None,
+) -> list[Path]:
     """Write the run's ``report.html`` and ``histograms.png`` from its journal into
     ``out_dir``: the hook's last step before the run's end record (hook/run.py
     ``report_step``) logs them under ``gradwatch/``; ``status`` is the one the run is

@@ -136,8 +136,14 @@ def journal_files(journal_path: str | os.PathLike) -> list[Path]:
     """The journal and every file beside it that belongs to it (state, ship log and lock,
     copied artifacts)."""
     p = Path(journal_path)
-    return [p, state_path(p), reserve_path(p), p.with_suffix(".ship.log"),
-            p.with_suffix(".ship.lock"), files_dir(p)]  # fmt: skip
+    return [
+        p,
+        state_path(p),
+        reserve_path(p),
+        p.with_suffix(".ship.log"),
+        p.with_suffix(".ship.lock"),
+        files_dir(p),
+    ]
 
 
 def reserve_path(journal_path: str | os.PathLike) -> Path:

@@ -37,8 +37,13 @@ ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/"
 _NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
-_STALE_CONNECTION = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError,
-                     http.client.RemoteDisconnected, http.client.BadStatusLine)  # fmt: skip
+_STALE_CONNECTION = (
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    http.client.RemoteDisconnected,
+    http.client.BadStatusLine,
+)
 
 
 class RestApiStore:
@@ -101,7 +106,9 @@ class RestApiStore:
                 # safe (shipper.py: every request is idempotent or found again by its tag).
                 if attempt == 0 and reused and isinstance(err, _STALE_CONNECTION):
                     continue
-                raise StoreError(f"{method} {self.shown_uri}{path}: {type(err).__name__}: {err}", "transient") from None  # fmt: skip
+                raise StoreError(
+                    f"{method} {self.shown_uri}{path}: {type(err).__name__}: {err}", "transient"
+                ) from None
         if resp.will_close:
             self.close()
         if 200 <= resp.status < 300:

@@ -151,8 +151,11 @@ class Shipper:
             # state (and with it the run's end) can still be written.
             self._reserve.unlink()
             self.state.save(self.state_file)
-            logger.warning("gradwatch: disk full at %s; shipping on with the space kept "
-                           "for the shipper's state", self.path.parent)  # fmt: skip
+            logger.warning(
+                "gradwatch: disk full at %s; shipping on with the space kept "
+                "for the shipper's state",
+                self.path.parent,
+            )
 
     # ----------------------------------------------------------------- rounds
     def step(self, full_only: bool = False) -> bool:
@@ -283,7 +286,11 @@ class Shipper:
                     if not _is_rejection(err):
                         raise  # an outage or a dropped connection: the round is retried
                     # Too large for the server or a proxy: sending it again cannot help.
-                    self._drop("artifact", f"{rec.get('path') or ''}/{local.name}".lstrip("/"), str(err)[:300])  # fmt: skip
+                    self._drop(
+                        "artifact",
+                        f"{rec.get('path') or ''}/{local.name}".lstrip("/"),
+                        str(err)[:300],
+                    )
 
     def _log_batch(self, metrics: list, params: list, tags: list) -> None:
         try:

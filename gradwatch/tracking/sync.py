@@ -280,8 +280,10 @@ def _result(shipper, shipped_before: int, already: bool, last_error: BaseExcepti
         message = f"gradwatch: synced {shipped} records of {shown} to run {st.run_id}{how}"
     torn = torn_tail(shipper.path)
     if torn:
-        message += (f"; its last line was cut short ({torn} bytes without an end, a write "
-                    "interrupted by a crash) and is not a record: skipped")  # fmt: skip
+        message += (
+            f"; its last line was cut short ({torn} bytes without an end, a write "
+            "interrupted by a crash) and is not a record: skipped"
+        )
     return SyncResult(
         journal_path=shipper.path, run_id=st.run_id, shipped=shipped,
         pending=pending if shipper.finalized else max(pending, 1), status=st.finalized,

@@ -98,10 +98,21 @@ def display_path(path: str | os.PathLike) -> str:
 
 
 def _is_unreachable(error: str) -> bool:
-    return any(s in error for s in ("Connection refused", "ConnectionRefused", "unreachable",
-                                    "Name or service not known", "No route to host",
-                                    "timed out", "Timeout", "RemoteDisconnected",
-                                    "ConnectionReset", "BrokenPipe"))  # fmt: skip
+    return any(
+        s in error
+        for s in (
+            "Connection refused",
+            "ConnectionRefused",
+            "unreachable",
+            "Name or service not known",
+            "No route to host",
+            "timed out",
+            "Timeout",
+            "RemoteDisconnected",
+            "ConnectionReset",
+            "BrokenPipe",
+        )
+    )
 
 
 def _is_locked(error: str) -> bool:
@@ -143,7 +154,11 @@ class _Wait:
     def leave_running(self) -> bool:
         """True if the shipper was still working (not failing) when the wait gave up."""
         state = self.shipper.state
-        return self.shipper.alive() and not state.fatal and (not state.failing or _is_locked(state.failing))  # fmt: skip
+        return (
+            self.shipper.alive()
+            and not state.fatal
+            and (not state.failing or _is_locked(state.failing))
+        )
 
     def _observe(self) -> None:
         now = time.monotonic()
@@ -155,8 +170,12 @@ class _Wait:
             self.mark = mark
         if now - self.window_at >= 1.0:
             cpu = self.shipper.cpu_seconds()
-            if (cpu is not None and self.window_cpu is not None and not state.failing
-                    and cpu - self.window_cpu >= self.WORKING_CPU * (now - self.window_at)):  # fmt: skip
+            if (
+                cpu is not None
+                and self.window_cpu is not None
+                and not state.failing
+                and cpu - self.window_cpu >= self.WORKING_CPU * (now - self.window_at)
+            ):
                 self.progress_at = now
             self.window_at, self.window_cpu = now, cpu
         if not self.said and now - self.started >= self.SAY_AFTER:
@@ -165,9 +184,13 @@ class _Wait:
             doing = state.phase or "starting"
             if state.failing:
                 doing += f", retrying after: {state.failing}"
-            print(mask_uri(f"gradwatch: landing the run in {self.tracker.tracking_uri}: "
-                           f"{doing}; {pending} records left (shipper pid {self.shipper.pid})"),
-                  file=sys.stderr)  # fmt: skip
+            print(
+                mask_uri(
+                    f"gradwatch: landing the run in {self.tracker.tracking_uri}: "
+                    f"{doing}; {pending} records left (shipper pid {self.shipper.pid})"
+                ),
+                file=sys.stderr,
+            )
 
 
 def pending_message(pending: int, journal_path: str | os.PathLike) -> str:
@@ -375,8 +398,12 @@ class RunTracker:
         self._shipper.wait(lambda: self._shipper.state.acked_seq >= target, timeout)
         return self.pending
 
-    def close(self, status: str = "FINISHED", timeout: float = 10.0,
-              before_end: Callable[[str], str | None] | None = None) -> CloseResult:  # fmt: skip
+    def close(
+        self,
+        status: str = "FINISHED",
+        timeout: float = 10.0,
+        before_end: Callable[[str], str | None] | None = None,
+    ) -> CloseResult:
         """End the run: write the end record, wait while the shipper lands it, set ``status``.
 
             result = run.close("FINISHED", timeout=10.0)   # CloseResult; str(result) says how
@@ -416,7 +443,9 @@ class RunTracker:
             try:
                 note = before_end(status)
             except Exception as err:  # noqa: BLE001 - the run must still end
-                logger.warning("gradwatch: the end of run step failed (%s: %s)", type(err).__name__, err)  # fmt: skip
+                logger.warning(
+                    "gradwatch: the end of run step failed (%s: %s)", type(err).__name__, err
+                )
             lost = self._writer.dropped
         if lost:
             why = f"{lost} records dropped: cannot write journal {self.journal_path} ({self._writer.last_error})"  # fmt: skip
@@ -444,7 +473,9 @@ class RunTracker:
         self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
         self._closed = result = self._result(status, lost, ending, note)
         if result.message:
-            (logger.warning if result.pending or lost or result.error or note else logger.info)("%s", result.message)  # fmt: skip
+            (logger.warning if result.pending or lost or result.error or note else logger.info)(
+                "%s", result.message
+            )
         return result
 
     def _result(self, status: str, lost: int, ending: str, note: str | None) -> CloseResult:
@@ -457,20 +488,26 @@ class RunTracker:
         error = state.fatal
         shown = display_path(self.journal_path)
         if error:
-            message = (f"gradwatch: MLflow refuses this run: {error}. {pending} records kept in "
-                       f"{shown}; fix that, then run `gradwatch sync {shown}`")  # fmt: skip
+            message = (
+                f"gradwatch: MLflow refuses this run: {error}. {pending} records kept in "
+                f"{shown}; fix that, then run `gradwatch sync {shown}`"
+            )
         elif pending:
             message = self._pending_message(state, pending, ending)
         elif state.dropped:
             # A shipper thread (no process to spare) warned in this process's own log.
             ship_log = ship_log_path(self.journal_path)
             where = display_path(ship_log) if ship_log.exists() else "the warnings above"
-            message = (f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
-                       f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
-                       f"{shown} is kept; each is named in {where}")  # fmt: skip
+            message = (
+                f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
+                f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
+                f"{shown} is kept; each is named in {where}"
+            )
             if any(p.endswith(("report.html", "histograms.png")) for p in state.refused_artifacts):
-                message += (f"; the run report among them: `gradwatch report {run_id}` draws "
-                            "it from MLflow and tries again")  # fmt: skip
+                message += (
+                    f"; the run report among them: `gradwatch report {run_id}` draws "
+                    "it from MLflow and tries again"
+                )
         else:
             message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
         if lost:
@@ -480,8 +517,10 @@ class RunTracker:
                        f"{shown} ({self._writer.last_error}); the run "
                        f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
         if note:
-            message = f"{message}. {note}".replace("`gradwatch report None`", "`gradwatch report RUN_ID`")  # fmt: skip
-        landed = not pending and not error and not lost and state.dropped == 0 and shipper.finalized  # fmt: skip
+            message = f"{message}. {note}".replace(
+                "`gradwatch report None`", "`gradwatch report RUN_ID`"
+            )
+        landed = not pending and not error and not lost and state.dropped == 0 and shipper.finalized
         removed = landed and not self.keep_journal
         if removed:
             remove_journal(self.journal_path)
@@ -502,30 +541,48 @@ class RunTracker:
         if ending == "stopped":
             log = ship_log_path(self.journal_path)
             where = f"; see {display_path(log)}" if log.exists() and log.stat().st_size else ""
-            return (f"gradwatch: the shipper (pid {shipper.pid}) stopped before the run landed"
-                    f"{where}. {pending} records kept in {shown}; {sync}")  # fmt: skip
+            return (
+                f"gradwatch: the shipper (pid {shipper.pid}) stopped before the run landed"
+                f"{where}. {pending} records kept in {shown}; {sync}"
+            )
         if "No space left" in failing or "ENOSPC" in failing:
-            return (f"gradwatch: disk full at {self.journal_path.parent}: the shipper cannot "
-                    f"write ({failing}). {pending} records kept in {shown}; free some space, "
-                    f"then {sync}")  # fmt: skip
+            return (
+                f"gradwatch: disk full at {self.journal_path.parent}: the shipper cannot "
+                f"write ({failing}). {pending} records kept in {shown}; free some space, "
+                f"then {sync}"
+            )
         if ending == "background":
             what = f" ({state.phase})" if state.phase else ""
             if _is_locked(failing):
-                return (f"gradwatch: the store {uri} is busy (locked by another process: "
-                        f"{failing}); still shipping in the background (pid {shipper.pid}){what}, "
-                        f"{pending} records left; it finishes on its own. If it does not, {sync}")  # fmt: skip
-            return (f"gradwatch: still shipping in the background (pid {shipper.pid}){what}, "
-                    f"{pending} records left; it finishes on its own and removes {shown}. If it "
-                    f"does not, {sync}")  # fmt: skip
-        if failing and self.tracking_uri.startswith(("http://", "https://")) and _is_unreachable(failing):  # fmt: skip
-            return (f"gradwatch: MLflow server {uri} is unreachable ({failing}). {pending} "
-                    f"records kept in {shown}; {sync} when the server is back")  # fmt: skip
+                return (
+                    f"gradwatch: the store {uri} is busy (locked by another process: "
+                    f"{failing}); still shipping in the background (pid {shipper.pid}){what}, "
+                    f"{pending} records left; it finishes on its own. If it does not, {sync}"
+                )
+            return (
+                f"gradwatch: still shipping in the background (pid {shipper.pid}){what}, "
+                f"{pending} records left; it finishes on its own and removes {shown}. If it "
+                f"does not, {sync}"
+            )
+        if (
+            failing
+            and self.tracking_uri.startswith(("http://", "https://"))
+            and _is_unreachable(failing)
+        ):
+            return (
+                f"gradwatch: MLflow server {uri} is unreachable ({failing}). {pending} "
+                f"records kept in {shown}; {sync} when the server is back"
+            )
         if failing:
-            return (f"gradwatch: the store {uri} refuses the requests ({failing}). {pending} "
-                    f"records kept in {shown}; once it works again, {sync}")  # fmt: skip
-        return (f"gradwatch: the shipper made no progress for {self._close_timeout:g} s"
-                f"{f' ({state.phase})' if state.phase else ''}. {pending} records kept in "
-                f"{shown}; {sync}")  # fmt: skip
+            return (
+                f"gradwatch: the store {uri} refuses the requests ({failing}). {pending} "
+                f"records kept in {shown}; once it works again, {sync}"
+            )
+        return (
+            f"gradwatch: the shipper made no progress for {self._close_timeout:g} s"
+            f"{f' ({state.phase})' if state.phase else ''}. {pending} records kept in "
+            f"{shown}; {sync}"
+        )
 
     @property
     def closed(self) -> bool:
