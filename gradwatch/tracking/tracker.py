@@ -127,14 +127,11 @@ class _Wait:
 
     #: After this many seconds, close() says once what it is waiting for.
     SAY_AFTER = 2.0
-    #: CPU seconds a second that count as working (its idle loop spends ~nothing).
-    WORKING_CPU = 0.02
 
     def __init__(self, shipper: ShipperHandle, timeout: float, tracker: RunTracker) -> None:
         self.shipper, self.timeout, self.tracker = shipper, max(0.0, float(timeout)), tracker
-        now = time.monotonic()
-        self.started = self.progress_at = self.window_at = now
-        self.window_cpu = shipper.cpu_seconds()
+        self.started = self.progress_at = time.monotonic()
+        self.cpu = shipper.cpu_seconds()
         self.mark: tuple | None = None
         self.said = False
         self.stalled = False
@@ -152,13 +149,12 @@ class _Wait:
         return True
 
     def leave_running(self) -> bool:
-        """True if the shipper was still working (not failing) when the wait gave up."""
+        """True if the shipper was at work (started, no error but a locked store) when the
+        wait gave up: it finishes on its own."""
         state = self.shipper.state
-        return (
-            self.shipper.alive()
-            and not state.fatal
-            and (not state.failing or _is_locked(state.failing))
-        )
+        if not self.shipper.alive() or state.fatal or state.phase is None:
+            return False
+        return not state.failing or _is_locked(state.failing)
 
     def _observe(self) -> None:
         now = time.monotonic()
@@ -168,16 +164,13 @@ class _Wait:
             if self.mark is not None and not (state.failing and mark[:4] == self.mark[:4]):
                 self.progress_at = now
             self.mark = mark
-        if now - self.window_at >= 1.0:
-            cpu = self.shipper.cpu_seconds()
-            if (
-                cpu is not None
-                and self.window_cpu is not None
-                and not state.failing
-                and cpu - self.window_cpu >= self.WORKING_CPU * (now - self.window_at)
-            ):
-                self.progress_at = now
-            self.window_at, self.window_cpu = now, cpu
+        # CPU spent since the last look (its clock ticks every 10 ms) while meeting no error:
+        # starting up, importing MLflow, creating or migrating a store. A shipper retrying
+        # after errors spends a little too, which is no progress.
+        cpu = self.shipper.cpu_seconds()
+        if cpu is not None and self.cpu is not None and cpu > self.cpu and not state.failing:
+            self.progress_at = now
+        self.cpu = cpu
         if not self.said and now - self.started >= self.SAY_AFTER:
             self.said = True
             pending = self.tracker.pending
