@@ -11,7 +11,7 @@ full-batch on seeded blobs with raw-scale (unnormalized) features:
 - lr=1e-10 barely moves (the loss changes in the 7th digit: ``compare`` calls it stalled).
 
 Every run is watched by gradwatch.GradWatch and tagged with one ``gradwatch.sweep_id``; the
-script then compares exactly those runs with gradwatch.compare, the module behind
+script then compares exactly those runs with gradwatch.runs.compare, the module behind
 ``gradwatch compare`` (the same table, from the command line:
 ``gradwatch compare --experiment gradwatch-lr-sweep --sweep <id>``).
 
@@ -28,9 +28,11 @@ import time
 import numpy as np
 
 import gradwatch
-from gradwatch import compare
 from gradwatch.demo import MLP, make_blobs
+from gradwatch.mlflow_access import get_client
 from gradwatch.params import TAG_SWEEP_ID
+from gradwatch.runs import compare
+from gradwatch.runs.plot import plot_runs
 
 #: learns, diverges, barely moves.
 LEARNING_RATES = (0.5, 10.0, 1e-10)
@@ -86,7 +88,7 @@ def main() -> None:
         print(f"  run {run_id}: final loss {loss:.6g}")
 
     # The comparison reads the runs back from MLflow (the hook flushed them on exit).
-    client = compare.get_client(None)
+    client = get_client(None)
     runs = compare.select_runs(client, experiment=args.experiment, sweep_id=sweep_id)
     results = compare.summarize_runs(client, runs)
     summaries = [summary for summary, _ in results]
@@ -95,7 +97,7 @@ def main() -> None:
     for s in summaries:
         print(f"{s.run_name}: diverged={s.diverged} stalled={s.stalled} verdict={s.verdict}")
     if args.plot:
-        compare.plot_runs([curves for _, curves in results], args.plot)
+        plot_runs([curves for _, curves in results], args.plot)
         print(f"plot: {args.plot}")
     print(f"\nsame table: gradwatch compare --experiment {args.experiment} --sweep {sweep_id}")
 

@@ -41,9 +41,10 @@ _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$"
 class GreedyOption(click.Option):
     """An option that takes every following value: ``--lr 1 0.1 0.01``, ``--runs ID ID``.
 
-    Click options take a fixed number of values; this one keeps consuming arguments until
-    the next option (or, with ``numbers_only``, the first argument that is not a number, so
-    ``--lr 1 0.1 train.py`` still leaves ``train.py`` as the script). It may be repeated.
+    Click options take a fixed number of values; this one keeps taking arguments until the
+    next option (or, with ``numbers_only``, the first argument that is not a number, so
+    ``--lr 1 0.1 train.py`` still leaves ``train.py`` as the script). It may be repeated. Its
+    command must be a :class:`GreedyCommand`, which spells the values out for click.
     """
 
     def __init__(self, *args: Any, numbers_only: bool = False, **kwargs: Any) -> None:
@@ -51,25 +52,39 @@ class GreedyOption(click.Option):
         super().__init__(*args, **kwargs)
         self.numbers_only = numbers_only
 
-    def add_to_parser(self, parser: Any, ctx: click.Context) -> None:
-        super().add_to_parser(parser, ctx)
-        for name in self.opts:
-            opt = parser._long_opt.get(name) or parser._short_opt.get(name)
-            if opt is None:
+    def takes(self, arg: str) -> bool:
+        """Whether ``arg``, after this option's first value, is one more of its values."""
+        if arg == "--" or (arg.startswith("-") and not _NUMBER.match(arg)):
+            return False
+        return not self.numbers_only or bool(_NUMBER.match(arg))
+
+
+class GreedyCommand(click.Command):
+    """A command with :class:`GreedyOption` s: ``--lr 1 0.1`` is read as ``--lr 1 --lr 0.1``
+    before click parses the arguments (nothing after ``--`` is touched)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        greedy = {name: p for p in self.params if isinstance(p, GreedyOption) for name in p.opts}
+        spelled: list[str] = []
+        i = 0
+        while i < len(args):
+            arg = args[i]
+            spelled.append(arg)
+            i += 1
+            if arg == "--":
+                spelled += args[i:]
+                break
+            name, equals, _ = arg.partition("=")
+            option = greedy.get(name)
+            if option is None:
                 continue
-            original = opt.process
-
-            def process(value: Any, state: Any, original: Callable = original) -> None:
-                original(value, state)
-                while state.rargs:
-                    nxt = state.rargs[0]
-                    if nxt == "--" or (nxt.startswith("-") and not _NUMBER.match(nxt)):
-                        break
-                    if self.numbers_only and not _NUMBER.match(nxt):
-                        break
-                    original(state.rargs.pop(0), state)
-
-            opt.process = process
+            if not equals and i < len(args):  # `--lr 1`: the first value, whatever it looks like
+                spelled.append(args[i])
+                i += 1
+            while i < len(args) and option.takes(args[i]):
+                spelled += [name, args[i]]
+                i += 1
+        return super().parse_args(ctx, spelled)
 
 
 def tracking_uri_option(fn: Callable) -> Callable:
@@ -247,7 +262,7 @@ def run_compare(
     return summaries
 
 
-@main.command("compare", context_settings=CONTEXT)
+@main.command("compare", cls=GreedyCommand, context_settings=CONTEXT)
 @click.option("--experiment", "-e", metavar="NAME", help="Experiment whose runs to compare.")
 @click.option(
     "--runs", "run_ids", cls=GreedyOption, metavar="ID...", help="Compare these run ids instead."
@@ -326,7 +341,7 @@ def _typed(text: str) -> Any:
     return text
 
 
-@main.command("sweep", context_settings=CONTEXT)
+@main.command("sweep", cls=GreedyCommand, context_settings=CONTEXT)
 @click.argument("script", type=click.Path(exists=True, dir_okay=False))
 @click.argument("script_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- SCRIPT_ARGS...]")
 @click.option(

@@ -24,7 +24,7 @@ secrets, like webhook URLs and headers, and never reach logs or MLflow params.
 
 from __future__ import annotations
 
-import difflib
+import functools
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -46,7 +46,7 @@ from gradwatch.alerts.detectors import DETECTORS, Param
 from gradwatch.alerts.observations import SEVERITIES
 from gradwatch.alerts.rules import Rule, default_rules, validate_rule
 from gradwatch.check import MODES, validate_options
-from gradwatch.errors import ConfigError, InputError
+from gradwatch.errors import ConfigError, InputError, did_you_mean
 from gradwatch.secrets import REDACTED, mask_uri
 
 __all__ = [
@@ -63,9 +63,11 @@ __all__ = [
 DEFAULT_CONFIG_FILE = "gradwatch.yaml"
 #: A config file larger than this is refused before it is parsed (a real one is a few kB).
 MAX_CONFIG_BYTES = 1_000_000
-#: At most this many YAML nodes are built: an alias bomb (nested aliases of aliases) stops here
-#: instead of expanding into gigabytes. Shared nodes are built once, so real files stay far below.
+#: At most this many YAML values are read (the pairs merge keys copy included). An alias reuses
+#: its node, built once, so nested aliases cannot expand into gigabytes; real files stay far below.
 MAX_CONFIG_NODES = 20_000
+#: Deeper nesting is refused before Python's recursion limit is near (a real file has 5 levels).
+MAX_CONFIG_DEPTH = 32
 
 KeyPath = tuple[str | int, ...]
 
@@ -250,7 +252,12 @@ def check_hook_option(name: str, value: Any) -> Any:
     check's own options, :func:`gradwatch.check.validate_options` (so ``check_gradients``, the
     hook and the YAML file accept exactly the same values). Raises ValueError.
 
-        check_hook_option("seed", 2**64)   # ValueError: must be an integer from 0 to 2**64 - 1...
+    >>> check_hook_option("hist_every", False)   # off, as 0
+    0
+    >>> check_hook_option("seed", 2**64)
+    Traceback (most recent call last):
+    ...
+    ValueError: must be an integer from 0 to 2**64 - 1, or None (drawn and recorded); got ...
     """
     value = HOOK_OPTIONS[name].check(_off_as_zero(name, value))
     if name in _CHECK_OPTIONS:
@@ -337,16 +344,13 @@ def parse_config(text: str, path: str = "<string>") -> Config:
 
 
 class _Ctx:
-    """Line numbers and secret-ness of every key path, and error construction."""
+    """What the loader learnt about each key path (its line, the ``${VAR}`` expanded into it),
+    and error construction for the schema checks that follow."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self.lines: dict[KeyPath, int] = {}
         self.env: dict[KeyPath, str] = {}  # key path -> first ${VAR} expanded into it
-        # id(node) -> (value, key path where first built): each shared collection is built once
-        self.built: dict[int, tuple[Any, KeyPath]] = {}
-        self.building: set[int] = set()  # nodes being built (a second visit is a cycle)
-        self.nodes = 0
 
     def error(self, keypath: KeyPath, message: str) -> ConfigError:
         line = None
@@ -357,12 +361,12 @@ class _Ctx:
         return ConfigError(message, path=self.path, line=line, key=_dotted(keypath) or None)
 
     def compose(self, text: str) -> Any:
+        """The Python value of the YAML ``text``; every problem is a one-line ConfigError."""
         loader = None
         try:
             # Built inside the try: the reader already rejects some input (a NUL byte).
-            loader = yaml.SafeLoader(text)
-            node = loader.get_single_node()
-            return None if node is None else self._build(loader, node, ())
+            loader = _Loader(text, self)
+            return loader.get_single_data()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else None
@@ -383,103 +387,167 @@ class _Ctx:
             raise ConfigError(
                 f"invalid YAML: {' '.join(str(exc).split())}", path=self.path
             ) from None
-        except RecursionError:
-            # PyYAML's merge-key flattening recurses into a self-referencing `<<: *a`.
-            raise ConfigError(
-                "a YAML alias refers to the node that contains it (recursive alias); "
-                "write the values out",
-                path=self.path,
-            ) from None
         finally:
             if loader is not None:
                 loader.dispose()
 
-    def _build(self, loader: yaml.SafeLoader, node: yaml.Node, keypath: KeyPath) -> Any:
-        """The Python value of ``node``. A node referenced again through an alias is built once
-        and shared (as PyYAML does), so nested aliases cannot multiply the work; a node that
-        refers to itself is refused."""
-        key = id(node)
-        if key in self.built:
-            value, first = self.built[key]
-            # Values expanded from ${VAR} inside the shared node are secrets here too.
-            for path, var in list(self.env.items()):
-                if path[: len(first)] == first:
-                    self.env.setdefault((*keypath, *path[len(first) :]), var)
-            return value
-        if key in self.building:
-            self.lines[keypath] = node.start_mark.line + 1
-            raise self.error(
-                keypath, "recursive alias: a node refers to itself; write the values out"
-            )
-        self.nodes += 1
-        if self.nodes > MAX_CONFIG_NODES:
-            raise self.error(keypath, f"more than {MAX_CONFIG_NODES} values (nested aliases?); "
-                                      "a gradwatch.yaml is a few dozen lines")  # fmt: skip
-        self.building.add(key)
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that records each key path's line and ``${VAR}`` expansions in
+    ``ctx``, and refuses what would make it slow or recurse without end: more than
+    :data:`MAX_CONFIG_NODES` values (aliases reuse a node, as PyYAML does, so they cost
+    nothing; merge keys copy and count), nesting deeper than :data:`MAX_CONFIG_DEPTH`, and a
+    node that contains itself."""
+
+    def __init__(self, text: str, ctx: _Ctx) -> None:
+        super().__init__(text)
+        self.ctx = ctx
+        self.keypath: KeyPath = ()  # where the node being built sits
+        self.first_path: dict[yaml.Node, KeyPath] = {}  # where each collection was built
+        self.flattening: set[yaml.Node] = set()
+        self.nodes = 0
+        self.depth = 0
+
+    def fetch_flow_collection_start(self, token_class: type[yaml.Token]) -> None:
+        # The scanner looks up to 1024 characters ahead at every level of `[[[[...` for a
+        # possible key, at a cost that grows with the depth: refuse the depth while scanning.
+        if self.flow_level >= MAX_CONFIG_DEPTH:
+            raise self._too_deep(self.get_mark().line + 1)
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):  # an existing node: no new value, no new level
+            return super().compose_node(parent, index)
+        line = self.peek_event().start_mark.line + 1
+        self._count(1, line)
+        self.depth += 1
         try:
-            value = self._build_node(loader, node, keypath)
+            if self.depth > MAX_CONFIG_DEPTH:
+                raise self._too_deep(line)
+            return super().compose_node(parent, index)
         finally:
-            self.building.discard(key)
-        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
-            self.built[key] = (value, keypath)  # scalars are cheap to build again
-        return value
+            self.depth -= 1
 
-    def _build_node(self, loader: yaml.SafeLoader, node: yaml.Node, keypath: KeyPath) -> Any:
-        self.lines.setdefault(keypath, node.start_mark.line + 1)
-        if isinstance(node, yaml.MappingNode):
-            self._check_tag(node, keypath, "tag:yaml.org,2002:map")
-            loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
-            out: dict[str, Any] = {}
-            for key_node, value_node in node.value:
-                key = self._build(loader, key_node, (*keypath, "<key>"))
-                if not isinstance(key, str):
-                    raise self.error(keypath, f"keys must be strings, got {_short(key)}")
-                sub = (*keypath, key)
-                if key in out:
-                    self.lines[sub] = key_node.start_mark.line + 1
-                    raise self.error(sub, "duplicate key; each key may appear once")
-                self.lines[sub] = key_node.start_mark.line + 1
-                out[key] = self._build(loader, value_node, sub)
-            return out
-        if isinstance(node, yaml.SequenceNode):
-            self._check_tag(node, keypath, "tag:yaml.org,2002:seq")
-            return [self._build(loader, n, (*keypath, i)) for i, n in enumerate(node.value)]
-        self._check_tag(node, keypath, None)
-        value = loader.construct_object(node, deep=True)
-        if isinstance(value, str):
-            if keypath[-1:] == ("<key>",):
-                if _ENV.search(value):
-                    # An expanded key would be shown as a param/tag name: a secret in the open.
-                    raise self.error(keypath[:-1], "keys cannot use ${VAR}: only values can")
-            else:
-                value = self._expand(value, keypath)
-        return value
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        """YAML merge keys (``<<: *anchor``), with the merged pairs counted as values."""
+        if node in self.flattening:
+            raise self._recursive(node)
+        before = len(node.value)
+        self.flattening.add(node)
+        try:
+            super().flatten_mapping(node)
+        finally:
+            self.flattening.discard(node)
+        self._count(len(node.value) - before, node.start_mark.line + 1)
 
-    def _check_tag(self, node: yaml.Node, keypath: KeyPath, expected: str | None) -> None:
-        ok = node.tag == expected if expected else node.tag in yaml.SafeLoader.yaml_constructors
-        if not ok:
-            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
-            self.lines[keypath] = node.start_mark.line + 1
-            raise self.error(
-                keypath,
-                f"YAML tag {tag} is not allowed: the config is loaded with yaml.safe_load, "
-                "write plain values",
-            )
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        if node in self.recursive_objects:
+            raise self._recursive(node)
+        if node in self.constructed_objects:
+            first = self.first_path.get(node)
+            if first is not None:  # ${VAR} values inside a shared node are secrets here too
+                for path, var in list(self.ctx.env.items()):
+                    if path[: len(first)] == first:
+                        self.ctx.env.setdefault((*self.keypath, *path[len(first) :]), var)
+            return self.constructed_objects[node]
+        self.ctx.lines.setdefault(self.keypath, node.start_mark.line + 1)
+        self._check_tag(node)
+        if isinstance(node, yaml.CollectionNode):
+            self.first_path[node] = self.keypath
+        # Depth first, so the key path is known. A node is built where its anchor stands (the
+        # first place in document order) and reused at its aliases, so building recurses no
+        # deeper than the composer did.
+        return super().construct_object(node, deep=True)
 
-    def _expand(self, value: str, keypath: KeyPath) -> str:
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[str, Any]:
+        self.flatten_mapping(node)
+        parent, out = self.keypath, {}
+        for key_node, value_node in node.value:
+            self.keypath = (*parent, "<key>")
+            key = self.construct_object(key_node)
+            self.keypath = parent
+            if not isinstance(key, str):
+                raise self.ctx.error(parent, f"keys must be strings, got {_short(key)}")
+            if _ENV.search(key):
+                # An expanded key would be shown as a param/tag name: a secret in the open.
+                raise self.ctx.error(parent, "keys cannot use ${VAR}: only values can")
+            self.keypath = (*parent, key)
+            self.ctx.lines[self.keypath] = key_node.start_mark.line + 1
+            if key in out:
+                raise self.ctx.error(self.keypath, "duplicate key; each key may appear once")
+            out[key] = self._expand(self.construct_object(value_node))
+        self.keypath = parent
+        return out
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> list[Any]:
+        parent, out = self.keypath, []
+        for i, child in enumerate(node.value):
+            self.keypath = (*parent, i)
+            out.append(self._expand(self.construct_object(child)))
+        self.keypath = parent
+        return out
+
+    def _expand(self, value: Any) -> Any:
+        """``${VAR}`` and ``${VAR:-default}`` in a string value, from the environment."""
+        if not isinstance(value, str):
+            return value
+        keypath = self.keypath
+
         def sub(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            self.env.setdefault(keypath, name)
+            self.ctx.env.setdefault(keypath, name)
             if name in os.environ:
                 return os.environ[name]
             if default is not None:
                 return default
-            raise self.error(
+            raise self.ctx.error(
                 keypath,
                 f"environment variable {name} is not set (export it, or write ${{{name}:-default}})",
             )
 
         return _ENV.sub(sub, value)
+
+    def _check_tag(self, node: yaml.Node) -> None:
+        expected = _COLLECTION_TAGS.get(type(node))
+        if node.tag == expected or (expected is None and node.tag in self.yaml_constructors):
+            return
+        tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+        self.ctx.lines[self.keypath] = node.start_mark.line + 1
+        raise self.ctx.error(
+            self.keypath,
+            f"YAML tag {tag} is not allowed: the config is loaded with yaml.safe_load, "
+            "write plain values",
+        )
+
+    def _count(self, values: int, line: int) -> None:
+        self.nodes += values
+        if self.nodes > MAX_CONFIG_NODES:
+            raise ConfigError(
+                f"more than {MAX_CONFIG_NODES} values (merge keys of merge keys?); "
+                "a gradwatch.yaml is a few dozen lines",
+                path=self.ctx.path,
+                line=line,
+            )
+
+    def _too_deep(self, line: int) -> ConfigError:
+        return ConfigError(
+            f"nested more than {MAX_CONFIG_DEPTH} levels deep; "
+            "a gradwatch.yaml is a few levels deep",
+            path=self.ctx.path,
+            line=line,
+        )
+
+    def _recursive(self, node: yaml.Node) -> ConfigError:
+        self.ctx.lines[self.keypath] = node.start_mark.line + 1
+        return self.ctx.error(
+            self.keypath, "recursive alias: a node refers to itself; write the values out"
+        )
+
+
+_COLLECTION_TAGS = {
+    yaml.MappingNode: "tag:yaml.org,2002:map",
+    yaml.SequenceNode: "tag:yaml.org,2002:seq",
+}
 
 
 def _dotted(keypath: KeyPath) -> str:
@@ -497,14 +565,11 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _suggest(word: str, allowed: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(word, list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
 def _unknown(ctx: _Ctx, keypath: KeyPath, allowed: list[str] | tuple[str, ...]) -> ConfigError:
     key = str(keypath[-1])
-    return ctx.error(keypath, f"unknown key{_suggest(key, allowed)}; allowed: {', '.join(allowed)}")
+    return ctx.error(
+        keypath, f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,8 +590,15 @@ def _convert(ctx: _Ctx, keypath: KeyPath, value: Any, kind: str | None) -> Any:
     return value
 
 
-def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
-    """Check ``value`` against ``spec``; values from ${VAR} are converted, never echoed."""
+def _value(
+    ctx: _Ctx,
+    keypath: KeyPath,
+    value: Any,
+    spec: Param,
+    check: Callable[[Any], Any] | None = None,
+) -> Any:
+    """Check ``value`` against ``spec`` (with ``check``, if given, instead of ``spec.check``);
+    values from ${VAR} are converted, never echoed."""
     from_env = keypath in ctx.env
     value = _convert(ctx, keypath, value, spec.kind)
     if spec.kind == "mapping":
@@ -545,11 +617,13 @@ def _value(ctx: _Ctx, keypath: KeyPath, value: Any, spec: Param) -> Any:
         if not all(isinstance(v, str) for v in value):
             raise ctx.error(keypath, "expected a list of strings")
     try:
-        return spec.check(value)
+        return (check or spec.check)(value)
     except ValueError as exc:
         if from_env:
             var = ctx.env[keypath]
-            raise ctx.error(keypath, f"value of ${{{var}}} is not a valid {spec.kind}") from None
+            raise ctx.error(
+                keypath, f"value of ${{{var}}} is not a valid {spec.kind} here"
+            ) from None
         raise ctx.error(keypath, str(exc)) from None
 
 
@@ -598,14 +672,8 @@ def _validate_hook(ctx: _Ctx, hook: dict[str, Any]) -> dict[str, Any]:
     for key, value in hook.items():
         if key not in HOOK_OPTIONS:
             raise _unknown(ctx, ("hook", key), tuple(HOOK_OPTIONS))
-        out[key] = _value(ctx, ("hook", key), _off_as_zero(key, value), HOOK_OPTIONS[key])
-        try:
-            check_hook_option(key, out[key])
-        except ValueError as exc:
-            if ("hook", key) in ctx.env:
-                var = ctx.env[("hook", key)]
-                raise ctx.error(("hook", key), f"value of ${{{var}}} is not valid here") from None
-            raise ctx.error(("hook", key), str(exc)) from None
+        check = functools.partial(check_hook_option, key)  # the hook's own rules, once
+        out[key] = _value(ctx, ("hook", key), value, HOOK_OPTIONS[key], check)
     return out
 
 

@@ -13,7 +13,30 @@ where they arise, so users never have to read a traceback from deep inside a lib
 
 from __future__ import annotations
 
-__all__ = ["GradwatchError", "InputError", "LossError", "ConfigError", "TrackingError", "AlertStop"]
+import difflib
+from collections.abc import Iterable
+
+__all__ = [
+    "GradwatchError",
+    "InputError",
+    "LossError",
+    "ConfigError",
+    "TrackingError",
+    "AlertStop",
+    "did_you_mean",
+]
+
+
+def did_you_mean(word: object, allowed: Iterable[str]) -> str:
+    """The hint an error message about an unknown ``word`` ends with, or "" when nothing is close.
+
+    >>> did_you_mean("coldown", ["cooldown", "severity"])
+    ' (did you mean `cooldown`?)'
+    >>> did_you_mean("xyz", ["cooldown"])
+    ''
+    """
+    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.6)
+    return f" (did you mean `{close[0]}`?)" if close else ""
 
 
 class GradwatchError(Exception):

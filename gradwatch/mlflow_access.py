@@ -61,10 +61,12 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 _SQLITE = "sqlite:///"
 
 #: MLflow's own environment settings for a client that reports an outage instead of
-#: retrying for minutes: one retry, 10 s per request.
+#: retrying for minutes: one retry, 10 s per request. And no progress bar per artifact
+#: download (compare and report read checks.jsonl): the command's output has no redraws.
 FAIL_FAST_SETTINGS: dict[str, str] = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
 # What apply_fail_fast_defaults() added to the environment (key -> value it set).
 _applied: dict[str, str] = {}
@@ -73,10 +75,13 @@ _applied: dict[str, str] = {}
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
 
-    resolve_tracking_uri("sqlite:///runs.db") == "sqlite:////abs/cwd/runs.db"
+    >>> resolve_tracking_uri("http://127.0.0.1:5000")
+    'http://127.0.0.1:5000'
+    >>> resolve_tracking_uri("sqlite:///runs.db") == f"sqlite:///{os.path.abspath('runs.db')}"
+    True
 
-    A relative sqlite path is made absolute, so a command run from another directory (or a
-    child process with another cwd) reaches the same database.
+    A relative sqlite path is made absolute, so a command run from another directory (a
+    ``gradwatch sync``, or a child process with another cwd) reaches the same database.
     """
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     if (

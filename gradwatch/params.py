@@ -47,8 +47,8 @@ T = TypeVar("T")
 def param_env_name(name: str) -> str:
     """The environment variable that carries parameter ``name``.
 
-    param_env_name("lr") == "GRADWATCH_PARAM_LR"; param_env_name("hidden-size") ==
-    "GRADWATCH_PARAM_HIDDEN_SIZE".
+    >>> param_env_name("lr"), param_env_name("hidden-size")
+    ('GRADWATCH_PARAM_LR', 'GRADWATCH_PARAM_HIDDEN_SIZE')
     """
     if not isinstance(name, str) or not re.search(r"[0-9A-Za-z]", name):
         raise InputError(f"param name must be a non-empty string of letters/digits, got {name!r}")
@@ -102,7 +102,8 @@ def param(name: str, default: T) -> T:
 def sweep_params(environ: os._Environ[str] | dict[str, str] | None = None) -> dict[str, str]:
     """All ``GRADWATCH_PARAM_*`` values in the environment, keyed by lower-cased name.
 
-    sweep_params({"GRADWATCH_PARAM_LR": "0.1"}) == {"lr": "0.1"}
+    >>> sweep_params({"GRADWATCH_PARAM_LR": "0.1", "HOME": "/root"})
+    {'lr': '0.1'}
     """
     env = os.environ if environ is None else environ
     return {

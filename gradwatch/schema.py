@@ -92,6 +92,7 @@ __all__ = [
     "UPDATE_RATIO",
     "check_metrics",
     "check_report_from_metrics",
+    "float_or_nan",
     "from_mlflow_value",
     "hook_series",
     "observations_from_metrics",
@@ -201,7 +202,9 @@ _FLOAT_MAX = sys.float_info.max
 def step_metrics(obs: StepObservation) -> dict[str, float]:
     """The metrics the hook logs for one step observation (non-finite values kept).
 
-    step_metrics(StepObservation(3, loss=0.5, grad_norms={"W": 2.0})) == {"loss": 0.5, "grad_norm/W": 2.0}
+    >>> from gradwatch.alerts import StepObservation
+    >>> step_metrics(StepObservation(3, loss=0.5, grad_norms={"W": 2.0}))
+    {'loss': 0.5, 'grad_norm/W': 2.0}
 
     ``nonfinite/<t>`` is written only for tensors with a count above zero (a clean run logs
     none); ``update_ratio/<t>`` belongs to the statistics step the update followed.
@@ -231,15 +234,15 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     """
     out: dict[str, float] = {
         CHECK_PASSED: 1.0 if report.get("passed") else 0.0,
-        CHECK_MAX_REL_ERROR: _float(report.get("max_rel_error")),
-        CHECK_DIFFERENCE: _float(report.get("difference")),
+        CHECK_MAX_REL_ERROR: float_or_nan(report.get("max_rel_error")),
+        CHECK_DIFFERENCE: float_or_nan(report.get("difference")),
         CHECK_NUM_EVALS: float(report.get("num_evals") or 0),
-        CHECK_SECONDS: _float(report.get("seconds")),
+        CHECK_SECONDS: float_or_nan(report.get("seconds")),
     }
     if report.get("scale") is not None:
-        out[CHECK_SCALE] = _float(report["scale"])
+        out[CHECK_SCALE] = float_or_nan(report["scale"])
     for name, tensor in (report.get("per_param") or {}).items():
-        out[CHECK_REL_ERROR + name] = _float(tensor.get("max_rel_error"))
+        out[CHECK_REL_ERROR + name] = float_or_nan(tensor.get("max_rel_error"))
         if tensor.get("num_mismatches"):
             out[CHECK_MISMATCHES + name] = float(tensor["num_mismatches"])
         clipped = sum(1 for p in tensor.get("coords") or () if p.get("verdict") == "clipped")
@@ -248,9 +251,18 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _float(value: Any) -> float:
-    # CheckReport.to_dict() keeps NaN/Inf as strings ("nan", "inf"): float() reads both.
-    return math.nan if value is None else float(value)
+def float_or_nan(value: Any) -> float:
+    """A number read back from a check report or an artifact, NaN when it is none.
+
+    CheckReport.to_dict() keeps NaN/Inf as strings, which ``float()`` reads:
+
+    >>> float_or_nan("inf"), float_or_nan(None), float_or_nan("n/a"), float_or_nan(2)
+    (inf, nan, nan, 2.0)
+    """
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # -- metrics -> observations -----------------------------------------------------------------

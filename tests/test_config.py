@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -211,6 +212,38 @@ def test_yaml_syntax_error_and_bad_indentation(tmp_path):
 def test_duplicate_keys_are_errors(tmp_path):
     err = error_of(write(tmp_path, "hook:\n  every: 1\n  every: 2\n"))
     assert err.line == 3 and "duplicate key" in str(err)
+
+
+@pytest.mark.parametrize(
+    "text, line",
+    [
+        ("hook:\n  experiment: " + "[" * 5000 + "]" * 5000 + "\n", 2),  # flow, one line
+        ("hook:\n  params: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", 2),
+        ("hook:\n  experiment:\n    " + "- " * 5000 + "x\n", 3),  # block, one line
+        ("hook:\n" + "".join(" " * (i + 2) + f"k{i}:\n" for i in range(600)), 32),  # indented
+    ],
+)
+def test_deep_nesting_is_refused_as_too_deep_at_once(tmp_path, text, line):
+    """No aliases here: the message says depth, and the scanner stops at the limit instead of
+    looking ahead through thousands of levels."""
+    t0 = time.process_time()
+    err = error_of(write(tmp_path, text))
+    assert time.process_time() - t0 < 0.25
+    assert err.line == line and "nested more than 32 levels deep" in str(err)
+    assert "alias" not in str(err)
+
+
+def test_merge_keys_work_and_a_recursive_merge_is_one_line(tmp_path):
+    path = write(tmp_path, "hook: {<<: {every: 7, mode: full}, num_samples: 4}\n")
+    assert load_config(path).hook == {"every": 7, "mode": "full", "num_samples": 4}
+    err = error_of(write(tmp_path, "alerts:\n  webhooks: &w {<<: *w}\n"))
+    assert err.line == 2 and "recursive alias" in str(err)
+
+
+def test_too_many_values_are_refused_with_the_line(tmp_path):
+    params = ", ".join(f"k{i}: 1" for i in range(20_001))
+    err = error_of(write(tmp_path, f"hook:\n  every: 3\n  params: {{{params}}}\n"))
+    assert err.line == 3 and "more than 20000 values" in str(err)
 
 
 def test_missing_env_var_is_named(tmp_path, monkeypatch):

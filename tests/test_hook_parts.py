@@ -4,11 +4,13 @@ schedule with a fake clock, the options object, the tensor layout."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import pydoc
 
 import numpy as np
 import pytest
 
-from gradwatch import ConfigError, InputError
+from gradwatch import ConfigError, GradWatch, InputError
 from gradwatch.config import HOOK_OPTIONS, Config
 from gradwatch.hook import BUDGET_RESERVE, DEFAULTS, PAUSE_STEPS, HookOptions, LoopClock, Schedule
 from gradwatch.hook.layout import TensorLayout
@@ -149,6 +151,25 @@ def test_option_precedence_env_over_arguments_over_config():
         {"every": 9, "experiment": "from-arg"}, config, environ={"GRADWATCH_EXPERIMENT": "sweep"}
     )
     assert (options.every, options.mode, options.experiment) == (9, "sampled", "sweep")
+
+
+def test_gradwatch_signature_shows_the_real_defaults():
+    """help(GradWatch) shows the schema's defaults, not a sentinel."""
+    signature = inspect.signature(GradWatch.__init__).parameters
+    assert {k: signature[k].default for k in DEFAULTS} == DEFAULTS
+    text = pydoc.render_doc(GradWatch, renderer=pydoc.plaintext)
+    assert "object at 0x" not in text and "every: 'int | None' = 100" in text
+
+
+def test_an_argument_at_its_default_leaves_the_config_files_value():
+    config = Config(hook={"every": 50, "mode": "sampled", "eps": 1e-6})
+    given = {"every": 100, "mode": "auto", "eps": None, "num_samples": 32}  # all at defaults
+    options = HookOptions.resolve(given, config)
+    assert (options.every, options.mode, options.eps) == (50, "sampled", 1e-6)
+    options = HookOptions.resolve({"every": None, "mode": "full", "eps": 1e-5}, config)
+    assert (options.every, options.mode, options.eps) == (None, "full", 1e-5)
+    with pytest.raises(InputError, match="seed"):  # a bad value is refused even if the file sets it
+        HookOptions.resolve({"seed": -1}, Config(hook={"seed": 3}))
 
 
 def test_bad_values_name_their_source():

@@ -39,7 +39,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from gradwatch.alerts.detectors import Param
-from gradwatch.alerts.observations import SEVERITIES, Alert
+from gradwatch.alerts.observations import SEVERITIES, SEVERITY_LOG_LEVELS, Alert
 from gradwatch.errors import GradwatchError, InputError
 from gradwatch.secrets import mask_uri
 
@@ -59,7 +59,6 @@ DEFAULT_QUEUE_SIZE = 1000  # alerts waiting per target; cooldowns keep real traf
 DEFAULT_TIMEOUT = 5.0  # seconds per HTTP attempt
 DEFAULT_RETRIES = 3  # attempts after the first
 DEFAULT_BACKOFF = 0.5  # seconds before the first retry, doubled each time
-_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 # 4xx answers other than these will not get better by retrying.
 _RETRYABLE_4XX = (408, 425, 429)
 
@@ -344,7 +343,7 @@ class Delivery:
     # -- targets ------------------------------------------------------------------------------
 
     def _log(self, alert: Alert) -> None:
-        level = _LEVELS.get(alert.severity, logging.WARNING)
+        level = SEVERITY_LOG_LEVELS.get(alert.severity, logging.WARNING)
         logger.log(level, alert.text(), extra={"gradwatch_alert": alert.to_dict()})
 
     def _to_webhook(self, name: str, alert: Alert) -> None:
@@ -419,7 +418,7 @@ class Delivery:
 
 
 def _severe_enough(alert: Alert, min_severity: str) -> bool:
-    order = list(_LEVELS)
+    order = SEVERITIES
     return min_severity not in order or order.index(alert.severity) >= order.index(min_severity)
 
 

@@ -10,14 +10,28 @@ so detectors never touch numpy arrays and can be replayed from a journal.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["SEVERITIES", "Alert", "CheckObservation", "StepObservation", "severity_rank"]
+__all__ = [
+    "SEVERITIES",
+    "SEVERITY_LOG_LEVELS",
+    "Alert",
+    "CheckObservation",
+    "StepObservation",
+    "severity_rank",
+]
 
 #: Severity levels, least to most severe.
 SEVERITIES: tuple[str, ...] = ("info", "warning", "critical")
+#: The logging level an alert of each severity is logged at.
+SEVERITY_LOG_LEVELS: dict[str, int] = {
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "critical": logging.CRITICAL,
+}
 
 
 def severity_rank(severity: str) -> int:

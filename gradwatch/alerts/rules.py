@@ -12,7 +12,6 @@ rule (``severity``, ``actions.1``, ``factor``) and whose message lists what is a
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from typing import Any
 
 from gradwatch.alerts.detectors import DETECTORS, Detector, build_detector
 from gradwatch.alerts.observations import SEVERITIES
-from gradwatch.errors import ConfigError, InputError
+from gradwatch.errors import ConfigError, InputError, did_you_mean
 
 __all__ = [
     "ACTIONS",
@@ -50,11 +49,6 @@ RULE_KEYS: tuple[str, ...] = ("name", "type", "severity", "cooldown", "actions",
 _RULE_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
 
-def _suggest(word: Any, allowed: Collection[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(allowed), n=1, cutoff=0.6)
-    return f" (did you mean `{close[0]}`?)" if close else ""
-
-
 def check_action(action: Any) -> str:
     """Return ``action`` if it is a valid form, else raise InputError listing the forms.
 
@@ -66,7 +60,9 @@ def check_action(action: Any) -> str:
     ):
         return action
     allowed = ", ".join(ACTIONS + tuple(p + "<name>" for p in ACTION_PREFIXES))
-    raise InputError(f"unknown action {action!r}{_suggest(action, ACTIONS)}; allowed: {allowed}")
+    raise InputError(
+        f"unknown action {action!r}{did_you_mean(action, ACTIONS)}; allowed: {allowed}"
+    )
 
 
 def _check_name(name: Any) -> str:
@@ -78,7 +74,7 @@ def _check_name(name: Any) -> str:
 def _check_type(kind: Any) -> str:
     if kind not in DETECTORS:
         raise ConfigError(
-            f"unknown rule type {kind!r}{_suggest(kind, DETECTORS)}; "
+            f"unknown rule type {kind!r}{did_you_mean(kind, DETECTORS)}; "
             f"allowed: {', '.join(DETECTORS)}",
             key="type",
         )
@@ -88,7 +84,7 @@ def _check_type(kind: Any) -> str:
 def _check_severity(severity: Any) -> str | None:
     if severity is not None and severity not in SEVERITIES:
         raise ConfigError(
-            f"unknown severity {severity!r}{_suggest(severity, SEVERITIES)}; "
+            f"unknown severity {severity!r}{did_you_mean(severity, SEVERITIES)}; "
             f"allowed: {', '.join(SEVERITIES)}",
             key="severity",
         )
@@ -119,7 +115,7 @@ def _check_actions(
         if action.startswith("email:") and emails is not None and action[6:] not in emails:
             known = sorted(emails)
             raise ConfigError(
-                f"no email target named {action[6:]!r}{_suggest(action[6:], known)}; define it "
+                f"no email target named {action[6:]!r}{did_you_mean(action[6:], known)}; define it "
                 f"under alerts.email (defined: {', '.join(known) or 'none'})",
                 key=f"actions.{i}",
             )
@@ -128,7 +124,7 @@ def _check_actions(
         if action.startswith("webhook:") and action[8:] not in webhooks:
             known = sorted(webhooks)
             raise ConfigError(
-                f"no webhook named {action[8:]!r}{_suggest(action[8:], known)}; define it "
+                f"no webhook named {action[8:]!r}{did_you_mean(action[8:], known)}; define it "
                 f"under alerts.webhooks (defined: {', '.join(known) or 'none'})",
                 key=f"actions.{i}",
             )
@@ -157,7 +153,7 @@ def _check_params(kind: str, params: Mapping[str, Any]) -> dict[str, Any]:
         if name not in spec.params:
             allowed = ", ".join(spec.params) or "none"
             raise ConfigError(
-                f"unknown parameter {name!r} for {kind}{_suggest(name, spec.params)}; "
+                f"unknown parameter {name!r} for {kind}{did_you_mean(name, spec.params)}; "
                 f"allowed: {allowed}",
                 key=str(name),
             )
@@ -236,7 +232,8 @@ def validate_rule(
     for key in spec:
         if key not in allowed:
             raise ConfigError(
-                f"unknown key{_suggest(key, allowed)}; allowed: {', '.join(allowed)}", key=str(key)
+                f"unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}",
+                key=str(key),
             )
     enabled = spec.get("enabled", True)
     if not isinstance(enabled, bool):

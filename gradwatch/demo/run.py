@@ -225,7 +225,10 @@ def run_demo(
 def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:
     """How to look at the runs: ``mlflow ui`` on a local store, the URL of a server.
 
-    ui_command("sqlite:///mlflow.db") == "mlflow ui --backend-store-uri sqlite:////abs/mlflow.db"
+    >>> ui_command("sqlite:////runs/mlflow.db")
+    'mlflow ui --backend-store-uri sqlite:////runs/mlflow.db'
+    >>> ui_command("http://127.0.0.1:5000/", experiment_id="3")
+    'open http://127.0.0.1:5000/#/experiments/3'
     """
     if tracking_uri.startswith(("http://", "https://")):
         url = tracking_uri.rstrip("/")

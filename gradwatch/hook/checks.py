@@ -1,7 +1,7 @@
 """Gradient checks during training: run one, record it in the run and hand it to the alerts.
 
     runner = CheckRunner(options, run, feed)
-    report = runner.run(step, params, grads, loss_fn, timestamp_ms)   # CheckReport or None
+    report = runner.run_check(step, params, grads, loss_fn, timestamp_ms)   # CheckReport or None
 
 A check that cannot run (loss_fn raised, a non-finite loss near the parameters) is logged
 and tagged, never raised: monitoring must not stop training. Malformed params/grads are the
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from gradwatch import schema
+from gradwatch.alerts.observations import SEVERITY_LOG_LEVELS
 from gradwatch.check import CheckReport, check_gradients
 from gradwatch.errors import InputError, LossError
 from gradwatch.hook.feed import AlertFeed
@@ -28,8 +29,6 @@ logger = logging.getLogger("gradwatch")
 #: Alerts are printed on the logger the delivery's ``log`` action uses.
 alert_logger = logging.getLogger("gradwatch.alerts")
 
-#: Log levels of alert severities (as the delivery's ``log`` action uses them).
-_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "critical": logging.CRITICAL}
 
 
 class CheckRunner:
@@ -97,7 +96,7 @@ class CheckRunner:
             self._log_failure(step, report, logged)
         else:
             for alert in logged:  # an alert on a passing check (e.g. rel_error_drift)
-                alert_logger.log(_LEVELS[alert.severity], alert.text(),
+                alert_logger.log(SEVERITY_LOG_LEVELS[alert.severity], alert.text(),
                            extra={"gradwatch_alert": alert.to_dict()})  # fmt: skip
         return report
 
@@ -107,7 +106,7 @@ class CheckRunner:
         if not alerts:
             logger.warning("gradwatch: step %d: %s", step, report)
             return
-        worst = max(alerts, key=lambda a: _LEVELS[a.severity])
+        worst = max(alerts, key=lambda a: SEVERITY_LOG_LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        alert_logger.log(_LEVELS[worst.severity], "%s\n%s", heads, report,
+        alert_logger.log(SEVERITY_LOG_LEVELS[worst.severity], "%s\n%s", heads, report,
                    extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip

@@ -2,9 +2,9 @@
 engine in batches; whatever fires is dispatched to the run (``mlflow``), the delivery
 (``log``, webhooks, callbacks) and, for ``stop``, back to the hook.
 
-    feed = AlertFeed(engine, delivery, run, batch=32)
-    feed.queue(PendingStep(step, loss, lr, None, None, timestamp))    # every step: cheap
-    if feed.due(now): feed.flush(now)                                   # every few steps
+    feed = AlertFeed(engine, delivery, run)
+    feed.pending.append(PendingStep(step, loss, lr, None, None, timestamp))   # every step
+    if feed.due(now): feed.flush(now)                                          # every few steps
 """
 
 from __future__ import annotations

@@ -6,7 +6,12 @@
     HookOptions.resolve(given={"seed": -1})   # InputError: GradWatch(seed=-1): ... must be >= 0
 
 Precedence: ``GRADWATCH_EXPERIMENT``/``GRADWATCH_RUN_NAME`` (set by ``gradwatch sweep``) >
-explicit arguments > the config file's ``hook:`` section > the schema's defaults.
+arguments > the config file's ``hook:`` section > the schema's defaults. An argument equal to
+its default does not override the file (``GradWatch``'s signature shows the real defaults, so
+"left at its default" and "given as the default" are the same call):
+
+    HookOptions.resolve({"every": 100}, Config(hook={"every": 50})).every   # 50
+    HookOptions.resolve({"every": 90}, Config(hook={"every": 50})).every    # 90
 """
 
 from __future__ import annotations
@@ -64,9 +69,10 @@ class HookOptions:
         config: Config | None = None,
         environ: Mapping[str, str] | None = None,
     ) -> HookOptions:
-        """Merge defaults, ``config.hook``, ``given`` arguments and the sweep's environment,
-        validating every value against the schema. Raises InputError (an argument or an
-        environment variable) or ConfigError (the file) naming the option."""
+        """Merge defaults, ``config.hook``, ``given`` arguments (those that differ from their
+        default) and the sweep's environment, validating every value against the schema.
+        Raises InputError (an argument or an environment variable) or ConfigError (the file)
+        naming the option."""
         config = config or Config()
         env = os.environ if environ is None else environ
         values = dict(DEFAULTS)
@@ -76,7 +82,9 @@ class HookOptions:
         for name, value in (given or {}).items():
             if name not in DEFAULTS:
                 raise InputError(f"unknown GradWatch option {name!r}; known: {', '.join(DEFAULTS)}")
-            values[name] = _checked(name, value, source=f"GradWatch({name}={_short(value)})")
+            value = _checked(name, value, source=f"GradWatch({name}={_short(value)})")
+            if name not in config.hook or value != DEFAULTS[name]:
+                values[name] = value
         for name, var in (("experiment", ENV_EXPERIMENT), ("run_name", ENV_RUN_NAME)):
             if env.get(var):
                 values[name] = env[var]

@@ -30,7 +30,6 @@ from gradwatch.secrets import mask_uri
 __all__ = ["GradWatch"]
 
 logger = logging.getLogger("gradwatch")
-_UNSET: Any = object()
 
 
 class GradWatch:
@@ -77,35 +76,38 @@ class GradWatch:
             journal for ``gradwatch sync``.
 
     Every option is validated here, once (InputError naming it), against the schema the
-    ``hook:`` section of gradwatch.yaml uses. A run never closed by the script ends FINISHED
+    ``hook:`` section of gradwatch.yaml uses. The defaults above are that schema's
+    (:data:`gradwatch.hook.options.DEFAULTS`); an option left at its default takes the value
+    the config file's ``hook:`` section sets, if any, so ``GradWatch(every=100)`` does not
+    override ``hook: {every: 50}`` (pass ``config=False`` to ignore the file). A run never closed by the script ends FINISHED
     (FAILED after an uncaught exception) when the interpreter exits.
     """
 
     def __init__(
         self,
-        every: int | None = _UNSET,
+        every: int | None = 100,
         *,
-        experiment: str | None = _UNSET,
-        run_name: str | None = _UNSET,
+        experiment: str | None = None,
+        run_name: str | None = None,
         params: Mapping[str, Any] | None = None,
         tags: Mapping[str, str] | None = None,
-        tracking_uri: str | None = _UNSET,
+        tracking_uri: str | None = None,
         config: str | os.PathLike | Config | bool | None = None,
-        num_samples: int = _UNSET,
-        mode: str = _UNSET,
-        eps: float | None = _UNSET,
-        seed: int | None = _UNSET,
-        budget: float | None = _UNSET,
-        stats_every: int | str = _UNSET,
-        hist_every: int | None = _UNSET,
-        report: bool = _UNSET,
-        journal_dir: str | None = _UNSET,
-        keep_journal: bool = _UNSET,
-        flush_timeout: float = _UNSET,
+        num_samples: int = 32,
+        mode: str = "auto",
+        eps: float | None = None,
+        seed: int | None = None,
+        budget: float | None = None,
+        stats_every: int | str = "auto",
+        hist_every: int | None = 1,
+        report: bool = True,
+        journal_dir: str | None = None,
+        keep_journal: bool = False,
+        flush_timeout: float = 10.0,
         rules: list[Rule] | None = None,
         callbacks: Mapping[str, Callable[[Any], Any]] | None = None,
         rank: int | None = None,
-        rank_suffix: bool = _UNSET,
+        rank_suffix: bool = False,
     ) -> None:
         self.config = _load_config(config)
         given = {
@@ -115,8 +117,7 @@ class GradWatch:
             "report": report, "journal_dir": journal_dir, "keep_journal": keep_journal,
             "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
         }  # fmt: skip
-        self.options = HookOptions.resolve({k: v for k, v in given.items() if v is not _UNSET},
-                                           self.config)  # fmt: skip
+        self.options = HookOptions.resolve(given, self.config)
         # Credentials inside a URI given as a param or tag value are masked like everywhere.
         self.user_params = {k: v if isinstance(v, (int, float)) else mask_uri(v)
                             for k, v in (self.config.hook_metadata("params") | dict(params or {})).items()}  # fmt: skip

@@ -30,6 +30,7 @@ from gradwatch.schema import (
     TAG_ERROR,
     TAG_PREFIX,
     TAG_STOP_REASON,
+    float_or_nan,
 )
 from gradwatch.secrets import mask_uri
 
@@ -238,17 +239,10 @@ def _probes(check: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
                 out.append((str(name), probe))
 
     def key(item: tuple[str, Mapping[str, Any]]) -> tuple[int, float]:
-        rel = _float(item[1].get("rel_error"))
+        rel = float_or_nan(item[1].get("rel_error"))
         return _SEVERITY.get(str(item[1].get("verdict")), 0), (math.inf if rel != rel else rel)
 
     return sorted(out, key=key, reverse=True)
-
-
-def _float(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _verdict_cell(verdict: Any) -> str:

@@ -27,6 +27,7 @@ from gradwatch.schema import (
     ARTIFACT_CONFIG,
     ARTIFACT_HISTOGRAMS,
     TAG_JOURNAL_ID,
+    float_or_nan,
     from_mlflow_value,
 )
 from gradwatch.secrets import mask_uri
@@ -190,7 +191,7 @@ class _JournalReader:
                     columns = self.raw[str(key)] = (array("q"), array("q"), array("d"))
                 columns[0].append(step)
                 columns[1].append(ts)
-                columns[2].append(_number(value))
+                columns[2].append(from_mlflow_value(float_or_nan(value)))
         elif kind == "p":
             for key, value in (rec.get("p") or {}).items():
                 self.params.setdefault(str(key), str(value))  # MLflow keeps the first value
@@ -204,13 +205,6 @@ class _JournalReader:
             self.files.append((str(rec.get("src", "")), str(rec.get("path") or "")))
         elif kind == "e":
             self.status = str(rec.get("status") or "FINISHED")
-
-
-def _number(value: Any) -> float:
-    try:
-        return from_mlflow_value(float(value))
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def _copied_config(base: Path, files: list[tuple[str, str]]) -> tuple[str | None, str | None]:

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gradwatch.check import shared_ratio
-from gradwatch.schema import from_mlflow_value
+from gradwatch.schema import float_or_nan, from_mlflow_value
 
 __all__ = [
     "DIVERGENCE_FACTOR",
@@ -144,13 +144,6 @@ def _blew_up(values: Sequence[float], end: float, noise: float) -> bool:
 # ------------------------------------------------------------------------ checks
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def _simple(bound: float) -> bool:
     """A bound a person would type (5, 1.0, 0.25, 1e-3): at most 3 significant digits."""
     return bound > 0 and float(f"{bound:.3g}") == bound
@@ -173,7 +166,7 @@ def _clipping_explains(probes: Sequence[tuple[float, float]]) -> bool:
 
 
 def _pair(probe: Mapping[str, Any]) -> tuple[float, float]:
-    return _number(probe.get("analytic")), _number(probe.get("numeric"))
+    return float_or_nan(probe.get("analytic")), float_or_nan(probe.get("numeric"))
 
 
 def clip_bound(check: Mapping[str, Any]) -> float | None:

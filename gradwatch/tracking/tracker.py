@@ -28,6 +28,7 @@ from typing import Any
 
 from gradwatch import schema
 from gradwatch.errors import InputError, TrackingError
+from gradwatch.mlflow_access import DEFAULT_TRACKING_URI, resolve_tracking_uri
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.context import context_tags
 from gradwatch.tracking.journal import (
@@ -67,25 +68,11 @@ __all__ = [
 
 logger = logging.getLogger("gradwatch")
 
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 #: Tag set (and the run ended FAILED) when the journal could not be written (a full disk).
 JOURNAL_DROPPED_TAG = schema.TAG_JOURNAL_DROPPED
 # A "full batch": wake the shipper early once this many metrics are waiting.
 _FULL_BATCH_METRICS = 1000
-
-
-def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
-    """``tracking_uri``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in cwd.
-
-    A relative sqlite path is made absolute, so ``gradwatch sync`` run from another
-    directory lands in the same database.
-    """
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
-        uri = prefix + os.path.abspath(uri[len(prefix) :])
-    return uri
 
 
 def display_path(path: str | os.PathLike) -> str:
