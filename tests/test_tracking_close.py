@@ -383,3 +383,42 @@ def test_every_file_the_hook_writes_is_private_even_in_a_folder_open_to_others(
     for path in written:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode & 0o077 == 0, f"{path} is {oct(mode)}: readable by others"
+
+
+@pytest.mark.parametrize("opened", ["own", "users_run", "nested"])
+def test_a_landed_journal_is_removed_however_the_run_was_opened(opened, tracking_uri, tmp_path):
+    import numpy as np
+
+    import gradwatch
+
+    journal_dir = tmp_path / "j"
+    mlflow.set_tracking_uri(tracking_uri)
+    active = []
+    try:
+        if opened != "own":
+            active.append(mlflow.start_run())
+        if opened == "nested":
+            active.append(mlflow.start_run(nested=True))
+        params = {"W": np.ones((3, 2))}
+        with gradwatch.GradWatch(
+            experiment=None if active else "t-removed",
+            every=None,
+            tracking_uri=tracking_uri,
+            journal_dir=str(journal_dir),
+            config=False,
+        ) as watch:
+            for _ in range(5):
+                watch.step(params, {"W": params["W"] * 0.1}, loss=1.0, lr=0.1)
+                params["W"] -= 0.01
+    finally:
+        for _ in active:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+    result = watch.close_result
+    assert result.complete and result.journal_removed, result.message
+    assert not list(journal_dir.glob("*.jsonl")) and not list(journal_dir.iterdir())
+    if active:
+        assert result.run_id == active[-1].info.run_id
+    client = mlflow.MlflowClient(tracking_uri)
+    names = {f.path for f in client.list_artifacts(result.run_id, "gradwatch")}
+    assert "gradwatch/report.html" in names
