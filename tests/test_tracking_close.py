@@ -422,3 +422,30 @@ def test_a_landed_journal_is_removed_however_the_run_was_opened(opened, tracking
     client = mlflow.MlflowClient(tracking_uri)
     names = {f.path for f in client.list_artifacts(result.run_id, "gradwatch")}
     assert "gradwatch/report.html" in names
+
+
+def test_runs_one_after_another_leave_no_file_open(tracking_uri):
+    import gc
+    import warnings
+
+    import numpy as np
+
+    import gradwatch
+
+    params = {"W": np.ones((3, 2))}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            with gradwatch.GradWatch(
+                experiment="t-files",
+                tracking_uri=tracking_uri,
+                every=None,
+                report=False,
+                config=False,
+            ) as watch:
+                watch.step(params, {"W": params["W"]}, loss=1.0, lr=0.1)
+            assert watch.close_result.complete, watch.close_result.message
+            del watch
+            gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
