@@ -497,9 +497,9 @@ class RunTracker:
                        f"{shown} ({self._writer.last_error}); the run "
                        f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
         if note:
-            message = f"{message}. {note}".replace(
-                "`gradwatch report None`", "`gradwatch report RUN_ID`"
-            )
+            if run_id:  # the run may have been created after the note was written
+                note = note.replace("`gradwatch report RUN_ID`", f"`gradwatch report {run_id}`")
+            message = f"{message}. {note}"
         landed = not pending and not error and not lost and state.dropped == 0 and shipper.finalized
         removed = landed and not self.keep_journal
         if removed:
