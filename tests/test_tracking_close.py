@@ -32,6 +32,22 @@ FAST = ShipperSettings(interval=0.1, backoff_initial=0.1, backoff_max=0.5, reque
 pytestmark = pytest.mark.server
 
 
+def artifact_names(tracking_uri: str, run_id: str) -> set[str]:
+    """The run's artifacts under gradwatch/, read by a plain MlflowClient."""
+    # MLflow 3.0's list_artifacts finds the run through the default tracking URI, not the
+    # client's (fixed in later releases): name the same server there.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        client = mlflow.MlflowClient(tracking_uri)
+        return {f.path for f in client.list_artifacts(run_id, "gradwatch")}
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
 def _shipper_pids() -> list[int]:
     """This process's shipper children (ship_process.py), from /proc."""
     pids = []
@@ -114,10 +130,7 @@ def test_a_keep_alive_connection_the_server_dropped_is_reopened_at_once(mlflow_s
     ship_log = Path(result.journal_path).with_suffix(".ship.log")
     log = ship_log.read_text() if ship_log.exists() else ""
     assert "cannot ship" not in log, log
-    client = mlflow.MlflowClient(mlflow_server.uri)
-    assert [f.path for f in client.list_artifacts(result.run_id, "gradwatch")] == [
-        "gradwatch/report.html"
-    ]
+    assert artifact_names(mlflow_server.uri, result.run_id) == {"gradwatch/report.html"}
 
 
 def test_a_shipper_killed_while_uploading_the_report_is_named_and_sync_lands_it(
@@ -162,7 +175,7 @@ def test_a_shipper_killed_while_uploading_the_report_is_named_and_sync_lands_it(
     assert synced.complete, synced.message
     client = mlflow.MlflowClient(mlflow_server.uri)
     assert client.get_run(synced.run_id).info.status == "FINISHED"
-    names = {f.path for f in client.list_artifacts(synced.run_id, "gradwatch")}
+    names = artifact_names(mlflow_server.uri, synced.run_id)
     assert {"gradwatch/report.html", "gradwatch/histograms.png"} <= names
 
 
@@ -419,8 +432,7 @@ def test_a_landed_journal_is_removed_however_the_run_was_opened(opened, tracking
     assert not list(journal_dir.glob("*.jsonl")) and not list(journal_dir.iterdir())
     if active:
         assert result.run_id == active[-1].info.run_id
-    client = mlflow.MlflowClient(tracking_uri)
-    names = {f.path for f in client.list_artifacts(result.run_id, "gradwatch")}
+    names = artifact_names(tracking_uri, result.run_id)
     assert "gradwatch/report.html" in names
 
 
