@@ -2,6 +2,7 @@
 
     python benchmarks/bench_check.py                 # zoo table + cost table
     python benchmarks/bench_check.py --seeds 20
+    python benchmarks/bench_check.py --failing --repeats 3   # failing vs passing, many tensors
 
 Part 1 (detection): every network of tests/zoo.py (13 backprop bugs, 9 correct networks that
 naive checks misjudge) over --seeds seeds, with gradwatch's modes (auto = the default,
@@ -172,16 +173,101 @@ def cost_table(repeats: int) -> None:
     )
 
 
+def failing_cost_table(repeats: int) -> None:
+    """A failing check's loss evaluations against a passing one's, on the same MLP, and the
+    engine's own share of the check's time (wall time over the time inside loss_fn)."""
+    X, y = make_blobs(1024, 784, 10, seed=0)
+    mlp = MLP([784, 256, 10], seed=0)
+    params, xb, yb = mlp.params, X[:128], y[:128]
+    _, grads = mlp.loss_and_grads(params, xb, yb)
+    _, other = mlp.loss_and_grads(params, xb, (yb + 1) % 10)  # every tensor disagrees
+    one_coord = {k: v.copy() for k, v in grads.items()}
+    one_coord["dW1"][300, 7] += 10 * float(np.abs(grads["dW1"]).max())
+    cases = {
+        "passing (correct gradients)": grads,
+        "dW2 x 2 (one tensor)": dict(grads, dW2=grads["dW2"] * 2),
+        "every tensor x 128 (sum vs mean)": {k: v * 128 for k, v in grads.items()},
+        "every tensor wrong, no factor": other,
+        "one coordinate of W1 wrong (bisection)": one_coord,
+    }
+    print(
+        f"\nFailing vs passing default checks on the MLP 784-256-10, batch 128 ({repeats} seeds)\n"
+    )
+    print(
+        "| gradients | loss evaluations (median) | / passing | wall / time inside loss_fn | finding |"
+    )
+    print("|---|---|---|---|---|")
+    passing = None
+    for label, g in cases.items():
+        evals, shares, kinds = [], [], set()
+        for seed in range(repeats):
+            in_loss = [0.0]
+
+            def timed_loss(p):
+                t = time.perf_counter()
+                try:
+                    return mlp.loss(p, xb, yb)
+                finally:
+                    in_loss[0] += time.perf_counter() - t
+
+            report = gradwatch.check_gradients(timed_loss, params, g, seed=seed, lr=0.1)
+            evals.append(report.num_evals)
+            shares.append(report.seconds / in_loss[0])
+            kinds.add(report.finding.kind)
+        median = statistics.median(evals)
+        passing = passing or median
+        print(
+            f"| {label} | {median:.0f} (max {max(evals)}) | {median / passing:.2f} | "
+            f"{statistics.median(shares):.3f} | {', '.join(sorted(kinds))} |"
+        )
+
+
+def many_tensors_table(count: int) -> None:
+    """A check's cost with many small tensors: bounded by num_samples, not by the count."""
+    rng = np.random.default_rng(0)
+    params = {f"t{i}": rng.normal(size=3) for i in range(count)}
+    weights = {k: rng.normal(size=3) for k in params}
+
+    in_loss = [0.0]
+
+    def loss_fn(p):
+        t = time.perf_counter()
+        value = float(sum(np.dot(weights[k], np.tanh(v)) for k, v in p.items()))
+        in_loss[0] += time.perf_counter() - t
+        return value
+
+    grads = {k: weights[k] * (1 - np.tanh(v) ** 2) for k, v in params.items()}
+    bad = dict(grads, t4321=grads["t4321"] * 2)
+    print(f"\n{count} tensors of 3 entries, num_samples=32\n")
+    print("| gradients | loss evaluations | seconds | wall / time inside loss_fn | finding |")
+    print("|---|---|---|---|---|")
+    for label, g in (("correct", grads), ("t4321 x 2", bad)):
+        in_loss[0] = 0.0
+        report = gradwatch.check_gradients(loss_fn, params, g, seed=0)
+        print(
+            f"| {label} | {report.num_evals} | {report.seconds:.1f} | "
+            f"{report.seconds / in_loss[0]:.3f} | {report.finding.headline} |"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--failing", action="store_true", help="only the failing-check tables")
+    ap.add_argument("--tensors", type=int, default=10_000)
     args = ap.parse_args()
+    if args.failing:
+        failing_cost_table(args.repeats)
+        many_tensors_table(args.tensors)
+        return
     if args.seeds:
         zoo_table(args.seeds)
     cost_table(args.repeats)
+    failing_cost_table(args.repeats)
+    many_tensors_table(args.tensors)
 
 
 if __name__ == "__main__":

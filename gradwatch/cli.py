@@ -302,9 +302,10 @@ def compare_cmd(
     Judged on the smoothed loss (medians of the first and last tenth of the run):
     "DIVERGED" when the loss (or a tensor) went non-finite, or rose to 10x its best and
     ended above its start; "stalled" when the end is no lower than the start, within the
-    batches' noise. "BACKPROP BUG" when gradient checks failed and their probes show
-    neither clipping nor one constant factor; "clipped" when gradients sat on an
-    element-wise clipping bound ("grads xR" when they differ by one factor R).
+    batches' noise. The checks' words are the engine's findings as logged: "BACKPROP BUG"
+    (the tensors and the hint below the table), "CALL ORDER" (step() after the update),
+    "grads xR" (every tensor off by one factor R), "INCONCLUSIVE" (every check was);
+    "clipped" when gradients sat on an element-wise clipping bound.
 
     \b
       gradwatch compare --experiment gradwatch-demo --plot runs.png
@@ -404,13 +405,20 @@ def sweep_cmd(
         raise click.UsageError("give the values to sweep, e.g. --lr 1 0.1 0.01")
     experiment = experiment or "sweep-" + os.path.splitext(os.path.basename(script))[0]
     plan = sweep.plan_sweep(script, grid, experiment, script_args, tracking_uri=tracking_uri)
-    sweep.ensure_experiment(tracking_uri, experiment)
+    exp_id = sweep.ensure_experiment(tracking_uri, experiment)
+    parent = sweep.start_sweep_run(tracking_uri, plan)
+    plan = sweep.with_parent(plan, parent)
     click.echo(
         f"sweep {plan.sweep_id}: {len(plan.runs)} run(s) of {script} in experiment "
-        f"{experiment!r}, {parallel} at a time; logs in {plan.runs[0].log_path.parent}",
+        f"{experiment!r}, {parallel} at a time, children of run {parent}; logs in "
+        f"{plan.runs[0].log_path.parent}",
         err=True,
     )
-    results = _run_sweep_with_progress(sweep, plan, parallel, timeout)
+    try:
+        results = _run_sweep_with_progress(sweep, plan, parallel, timeout)
+    except KeyboardInterrupt:
+        sweep.end_parent_run(tracking_uri, parent, [], interrupted=True)
+        raise
     failed = [r for r in results if not r.ok]
     for r in failed:
         click.echo(
@@ -430,8 +438,23 @@ def sweep_cmd(
             "gradwatch.GradWatch?",
             err=True,
         )
+    sweep.end_parent_run(tracking_uri, parent, results, {s.run_name: s.verdict for s in summaries})
+    _say_where(resolve_tracking_uri(tracking_uri), exp_id, parent, "the sweep's parent run")
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(results)} run(s) failed")
+
+
+def _say_where(uri: str, experiment_id: str | None, run_id: str | None, what: str) -> None:
+    """Print where to see a run (and its experiment's runs) in the MLflow UI."""
+    from gradwatch.links import run_links
+
+    if not experiment_id or not run_id:
+        return
+    links = run_links(uri, experiment_id, run_id)
+    if links.command:
+        click.echo(f"Open the runs in the MLflow UI: `{links.command}`, then", err=True)
+    click.echo(f"    {what}: {links.run}", err=True)
+    click.echo(f"    all runs of the experiment: {links.experiment}", err=True)
 
 
 def _run_sweep_with_progress(sweep: Any, plan: Any, parallel: int, timeout: float | None) -> list:
@@ -492,6 +515,7 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     to MLflow. Ends with the comparison table and the command that opens the MLflow UI.
     """
     from gradwatch.demo import run as demo
+    from gradwatch.links import run_links
 
     uri = resolve_tracking_uri(tracking_uri)
     specs = demo.plan(steps=60 if quick else steps)
@@ -504,9 +528,14 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
         status.update(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: "
                       f"step {step}/{spec.steps}")  # fmt: skip
 
-    def on_run(spec: Any, final_loss: float | None) -> None:
-        loss = "non-finite" if final_loss is None else f"{final_loss:.4g}"
-        status.finished(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: final loss {loss}")
+    def on_run(spec: Any, outcome: Any) -> None:
+        loss = "non-finite" if outcome.final_loss is None else f"{outcome.final_loss:.4g}"
+        line = f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: final loss {loss}"
+        if outcome.verdict:
+            line += f", verdict {outcome.verdict}"
+        if outcome.run_id and outcome.experiment_id:
+            line += f" -> {run_links(uri, outcome.experiment_id, outcome.run_id).run}"
+        status.finished(line)
 
     try:
         result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_step=on_step,
@@ -516,8 +545,20 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
     click.echo()
     run_compare(uri, experiment, sweep_id=result.sweep_id, progress=False)
     click.echo()
-    click.echo("Open the runs in the MLflow UI:")
-    click.echo(f"    {mask_uri(demo.ui_command(uri, result.experiment_id))}")
+    exp_id = result.experiment_id
+    links = (
+        run_links(uri, exp_id, result.parent_run_id) if exp_id and result.parent_run_id else None
+    )
+    if links is None:
+        click.echo("Open the runs in the MLflow UI:")
+        click.echo(f"    {mask_uri(demo.ui_command(uri, exp_id))}")
+    else:
+        click.echo(
+            f"Open the runs in the MLflow UI{f': `{links.command}`, then' if links.command else ':'}"
+        )
+        click.echo(f"    all runs of the experiment: {links.experiment}")
+        click.echo(f"    the demo's parent run (its description lists every verdict): {links.run}")
+        click.echo("    a run's report: its Artifacts tab, gradwatch/report.html (the links above)")
     click.echo("Compare them again, with a plot:")
     again = f"gradwatch compare --experiment {experiment} --sweep {result.sweep_id} --plot demo.png"
     if tracking_uri is not None and tracking_uri != os.environ.get("MLFLOW_TRACKING_URI"):

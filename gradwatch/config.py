@@ -83,6 +83,13 @@ HOOK_OPTIONS: dict[str, Param] = {
         None, "float", "finite-difference step (null: automatic)", minimum=0, exclusive=True
     ),
     "seed": Param(None, "int", "seed of the checks' sampling (null: random)", minimum=0),
+    "check_timeout": Param(
+        None,
+        "float",
+        "seconds after which a check ends INCONCLUSIVE (null: no limit)",
+        minimum=0,
+        exclusive=True,
+    ),
     "budget": Param(
         None,
         "float",

@@ -8,8 +8,9 @@
     GRADWATCH_EXPERIMENT     the MLflow experiment every run of the sweep logs to
     GRADWATCH_RUN_NAME       the run's name, e.g. ``lr=0.1``
     GRADWATCH_SWEEP_ID       one id per sweep; the hook tags its run ``gradwatch.sweep_id``
+    GRADWATCH_PARENT_RUN_ID  the sweep's parent run; the hook's run is a child of it
 
-The hook reads the last three as defaults, so a script needs no sweep-specific code beyond
+The hook reads the last four as defaults, so a script needs no sweep-specific code beyond
 ``gradwatch.param``. This module imports neither numpy nor MLflow: it is cheap to import.
 """
 
@@ -25,6 +26,7 @@ from gradwatch.schema import TAG_SWEEP_ID
 __all__ = [
     "ENV_EXPERIMENT",
     "ENV_PARAM_PREFIX",
+    "ENV_PARENT_RUN_ID",
     "ENV_RUN_NAME",
     "ENV_SWEEP_ID",
     "TAG_SWEEP_ID",
@@ -37,6 +39,7 @@ ENV_PARAM_PREFIX = "GRADWATCH_PARAM_"
 ENV_EXPERIMENT = "GRADWATCH_EXPERIMENT"
 ENV_RUN_NAME = "GRADWATCH_RUN_NAME"
 ENV_SWEEP_ID = "GRADWATCH_SWEEP_ID"
+ENV_PARENT_RUN_ID = "GRADWATCH_PARENT_RUN_ID"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}

@@ -25,15 +25,23 @@ Metrics (per step unless noted; ``<t>`` is a parameter tensor's name)
 ``gradcheck/rel_error/<t>``              per tensor worst relative error
 ``gradcheck/mismatches/<t>``             per tensor mismatching probes (only when > 0)
 ``gradcheck/clipped/<t>``                per tensor probes explained by element-wise clipping
-``gradcheck/scale``                      analytic/numeric ratio every disagreeing probe shares
+``gradcheck/scale``                      analytic/numeric ratio every tensor shares (finding ``factor``)
+``gradcheck/finding``                    the engine's finding, an index into ``CHECK_FINDINGS``
 ``alerts/count``                         running count of alerts recorded (``mlflow`` action)
+
+In a run the hook shares with the user's own logging (it logged into their active MLflow run)
+every key above carries the prefix ``gradwatch/`` (``gradwatch/loss``), so the hook never doubles
+the user's ``loss`` or ``lr``; the run is tagged ``gradwatch.metric_prefix``. Readers map either
+layout to these names with :func:`hook_keys`. The hook's settings are one param,
+``gradwatch.settings`` (JSON), read back as ``gradwatch.<name>`` by :func:`expand_settings`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where used: gradwatch.alerts' detectors import this module
@@ -47,8 +55,11 @@ __all__ = [
     "ARTIFACT_HISTOGRAMS",
     "ARTIFACT_HISTOGRAMS_PNG",
     "ARTIFACT_REPORT",
+    "ARTIFACT_SETTINGS",
     "CHECK_CLIPPED",
     "CHECK_DIFFERENCE",
+    "CHECK_FINDING",
+    "CHECK_FINDINGS",
     "CHECK_MAX_REL_ERROR",
     "CHECK_MISMATCHES",
     "CHECK_NUM_EVALS",
@@ -89,10 +100,20 @@ __all__ = [
     "TAG_STOP_REASON",
     "TAG_SWEEP_ID",
     "TAG_VERSION",
+    "PARAM_SETTINGS",
+    "SHARED_PREFIX",
+    "TAG_METRIC_PREFIX",
+    "TAG_NOTE",
+    "TAG_PARENT_RUN",
+    "TAG_SWEEP_PARENT",
+    "TAG_VERDICT",
     "UPDATE_RATIO",
     "check_metrics",
     "check_report_from_metrics",
+    "expand_settings",
     "float_or_nan",
+    "hook_keys",
+    "settings_param",
     "from_mlflow_value",
     "hook_series",
     "observations_from_metrics",
@@ -125,6 +146,15 @@ CHECK_REL_ERROR = "gradcheck/rel_error/"
 CHECK_MISMATCHES = "gradcheck/mismatches/"
 CHECK_CLIPPED = "gradcheck/clipped/"
 CHECK_SCALE = "gradcheck/scale"
+#: The engine's finding of a check, as the index of its kind in :data:`CHECK_FINDINGS`: every
+#: reader judges a check by this one value (or the same kind in ``checks.jsonl``), never again.
+CHECK_FINDING = "gradcheck/finding"
+#: What a check can conclude (``gradwatch.check.Finding.kind``); the metric logs the index.
+#: ``passed``; ``bug`` (a backprop bug in the tensors named); ``factor`` (every tensor off by one
+#: factor: the loss and its gradient follow different conventions); ``call_order`` (the
+#: gradients match the parameters before the update: step() was called after it); ``stochastic``
+#: and ``timeout`` (inconclusive: a non-deterministic loss, or ``check_timeout`` reached).
+CHECK_FINDINGS = ("passed", "bug", "factor", "call_order", "stochastic", "timeout")
 
 ALERT_COUNT = "alerts/count"
 
@@ -178,12 +208,91 @@ TAG_MONITOR_ALERTED = "gradwatch.monitor.alerted."
 TAG_MONITOR_STATE = "gradwatch.monitor.state"
 TAG_DEMO_MODEL = "gradwatch.demo.model"
 TAG_DEMO_BUG = "gradwatch.demo.bug"
+#: The run's verdict as ``gradwatch compare`` words it (``ok``, ``BACKPROP BUG``, ``DIVERGED``,
+#: ``stalled`` ...), set when the hook ends its part of the run.
+TAG_VERDICT = "gradwatch.verdict"
+#: MLflow's run description (markdown) at the top of the run page: the verdict's reason and
+#: where the report is.
+TAG_NOTE = "mlflow.note.content"
+#: MLflow's link from a child run to its parent (the UI folds children under it).
+TAG_PARENT_RUN = "mlflow.parentRunId"
+#: The parent run of a ``gradwatch sweep``: the sweep's id (each child is tagged
+#: ``gradwatch.sweep_id`` with it).
+TAG_SWEEP_PARENT = "gradwatch.sweep_parent"
+#: Set on a run the hook shares with the user's own logging (it logged into their active run):
+#: the prefix of the hook's metric keys there, :data:`SHARED_PREFIX`. A run without it has the
+#: hook's keys bare (its own run). Read both layouts with :func:`hook_keys`.
+TAG_METRIC_PREFIX = "gradwatch.metric_prefix"
+#: The hook's series in a shared run: ``gradwatch/loss``, ``gradwatch/grad_norm/W1`` ... beside
+#: the user's own ``loss``; never the same key as theirs.
+SHARED_PREFIX = "gradwatch/"
+#: One param holding the hook's settings as a JSON object (``{"every": "100", ...}``), so the
+#: user's params table gets one entry, not one per setting. Read with :func:`expand_settings`.
+PARAM_SETTINGS = "gradwatch.settings"
+
+
+def hook_keys(metric_keys: Iterable[str], tags: Mapping[str, str]) -> dict[str, str]:
+    """``{schema name: MLflow key}`` of a run's metrics, whichever layout the run has.
+
+        hook_keys(["loss", "gradwatch/loss"], {TAG_METRIC_PREFIX: "gradwatch/"})["loss"] == "gradwatch/loss"
+
+    In a run the hook shared with the user (tag :data:`TAG_METRIC_PREFIX`), the hook's keys
+    carry that prefix: they are read under their schema names, and a user's own key of the
+    same name (their ``loss``) is left out; the user's other keys (``val_acc``) stay. In the
+    hook's own run every key is its own name.
+    """
+    keys = list(metric_keys)
+    prefix = tags.get(TAG_METRIC_PREFIX) or ""
+    if not prefix:
+        return {k: k for k in keys}
+    out = {k: k for k in keys if not k.startswith(prefix)}
+    out.update({k[len(prefix) :]: k for k in keys if k.startswith(prefix) and len(k) > len(prefix)})
+    return out
+
+
+def settings_param(settings: Mapping[str, Any]) -> dict[str, str]:
+    """The hook's settings (``{"gradwatch.every": "100", ...}``) as the one param it logs.
+
+    settings_param({"gradwatch.every": "100"}) == {"gradwatch.settings": '{"every": "100"}'}
+    """
+    plain = {
+        (k[len(PARAM_PREFIX) :] if k.startswith(PARAM_PREFIX) else k): str(v)
+        for k, v in settings.items()
+    }
+    return {PARAM_SETTINGS: json.dumps(plain, ensure_ascii=False)}
+
+
+def expand_settings(params: Mapping[str, str]) -> dict[str, str]:
+    """A run's params with the hook's settings as ``gradwatch.<name>`` entries, either layout.
+
+        expand_settings({"lr": "0.1", "gradwatch.settings": '{"every": "100"}'})
+        # {"lr": "0.1", "gradwatch.every": "100"}
+
+    Runs logged before :data:`PARAM_SETTINGS` have one ``gradwatch.<name>`` param per setting
+    already and come back as they are; so does a settings value that is not a JSON object.
+    """
+    raw = params.get(PARAM_SETTINGS)
+    if raw is None:
+        return dict(params)
+    try:
+        settings = json.loads(raw)
+    except ValueError:
+        return dict(params)
+    if not isinstance(settings, dict):
+        return dict(params)
+    out = {k: v for k, v in params.items() if k != PARAM_SETTINGS}
+    for key, value in settings.items():
+        out.setdefault(PARAM_PREFIX + str(key), str(value))
+    return out
+
 
 # -- artifacts -------------------------------------------------------------------------------
 
 ARTIFACT_CHECKS = "gradwatch/checks.jsonl"  # one CheckReport.to_dict() per check, with "step"
 ARTIFACT_ALERTS = "gradwatch/alerts.jsonl"  # one Alert.to_dict() per recorded alert
 ARTIFACT_CONFIG = "gradwatch/gradwatch.yaml"  # the effective config, secrets masked
+#: The hook's settings, when too long for the ``gradwatch.settings`` param (JSON, as it).
+ARTIFACT_SETTINGS = "gradwatch/settings.json"
 #: One ``gradwatch.stats.histogram_record`` per histogram step: |g| and |θ| of every tensor on
 #: fixed log-spaced bins (``{"step", "bins", "tensors": {t: {"grad": .., "param": ..}}}``).
 ARTIFACT_HISTOGRAMS = "gradwatch/histograms.jsonl"
@@ -229,8 +338,9 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     check_metrics(report.to_dict())["gradcheck/passed"] == 1.0
 
     Per tensor: ``rel_error``, plus ``mismatches`` and ``clipped`` counts when above zero.
-    A ``scale`` entry of the report (a ratio shared by every disagreeing probe) is logged
-    as ``gradcheck/scale``.
+    The engine's finding is logged as ``gradcheck/finding`` (its kind's index in
+    :data:`CHECK_FINDINGS`) and, for a factor every tensor shares, the factor as
+    ``gradcheck/scale``.
     """
     out: dict[str, float] = {
         CHECK_PASSED: 1.0 if report.get("passed") else 0.0,
@@ -239,7 +349,12 @@ def check_metrics(report: Mapping[str, Any]) -> dict[str, float]:
         CHECK_NUM_EVALS: float(report.get("num_evals") or 0),
         CHECK_SECONDS: float_or_nan(report.get("seconds")),
     }
-    if report.get("scale") is not None:
+    finding = report.get("finding")
+    if isinstance(finding, Mapping) and finding.get("kind") in CHECK_FINDINGS:
+        out[CHECK_FINDING] = float(CHECK_FINDINGS.index(finding["kind"]))
+        if finding["kind"] == "factor" and finding.get("factor") is not None:
+            out[CHECK_SCALE] = float_or_nan(finding["factor"])
+    elif report.get("scale") is not None:
         out[CHECK_SCALE] = float_or_nan(report["scale"])
     for name, tensor in (report.get("per_param") or {}).items():
         out[CHECK_REL_ERROR + name] = float_or_nan(tensor.get("max_rel_error"))
@@ -290,11 +405,16 @@ def check_report_from_metrics(
     When the check failed, tensors with logged mismatches are ``mismatch`` (their count as
     ``num_mismatches``); without counts, tensors whose error is at least
     ``warning_rel_error`` (the worst one if none is) are, with ``num_mismatches`` 1 (a lower
-    bound). Tensors with clipped probes and no mismatch are ``clipped``. Coordinates are
-    unknown (``coords`` empty); ``reconstructed`` is True.
+    bound). Tensors with clipped probes and no mismatch are ``clipped``. A check the engine
+    logged as inconclusive (``gradcheck/finding``) is ``inconclusive`` with no mismatch.
+    Coordinates are unknown (``coords`` empty); ``reconstructed`` is True.
     """
     passed = values.get(CHECK_PASSED)
-    failed = passed is not None and not passed >= 0.5
+    code = values.get(CHECK_FINDING)
+    kind = CHECK_FINDINGS[int(code)] if code in range(len(CHECK_FINDINGS)) else None
+    # An inconclusive check (the engine's finding) found no mismatch: nothing to rebuild.
+    inconclusive = kind in ("stochastic", "timeout")
+    failed = passed is not None and not passed >= 0.5 and not inconclusive
     errors = per_tensor(values, CHECK_REL_ERROR)
     counts = per_tensor(values, CHECK_MISMATCHES)
     clipped = per_tensor(values, CHECK_CLIPPED)
@@ -326,7 +446,9 @@ def check_report_from_metrics(
                                       "verdict": "mismatch", "num_mismatches": 1,
                                       "num_clipped": 0, "coords": []}  # fmt: skip
     return {
-        "passed": not failed,
+        "passed": not failed and not inconclusive,
+        **({"status": "inconclusive"} if inconclusive else {}),
+        **({"finding": {"kind": kind}} if kind else {}),
         "max_rel_error": max_rel,
         "difference": values.get(CHECK_DIFFERENCE),
         "num_evals": int(values.get(CHECK_NUM_EVALS) or 0),

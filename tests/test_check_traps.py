@@ -157,9 +157,9 @@ def test_a_loss_averaged_over_the_batch_with_summed_gradients_names_the_factor()
         report = gradwatch.check_gradients(loss_fn, params, grads, seed=seed)
         assert not report.passed
         assert set(report.mismatched_tensors) == set(params)
-        note = next(n for n in report.notes if "constant factor" in n)
-        assert note.startswith("analytic = 32 × numeric in every disagreeing probe")
-        assert "1/batch size" in note
+        assert report.finding.kind == "factor" and report.finding.factor == pytest.approx(32)
+        assert report.finding.hint.startswith("analytic = 32 × numeric in every tensor")
+        assert "1/batch size" in report.finding.hint
         assert "every tensor disagrees" not in str(report)
 
 
@@ -181,7 +181,11 @@ def test_one_scaled_tensor_is_named_with_its_factor():
         lambda p: net.loss(p, X, y), params, net.backward(params, X, y), seed=0
     )
     assert report.mismatched_tensors == ["W1"]
-    assert "analytic = 2 × numeric in every disagreeing probe of 'W1'" in str(report)
+    # A factor in one tensor is a bug there, not a loss convention.
+    assert report.finding.kind == "bug" and report.finding.tensors == ("W1",)
+    assert report.finding.factor == pytest.approx(2.0)
+    assert "BACKPROP BUG in W1 (analytic = 2 × numeric)" in str(report)
+    assert "bug in the backward pass of W1" in report.finding.hint
 
 
 def test_rnn_loss_fn_on_the_hidden_state_after_the_forward_pass_gets_the_state_hint():
@@ -194,8 +198,11 @@ def test_rnn_loss_fn_on_the_hidden_state_after_the_forward_pass_gets_the_state_h
         )
         assert not report.passed
         assert len(report.mismatched_tensors) == len(rnn.params)
-        hint = next(n for n in report.notes if n.startswith("every tensor disagrees"))
+        assert report.finding.kind == "bug"
+        hint = report.finding.hint
+        assert hint.startswith("every tensor disagrees")
         assert "hidden state" in hint and "batch" in hint and "step()" in hint
+        assert "a bug in a backward path every tensor shares" in hint
         assert "constant factor (" not in str(report)
 
 

@@ -40,14 +40,43 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     experiment = f"demo-{time.time_ns()}"
     result = CliRunner().invoke(main, ["demo", "--quick", "--experiment", experiment])
     assert result.exit_code == 0, result.output
-    assert f"open {tracking_uri}/#/experiments/" in result.output
-    # Progress: one line per finished run (stderr is no terminal here: no redraws).
-    assert re.search(r"\[1/12\] classic lr=0\.2: final loss \d", result.stderr)
-    assert re.search(r"\[12/12\] mlp lr=1e-10 BUG: final loss \d", result.stderr)
+    exp_id = MlflowClient(tracking_uri).get_experiment_by_name(experiment).experiment_id
+    assert (
+        f"all runs of the experiment: {tracking_uri}/#/experiments/{exp_id}/runs" in result.output
+    )
+    # Progress: one line per finished run, with its verdict and its link (stderr is no
+    # terminal here: no redraws).
+    run_link = rf"{re.escape(tracking_uri)}/#/experiments/{exp_id}/runs/\w+"
+    assert re.search(
+        rf"\[1/12\] classic lr=0\.2: final loss \d\S*, verdict ok -> {run_link}\n", result.stderr
+    )
+    assert re.search(
+        r"\[6/12\] classic lr=1e-10 BUG: final loss \d\S*, verdict BACKPROP BUG \+ stalled ",
+        result.stderr,
+    )
+    assert re.search(
+        r"\[12/12\] mlp lr=1e-10 BUG: final loss \d\S*, verdict grads ×2 \+ stalled ", result.stderr
+    )
     assert "\r" not in result.stderr
+    assert "gradwatch: verdict" not in result.stderr  # the hook's own lines: folded into those
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
     # Every run landed whole before the table was printed: no journal is left behind.
     assert not list(Path(".gradwatch/journal").glob("*.jsonl"))
+    # One parent run, its description listing every run's verdict; the runs its children.
+    parent_id = (
+        re.search(rf"parent run \(its description lists every verdict\): {run_link}", result.output)
+        .group(0)
+        .rsplit("/", 1)[1]
+    )
+    parent = MlflowClient(tracking_uri).get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["gradwatch.sweep_parent"] == sweep
+    children = MlflowClient(tracking_uri).search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    )
+    assert len(children) == 12
+    for child in children:
+        verdict = child.data.tags["gradwatch.verdict"]
+        assert f"| {child.info.run_name} | {verdict} |" in parent.data.tags["mlflow.note.content"]
 
     out = CliRunner().invoke(
         main, ["compare", "-e", experiment, "--sweep", sweep, "--format", "json"]
@@ -62,6 +91,8 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
         if bug:
             assert rec["checks_failed"] == rec["checks"], f"{name}: the planted bug must fail"
             assert rec["max_rel_error"] > 1e-2 and "check_failure" in rec["alert_rules"]
+            # The same verdict as the full demo's: a factor in dW2 alone is a bug.
+            assert rec["verdict"].startswith("BACKPROP BUG"), rec["verdict"]
         else:
             assert rec["checks_failed"] == 0, f"{name}: correct backprop must pass"
             assert rec["max_rel_error"] < 1e-4
@@ -117,17 +148,29 @@ def test_sweep_runs_the_script_once_per_lr(tracking_uri, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id])
+    everything = client.search_runs([exp.experiment_id])
+    # One parent run for the sweep, one child run per value (the MLflow UI folds them).
+    (parent,) = [r for r in everything if "gradwatch.sweep_parent" in r.data.tags]
+    runs = [r for r in everything if r is not parent]
     assert sorted(r.info.run_name for r in runs) == ["lr=0.01", "lr=0.1", "lr=1e-10"]
+    assert {r.data.tags.get("mlflow.parentRunId") for r in runs} == {parent.info.run_id}
     sweep_ids = {r.data.tags.get("gradwatch.sweep_id") for r in runs}
-    assert len(sweep_ids) == 1 and None not in sweep_ids
+    assert sweep_ids == {parent.data.tags["gradwatch.sweep_parent"]}
     assert sweep_ids.pop() in result.output
     for r in runs:
         assert r.data.params["lr"] == r.info.run_name.split("=")[1]
         assert r.info.status == "FINISHED"
-    # The summary table at the end lists all three.
-    for name in ("lr=0.1", "lr=0.01", "lr=1e-10"):
-        assert name in result.stdout
+    assert parent.info.status == "FINISHED" and parent.data.params == {"lr": "0.1, 0.01, 1e-10"}
+    assert parent.data.metrics == {}  # nothing of the children merged into it
+    # The summary table at the end lists all three; the parent's description their verdicts.
+    note = parent.data.tags["mlflow.note.content"]
+    for r in runs:
+        assert r.info.run_name in result.stdout
+        assert f"| {r.info.run_name} | {r.data.tags['gradwatch.verdict']} |" in note
+    assert (
+        f"the sweep's parent run: {tracking_uri}/#/experiments/{exp.experiment_id}/runs/{parent.info.run_id}"
+        in result.output
+    )
 
 
 def test_sweep_reports_failing_runs(tmp_path, tracking_uri):
@@ -137,6 +180,11 @@ def test_sweep_reports_failing_runs(tmp_path, tracking_uri):
     assert result.exit_code == 1
     assert "2 of 2 run(s) failed" in result.output and "exploding now" in result.output
     assert "Traceback" not in result.output
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name("sweep-boom")
+    (parent,) = client.search_runs([exp.experiment_id])
+    assert parent.info.status == "FAILED"
+    assert "| lr=1.0 | script failed (exit 3) |" in parent.data.tags["mlflow.note.content"]
 
 
 def test_sweep_argument_errors(tmp_path):

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from gradwatch.schema import expand_settings
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -49,7 +51,7 @@ def test_classic_gradient_check_finds_the_two_planted_bugs():
     assert "gradient check PASSED (full)" in fixed
     difference = float(re.search(r"difference ([0-9.e+-]+),", fixed).group(1))
     assert difference <= 1e-9
-    assert "gradient check FAILED (auto)" in auto and "mismatched tensors: b1, W2" in auto
+    assert "gradient check FAILED (auto)" in auto and "BACKPROP BUG in b1, W2" in auto
     assert not Path("mlflow.db").exists()  # the check engine alone: nothing tracked
 
 
@@ -70,7 +72,7 @@ def test_train_mlp_fires_check_failure_once_after_the_bug(tracking_uri):
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert sorted(m.step for m in losses) == list(range(120))
     assert "gradwatch.alert.check_failure" in run.data.tags
-    assert run.data.params["gradwatch.every"] == "50"
+    assert expand_settings(run.data.params)["gradwatch.every"] == "50"
     assert run.data.params["model"] == "mlp-64-128-10"  # hook.params from the YAML file
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "gradwatch")}
     assert {"gradwatch/checks.jsonl", "gradwatch/alerts.jsonl", "gradwatch/gradwatch.yaml"} <= (
@@ -127,5 +129,19 @@ def test_every_example_has_a_test(name):
         "train_mlp.py",
         "lr_sweep.py",
         "custom_loop.py",
+        "recipe_optimizer.py",
+        "recipe_dropout_batchnorm.py",
     }
     assert name in covered, f"examples/{name} is not run by tests/test_examples.py"
+
+
+def test_recipe_optimizer_hands_the_gradients_over_before_the_update(tracking_uri):
+    out = run_example("recipe_optimizer.py", "--steps", "41")
+    assert "adam: checks: 3, failed: 0" in out
+    assert "layer-updates: checks: 3, failed: 0" in out
+
+
+def test_recipe_dropout_and_batchnorm_keep_loss_fn_deterministic(tracking_uri):
+    out = run_example("recipe_dropout_batchnorm.py", "--steps", "41")
+    for shape in ("dropout-fixed-mask", "dropout-rng-state", "batchnorm"):
+        assert f"{shape}: checks: 3, failed: 0" in out

@@ -19,6 +19,7 @@ from gradwatch import AlertStop, InputError
 from gradwatch.alerts import Rule
 from gradwatch.demo import MLP, make_blobs
 from gradwatch.hook import BUDGET_RESERVE
+from gradwatch.schema import expand_settings
 
 X, Y = make_blobs(512, 12, 3, seed=0)
 
@@ -69,7 +70,7 @@ def test_every_step_and_check_lands_in_mlflow(tracking_uri):
     # Checks at the first step and every 50 after; the bug switched on at 120 fails the check at 150.
     assert passed == {0: 1.0, 50: 1.0, 100: 1.0, 150: 0.0, 200: 0.0}
     data = run.data
-    assert data.params["lr"] == "0.1" and data.params["gradwatch.every"] == "50"
+    assert data.params["lr"] == "0.1" and expand_settings(data.params)["gradwatch.every"] == "50"
     assert data.tags["gradwatch.version"] == gradwatch.__version__
     for name in ("W1", "b1", "W2", "b2"):
         assert f"grad_norm/{name}" in data.metrics and f"param_norm/{name}" in data.metrics
@@ -159,7 +160,11 @@ def test_attaches_to_the_run_the_user_started(tracking_uri):
         mlflow.set_tracking_uri(None)
     run = mlflow.MlflowClient(tracking_uri).get_run(active.info.run_id)
     assert run.info.status == "FINISHED"
-    assert len(mlflow.MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "loss")) == 20
+    # In the user's run the hook's series go under gradwatch/ (never the user's own names).
+    history = mlflow.MlflowClient(tracking_uri).get_metric_history(
+        run.info.run_id, "gradwatch/loss"
+    )
+    assert len(history) == 20 and "loss" not in run.data.metrics
 
 
 def test_budget_limits_how_often_checks_run(tracking_uri):

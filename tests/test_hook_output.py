@@ -39,7 +39,13 @@ def test_each_failed_check_prints_once_with_its_alert(tracking_uri, caplog, caps
     assert fired  # the alert line heads the report of the check that fired it
     with_alert = [m for m in about_checks if "check_failure at step" in m]
     assert len(with_alert) == len(fired)
-    assert all("gradient check FAILED" in m and "mismatched tensors: W2" in m for m in with_alert)
+    headline = "gradient check FAILED: BACKPROP BUG in W2 (analytic = 2 × numeric)"
+    assert all(headline in m for m in about_checks)
+    # A few lines per check; the probe table only with the first failure.
+    tables = [m for m in about_checks if "(the probe table is printed once per run" in m]
+    assert len(tables) == 1 and tables[0] is about_checks[0]
+    assert all(len(m.splitlines()) <= 3 for m in about_checks[1:])
+    assert all("hint: the gradient of W2 is off by a factor 2" in m for m in about_checks)
     assert capsys.readouterr().out == ""
 
 

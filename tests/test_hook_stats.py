@@ -147,7 +147,7 @@ def test_hook_takes_every_run_name_from_the_schema(path):
 
 
 def test_failed_check_log_explains_every_tensor_disagreeing_once(tracking_uri, caplog):
-    """The engine's own note explains it (str(report)); the hook adds no second hint."""
+    """The engine's finding explains it, printed once (no second hint beside it)."""
     rng = np.random.default_rng(2)
     X, y = rng.normal(size=(64, 8)), rng.integers(0, 3, 64)
     params = relu_mlp()
@@ -157,9 +157,9 @@ def test_failed_check_log_explains_every_tensor_disagreeing_once(tracking_uri, c
         report = watch.step(params, grads, loss=1.0, lr=0.1,
                             loss_fn=lambda p: loss_and_grads(p, X[32:], y[32:])[0])  # fmt: skip
     assert report is not None and not report.passed
-    assert any(n.startswith("every tensor disagrees") for n in report.notes), report.notes
+    assert report.finding.hint.startswith("every tensor disagrees"), report.finding
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gradwatch"))
-    assert logged.count("every tensor disagrees") == 1 and "hint:" not in logged
+    assert logged.count("every tensor disagrees") == 1 and logged.count("hint:") == 1
 
 
 def test_clipped_probes_are_logged_per_tensor(tracking_uri):

@@ -100,8 +100,16 @@ def test_a_person_sees_the_verdict_the_plots_and_the_checks(browser, reported_ru
     rows = table.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == reported_run["checks"]
     assert any("FAILED" in r.text.upper() for r in rows)
+    # What is wrong, in words, on the first screen: the tensor and the likeliest cause.
+    assert "BACKPROP BUG in W2" in verdict.text and "Likeliest cause:" in verdict.text
+    # Probe tables are collapsed; opening a failed check shows its mismatching coordinates.
+    assert not browser.find_elements(By.CSS_SELECTOR, "details[open]")
+    summaries = browser.find_elements(By.CSS_SELECTOR, "details summary")
+    failed = [d for d in summaries if "failed" in d.text]
+    assert failed and not browser.find_elements(By.CSS_SELECTOR, "td.v-mismatch")[0].is_displayed()
+    failed[0].click()
     mismatch = browser.find_elements(By.CSS_SELECTOR, "details[open] td.v-mismatch")
-    assert mismatch and mismatch[0].is_displayed()  # failed checks' coordinates are open
+    assert mismatch and mismatch[0].is_displayed()
     # No script ran and nothing but the page itself was loaded.
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"

@@ -14,7 +14,7 @@ from mlflow.entities import Metric, Param
 
 import gradwatch
 from gradwatch.cli import main
-from gradwatch.runs.verdicts import explain_failed_check
+from gradwatch.runs.verdicts import check_findings
 
 CLIP = 5.0
 
@@ -89,31 +89,18 @@ def test_clipping_inside_the_loss_function_is_not_a_backprop_bug(tracking_uri):
     assert "analytic = 0.1 × numeric" in table
 
 
-def _probe(analytic: float, numeric: float, verdict: str = "mismatch") -> dict:
-    return {"analytic": analytic, "numeric": numeric, "verdict": verdict}
+def _metric(step: int, value: float) -> Metric:
+    return Metric("m", value, 0, step)
 
 
-def test_explanations_need_the_whole_signature():
-    def check(coords, directions=()):
-        return {"per_param": {"W": {"coords": list(coords), "directions": list(directions)}}}
-
-    clip = [_probe(5.0, 6.6), _probe(-5.0, -19.8), _probe(0.2, 0.2, "ok")]
-    assert explain_failed_check(check(clip, [_probe(3.0, 9.0)])) == ("clipped", 5.0)
-    # the numeric slope is smaller than the bound, or of the other sign: not clipping
-    assert explain_failed_check(check([_probe(5.0, 4.0), _probe(-5.0, -19.8)])) is None
-    assert explain_failed_check(check([_probe(5.0, -6.0), _probe(-5.0, -19.8)])) is None
-    # two different bounds are no single clip
-    assert explain_failed_check(check([_probe(5.0, 6.0), _probe(-4.9, -19.8)])) is None
-    # one probe at an arbitrary value is no evidence; at a round bound it is
-    assert explain_failed_check(check([_probe(0.123456789, 0.5)])) is None
-    assert explain_failed_check(check([_probe(1.0, 3.0)])) == ("clipped", 1.0)
-    # a directional mismatch in a tensor without clipped coordinates stays a bug
-    other = {"per_param": {"W": {"coords": clip, "directions": []},
-                           "b": {"coords": [], "directions": [_probe(1.0, 2.0)]}}}  # fmt: skip
-    assert explain_failed_check(other) is None
-    scaled = [_probe(0.1 * n, n) for n in (3.0, -7.0, 11.0)]
-    assert explain_failed_check(check(scaled))[0] == "scaled"
-    assert explain_failed_check(check([*scaled, _probe(0.2, 1.0)])) is None
+def test_the_checks_are_read_as_the_engine_logged_them_never_judged_again():
+    passed = [_metric(0, 0.0), _metric(10, 0.0), _metric(20, 1.0), _metric(30, 0.0)]
+    findings = [_metric(0, 1.0), _metric(10, 4.0), _metric(20, 0.0)]  # bug, stochastic, passed
+    kinds = check_findings(passed, findings, [_metric(30, 0.5)])
+    assert kinds[0] == ("bug", None) and kinds[10] == ("stochastic", None)
+    assert kinds[20] == ("passed", None)
+    # Logged before the finding metric existed: failed with a factor, as the engine said then.
+    assert kinds[30] == ("factor", 0.5)
 
 
 def _log_run(client, exp_id, name, losses, params):
@@ -154,7 +141,12 @@ def test_noisy_flat_run_is_stalled_and_diff_only_shows_what_differs(tracking_uri
     ]
 
 
-def test_a_sign_flip_is_a_bug_not_a_shared_factor():
-    flipped = [_probe(-n, n) for n in (3.0, -7.0, 11.0)]
-    record = {"per_param": {"W": {"coords": flipped, "directions": []}}}
-    assert explain_failed_check(record) is None
+def test_a_check_rebuilt_from_metrics_keeps_the_engine_s_inconclusive():
+    from gradwatch.schema import check_report_from_metrics
+
+    dropout = check_report_from_metrics({"gradcheck/passed": 0.0, "gradcheck/finding": 4.0})
+    assert dropout["status"] == "inconclusive" and dropout["per_param"] == {}
+    bug = check_report_from_metrics(
+        {"gradcheck/passed": 0.0, "gradcheck/finding": 1.0, "gradcheck/rel_error/W2": 0.3}
+    )
+    assert bug["per_param"]["W2"]["verdict"] == "mismatch" and not bug["passed"]

@@ -19,7 +19,7 @@ from gradwatch.alerts.detectors import DEFAULT_BASELINE_METRICS
 from gradwatch.alerts.engine import Rule
 from gradwatch.errors import InputError, TrackingError
 from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors
-from gradwatch.schema import TAG_BASELINE
+from gradwatch.schema import TAG_BASELINE, hook_keys
 
 __all__ = ["BASELINE_TAG", "attach_baselines", "find_baseline_run", "load_baseline"]
 
@@ -89,11 +89,12 @@ def load_baseline(
     client = _client(tracking_uri)
     with mlflow_errors(client.tracking_uri, f"cannot load baseline run {run_id!r}"):
         run = client.get_run(run_id)
-        keys = [k for k in run.data.metrics if any(fnmatch.fnmatchcase(k, p) for p in metrics)]
+        names = hook_keys(run.data.metrics, run.data.tags)  # gradwatch/loss -> loss, if shared
+        keys = [k for k in names if any(fnmatch.fnmatchcase(k, p) for p in metrics)]
         series = {}
         for key in sorted(keys):
             series[key] = {
-                int(m.step): float(m.value) for m in client.get_metric_history(run_id, key)
+                int(m.step): float(m.value) for m in client.get_metric_history(run_id, names[key])
             }
     return series
 

@@ -13,14 +13,16 @@ from gradwatch.check.engine import (
     check_gradients,
     validate_options,
 )
-from gradwatch.check.report import VERDICTS, CheckReport, Probe, TensorReport
+from gradwatch.check.report import FINDINGS, VERDICTS, CheckReport, Finding, Probe, TensorReport
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
+    "FINDINGS",
     "MAX_NUM_SAMPLES",
     "MODES",
     "VERDICTS",
     "CheckReport",
+    "Finding",
     "Probe",
     "TensorReport",
     "check_gradients",

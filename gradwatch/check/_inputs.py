@@ -110,6 +110,15 @@ def _grad_lookup(grads: Any, names: list[str], kind: str) -> dict[str, Any]:
     return matched
 
 
+def same_entries(grad_shape: tuple[int, ...], param_shape: tuple[int, ...]) -> bool:
+    """Shapes that differ only by length-1 axes: the same entries in the same order, as numpy
+    habits produce ((3,) for a (1, 3) bias). Such a gradient is accepted, reshaped.
+
+        same_entries((3,), (1, 3)) is True
+    """
+    return [d for d in grad_shape if d != 1] == [d for d in param_shape if d != 1]
+
+
 def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any, str]:
     """Validate and pair parameters with gradients.
 
@@ -145,6 +154,8 @@ def normalize(params: Any, grads: Any, upcast: bool) -> tuple[list[Tensor], Any,
             grad_arr = np.asarray(grad)
         except Exception as exc:  # noqa: BLE001 - any conversion failure is the caller's input
             raise InputError(f"gradient for '{name}' is not array-like: {exc}") from None
+        if grad_arr.shape != value.shape and same_entries(grad_arr.shape, value.shape):
+            grad_arr = grad_arr.reshape(value.shape)  # e.g. a (3,) gradient for a (1, 3) bias
         if grad_arr.shape != value.shape:
             raise InputError(
                 f"gradient for '{name}' has shape {grad_arr.shape} but the parameter has shape "

@@ -7,6 +7,7 @@ afterwards; the engine additionally restores every tensor from its snapshot in a
 from __future__ import annotations
 
 import copy
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from gradwatch.check._inputs import Tensor
 from gradwatch.errors import LossError
 
 __all__ = [
+    "CheckTimeout",
     "Evaluator",
     "central_coord",
     "central_coord_curvature",
@@ -70,17 +72,27 @@ def _fresh_container(params: Any) -> Any:
     return params  # tuples and namedtuples cannot be rebound
 
 
+class CheckTimeout(Exception):
+    """The check's time limit passed: no further loss evaluation is started."""
+
+
 class Evaluator:
     """Calls ``loss_fn`` on a shallow copy of ``work_params``, counts calls and checks that
-    the result is a scalar."""
+    the result is a scalar. With a ``deadline`` (``time.perf_counter()`` value) it raises
+    :class:`CheckTimeout` instead of starting an evaluation after it."""
 
-    def __init__(self, loss_fn: Callable[[Any], Any], work_params: Any) -> None:
+    def __init__(
+        self, loss_fn: Callable[[Any], Any], work_params: Any, deadline: float | None = None
+    ) -> None:
         self.loss_fn = loss_fn
         self.work_params = work_params
+        self.deadline = deadline
         self.count = 0
         self.last_raw: Any = None
 
     def __call__(self) -> float:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise CheckTimeout
         self.count += 1
         raw = self.loss_fn(_fresh_container(self.work_params))
         self.last_raw = raw

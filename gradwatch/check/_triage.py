@@ -7,8 +7,9 @@ truncation (∝ s²) and round-off (∝ 1/s) predict, while an analytic value of
 step h1 (~h/185 in float64) and, unless those settle it, with central differences at 2h and
 h/2, and judged on what Richardson extrapolation leaves:
 
-- ``kink``: the one-sided derivatives at h1 differ (a non-differentiable point within h1)
-  and the analytic value is one of them or between them.
+- ``kink``: the one-sided derivatives at h1 differ (a non-differentiable point within h1:
+  their split does not grow with the step as curvature's would) and the analytic value is
+  one of them or between them.
 - ``noise``: the discrepancy at h all but vanishes at h1 (two evaluations, as a passing check
   always paid); or the analytic value agrees with the extrapolated derivative (4·D(h) − D(2h))/3 to
   within its own error estimate (the spread between the extrapolations from (2h, h) and
@@ -95,6 +96,18 @@ class Context:
         return Tolerance(rtol, roundoff_atol(self.loss_eps, self.j0, step) + self.extra_atol)
 
 
+#: The one-sided split is re-measured at this multiple of the small step to tell a kink from
+#: curvature: a smooth point's split grows with the step (f''·h), a kink's stays its jump.
+KINK_TEST = 4.0
+
+
+def _kink_between(fwd: float, bwd: float, wider: tuple[float, float]) -> bool:
+    """The one-sided derivatives differ because of a non-differentiable point, not curvature:
+    at a step ``KINK_TEST`` times larger their split has not grown ``KINK_TEST / 2``-fold."""
+    split, wider_split = abs(fwd - bwd), abs(wider[0] - wider[1])
+    return not wider_split > 0.5 * KINK_TEST * split
+
+
 @dataclass(frozen=True)
 class LineResult:
     verdict: str
@@ -120,7 +133,7 @@ def classify_line(
     a = analytic
     fwd, bwd = sides(h1)
     tol1 = tol_at(h1)
-    if not tol1.agree(fwd, bwd):
+    if not tol1.agree(fwd, bwd) and _kink_between(fwd, bwd, sides(KINK_TEST * h1)):
         # Non-differentiable here: backprop may legitimately return either side (ReLU at 0).
         lo, hi = min(fwd, bwd), max(fwd, bwd)
         best = min(tol1.rel_error(a, fwd), tol1.rel_error(a, bwd))

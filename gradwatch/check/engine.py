@@ -10,13 +10,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gradwatch.check._explain import clip_bounds, explain_disagreements
+from gradwatch.check._explain import (
+    CALL_ORDER_HINT,
+    clip_bounds,
+    clipping_note,
+    disagreement,
+    every_tensor_hint,
+    factor_hint,
+    invariance_note,
+    subset_hint,
+)
+from gradwatch.check._groups import Member, probe_groups
 from gradwatch.check._inputs import Tensor, normalize
-from gradwatch.check._probes import Evaluator, central_coord, loss_precision
+from gradwatch.check._probes import CheckTimeout, Evaluator, central_coord, loss_precision
 from gradwatch.check._steps import central_step, coord_rtol
 from gradwatch.check._triage import (
     Context,
@@ -26,7 +37,7 @@ from gradwatch.check._triage import (
     triage_coordinate,
     triage_direction,
 )
-from gradwatch.check.report import CheckReport, Probe, TensorReport
+from gradwatch.check.report import CheckReport, Finding, Probe, TensorReport
 from gradwatch.errors import InputError, LossError
 
 __all__ = ["check_gradients", "validate_options", "MODES", "DEFAULT_NUM_SAMPLES", "MAX_NUM_SAMPLES"]
@@ -38,9 +49,15 @@ MAX_NUM_SAMPLES = 2**31 - 1
 #: Two calls at the same parameters may differ by this many ulps of the loss before the loss
 #: is called non-deterministic (summation order can legitimately differ by an ulp or two).
 STOCHASTIC_ULPS = 16.0
-#: Disagreeing coordinates triaged per tensor once it already has this many confirmed
-#: mismatches: the tensor has failed, the rest inherit the verdict without extra evaluations.
-MAX_CONFIRMED_PER_TENSOR = 2
+#: Tensors beyond which (and beyond num_samples / 2) they are probed in shared groups: up to
+#: this many, every tensor gets its own direction (a check then costs at most
+#: 2·num_samples + 2·GROUPED_ABOVE + 2 evaluations when it passes); above, about
+#: 3·num_samples + 2 whatever the number of tensors.
+GROUPED_ABOVE = 16
+#: Disagreeing coordinates triaged per tensor until this many mismatches are confirmed: the
+#: tensor has failed, the rest (and its directions) inherit the verdict without evaluations,
+#: so a failing check costs little more than a passing one.
+MAX_CONFIRMED_PER_TENSOR = 1
 
 
 def check_gradients(
@@ -51,6 +68,10 @@ def check_gradients(
     num_samples: int = DEFAULT_NUM_SAMPLES,
     eps: float | None = None,
     seed: int | None = None,
+    *,
+    lr: float | None = None,
+    first_step: bool = False,
+    timeout: float | None = None,
 ) -> CheckReport:
     """Check backprop gradients against central finite differences.
 
@@ -73,24 +94,39 @@ def check_gradients(
             directions only, 2 evaluations each) or ``"full"`` (every coordinate: 2n
             evaluations, the classic method).
         num_samples: coordinates (or directions) to probe in the sampled modes, spread over the
-            tensors with at least one per tensor.
+            tensors with at least one per tensor; with more than ``GROUPED_ABOVE`` (16) and
+            ``num_samples / 2`` tensors, half of them coordinates on tensors drawn at random
+            and half shared directions over groups of tensors (every tensor covered), so the
+            cost stays about 3·num_samples + 2 evaluations whatever the number of tensors.
         eps: ``None`` picks the central-difference step per tensor as (100·EPS)^(1/3)·max(1, rms),
             EPS of the loss's precision (see ``gradwatch.check._steps``); a float forces that step everywhere.
         seed: seeds the choice of coordinates and directions; ``None`` draws one and records it
             in ``report.seed`` so any check can be repeated.
+        lr: the learning rate of a plain SGD update, when known: if every tensor disagrees,
+            the check re-evaluates at θ + lr·g (the parameters before such an update) to
+            confirm or rule out "step() called after the update".
+        first_step: True when these are the loop's first gradients (none can be stale).
+        timeout: seconds after which no further loss evaluation starts: the check ends
+            INCONCLUSIVE with the probes it made (a mismatch already confirmed still fails).
 
     Returns:
         A :class:`CheckReport`; ``report.passed`` is False only for mismatches (backprop bugs,
         non-finite gradient entries) or an inconclusive check (a non-deterministic loss);
         noise, kinks and element-wise clipped coordinates do not fail. ``max_rel_error`` is
-        what remains after triage (see :class:`TensorReport`); notes name clipping, a
-        constant factor between analytic and numeric, or why every tensor may disagree.
+        what remains after triage (see :class:`TensorReport`). ``finding`` is the verdict in
+        words (the tensors, a factor, the likeliest cause); notes add clipping and invariance.
 
     Raises:
         InputError: malformed params/grads or options (before any evaluation).
         LossError: ``loss_fn`` did not return a finite scalar.
     """
     validate_options(mode, num_samples, eps, seed)
+    if lr is not None and not (isinstance(lr, (int, float, np.floating)) and math.isfinite(lr)):
+        raise InputError(f"lr must be a finite float or None; got {lr!r}")
+    if timeout is not None and not (
+        isinstance(timeout, (int, float, np.floating)) and timeout > 0 and math.isfinite(timeout)
+    ):
+        raise InputError(f"timeout must be a positive number of seconds or None; got {timeout!r}")
     if not callable(loss_fn):
         raise InputError(
             f"loss_fn must be callable as loss_fn(params) -> float; got {type(loss_fn).__name__}"
@@ -105,9 +141,8 @@ def check_gradients(
     for t, snap in zip(tensors, snapshots):
         t.snapshot = snap  # read-only; also the directional probes' base values
     try:
-        return _run(
-            loss_fn, params, tensors, work_params, mode, int(num_samples), eps, seed, started
-        )
+        plan = _Plan(mode, int(num_samples), eps, seed, lr, first_step, timeout)
+        return _run(loss_fn, params, tensors, work_params, plan, started)
     finally:
         for t, snap in zip(tensors, snapshots):
             np.copyto(t.array, snap)
@@ -127,7 +162,7 @@ def _nonfinite_gradients(tensors: list[Tensor], mode, seed, started) -> CheckRep
     bad = {t.name: np.flatnonzero(~np.isfinite(t.grad)) for t in tensors}
     if not any(flat.size for flat in bad.values()):
         return None
-    per_param, notes = {}, []
+    per_param, notes, bad_names = {}, [], []
     for t in tensors:
         tr = TensorReport(t.name, tuple(t.array.shape), str(t.array.dtype), 0.0)
         per_param[t.name] = tr
@@ -147,6 +182,7 @@ def _nonfinite_gradients(tensors: list[Tensor], mode, seed, started) -> CheckRep
                 )  # fmt: skip
             )
         if flat_bad.size:
+            bad_names.append(t.name)
             shown = ", ".join(
                 f"{p.label} = {p.analytic}" for p in tr.coords[: min(3, flat_bad.size)]
             )
@@ -169,6 +205,13 @@ def _nonfinite_gradients(tensors: list[Tensor], mode, seed, started) -> CheckRep
         stochastic_loss=False,
         per_param=per_param,
         notes=notes,
+        finding=Finding(
+            "bug",
+            tuple(bad_names),
+            None,
+            f"the gradient of {', '.join(bad_names)} holds NaN or ±inf: backprop overflowed or "
+            "divided by zero (or the loss already diverged)",
+        ),
     )
 
 
@@ -208,75 +251,233 @@ def validate_options(
         )
 
 
-def _run(
-    loss_fn, params, tensors, work_params, mode, num_samples, eps, seed, started
-) -> CheckReport:
+@dataclass(frozen=True)
+class _Plan:
+    """The check's options, validated."""
+
+    mode: str
+    num_samples: int
+    eps: float | None
+    seed: int
+    lr: float | None
+    first_step: bool
+    timeout: float | None
+
+
+@dataclass
+class _Probed:
+    """One tensor's probing context: kept for the tests of hypotheses after the probes."""
+
+    tensor: Tensor
+    ctx: Context
+    step: float
+    rtol: float
+
+
+def _run(loss_fn, params, tensors, work_params, plan: _Plan, started: float) -> CheckReport:
     notes: list[str] = []
-    ev = Evaluator(loss_fn, work_params)
+    deadline = None if plan.timeout is None else started + plan.timeout
+    ev = Evaluator(loss_fn, work_params, deadline)
     if work_params is not params:
         # float32 parameters are checked on float64 copies, if the loss works on them.
-        ev, tensors, note = _choose_precision(loss_fn, params, work_params, tensors)
+        ev, tensors, note = _choose_precision(loss_fn, params, work_params, tensors, deadline)
         if note:
             notes.append(note)
-    j0 = ev()
-    if not math.isfinite(j0):
-        raise LossError(
-            f"loss_fn returned {j0} at the current parameters: a gradient check needs a finite "
-            "loss (training has already diverged or the loss has log(0))"
-        )
-    loss_eps = loss_precision(ev.last_raw)
-    if any(t.work is t.array and t.array.dtype.itemsize < 8 for t in tensors):
-        # Checked in their own precision: the loss carries that round-off, whatever it returns.
-        loss_eps = max([loss_eps] + [float(np.finfo(t.array.dtype).eps) for t in tensors])
-    j0_again = ev()
-    stochastic = abs(j0_again - j0) > STOCHASTIC_ULPS * loss_eps * max(abs(j0), 1e-300)
     per_param = {
         t.name: TensorReport(t.name, tuple(t.array.shape), str(t.array.dtype), 0.0) for t in tensors
     }
-    if stochastic:
-        notes.append(
-            f"loss_fn is non-deterministic: two calls at the same parameters returned {j0!r} and "
-            f"{j0_again!r}. Finite differences need the same loss every call: fix the random "
-            "state inside loss_fn (e.g. a fixed dropout mask or rng = np.random.default_rng(0) "
-            "created inside it), or evaluate without dropout/noise for the check"
-        )
-        return _report(per_param, "inconclusive", ev, started, mode, seed, j0, True, notes)
+    probed: dict[str, _Probed] = {}
+    groups: list[Probe] = []
+    try:
+        j0 = ev()
+        if not math.isfinite(j0):
+            raise LossError(
+                f"loss_fn returned {j0} at the current parameters: a gradient check needs a "
+                "finite loss (training has already diverged or the loss has log(0))"
+            )
+        loss_eps = loss_precision(ev.last_raw)
+        if any(t.work is t.array and t.array.dtype.itemsize < 8 for t in tensors):
+            # Checked in their own precision: the loss carries that round-off, whatever it returns.
+            loss_eps = max([loss_eps] + [float(np.finfo(t.array.dtype).eps) for t in tensors])
+        j0_again = ev()
+        if abs(j0_again - j0) > STOCHASTIC_ULPS * loss_eps * max(abs(j0), 1e-300):
+            return _stochastic(per_param, ev, started, plan, j0, j0_again, notes)
+        groups.extend(_probe_all(ev, tensors, per_param, probed, plan, j0, loss_eps))
+    except CheckTimeout:
+        report = _timed_out(per_param, probed, ev, started, plan, notes)
+    else:
+        report = _conclude(ev, per_param, probed, plan, started, j0, notes)
+    report.groups = groups
+    return report
 
-    rng = np.random.default_rng(seed)
+
+def _probe_all(
+    ev, tensors, per_param, probed, plan: _Plan, j0: float, loss_eps: float
+) -> list[Probe]:
+    """Probe every tensor; returns the shared group probes (none unless there are more
+    tensors than ``num_samples / 2``)."""
+    rng = np.random.default_rng(plan.seed)
     checkable = [t for t in tensors if t.array.size > 0]
-    plan = _allocate(checkable, num_samples)
     bounds = clip_bounds(checkable)
+    if plan.mode != "full" and len(checkable) > max(GROUPED_ABOVE, plan.num_samples // 2):
+        return _probe_grouped(ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng)
+    counts = _allocate(checkable, plan.num_samples)
     for t in checkable:
-        h = float(eps) if eps is not None else central_step(t.work, loss_eps)
-        grad_eps = float(np.finfo(t.grad_dtype).eps)
-        rtol = max(coord_rtol(loss_eps), coord_rtol(grad_eps))
-        extra_atol = 0.0
-        if grad_eps > np.finfo(np.float64).eps * 1.01:
-            # A float32 analytic gradient carries round-off relative to the tensor's scale.
-            extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
-        ctx = Context(ev, j0, loss_eps, extra_atol, bounds.get(t.name))
+        ctx, h, rtol = _tensor_context(t, ev, j0, loss_eps, plan.eps, bounds)
         tr = per_param[t.name]
         tr.step = h
-        if mode in ("auto", "sampled", "full"):
-            count = t.array.size if mode == "full" else plan[t.name]
-            _probe_coordinates(ctx, t, tr, rng, count, h, rtol, full=(mode == "full"))
-        if mode in ("auto", "directional"):
-            directions = 1 if mode == "auto" else plan[t.name]
+        probed[t.name] = _Probed(t, ctx, h, rtol)
+        if plan.mode in ("auto", "sampled", "full"):
+            count = t.array.size if plan.mode == "full" else counts[t.name]
+            _probe_coordinates(ctx, t, tr, rng, count, h, rtol, full=(plan.mode == "full"))
+        if plan.mode in ("auto", "directional"):
+            directions = 1 if plan.mode == "auto" else counts[t.name]
             _probe_directions(ctx, t, tr, rng, directions, h, rtol)
-    _note_ignored_params(per_param, notes)
-    notes.extend(explain_disagreements(per_param))
-    status = "failed" if any(tr.num_mismatches for tr in per_param.values()) else "passed"
-    return _report(per_param, status, ev, started, mode, seed, j0, False, notes)
+        tr.invariant = _is_invariant(tr, ctx.tolerance(rtol, h).atol)
+    return []
 
 
-def _choose_precision(loss_fn, params, work_params, tensors):
+def _tensor_context(t: Tensor, ev, j0, loss_eps, eps, bounds) -> tuple[Context, float, float]:
+    """``(context, step, rtol)`` of one tensor: its step and the tolerances its precision allows."""
+    h = float(eps) if eps is not None else central_step(t.work, loss_eps)
+    grad_eps = float(np.finfo(t.grad_dtype).eps)
+    rtol = max(coord_rtol(loss_eps), coord_rtol(grad_eps))
+    extra_atol = 0.0
+    if grad_eps > np.finfo(np.float64).eps * 1.01:
+        # A float32 analytic gradient carries round-off relative to the tensor's scale.
+        extra_atol = math.sqrt(grad_eps) * float(np.sqrt(np.mean(t.grad**2)))
+    return Context(ev, j0, loss_eps, extra_atol, bounds.get(t.name)), h, rtol
+
+
+def _probe_grouped(
+    ev, checkable, per_param, probed, plan, j0, loss_eps, bounds, rng
+) -> list[Probe]:
+    """More tensors than ``GROUPED_ABOVE`` and ``num_samples / 2``: a cost bounded by ``num_samples``, not by the
+    number of tensors. ``num_samples / 2`` coordinates (modes auto and sampled) on tensors
+    drawn at random, and ``num_samples / 2`` shared directions over groups of tensors (all
+    of them covered), localized by bisection only when a group disagrees."""
+    members = []
+    for t in checkable:
+        ctx, h, rtol = _tensor_context(t, ev, j0, loss_eps, plan.eps, bounds)
+        tr = per_param[t.name]
+        tr.step = h
+        probed[t.name] = _Probed(t, ctx, h, rtol)
+        members.append(Member(t, tr, ctx, h, rtol))
+    half = max(1, plan.num_samples // 2)
+    if plan.mode in ("auto", "sampled"):
+        weights = np.sqrt([t.array.size for t in checkable])
+        count = min(half, len(checkable))
+        picks = rng.choice(len(checkable), size=count, replace=False, p=weights / weights.sum())
+        for i in sorted(int(i) for i in picks):
+            m = members[i]
+            _probe_coordinates(m.ctx, m.tensor, m.report, rng, 1, m.step, m.rtol, full=False)
+    groups = half if plan.mode != "directional" else plan.num_samples
+    return probe_groups(ev, members, groups, rng, j0, loss_eps)
+
+
+def _is_invariant(tr: TensorReport, atol: float) -> bool:
+    """Every probe's numeric and analytic values at round-off level: the loss does not
+    (measurably) depend on the tensor here."""
+    return bool(tr.probes) and all(
+        abs(p.analytic) <= atol and abs(p.numeric) <= atol and p.verdict != "mismatch"
+        for p in tr.probes
+    )
+
+
+def _stochastic(per_param, ev, started, plan, j0, j0_again, notes) -> CheckReport:
+    hint = (
+        f"loss_fn is non-deterministic: two calls at the same parameters returned {j0!r} and "
+        f"{j0_again!r}. Finite differences need the same loss every call: fix the random "
+        "state inside loss_fn (a fixed dropout mask, or save numpy's RNG state before the "
+        "forward pass and restore it in loss_fn), or evaluate without dropout/noise"
+    )
+    notes.append(hint)
+    finding = Finding("stochastic", (), None, hint)
+    return _report(per_param, "inconclusive", ev, started, plan, j0, True, notes, finding)
+
+
+def _timed_out(per_param, probed, ev, started, plan, notes) -> CheckReport:
+    covered = [name for name, tr in per_param.items() if tr.probes]
+    hint = (
+        f"check_timeout of {plan.timeout:g} s reached after {ev.count} loss evaluations; "
+        f"{len(covered)} of {len(per_param)} tensors probed"
+        + (f" ({', '.join(covered[:8])}{' ...' if len(covered) > 8 else ''})" if covered else "")
+        + ": raise check_timeout or lower num_samples to cover them all"
+    )
+    notes.append(hint)
+    if any(tr.num_mismatches for tr in per_param.values()):
+        # A mismatch confirmed before the limit is a bug whatever the rest would show.
+        pattern, failing, factor = disagreement(per_param)
+        finding = Finding("bug", tuple(failing), factor, subset_hint(per_param, failing, factor))
+        return _report(per_param, "failed", ev, started, plan, math.nan, False, notes, finding)
+    finding = Finding("timeout", tuple(covered), None, hint)
+    return _report(per_param, "inconclusive", ev, started, plan, math.nan, False, notes, finding)
+
+
+def _conclude(ev, per_param, probed, plan: _Plan, started, j0, notes) -> CheckReport:
+    """The finding: which tensors, what factor, the likeliest cause (hypotheses tested)."""
+    note = clipping_note(per_param)
+    if note:
+        notes.append(note)
+    notes.extend(invariance_note(name) for name, tr in per_param.items() if tr.invariant)
+    if not any(tr.num_mismatches for tr in per_param.values()):
+        return _report(per_param, "passed", ev, started, plan, j0, False, notes, Finding())
+    pattern, failing, factor = disagreement(per_param)
+    if pattern == "factor":
+        finding = Finding("factor", tuple(failing), factor, factor_hint(factor))
+    elif pattern == "every":
+        call_order = "untested"
+        if plan.lr:
+            try:
+                call_order = _test_call_order(ev, per_param, probed, plan.lr)
+            except CheckTimeout:
+                call_order = "untested"
+        if call_order == "confirmed":
+            finding = Finding("call_order", tuple(failing), None, CALL_ORDER_HINT)
+        else:
+            finding = Finding(
+                "bug", tuple(failing), None, every_tensor_hint(call_order, plan.first_step)
+            )
+    else:
+        finding = Finding("bug", tuple(failing), factor, subset_hint(per_param, failing, factor))
+    return _report(per_param, "failed", ev, started, plan, j0, False, notes, finding)
+
+
+def _test_call_order(ev, per_param, probed: dict[str, _Probed], lr: float) -> str:
+    """Re-probe each failing tensor's worst mismatching coordinate at θ + lr·g, the
+    parameters before a plain SGD update: ``"confirmed"`` when they all agree there (step()
+    was called after the update), ``"ruled_out"`` when any still disagrees, ``"untested"``
+    when no coordinate mismatched (only directions)."""
+    chosen = []
+    for name, tr in per_param.items():
+        coords = [p for p in tr.coords if p.verdict == "mismatch" and p.index is not None]
+        if coords:
+            chosen.append((probed[name], max(coords, key=lambda p: p.rel_error)))
+    if not chosen:
+        return "untested"
+    tensors = [pr.tensor for pr in probed.values()]
+    saved = [t.work.copy() for t in tensors]
+    try:
+        for t in tensors:
+            np.add(t.work, lr * t.grad, out=t.work, casting="unsafe")
+        for pr, probe in chosen:
+            numeric, used = central_coord(ev, pr.tensor, probe.index, pr.step)
+            if not pr.ctx.tolerance(pr.rtol, used).agree(probe.analytic, numeric):
+                return "ruled_out"
+    finally:
+        for t, copy in zip(tensors, saved):
+            np.copyto(t.work, copy)
+    return "confirmed"
+
+
+def _choose_precision(loss_fn, params, work_params, tensors, deadline=None):
     """Use float64 copies of low-precision tensors only if ``loss_fn`` honours them.
 
     The returned dtype is not proof: a loss may cast to float32 inside and still return a
     Python float. So the copies are nudged by 2^-30 relative — far below float32's resolution,
     far above float64's — and the loss must move. Both calls count in ``num_evals``.
     """
-    ev = Evaluator(loss_fn, work_params)
+    ev = Evaluator(loss_fn, work_params, deadline)
     upcast = [t for t in tensors if t.work is not t.array]
     try:
         before = ev()
@@ -289,7 +490,7 @@ def _choose_precision(loss_fn, params, work_params, tensors):
             finally:
                 for t in upcast:
                     np.copyto(t.work, t.array)  # float32 -> float64 is exact
-    except (LossError, InputError):
+    except (LossError, InputError, CheckTimeout):
         raise
     except Exception:  # noqa: BLE001 - a loss that rejects float64 just falls back
         ok = False
@@ -297,7 +498,7 @@ def _choose_precision(loss_fn, params, work_params, tensors):
         return ev, tensors, ""
     for t in upcast:
         t.work = t.array
-    fallback = Evaluator(loss_fn, params)
+    fallback = Evaluator(loss_fn, params, deadline)
     fallback.count = ev.count
     note = (
         "loss_fn does not compute in float64 on float64 copies of the low-precision parameters; "
@@ -362,7 +563,11 @@ def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> 
         # ±1 signs as int8: one cheap pass; scaled to a unit vector inside the probe.
         signs = rng.integers(0, 2, size=size, dtype=np.int8) * np.int8(2) - np.int8(1)
         probe = probe_direction(ctx, t, backup, signs, 0, size, h, rtol)
-        if probe.verdict != "ok":
+        if probe.verdict != "ok" and tr.num_mismatches:
+            # The tensor has failed already: no triage, no bisection (a failing check must
+            # not cost many times a passing one).
+            probe.note = "(tensor already confirmed mismatched)"
+        elif probe.verdict != "ok":
             verdict, resolved, note, leaves = triage_direction(
                 ctx, t, backup, signs, probe, rtol, max_probes
             )
@@ -373,21 +578,9 @@ def _probe_directions(ctx, t: Tensor, tr: TensorReport, rng, count, h, rtol) -> 
         tr.directions.append(probe)
 
 
-def _note_ignored_params(per_param: dict[str, TensorReport], notes: list[str]) -> None:
-    for tr in per_param.values():
-        probes = tr.coords
-        if (
-            probes
-            and all(p.numeric == 0.0 for p in probes)
-            and any(p.analytic != 0.0 for p in probes)
-        ):
-            notes.append(
-                f"perturbing '{tr.name}' never changed the loss: does loss_fn use the params it "
-                "is given (not a global or closure copy)?"
-            )
-
-
-def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -> CheckReport:
+def _report(
+    per_param, status, ev, started, plan: _Plan, j0, stochastic, notes, finding
+) -> CheckReport:
     # The classic difference is over the checked coordinates; over the directions when no
     # coordinate was checked (directional mode).
     use_coords = any(tr.coords for tr in per_param.values())
@@ -403,10 +596,11 @@ def _report(per_param, status, ev, started, mode, seed, j0, stochastic, notes) -
         difference=difference,
         num_evals=ev.count,
         seconds=time.perf_counter() - started,
-        mode=mode,
-        seed=seed,
+        mode=plan.mode,
+        seed=plan.seed,
         loss=j0,
         stochastic_loss=stochastic,
         per_param=per_param,
         notes=notes,
+        finding=finding,
     )

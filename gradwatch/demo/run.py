@@ -23,6 +23,8 @@ tagged ``gradwatch.sweep_id`` so ``gradwatch compare --sweep`` finds exactly thi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import math
 import os
@@ -34,9 +36,18 @@ import numpy as np
 from gradwatch.demo.classic import ClassicBugs, classic_backward, classic_forward
 from gradwatch.demo.data import make_blobs
 from gradwatch.demo.mlp import MLP
-from gradwatch.schema import TAG_DEMO_BUG, TAG_DEMO_MODEL, TAG_SWEEP_ID
+from gradwatch.schema import TAG_DEMO_BUG, TAG_DEMO_MODEL, TAG_PARENT_RUN, TAG_SWEEP_ID
 
-__all__ = ["DEMO_LRS", "DemoResult", "DemoRun", "plan", "run_demo", "train", "ui_command"]
+__all__ = [
+    "DEMO_LRS",
+    "DemoOutcome",
+    "DemoResult",
+    "DemoRun",
+    "plan",
+    "run_demo",
+    "train",
+    "ui_command",
+]
 
 #: learns, diverges, barely moves.
 DEMO_LRS: tuple[float, ...] = (0.2, 10.0, 1e-10)
@@ -68,6 +79,16 @@ class DemoRun:
 
 
 @dataclass(frozen=True)
+class DemoOutcome:
+    """How one demo run ended: its final loss (None if non-finite), MLflow ids and verdict."""
+
+    final_loss: float | None
+    run_id: str | None = None
+    experiment_id: str | None = None
+    verdict: str | None = None  # as `gradwatch compare` words it
+
+
+@dataclass(frozen=True)
 class DemoResult:
     """The demo's sweep id and the runs it trained (name -> final loss, None if non-finite)."""
 
@@ -75,6 +96,8 @@ class DemoResult:
     experiment: str
     tracking_uri: str
     final_losses: dict[str, float | None] = field(default_factory=dict)
+    outcomes: dict[str, DemoOutcome] = field(default_factory=dict)
+    parent_run_id: str | None = None  # the demo's parent run; every run is a child of it
 
     @property
     def experiment_id(self) -> str | None:
@@ -148,11 +171,16 @@ def train(
     experiment: str,
     sweep_id: str,
     on_step: Callable[[DemoRun, int], None] | None = None,
-) -> float | None:
-    """Train one run through GradWatch; returns its final loss (None if non-finite).
+    parent_run_id: str | None = None,
+) -> DemoOutcome:
+    """Train one run through GradWatch; returns its final loss (None if non-finite), run id
+    and verdict.
 
     A run whose loss goes non-finite is stopped right after that step has been recorded:
     nothing more can be learnt from it. ``on_step(spec, steps_done)`` follows progress.
+    ``parent_run_id``: the run is a child of that one (tag ``mlflow.parentRunId``). The
+    hook's own closing lines (verdict, links) are left to the caller, which prints them with
+    its progress.
     """
     import gradwatch
 
@@ -161,7 +189,10 @@ def train(
     every = max(1, spec.steps // CHECKS_PER_RUN)
     loss = None
     tags = {TAG_SWEEP_ID: sweep_id, TAG_DEMO_MODEL: spec.model, TAG_DEMO_BUG: spec.params["bug"]}
+    if parent_run_id:
+        tags[TAG_PARENT_RUN] = parent_run_id
     with (
+        contextlib.redirect_stderr(io.StringIO()),
         gradwatch.GradWatch(
             every=every,
             experiment=experiment,
@@ -183,7 +214,10 @@ def train(
                 break
             for k in params:
                 params[k] -= spec.lr * grads["d" + k]
-    return loss if loss is not None and math.isfinite(loss) else None
+    final = loss if loss is not None and math.isfinite(loss) else None
+    result = watch.close_result
+    run_id = result.run_id if result is not None else None
+    return DemoOutcome(final, run_id, watch.run.experiment_id if run_id else None, watch.verdict)
 
 
 def run_demo(
@@ -193,33 +227,52 @@ def run_demo(
     sweep_id: str | None = None,
     on_done: Callable[[int], None] | None = None,
     on_step: Callable[[DemoRun, int], None] | None = None,
-    on_run: Callable[[DemoRun, float | None], None] | None = None,
+    on_run: Callable[[DemoRun, DemoOutcome], None] | None = None,
 ) -> DemoResult:
-    """Train every run in ``specs`` (one after the other).
+    """Train every run in ``specs`` (one after the other), as children of one parent run.
 
-    Progress: ``on_step(spec, steps_done)`` during a run, ``on_run(spec, final_loss)`` and
-    ``on_done(1)`` after each.
+    Progress: ``on_step(spec, steps_done)`` during a run, ``on_run(spec, outcome)`` and
+    ``on_done(1)`` after each. The parent run (``gradwatch demo <sweep id>``) ends with a
+    description listing every run's verdict, as ``gradwatch sweep``'s does.
 
     The hook's own warnings (failed checks, divergence alerts) are silenced while the demo
     trains: they are the expected outcome, and the comparison table shows them all.
     """
-    from gradwatch.runs.sweep import new_sweep_id
+    from gradwatch.runs.sweep import end_parent_run, new_sweep_id, start_parent_run
 
     sweep_id = sweep_id or "demo-" + new_sweep_id()
+    grid = {
+        "lr": ", ".join(f"{lr:g}" for lr in dict.fromkeys(s.lr for s in specs)),
+        "model": ", ".join(dict.fromkeys(s.model for s in specs)),
+    }
+    parent = start_parent_run(
+        tracking_uri, experiment, sweep_id, f"gradwatch demo {sweep_id}", grid
+    )
     hook_logger = logging.getLogger("gradwatch")
     saved = hook_logger.level
     hook_logger.setLevel(logging.CRITICAL + 1)
-    losses: dict[str, float | None] = {}
+    outcomes: dict[str, DemoOutcome] = {}
+    interrupted = True
     try:
         for spec in specs:
-            losses[spec.run_name] = train(spec, tracking_uri, experiment, sweep_id, on_step)
+            outcome = train(spec, tracking_uri, experiment, sweep_id, on_step, parent)
+            outcomes[spec.run_name] = outcome
             if on_run is not None:
-                on_run(spec, losses[spec.run_name])
+                on_run(spec, outcome)
             if on_done is not None:
                 on_done(1)
+        interrupted = False
     finally:
         hook_logger.setLevel(saved)
-    return DemoResult(sweep_id, experiment, tracking_uri, losses)
+        end_parent_run(
+            tracking_uri,
+            parent,
+            [(name, 0) for name in outcomes],
+            {n: o.verdict for n, o in outcomes.items() if o.verdict},
+            interrupted=interrupted,
+        )
+    losses = {name: o.final_loss for name, o in outcomes.items()}
+    return DemoResult(sweep_id, experiment, tracking_uri, losses, outcomes, parent)
 
 
 def ui_command(tracking_uri: str, experiment_id: str | None = None) -> str:

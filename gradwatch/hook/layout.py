@@ -11,6 +11,7 @@ tuple; a gradient is found by the parameter's name or with a ``d`` prefix.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,8 @@ import numpy as np
 
 from gradwatch.check import match_gradient_keys, param_items
 from gradwatch.errors import InputError
+
+logger = logging.getLogger("gradwatch")
 
 __all__ = ["TensorLayout"]
 
@@ -32,6 +35,7 @@ class TensorLayout:
         param_keys: tuple[Any, ...],
         grad_keys: tuple[Any, ...],
         shapes: tuple[tuple[int, ...], ...],
+        grad_shapes: tuple[tuple[int, ...], ...] | None = None,
     ) -> None:
         self.kind = kind  # "dict" or "list"
         self.names = names
@@ -40,7 +44,8 @@ class TensorLayout:
         self.shapes = shapes
         self._param_key_set = frozenset(param_keys)
         self._grad_key_set = frozenset(grad_keys)
-        self._grad_shapes = tuple(zip(grad_keys, shapes))
+        # A gradient may differ from its parameter by length-1 axes (fixed at the first step).
+        self._grad_shapes = tuple(zip(grad_keys, grad_shapes or shapes))
 
     @classmethod
     def of(cls, params: Any, grads: Any) -> TensorLayout:
@@ -54,7 +59,18 @@ class TensorLayout:
         param_keys = tuple(params.keys()) if kind == "dict" else tuple(range(len(items)))
         grad_keys = tuple(grad_key_of[name] for name in names)
         shapes = tuple(value.shape for _, value in items)
-        return cls("dict" if kind == "dict" else "list", names, param_keys, grad_keys, shapes)
+        grad_shapes = tuple(np.shape(grads[key]) for key in grad_keys)
+        for name, grad_shape, shape in zip(names, grad_shapes, shapes):
+            if grad_shape != shape:
+                logger.info(
+                    "gradwatch: the gradient of '%s' has shape %s for a parameter of shape %s: "
+                    "accepted (the same entries; only length-1 axes differ)",
+                    name,
+                    grad_shape,
+                    shape,
+                )
+        kind_name = "dict" if kind == "dict" else "list"
+        return cls(kind_name, names, param_keys, grad_keys, shapes, grad_shapes)
 
     def verify(self, params: Any, grads: Any, step: int) -> None:
         """Raise InputError if ``params``/``grads`` no longer have this layout: a parameter

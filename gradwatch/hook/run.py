@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -32,7 +33,8 @@ from gradwatch.hook.layout import TensorLayout
 from gradwatch.hook.options import HookOptions
 from gradwatch.hook.schedule import Schedule
 from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
-from gradwatch.params import ENV_SWEEP_ID
+from gradwatch.links import run_links, run_path
+from gradwatch.params import ENV_PARENT_RUN_ID, ENV_SWEEP_ID
 
 __all__ = ["RunParts", "open_tracking_run", "report_step"]
 
@@ -41,6 +43,8 @@ logger = logging.getLogger("gradwatch")
 #: A check postponed by ``budget`` to more than this many times ``every`` steps away is
 #: worth a warning (once per run), with the figures of where the budget goes.
 LONG_DEFERRAL = 10
+#: The longest param value MLflow keeps.
+MAX_PARAM_VALUE = 6000
 
 
 def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, str]) -> Any:
@@ -54,9 +58,38 @@ def open_tracking_run(options: HookOptions, rank: int, user_tags: Mapping[str, s
     tags = {schema.TAG_VERSION: __version__, **user_tags}
     if os.environ.get(ENV_SWEEP_ID):
         tags[schema.TAG_SWEEP_ID] = os.environ[ENV_SWEEP_ID]
-    return open_run(tracking_uri=options.tracking_uri, experiment=options.experiment,
-                    run_name=run_name, tags=tags, journal_dir=options.journal_dir,
-                    keep_journal=options.keep_journal, report=options.report)  # fmt: skip
+    run = open_run(
+        tracking_uri=options.tracking_uri,
+        experiment=options.experiment,
+        run_name=run_name,
+        tags=tags,
+        journal_dir=options.journal_dir,
+        keep_journal=options.keep_journal,
+        report=options.report,
+        parent_run_id=os.environ.get(ENV_PARENT_RUN_ID) or None,
+        shared_prefix=schema.SHARED_PREFIX,
+    )
+    if run.placement.message:
+        # Said once, where the user looks (as MLflow prints its own run links).
+        print(run.placement.message, file=sys.stderr)
+    return run
+
+
+def settings_params(config: Config, options: HookOptions, run: Any) -> dict[str, str]:
+    """The hook's settings as one param, ``gradwatch.settings`` (JSON), not one param each in
+    the user's table. Settings too long for a param (MLflow keeps 6000 characters; a config
+    with many rules) go whole into the artifact ``gradwatch/settings.json``; the param then
+    holds the hook's options alone."""
+    settings = {**config.loggable_params(), **options.loggable()}
+    param = schema.settings_param(settings)
+    if len(param[schema.PARAM_SETTINGS]) <= MAX_PARAM_VALUE:
+        return param
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, os.path.basename(schema.ARTIFACT_SETTINGS))
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(param[schema.PARAM_SETTINGS])
+        run.log_artifact_file(path, os.path.dirname(schema.ARTIFACT_SETTINGS))
+    return schema.settings_param(options.loggable())
 
 
 def report_step(run: Any) -> Callable[[str], str | None]:
@@ -101,8 +134,10 @@ class RunParts:
         self.checks = CheckRunner(options, run, self.feed)
         self.stale = StaleParams()
         self.layout: TensorLayout | None = None  # fixed at the first step
+        self._first_step: int | None = None  # the step of the run's first gradients
         self.statistics: Statistics | None = None
         self.next_step = 0
+        self.verdict: str | None = None  # the run's verdict, once verdict_tags() read it
         self._warned_no_loss_fn = False
         self._warned_budget = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
@@ -112,7 +147,7 @@ class RunParts:
     def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
              callbacks: Mapping[str, Callable[..., Any]], params: Mapping[str, Any]) -> RunParts:  # fmt: skip
         """Log the run's params and (masked) config file, load baselines, start the alerts."""
-        run.log_params({**params, **config.loggable_params(), **options.loggable()})
+        run.log_params({**params, **settings_params(config, options, run)})
         masked = config.masked_text()
         if masked is not None:
             with tempfile.TemporaryDirectory() as tmp:
@@ -128,6 +163,52 @@ class RunParts:
 
             rules = attach_baselines(rules, tracking_uri=run.tracking_uri)
         return cls(options, run, AlertEngine(rules), config.delivery(callbacks))
+
+    def verdict_tags(self, wait: float) -> dict[str, str]:
+        """The verdict tag and the run's description (markdown), read from the journal just
+        before the run's end record (see :mod:`gradwatch.report.verdict`): the report's
+        verdict, which is ``gradwatch compare``'s. ``{}`` when that cannot be read; the run
+        still ends. Waits up to ``wait`` s for the run to exist (for the report's link)."""
+        from gradwatch.report.verdict import verdict_tags
+
+        run = self.run
+        link = None
+        # The description links the report once the run exists: a short run on a store still
+        # starting waits for it here, out of the time close() would wait for it anyway.
+        run.wait_for_run(wait)
+        if run.run_id and run.experiment_id:  # relative: opens on whatever host shows the UI
+            link = run_path(run.experiment_id, run.run_id, schema.ARTIFACT_REPORT)
+        placement = getattr(run, "placement", None)
+        try:
+            tags = verdict_tags(
+                run.journal_path,
+                link,
+                self.options.report,
+                run.run_id,
+                user_note=bool(placement and placement.user_note),
+            )
+        except Exception as err:  # noqa: BLE001 - a verdict must never keep the run from ending
+            logger.warning(
+                "gradwatch: no verdict tag: cannot read the journal (%s: %s)",
+                type(err).__name__,
+                err,
+            )
+            return {}
+        self.verdict = tags.get(schema.TAG_VERDICT)
+        return tags
+
+    def say_where(self, result: Any) -> None:
+        """Print the verdict and where to see the run: direct links for a server, the
+        ``mlflow ui`` command and the links it will serve for a local store."""
+        run = self.run
+        run_id = getattr(result, "run_id", None)
+        experiment_id = run.experiment_id
+        if not run_id or not experiment_id:
+            return  # not in MLflow yet: close()'s message says how to sync it
+        links = run_links(run.tracking_uri, experiment_id, run_id)
+        verdict = f"verdict {self.verdict}; " if self.verdict else ""
+        lines = links.lines(report=self.options.report)
+        print(f"gradwatch: {verdict}" + "\n    ".join(lines), file=sys.stderr)
 
     def summary(self, status: str, error: BaseException | None) -> dict[str, str]:
         """The run's closing tags."""
@@ -164,7 +245,7 @@ class RunParts:
             cost = time.perf_counter() - entered + shipping
             cost += self._ratio_cost if ratios is None else 0.0
             self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
-        report = self._check(s, params, grads, loss_fn, timestamp_ms) if check_due else None
+        report = self._check(s, params, grads, loss_fn, timestamp_ms, lr) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
         return report
 
@@ -180,6 +261,7 @@ class RunParts:
     def _observe_tensors(self, s: int, params: Any, grads: Any) -> None:
         """The first step fixes the layout; later busy steps verify it fully."""
         if self.layout is None:
+            self._first_step = s  # the run's first gradients: none can be stale
             self.layout = TensorLayout.of(params, grads)
             self.statistics = Statistics(self.layout, Histograms(self.options.hist_every, self.run))
             return
@@ -246,7 +328,7 @@ class RunParts:
             self.options.budget, wait, self.schedule.every or 0, 100.0 * shipping / loop,
             100.0 * hook / loop, 1e3 * self.schedule.last_check_cost, advice)  # fmt: skip
 
-    def _check(self, s, params, grads, loss_fn, timestamp_ms) -> CheckReport | None:
+    def _check(self, s, params, grads, loss_fn, timestamp_ms, lr=None) -> CheckReport | None:
         self.schedule.check_started(s)
         if self.stale.suspect:
             self.checks.skip_stale(s)  # the gradients belong to other arrays than these
@@ -254,7 +336,9 @@ class RunParts:
         t0 = time.perf_counter()
         self.checks.last_num_metrics = 0  # stays 0 when the check cannot run
         try:
-            return self.checks.run_check(s, params, grads, loss_fn, timestamp_ms)
+            return self.checks.run_check(
+                s, params, grads, loss_fn, timestamp_ms, lr, first_step=s == self._first_step
+            )
         finally:
             shipping = self._charge_shipping(self.checks.last_num_metrics)
             self.schedule.check_finished(time.perf_counter() - t0 + shipping)

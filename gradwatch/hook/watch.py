@@ -51,6 +51,9 @@ class GradWatch:
         config: path of a gradwatch.yaml, a :class:`~gradwatch.config.Config`, ``None`` for
             ``./gradwatch.yaml`` if present, or ``False`` for no file.
         num_samples, mode, eps, seed: options of :func:`gradwatch.check_gradients`.
+        check_timeout: seconds after which a check starts no further loss evaluation and ends
+            INCONCLUSIVE with what it covered (``None``: no limit; one slow ``loss_fn`` call
+            still runs to its end).
         budget: how much slower monitoring may make the loop, as a fraction of the loop's own
             time (e.g. 0.05): everything the hook spends, checks included, and the shipper's CPU
             for what statistics and checks log stay within it, so
@@ -97,6 +100,7 @@ class GradWatch:
         mode: str = "auto",
         eps: float | None = None,
         seed: int | None = None,
+        check_timeout: float | None = None,
         budget: float | None = None,
         stats_every: int | str = "auto",
         hist_every: int | None = 1,
@@ -113,8 +117,9 @@ class GradWatch:
         given = {
             "every": every, "experiment": experiment, "run_name": run_name,
             "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
-            "seed": seed, "budget": budget, "stats_every": stats_every, "hist_every": hist_every,
-            "report": report, "journal_dir": journal_dir, "keep_journal": keep_journal,
+            "seed": seed, "check_timeout": check_timeout, "budget": budget,
+            "stats_every": stats_every, "hist_every": hist_every, "report": report,
+            "journal_dir": journal_dir, "keep_journal": keep_journal,
             "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
         }  # fmt: skip
         self.options = HookOptions.resolve(given, self.config)
@@ -144,6 +149,11 @@ class GradWatch:
     check_errors = property(lambda self: self._parts.checks.check_errors if self._parts else 0)
     checks_not_run = property(lambda self: self._parts.checks.checks_not_run if self._parts else 0)
     checks_deferred = property(lambda self: self._parts.schedule.checks_deferred if self._parts else 0)  # fmt: skip
+    verdict = property(
+        lambda self: self._parts.verdict if self._parts else None,
+        doc="The run's verdict once closed (``ok``, ``BACKPROP BUG`` ..., as "
+        "``gradwatch compare`` says), also its tag ``gradwatch.verdict``.",
+    )
     last_report = property(lambda self: self._parts.checks.last_report if self._parts else None)
     alerts = property(lambda self: self._parts.feed.alerts if self._parts else [])
     clock = property(lambda self: self._parts.clock if self._parts else None,
@@ -206,12 +216,26 @@ class GradWatch:
                 self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
         finally:
-            # The report is drawn once the summary tags are in the journal (it shows them).
-            draw = report_step(self.run) if parts is not None and self.options.report else None
             self.close_result = self.run.close(
-                status, timeout=self.options.flush_timeout, before_end=draw
+                status, timeout=self.options.flush_timeout, before_end=self._end_step(parts)
             )
+        if parts is not None:
+            parts.say_where(self.close_result)
         return self.close_result
+
+    def _end_step(self, parts: RunParts | None) -> Callable[[str], str | None] | None:
+        """The run's last records, written once close() has waited for the run to exist (under
+        its one bound, flush_timeout without progress): the verdict tag and description, then
+        the report, which shows them."""
+        if parts is None:
+            return None
+        draw = report_step(self.run) if self.options.report else None
+
+        def end(status: str) -> str | None:
+            self.run.set_tags(parts.verdict_tags(wait=0.0))
+            return draw(status) if draw is not None else None
+
+        return end
 
     def _close_at_exit(self) -> None:
         """A script that never called close(): end the run as the interpreter exits."""

@@ -166,27 +166,42 @@ def _header(data: RunData) -> str:
     return f'<h1>{_e(data.run_name)}</h1><div class="sub">{", ".join(where)}</div>'
 
 
+def _finding_lines(summary: RunSummary) -> list[str]:
+    """The checks' verdict in words: the engine's finding of the first failing check."""
+    f = summary.finding
+    if summary.checks_failed or (summary.checks_inconclusive and summary.checks):
+        if f is not None:
+            where = f" at step {f.get('step')}" if f.get("step") is not None else ""
+            failed = f"{summary.checks_failed} of {summary.checks} gradient check(s) failed"
+            if not summary.checks_failed:
+                failed = f"{summary.checks_inconclusive} of {summary.checks} check(s) inconclusive"
+            return [f"{f.get('headline')}{where} ({failed}).", f"Likeliest cause: {f.get('hint')}"]
+        return [
+            f"{summary.checks_failed} of {summary.checks} gradient check(s) failed, "
+            f"{summary.checks_inconclusive} inconclusive; their details (checks.jsonl) are missing."
+        ]
+    return []
+
+
 def _verdict_lines(summary: RunSummary) -> list[str]:
-    lines = []
-    if summary.bug_checks:
-        lines.append(f"{summary.bug_checks} of {summary.checks} gradient check(s) failed, and "
-                     "their probes show neither clipping nor one shared factor: the gradients "
-                     "disagree with the loss's slope. The mismatching coordinates are listed "
-                     "under Gradient checks.")  # fmt: skip
-    elif summary.checks_failed and summary.grad_scale is not None:
-        lines.append(f"analytic = {summary.grad_scale:.3g} × numeric in every failed check: a "
-                     "constant factor (1/batch size in the loss or its gradient? gradient-norm "
-                     "clipping?)")  # fmt: skip
+    """The verdict box's lines, worst first. Another diagnosis adds its lines here."""
+    lines = _finding_lines(summary)
     if summary.diverged:
-        lines.append("The loss (or a tensor) went non-finite, or the smoothed loss rose past "
-                     "10× its best and ended above its start.")  # fmt: skip
+        lines.append(
+            "The loss (or a tensor) went non-finite, or the smoothed loss rose past "
+            "10× its best and ended above its start."
+        )
     elif summary.stalled:
-        lines.append("Stalled: the smoothed loss at the end is no lower than at the start "
-                     "(within the batches' noise).")  # fmt: skip
+        lines.append(
+            "Stalled: the smoothed loss at the end is no lower than at the start "
+            "(within the batches' noise)."
+        )
     if summary.checks_clipped:
         bound = f" at ±{summary.clip_bound:g}" if summary.clip_bound is not None else ""
-        lines.append(f"Gradients were clipped element-wise{bound}: the checks compared clipped "
-                     "gradients with the true slope. Not a bug; check before clipping.")  # fmt: skip
+        lines.append(
+            f"Gradients were clipped element-wise{bound}: the checks compared clipped "
+            "gradients with the true slope. Not a bug; check before clipping."
+        )
     if summary.final_loss is None and not summary.diverged:
         lines.append("The run logged no loss.")
     if not lines:
@@ -196,7 +211,8 @@ def _verdict_lines(summary: RunSummary) -> list[str]:
 
 def _verdict(data: RunData, summary: RunSummary) -> str:
     word = summary.verdict
-    tone = "bad" if ("BUG" in word or "DIVERGED" in word) else ("good" if word == "ok" else "warn")
+    bad = "BUG" in word or "DIVERGED" in word or "CALL ORDER" in word
+    tone = "bad" if bad else ("good" if word == "ok" else "warn")
     items = [_e(line) for line in _verdict_lines(summary)]
     for tag, what in ((TAG_STOP_REASON, "stopped by an alert"), (TAG_ERROR, "error")):
         if data.tags.get(tag):
@@ -212,7 +228,8 @@ def _facts(data: RunData, s: RunSummary) -> str:
         ("loss: first → final (best)",
          f"{_num(s.first_loss, '.4g')} → {_num(s.final_loss, '.4g')} ({_num(s.best_loss, '.4g')})"),
         ("gradient checks", f"{s.checks} run, {s.checks_failed} failed"
-                            + (f" ({s.checks_explained} explained)" if s.checks_explained else "")),
+                            + (f" ({s.checks_explained} explained)" if s.checks_explained else "")
+                            + (f", {s.checks_inconclusive} inconclusive" if s.checks_inconclusive else "")),
         ("worst relative error", _num(s.max_rel_error, ".2e")),
         ("alerts", _e(str(s.alerts) + (f" ({', '.join(s.alert_rules)})" if s.alert_rules else ""))),
     ]  # fmt: skip
@@ -286,13 +303,15 @@ def _checks(checks: Sequence[Mapping[str, Any]]) -> str:
     details = "".join(_check_details(c) for c in checks)
     return (
         f'<h2 id="checks">Gradient checks ({total})</h2>{left_out}{table}'
-        f"<h3>Worst coordinates of each check</h3>{details}"
+        f"<h3>Worst coordinates of each check</h3>"
+        f'<p class="note">Each check\'s probes, collapsed: open one to see them.</p>{details}'
     )
 
 
 def _check_details(check: Mapping[str, Any]) -> str:
     status = _check_status(check)
     failed = status != "passed"
+    finding = check.get("finding")
     probes = _probes(check)[: WORST_FAILED if failed else WORST_PASSED]
     rows = []
     for name, p in probes:
@@ -305,11 +324,16 @@ def _check_details(check: Mapping[str, Any]) -> str:
                      _e(p.get("note", ""))])  # fmt: skip
     table = _table(["tensor", "coordinate", "analytic", "numeric", "rel error", "resolved",
                     "verdict", "note"], rows) if rows else "<p>No probes recorded.</p>"  # fmt: skip
-    notes = "".join(f'<li class="note">{_e(n)}</li>' for n in check.get("notes") or ())
-    summary = (f'step {_e(check.get("step", "-"))}: <span class="v-{_e(status)}">{_e(status)}</span>, '
-               f"max rel error {_num(check.get('max_rel_error'), '.2e')}")  # fmt: skip
-    opened = " open" if failed else ""
-    return f"<details{opened}><summary>{summary}</summary>{table}<ul>{notes}</ul></details>"
+    texts = list(check.get("notes") or ())
+    if failed and isinstance(finding, Mapping) and finding.get("hint"):
+        texts.insert(0, f"hint: {finding.get('hint')}")
+    notes = "".join(f'<li class="note">{_e(n)}</li>' for n in texts)
+    headline = ""
+    if failed and isinstance(finding, Mapping) and finding.get("headline"):
+        headline = f": {_e(finding.get('headline'))}"
+    summary = (f'step {_e(check.get("step", "-"))}: <span class="v-{_e(status)}">{_e(status)}</span>'
+               f"{headline}, max rel error {_num(check.get('max_rel_error'), '.2e')}")  # fmt: skip
+    return f"<details><summary>{summary}</summary>{table}<ul>{notes}</ul></details>"
 
 
 def _alerts(data: RunData) -> str:

@@ -27,8 +27,10 @@ from gradwatch.schema import (
     ARTIFACT_CONFIG,
     ARTIFACT_HISTOGRAMS,
     TAG_JOURNAL_ID,
+    expand_settings,
     float_or_nan,
     from_mlflow_value,
+    hook_keys,
 )
 from gradwatch.secrets import mask_uri
 
@@ -65,7 +67,9 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
         except InputError as err:
             raise TrackingError(str(err)) from None
         experiment = client.get_experiment(run.info.experiment_id)
-        raw = {key: _history(client, run_id, key) for key in sorted(run.data.metrics)}
+        # The schema's names in either layout (a run the hook shared: gradwatch/loss -> loss).
+        names = hook_keys(run.data.metrics, run.data.tags)
+        raw = {name: _history(client, run_id, key) for name, key in sorted(names.items())}
         lines = {field: artifact_records(client, run_id, path) or []
                  for path, field in LINE_ARTIFACTS.items()}  # fmt: skip
         config_name, config_text = _config_artifact(client, run_id)
@@ -75,7 +79,7 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
         run_name=run.info.run_name or run.data.tags.get("mlflow.runName", "") or run_id,
         status=run.info.status,
         experiment=experiment.name if experiment is not None else str(run.info.experiment_id),
-        params=dict(run.data.params),
+        params=expand_settings(run.data.params),
         tags=dict(run.data.tags),
         metrics=metrics,
         timestamps=stamps,
@@ -153,7 +157,7 @@ def from_journal(journal_path: str | os.PathLike, run_id: str | None = None) -> 
         run_name=str(header.get("name") or run_id or header.get("id", "")),
         status=status,
         experiment=str(header.get("exp") or header.get("exp_id") or ""),
-        params=reader.params,
+        params=expand_settings(reader.params),
         tags=tags,
         metrics=metrics,
         timestamps=stamps,

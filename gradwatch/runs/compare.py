@@ -10,10 +10,17 @@ entities, so the verdicts are tested without a server.
 
 Verdicts (one word per problem, worst first; see :mod:`gradwatch.runs.verdicts`)
 ---------------------------------------------------------------------------------
-``BACKPROP BUG``  gradient checks failed (``gradcheck/passed`` 0) and their probes do not
-                  show clipping or one shared factor: almost surely a bug in the gradients.
-``grads ×r``      every failed check disagrees by one constant factor ``r`` (analytic =
+The checks' words are the engine's findings as logged (``gradcheck/finding``), never judged
+again here; ``checks.jsonl`` only adds the words of the first failing check (``finding``).
+
+``BACKPROP BUG``  a check found a backprop bug (tensors named in ``finding``; a factor
+                  confined to some tensors is a bug too).
+``CALL ORDER``    the gradients matched the parameters before the update: step() is called
+                  after it.
+``grads ×r``      every tensor of a failed check is off by one factor ``r`` (analytic =
                   r × numeric): clip-by-norm, or a loss averaged differently from its gradient.
+``INCONCLUSIVE``  every check was inconclusive: a non-deterministic loss_fn (dropout with
+                  fresh masks) or ``check_timeout``; the finding's hint says how to fix it.
 ``DIVERGED``      the loss (or a tensor, per ``nonfinite/<t>``) went non-finite, or the
                   smoothed loss rose ten-fold over its best and ended above its start.
 ``stalled``       the smoothed loss at the end is no lower than at the start (within noise).
@@ -32,6 +39,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gradwatch.check import CheckReport
 from gradwatch.errors import InputError
 from gradwatch.mlflow_access import (
     artifact_records,
@@ -41,11 +49,12 @@ from gradwatch.mlflow_access import (
     search_all,
 )
 from gradwatch.mlflow_access import experiment_id as lookup_experiment
-from gradwatch.runs.verdicts import clip_bound, explain_failed_check, is_finite, loss_verdict
+from gradwatch.runs.verdicts import check_findings, clip_bound, is_finite, loss_verdict
 from gradwatch.schema import (
     ALERT_COUNT,
     ARTIFACT_CHECKS,
     CHECK_CLIPPED,
+    CHECK_FINDING,
     CHECK_MAX_REL_ERROR,
     CHECK_PASSED,
     CHECK_SCALE,
@@ -56,6 +65,8 @@ from gradwatch.schema import (
     TAG_MONITOR_ALERTED,
     TAG_PREFIX,
     TAG_SWEEP_ID,
+    expand_settings,
+    hook_keys,
 )
 
 __all__ = [
@@ -80,7 +91,7 @@ __all__ = [
 ]
 
 #: Metric keys :func:`summarize` needs; histories of other keys are not fetched.
-SUMMARY_KEYS = (LOSS, CHECK_PASSED, CHECK_MAX_REL_ERROR, CHECK_SCALE, ALERT_COUNT)
+SUMMARY_KEYS = (LOSS, CHECK_PASSED, CHECK_FINDING, CHECK_MAX_REL_ERROR, CHECK_SCALE, ALERT_COUNT)
 #: Tags that mark an alert: the ``mlflow`` action's and the monitor's memory.
 ALERT_TAG_PREFIXES = (TAG_ALERT, TAG_MONITOR_ALERTED)
 OUTPUTS = ("table", "json", "csv")
@@ -123,12 +134,16 @@ def fetch_histories(client: Any, run: Any, keys: Iterable[str] | None = None) ->
     """Metric histories of ``run`` (``{key: [Metric, ...]}`` sorted by step).
 
     Only keys the run has are fetched: ``keys`` (default :data:`SUMMARY_KEYS`) and the
-    hook's per-tensor ``nonfinite/*`` and ``gradcheck/clipped/*`` counts.
+    hook's per-tensor ``nonfinite/*`` and ``gradcheck/clipped/*`` counts. Keys are the
+    schema's names in either layout (``gradwatch/loss`` in a run the hook shared is ``loss``).
     """
-    present = set(run.data.metrics)
+    names = hook_keys(run.data.metrics, run.data.tags)  # a run shared with the user's logging too
+    present = set(names)
     wanted = set(SUMMARY_KEYS if keys is None else keys)
     wanted |= {k for k in present if k.startswith((NONFINITE, CHECK_CLIPPED))}
-    return {key: metric_history(client, run.info.run_id, key) for key in sorted(wanted & present)}
+    return {
+        key: metric_history(client, run.info.run_id, names[key]) for key in sorted(wanted & present)
+    }
 
 
 def fetch_check_records(client: Any, run: Any) -> list[dict[str, Any]] | None:
@@ -163,22 +178,33 @@ class RunSummary:
     end_loss: float | None = None  # smoothed: median of the last tenth
     checks_clipped: int = 0  # checks whose probes sat on an element-wise clipping bound
     clip_bound: float | None = None
-    grad_scale: float | None = None  # analytic/numeric shared by every failed check
-    checks_explained: int = 0  # failed checks explained by clipping or one shared factor
+    grad_scale: float | None = None  # the factor of the engine's ``factor`` findings
+    checks_explained: int = 0  # failed checks that are no bug: a factor or the call order
+    checks_call_order: int = 0  # failed checks the engine traced to step() after the update
+    checks_inconclusive: int = 0  # a non-deterministic loss or check_timeout
+    #: The engine's finding of the first failing (else inconclusive) check, from
+    #: ``checks.jsonl`` (``Finding.to_dict()`` plus its ``step``): words to show, not to judge.
+    finding: dict[str, Any] | None = None
 
     @property
     def bug_checks(self) -> int:
-        """Failed checks that nothing but a backprop bug explains."""
+        """Failed checks the engine called a backprop bug."""
         return self.checks_failed - self.checks_explained
 
-    @property
-    def verdict(self) -> str:
-        """A few words for the table: the worst things about the run."""
+    def verdict_words(self) -> list[str]:
+        """The worst things about the run, a few words each, worst first (the verdict column).
+
+        Another diagnosis adds its word here, in its place in the order of severity.
+        """
         parts = []
         if self.bug_checks:
             parts.append("BACKPROP BUG")
-        elif self.grad_scale is not None and self.checks_failed:
-            parts.append(f"grads ×{self.grad_scale:.3g}")
+        elif self.checks_call_order:
+            parts.append("CALL ORDER")
+        elif self.checks_failed:
+            parts.append(f"grads ×{self.grad_scale:.3g}" if self.grad_scale else "grads scaled")
+        elif self.checks and self.checks_inconclusive == self.checks:
+            parts.append("INCONCLUSIVE")
         if self.diverged:
             parts.append("DIVERGED")
         elif self.stalled:
@@ -187,7 +213,12 @@ class RunSummary:
             parts.append("no loss")
         if self.checks_clipped:
             parts.append("clipped")
-        return " + ".join(parts) or "ok"
+        return parts
+
+    @property
+    def verdict(self) -> str:
+        """A few words for the table: :meth:`verdict_words` joined, or ``ok``."""
+        return " + ".join(self.verdict_words()) or "ok"
 
     def to_record(self) -> dict[str, Any]:
         """One JSON-serializable dict; non-finite numbers become ``None`` (JSON has no NaN)."""
@@ -207,6 +238,8 @@ class RunSummary:
             "checks": self.checks,
             "checks_failed": self.checks_failed,
             "checks_explained": self.checks_explained,
+            "checks_call_order": self.checks_call_order,
+            "checks_inconclusive": self.checks_inconclusive,
             "checks_clipped": self.checks_clipped,
             "clip_bound": _json_float(self.clip_bound),
             "grad_scale": _json_float(self.grad_scale),
@@ -214,6 +247,7 @@ class RunSummary:
             "alerts": self.alerts,
             "alert_rules": list(self.alert_rules),
             "verdict": self.verdict,
+            "finding": self.finding,
         }
 
 
@@ -228,16 +262,35 @@ def user_params(params: Mapping[str, str]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _CheckFindings:
+    failed: int = 0
     explained: int = 0
+    call_order: int = 0
+    inconclusive: int = 0
     clipped: int = 0
     clip_bound: float | None = None
     scale: float | None = None
+    finding: dict[str, Any] | None = None
 
 
 def _check_findings(
     histories: Mapping[str, Sequence], records: Sequence[Mapping[str, Any]] | None
 ) -> _CheckFindings:
-    """What the checks show beyond pass/fail: clipping, and one factor shared by failures."""
+    """Count the engine's findings (logged metrics); name the first failing one's words and
+    the clipping bound from ``checks.jsonl`` when it was read."""
+    kinds = check_findings(
+        histories.get(CHECK_PASSED, ()),
+        histories.get(CHECK_FINDING, ()),
+        histories.get(CHECK_SCALE, ()),
+    )
+    counts = {kind: 0 for kind in ("bug", "factor", "call_order", "inconclusive")}
+    for kind, _ in kinds.values():
+        key = "inconclusive" if kind in ("stochastic", "timeout") else kind
+        if key in counts:
+            counts[key] += 1
+    factors = [f for kind, f in kinds.values() if kind == "factor" and f is not None]
+    scale = None
+    if factors and max(factors) - min(factors) <= 0.01 * abs(min(factors)):
+        scale = factors[0]
     clipped_steps = {
         m.step
         for k, h in histories.items()
@@ -245,39 +298,30 @@ def _check_findings(
         for m in h
         if m.value > 0
     }
-    bound = None
-    explained = 0
-    scales: list[float] = []
-    failed_steps = {m.step for m in histories.get(CHECK_PASSED, ()) if not m.value >= 0.5}
-    logged_scale = {m.step: m.value for m in histories.get(CHECK_SCALE, ()) if is_finite(m.value)}
+    bound, first, first_inconclusive = None, None, None
     for record in records or ():
-        step = record.get("step")
-        if (c := clip_bound(record)) is not None:  # the engine itself named the clipped probes
-            clipped_steps.add(step)
+        if not isinstance(record, Mapping):
+            continue
+        if (c := clip_bound(record)) is not None:
+            clipped_steps.add(record.get("step"))
             bound = c
-        if step not in failed_steps:
-            continue
-        why = explain_failed_check(record)
-        if why is None:
-            continue
-        kind, value = why
-        explained += 1
-        if kind == "clipped":
-            clipped_steps.add(step)
-            bound = value
-        else:
-            scales.append(value)
-    for step in failed_steps:
-        if step in logged_scale and not records:
-            # The engine named the factor itself (no artifact needed).
-            scales.append(logged_scale[step])
-            explained += 1
-    scale = None
-    if scales and max(scales) - min(scales) <= 0.01 * abs(min(scales)):
-        scale = scales[0]
-    elif scales:
-        explained -= len(scales)  # different factors at different checks: not one cause
-    return _CheckFindings(explained, len(clipped_steps), bound, scale)
+        report = CheckReport.from_dict(record)
+        words = {"step": record.get("step"), **report.finding.to_dict()}
+        if report.status == "failed" and first is None:
+            first = words
+        elif report.status == "inconclusive" and first_inconclusive is None:
+            first_inconclusive = words
+    failed = counts["bug"] + counts["factor"] + counts["call_order"]
+    return _CheckFindings(
+        failed=failed,
+        explained=counts["factor"] + counts["call_order"],
+        call_order=counts["call_order"],
+        inconclusive=counts["inconclusive"],
+        clipped=len(clipped_steps),
+        clip_bound=bound,
+        scale=scale,
+        finding=first or first_inconclusive,
+    )
 
 
 def summarize(
@@ -305,7 +349,7 @@ def summarize(
         run_id=run.info.run_id,
         run_name=run.info.run_name or tags.get("mlflow.runName", "") or run.info.run_id,
         status=run.info.status,
-        params=dict(run.data.params),
+        params=expand_settings(run.data.params),
         steps=max((m.step for h in histories.values() for m in h), default=None),
         first_loss=loss.first,
         final_loss=loss.final,
@@ -313,7 +357,7 @@ def summarize(
         diverged=diverged,
         stalled=loss.stalled and not diverged,
         checks=len(passed),
-        checks_failed=sum(1 for v in passed if not v >= 0.5),
+        checks_failed=findings.failed,
         max_rel_error=max_rel,
         alerts=max(int(max(counts)) if counts else 0, len(rules)),
         alert_rules=tuple(rules),
@@ -324,6 +368,9 @@ def summarize(
         clip_bound=findings.clip_bound,
         grad_scale=findings.scale,
         checks_explained=findings.explained,
+        checks_call_order=findings.call_order,
+        checks_inconclusive=findings.inconclusive,
+        finding=findings.finding,
     )
 
 
@@ -332,8 +379,9 @@ def summarize_runs(
 ) -> list[tuple[RunSummary, RunCurves]]:
     """Fetch each run's histories once; return its summary and plot curves.
 
-    The ``checks.jsonl`` artifact is read only for runs with failed or clipped checks, to tell
-    a bug from clipping and name the bound. ``progress(run)`` is called after each run (for a progress bar).
+    The ``checks.jsonl`` artifact is read only for runs with checks that failed, were
+    inconclusive or clipped, for the words of the engine's finding and the clipping bound
+    (the verdict itself comes from the logged findings). ``progress(run)`` is called after each run (for a progress bar).
     """
     out = []
     with mlflow_errors(client.tracking_uri, "cannot read runs"):
@@ -344,6 +392,7 @@ def summarize_runs(
                 m.value > 0 for k, h in histories.items() if k.startswith(CHECK_CLIPPED) for m in h
             )
             if clipped or any(not m.value >= 0.5 for m in histories.get(CHECK_PASSED, ())):
+                # For the words and the bound only: the verdict is in the metrics.
                 records = fetch_check_records(client, run)
             summary = summarize(run, histories, records)
             out.append((summary, curves_from(summary, histories)))
@@ -443,18 +492,23 @@ def format_table(summaries: Sequence[RunSummary]) -> str:
 
 
 def _notes(summaries: Sequence[RunSummary]) -> list[str]:
-    """One line per explained check failure: what it means and what to do."""
+    """One line per run whose checks did not all pass: the engine's finding and its hint."""
     notes = []
     for s in summaries:
+        if s.finding is not None:
+            step = s.finding.get("step")
+            at = f" (first at step {step})" if step is not None else ""
+            notes.append(f"{s.run_name}: {s.finding.get('headline')}{at}: {s.finding.get('hint')}")
+        elif s.checks_failed or s.checks_inconclusive:
+            notes.append(
+                f"{s.run_name}: the checks' details (checks.jsonl) could not be read; "
+                "`gradwatch report` shows them when the artifact lands"
+            )
         if s.checks_clipped:
             bound = f" at ±{s.clip_bound:g}" if s.clip_bound is not None else ""
             notes.append(f"{s.run_name}: gradients clipped element-wise{bound}; the checks "
                          "compared clipped gradients with the true slope: check the gradients "
                          "before clipping (call step() before you clip)")  # fmt: skip
-        if not s.bug_checks and s.checks_failed and s.grad_scale is not None:
-            notes.append(f"{s.run_name}: analytic = {s.grad_scale:.3g} × numeric in every failed "
-                         "check: a constant factor (1/batch size in the loss or its gradient? "
-                         "gradient norm clipping?)")  # fmt: skip
     return notes
 
 
@@ -490,7 +544,8 @@ def format_csv(summaries: Sequence[RunSummary], diff_only: bool = False) -> str:
         pkeys = sorted({k for s in summaries for k in s.params})
         fields = ["run_id", "run_name", "status", *(f"params.{k}" for k in pkeys), "last_step",
                   "first_loss", "final_loss", "best_loss", "start_loss", "end_loss", "diverged",
-                  "stalled", "checks", "checks_failed", "checks_explained", "checks_clipped",
+                  "stalled", "checks", "checks_failed", "checks_explained", "checks_call_order",
+                  "checks_inconclusive", "checks_clipped",
                   "max_rel_error", "alerts", "alert_rules", "verdict"]  # fmt: skip
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")

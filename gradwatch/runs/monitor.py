@@ -74,6 +74,7 @@ from gradwatch.schema import (
     TAG_MONITOR_ALERTED,
     TAG_MONITOR_STATE,
     check_report_from_metrics,
+    hook_keys,
     hook_series,
     observations_from_metrics,
     rows_by_step,
@@ -360,8 +361,9 @@ class Monitor:
             state = self._followed[run_id] = self._follow(run)
         for alert, targets in list(state.undelivered.values()):
             self._deliver(run, state, alert, targets, sent)
-        keys = [k for k in run.data.metrics if self._reads(k)]
-        histories = {k: self.client.get_metric_history(run_id, k) for k in keys}
+        names = hook_keys(run.data.metrics, run.data.tags)  # gradwatch/loss -> loss, if shared
+        keys = [k for k in names if self._reads(k)]
+        histories = {k: self.client.get_metric_history(run_id, names[k]) for k in keys}
         running = run.info.status == "RUNNING"
         upto = settled_upto(histories, running, self.clock(), self.settle)
         self._warn_behind(state, histories)

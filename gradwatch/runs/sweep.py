@@ -1,17 +1,23 @@
-"""Run a training script once per parameter value, each as its own MLflow run.
+"""Run a training script once per parameter value: one parent MLflow run, a child run each.
 
     plan = plan_sweep("train.py", {"lr": [1.0, 0.1, 0.01]}, experiment="mlp")
-    results = run_sweep(plan, parallel=2)
+    parent = start_sweep_run(tracking_uri, plan)           # the sweep's own run
+    results = run_sweep(with_parent(plan, parent), parallel=2)
+    end_parent_run(tracking_uri, parent, results, verdicts)
     # then: gradwatch compare --experiment mlp --sweep <plan.sweep_id>
 
 Each run is a subprocess (``python SCRIPT ARGS...``) whose environment carries the values
 (see :mod:`gradwatch.params`): the script reads them with ``gradwatch.param("lr", 0.1)`` and
-the hook picks up the experiment, run name and sweep id by itself. Output of each run goes to
+the hook picks up the experiment, run name, sweep id and parent run by itself. The children
+carry ``mlflow.parentRunId`` (the MLflow UI folds them under the parent) and
+``gradwatch.sweep_id``; the parent carries ``gradwatch.sweep_parent``, the swept values as
+params and, at the end, a description with every child's verdict. Output of each run goes to
 ``.gradwatch/sweeps/<sweep_id>/<run_name>.log``, so parallel runs do not interleave.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -25,16 +31,27 @@ from pathlib import Path
 
 from gradwatch.errors import InputError
 from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, user_environ
-from gradwatch.params import ENV_EXPERIMENT, ENV_RUN_NAME, ENV_SWEEP_ID, param_env_name
+from gradwatch.params import (
+    ENV_EXPERIMENT,
+    ENV_PARENT_RUN_ID,
+    ENV_RUN_NAME,
+    ENV_SWEEP_ID,
+    param_env_name,
+)
+from gradwatch.schema import TAG_NOTE, TAG_SWEEP_PARENT
 
 __all__ = [
     "SweepPlan",
     "SweepResult",
     "SweepRun",
+    "end_parent_run",
     "ensure_experiment",
     "new_sweep_id",
     "plan_sweep",
     "run_sweep",
+    "start_parent_run",
+    "start_sweep_run",
+    "with_parent",
 ]
 
 DEFAULT_LOG_DIR = os.path.join(".gradwatch", "sweeps")
@@ -68,6 +85,8 @@ class SweepPlan:
     sweep_id: str
     experiment: str
     runs: list[SweepRun] = field(default_factory=list)
+    script: str = ""
+    grid: dict[str, list[object]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -129,7 +148,95 @@ def plan_sweep(
         safe = "".join(c if c.isalnum() or c in "=.,-_" else "_" for c in run_name)
         log_path = Path(log_dir) / sweep_id / f"{safe}.log"
         runs.append(SweepRun(run_name, values, [*base, *script_args], env, log_path))
-    return SweepPlan(sweep_id, experiment, runs)
+    return SweepPlan(sweep_id, experiment, runs, script, {n: list(v) for n, v in grid.items()})
+
+
+def with_parent(plan: SweepPlan, parent_run_id: str) -> SweepPlan:
+    """``plan`` with every run a child of ``parent_run_id`` (``GRADWATCH_PARENT_RUN_ID``)."""
+    runs = [
+        dataclasses.replace(r, env={**r.env, ENV_PARENT_RUN_ID: parent_run_id}) for r in plan.runs
+    ]
+    return dataclasses.replace(plan, runs=runs)
+
+
+def start_parent_run(
+    tracking_uri: str | None,
+    experiment: str,
+    sweep_id: str,
+    name: str,
+    params: Mapping[str, object] | None = None,
+    source: str | None = None,
+) -> str:
+    """Create a sweep's parent run (RUNNING until :func:`end_parent_run`); return its id.
+
+        parent = start_parent_run(uri, "mlp", plan.sweep_id, "sweep train.py", {"lr": "1, 0.1"})
+
+    Tagged ``gradwatch.sweep_parent`` = ``sweep_id``; ``params`` are logged as they are.
+    """
+    client = get_client(tracking_uri, must_exist=False)
+    with mlflow_errors(client.tracking_uri, "cannot create the sweep's parent run"):
+        exp_id = experiment_id(client, experiment, create=True)
+        tags = {TAG_SWEEP_PARENT: sweep_id}
+        if source:
+            tags["mlflow.source.name"] = source
+        run = client.create_run(exp_id, tags=tags, run_name=name)
+        for key, value in (params or {}).items():
+            client.log_param(run.info.run_id, key, str(value)[:6000])
+    return run.info.run_id
+
+
+def start_sweep_run(tracking_uri: str | None, plan: SweepPlan) -> str:
+    """The parent run of ``plan``: named ``sweep <script> <sweep id>``, one param per swept
+    name listing its values (``lr``: ``1.0, 0.1, 0.01``)."""
+    name = f"sweep {os.path.basename(plan.script) or 'script'} {plan.sweep_id}"
+    params = {n: ", ".join(_fmt_value(v) for v in values) for n, values in plan.grid.items()}
+    return start_parent_run(
+        tracking_uri,
+        plan.experiment,
+        plan.sweep_id,
+        name,
+        params,
+        os.path.abspath(plan.script) if plan.script else None,
+    )
+
+
+def end_parent_run(
+    tracking_uri: str | None,
+    parent_run_id: str,
+    results: Sequence[SweepResult | tuple[str, int]],
+    verdicts: Mapping[str, str] | None = None,
+    interrupted: bool = False,
+) -> None:
+    """End the parent run: FINISHED when every child succeeded, FAILED when one failed,
+    KILLED when the sweep was interrupted; its description lists the children with their
+    verdicts (``{run_name: verdict}``, as ``gradwatch compare`` gives them). ``results``:
+    the sweep's, or ``(run_name, exit code)`` pairs of children run another way."""
+    verdicts = verdicts or {}
+    outcomes = [
+        (r.run.run_name, r.returncode) if isinstance(r, SweepResult) else r for r in results
+    ]
+    failed = sum(1 for _, code in outcomes if code != 0)
+    lines = [
+        f"**gradwatch sweep: {len(outcomes)} run(s)"
+        + (f", {failed} failed" if failed else "")
+        + "**",
+        "",
+        "| run | verdict |",
+        "|---|---|",
+    ]
+    for name, code in outcomes:
+        outcome = verdicts.get(name) or ("-" if code == 0 else f"script failed (exit {code})")
+        lines.append(f"| {_cell(name)} | {_cell(outcome)} |")
+    status = "KILLED" if interrupted else ("FAILED" if failed else "FINISHED")
+    client = get_client(tracking_uri, must_exist=False)
+    with mlflow_errors(client.tracking_uri, "cannot end the sweep's parent run"):
+        client.set_tag(parent_run_id, TAG_NOTE, "\n".join(lines)[:8000])
+        client.set_terminated(parent_run_id, status)
+
+
+def _cell(text: str) -> str:
+    """``text`` as a markdown table cell (no column breaks)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def ensure_experiment(tracking_uri: str | None, experiment: str) -> str:

@@ -1,9 +1,11 @@
-"""What a run's curves and checks say: diverged, stalled, a backprop bug or clipped gradients.
+"""What a run's curves and checks say: diverged, stalled, and the checks' findings.
 
     v = loss_verdict(losses)          # v.diverged, v.stalled, v.start, v.end, v.first, ...
-    why = explain_failed_check(check) # "clipped", "scaled" or None, from one checks.jsonl record
+    kinds = check_findings(passed_history, finding_history)   # {step: ("bug", None), ...}
 
-Pure functions of numbers and dicts (no MLflow), so the rules are tested directly.
+Pure functions of numbers and dicts (no MLflow), so the rules are tested directly. The loss
+curve is judged here; a gradient check is judged only by the engine (``gradwatch.check``),
+whose finding is read back as it was logged, never re-derived from the probes.
 
 Loss verdicts are judged on a smoothed curve, because per-batch losses are noisy: the run is
 cut into tenths (at least one step each) and each tenth is represented by its median.
@@ -30,14 +32,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gradwatch.check import shared_ratio
-from gradwatch.schema import float_or_nan, from_mlflow_value
+from gradwatch.schema import CHECK_FINDINGS, float_or_nan, from_mlflow_value
 
 __all__ = [
     "DIVERGENCE_FACTOR",
     "STALL_TOLERANCE",
     "LossVerdict",
-    "explain_failed_check",
+    "check_findings",
+    "clip_bound",
     "is_finite",
     "loss_verdict",
 ]
@@ -50,7 +52,6 @@ STALL_TOLERANCE = 0.01
 STALL_SIGMAS = 3.0
 #: Consecutive final steps that, all far above the best, make an explosion at the very end.
 TAIL_STEPS = 5
-#: Disagreeing probes whose analytic/numeric ratios agree within this share one factor.
 _FLOAT_MAX = 1.7976931348623157e308
 
 
@@ -144,75 +145,44 @@ def _blew_up(values: Sequence[float], end: float, noise: float) -> bool:
 # ------------------------------------------------------------------------ checks
 
 
-def _simple(bound: float) -> bool:
-    """A bound a person would type (5, 1.0, 0.25, 1e-3): at most 3 significant digits."""
-    return bound > 0 and float(f"{bound:.3g}") == bound
-
-
-def _clipping_explains(probes: Sequence[tuple[float, float]]) -> bool:
-    """True if every (analytic, numeric) pair is an element-wise clip at one bound ±c.
-
-    The analytic value is exactly ±c (to the bit) while the numeric slope is larger in
-    magnitude with the same sign. One bound shared by two or more probes, or a round one.
-    """
-    bounds = {abs(a) for a, _ in probes}
-    if len(bounds) != 1:
-        return False
-    c = bounds.pop()
-    if not c > 0 or not all(abs(n) > c and math.copysign(1, n) == math.copysign(1, a)
-                            for a, n in probes):  # fmt: skip
-        return False
-    return len(probes) >= 2 or _simple(c)
-
-
-def _pair(probe: Mapping[str, Any]) -> tuple[float, float]:
-    return float_or_nan(probe.get("analytic")), float_or_nan(probe.get("numeric"))
-
-
 def clip_bound(check: Mapping[str, Any]) -> float | None:
     """The bound ``c`` of a check whose engine gave probes the ``clipped`` verdict, else None.
 
     clip_bound(record) == 5.0
     """
     for tensor in (check.get("per_param") or {}).values():
+        if not isinstance(tensor, Mapping):
+            continue
         for probe in tensor.get("coords") or ():
-            if probe.get("verdict") == "clipped":
-                return abs(_pair(probe)[0])
+            if isinstance(probe, Mapping) and probe.get("verdict") == "clipped":
+                value = float_or_nan(probe.get("analytic"))
+                return abs(value) if math.isfinite(value) else None
     return None
 
 
-def explain_failed_check(check: Mapping[str, Any]) -> tuple[str, float] | None:
-    """Why a failed check failed, when its probes show it was not a backprop bug.
+def check_findings(
+    passed: Sequence[Any], findings: Sequence[Any], scales: Sequence[Any] = ()
+) -> dict[int, tuple[str, float | None]]:
+    """``{step: (kind, factor)}`` of a run's checks, as the engine logged them.
 
-        explain_failed_check(record) == ("clipped", 5.0)
+        check_findings(history["gradcheck/passed"], history["gradcheck/finding"])
 
-    ``check`` is one ``gradwatch/checks.jsonl`` record (``CheckReport.to_dict()``). Returns
-    ``("clipped", c)`` when every mismatching coordinate is an element-wise clip at ``±c``
-    (directional probes may then disagree only in tensors with such coordinates: a random
-    direction runs through the clipped ones); ``("scaled", r)`` when every mismatching probe
-    has analytic = ``r`` × numeric (the engine's own rule, ``gradwatch.check.shared_ratio``:
-    a constant factor, e.g. clip-by-norm or a loss averaged differently from its gradient);
-    else None: a bug.
+    Each argument is a metric history (objects with ``step`` and ``value``). The kind is the
+    engine's ``gradcheck/finding`` (an index into ``CHECK_FINDINGS``); a check logged before
+    that metric existed is ``passed`` or ``bug`` by ``gradcheck/passed`` (``factor`` when it
+    logged ``gradcheck/scale``). Nothing is judged again here: these are the engine's words.
     """
-    coords: list[tuple[float, float]] = []
-    directions: list[tuple[float, float]] = []
-    direction_tensors: set[str] = set()
-    coord_tensors: set[str] = set()
-    for name, tensor in (check.get("per_param") or {}).items():
-        for probe in tensor.get("coords") or ():
-            if probe.get("verdict") == "mismatch":
-                coords.append(_pair(probe))
-                coord_tensors.add(name)
-        for probe in tensor.get("directions") or ():
-            if probe.get("verdict") == "mismatch":
-                directions.append(_pair(probe))
-                direction_tensors.add(name)
-    probes = coords + directions
-    if not probes or not all(math.isfinite(a) and math.isfinite(n) for a, n in probes):
-        return None
-    if coords and _clipping_explains(coords) and direction_tensors <= coord_tensors:
-        return "clipped", abs(coords[0][0])
-    scale = shared_ratio(probes)
-    if scale is not None:
-        return "scaled", scale
-    return None
+    kinds = {m.step: _finding_kind(m.value) for m in findings}
+    factors = {m.step: m.value for m in scales if is_finite(m.value)}
+    out: dict[int, tuple[str, float | None]] = {}
+    for m in passed:
+        kind = kinds.get(m.step)
+        if kind is None:
+            kind = "passed" if m.value >= 0.5 else ("factor" if m.step in factors else "bug")
+        out[m.step] = (kind, factors.get(m.step) if kind == "factor" else None)
+    return out
+
+
+def _finding_kind(value: float) -> str | None:
+    index = int(value) if is_finite(value) and value == int(value) else -1
+    return CHECK_FINDINGS[index] if 0 <= index < len(CHECK_FINDINGS) else None

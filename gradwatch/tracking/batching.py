@@ -123,9 +123,16 @@ def _in_int64(value: Any) -> bool:
 
 
 def plan_batches(
-    lines: list[tuple[int, dict[str, Any] | None]], offset: int, acked_seq: int
+    lines: list[tuple[int, dict[str, Any] | None]],
+    offset: int,
+    acked_seq: int,
+    metric_prefix: str = "",
 ) -> BatchPlan:
-    """Turn ``(end_offset, record)`` lines read from ``offset`` into log_batch requests."""
+    """Turn ``(end_offset, record)`` lines read from ``offset`` into log_batch requests.
+
+    ``metric_prefix`` goes before every metric key (the hook's series in a run it shares
+    with the user's own logging: ``gradwatch/loss``); the journal keeps the bare keys.
+    """
     plan = BatchPlan([])
     cur = Batch(offset, acked_seq)
 
@@ -152,7 +159,7 @@ def plan_batches(
                     if value is None:
                         plan.rejected.append(("metric", key, f"value {raw!r} is not a number"))
                         continue
-                    mkey = safe_key(key)
+                    mkey = safe_key(metric_prefix + key if metric_prefix else key)
                     room(len(mkey) + 60, "metric").metrics.append((mkey, value, ts, step))
         elif kind == TAGS:
             for key, raw in (rec.get("g") or {}).items():

@@ -108,6 +108,8 @@ class Shipper:
         self.tracking_uri: str = tracking_uri or os.environ.get(SHIP_URI_ENV) or self.header["uri"]
         self.shown_uri = mask_uri(self.tracking_uri)
         self.attached = bool(self.header.get("attached"))
+        #: Before every metric key (the hook's series in a run shared with the user's).
+        self.metric_prefix: str = str(self.header.get("metric_prefix") or "")
         self.settings = settings or ShipperSettings()
         self.state_file, self.files = state_path(self.path), files_dir(self.path)
         self._reserve = reserve_path(self.path)  # set aside by open_run (journal.py)
@@ -182,7 +184,7 @@ class Shipper:
         cpu = time.thread_time()
         start = self.state.offset
         lines, end = scan_lines(self._fd, start, self.settings.chunk_bytes)
-        plan = plan_batches(lines, start, self.state.acked_seq)
+        plan = plan_batches(lines, start, self.state.acked_seq, self.metric_prefix)
         batches = plan.batches
         held = full_only and _tail_can_wait(plan)
         if held:

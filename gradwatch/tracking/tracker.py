@@ -49,6 +49,7 @@ from gradwatch.tracking.journal import (
     set_aside_reserve,
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
+from gradwatch.tracking.placement import CHILD, OWN, SHARED, Placement, place_run
 from gradwatch.tracking.ship_process import ProcessShipper, ship_log_path
 from gradwatch.tracking.shipper import Shipper, run_url
 from gradwatch.tracking.state import ShipperSettings, ShipState
@@ -215,6 +216,8 @@ class RunTracker:
         self.journal_id: str = header["id"]
         self.tracking_uri: str = tracking_uri  # the real one; the header holds it masked
         self.attached: bool = bool(header.get("attached"))
+        #: Where the run went beside the user's active MLflow run (set by ``open_run``).
+        self.placement: Placement = Placement(SHARED if self.attached else OWN, tracking_uri)
         self.keep_journal = keep_journal
         self._metrics_since_wake = 0
         self._closed: CloseResult | None = None
@@ -334,6 +337,12 @@ class RunTracker:
         return self._state().run_id or self.header.get("run_id")
 
     @property
+    def experiment_id(self) -> str | None:
+        """The run's experiment id once known: the shipper created the run, or the run was
+        placed beside the user's active run."""
+        return self._state().experiment_id or self.placement.experiment_id
+
+    @property
     def pending(self) -> int:
         """Records written to the journal that MLflow has not acknowledged yet."""
         state = self._state()
@@ -377,6 +386,13 @@ class RunTracker:
         self._shipper.kick()
         self._shipper.wait(lambda: self._shipper.state.acked_seq >= target, timeout)
         return self.pending
+
+    def wait_for_run(self, timeout: float) -> str | None:
+        """Wait up to ``timeout`` s until the run exists in MLflow; its id, or None (outage)."""
+        if self.run_id is None and self._closed is None:
+            self._shipper.kick()
+            self._shipper.wait(lambda: self._shipper.state.run_id is not None, timeout)
+        return self.run_id
 
     def close(
         self,
@@ -593,20 +609,6 @@ def _artifact_path(artifact_path: str) -> str:
     return "/".join(parts)
 
 
-def _active_mlflow_run(tracking_uri: str | None) -> tuple[str | None, str | None]:
-    """(run id, tracking URI) of the user's active MLflow run, without importing MLflow.
-
-    A script that has an active run has imported MLflow already; one that has not imported
-    it cannot have one (``MLFLOW_RUN_ID`` aside), so the ~2 CPU-s import is never paid here.
-    """
-    mlflow = sys.modules.get("mlflow")
-    if mlflow is not None:
-        active = mlflow.active_run()
-        if active is not None:
-            return active.info.run_id, tracking_uri or mlflow.get_tracking_uri()
-    return None, tracking_uri
-
-
 def _default_experiment() -> tuple[str | None, str | None]:
     # mlflow.set_experiment() exports MLFLOW_EXPERIMENT_ID, so this also sees the user's choice.
     exp_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or None
@@ -654,6 +656,8 @@ def open_run(
     settings: ShipperSettings | None = None,
     keep_journal: bool = False,
     report: bool = False,
+    parent_run_id: str | None = None,
+    shared_prefix: str = "",
 ) -> RunTracker:
     """Start a journaled MLflow run and its shipper; makes no network call itself.
 
@@ -663,26 +667,48 @@ def open_run(
     experiment: experiment name, created if missing (None -> MLflow's active/default one).
     run_name, tags: for the run created by the shipper (tags also set on an attached run).
     journal_dir: where ``NAME.jsonl`` goes (default ``.gradwatch/journal`` in cwd; 0700).
-    attach_active: if ``mlflow.active_run()`` exists, log into it and never end it.
+    attach_active: place the run beside the user's active MLflow run as MLflow users expect
+        (``gradwatch.tracking.placement``): log into it and never end it, or, with a
+        ``run_name`` or when a tracker already logged into it, open a child run of it.
+        ``run.placement`` says which. An ``experiment`` that is not the active run's raises
+        InputError (the only case that makes a request here).
     run_id: log into this existing run instead (also never ended by gradwatch).
     settings: shipper timing (interval, backoff, request timeout); tests shorten them.
     keep_journal: keep the journal after everything landed (default: deleted at close;
         journals of failed or incomplete runs always stay until synced).
     report: recorded in the journal's header: the run's report is wanted (the hook draws
         it before the end record, ``close(before_end=...)``; tracking never draws it).
+    parent_run_id: with no active run, create the run as a child of this one (a sweep's).
+    shared_prefix: in a run shared with the user's own logging, every metric key gets this
+        prefix on its way to MLflow (the hook passes ``gradwatch/``; the journal keeps the
+        bare keys) and the run is tagged ``gradwatch.metric_prefix``.
     """
     import gradwatch
 
     user_tags = {str(k): str(v) for k, v in (tags or {}).items()}
-    attached_id = run_id
-    uri = tracking_uri
-    if attached_id is None and attach_active:
-        attached_id, uri = _active_mlflow_run(tracking_uri)
-    uri = resolve_tracking_uri(uri)
+    if run_id is not None:
+        placement = Placement(SHARED, resolve_tracking_uri(tracking_uri), run_id=run_id)
+    elif attach_active:
+        placement = place_run(tracking_uri, experiment, run_name, parent_run_id)
+    else:
+        uri = resolve_tracking_uri(tracking_uri)
+        placement = (
+            Placement(CHILD, uri, parent_run_id=parent_run_id)
+            if parent_run_id
+            else Placement(OWN, uri)
+        )
+    uri = placement.tracking_uri
+    attached = placement.kind == SHARED
     exp_name, exp_id = (experiment, None) if experiment else _default_experiment()
-    attached = attached_id is not None
+    if placement.experiment_id is not None:
+        exp_name, exp_id = None, placement.experiment_id  # a child goes where its parent is
     run_tags = dict(user_tags) if attached else {**context_tags(), **user_tags}
     run_tags.setdefault(schema.TAG_VERSION, gradwatch.__version__)
+    if placement.parent_run_id:
+        run_tags[schema.TAG_PARENT_RUN] = placement.parent_run_id
+    prefix = shared_prefix if attached else ""
+    if prefix:
+        run_tags[schema.TAG_METRIC_PREFIX] = prefix
     header = {
         "v": FORMAT_VERSION,
         "id": new_journal_id(),
@@ -692,12 +718,14 @@ def open_run(
         "name": run_name,
         "tags": run_tags,
         "user": run_tags.get("mlflow.user"),
-        "run_id": attached_id,
+        "run_id": placement.run_id,
         "attached": attached,
         "ts": _now_ms(),
         "pid": os.getpid(),
         "report": bool(report),
     }
+    if prefix:
+        header["metric_prefix"] = prefix
     directory = Path(journal_dir or DEFAULT_JOURNAL_DIR).absolute()
     try:
         make_private_dir(directory)
@@ -708,6 +736,7 @@ def open_run(
             f"cannot create a journal in {directory} ({err}); pass journal_dir= a writable folder"
         ) from err
     tracker = RunTracker(writer, header, settings or ShipperSettings(), uri, keep_journal)
+    tracker.placement = placement
     if attached and run_tags:
         tracker.set_tags(run_tags)  # an existing run gets the tags through the journal
     _open_trackers.add(tracker)
