@@ -105,11 +105,11 @@ def timed_mlflow(uri: str, steps: int, synchronous: bool) -> float:
         return Training(mlflow_log=log).run(steps)
 
 
-def bench_store(label, uri, steps, block, results, hist_every=None):
+def bench_store(label, uri, steps, block, results, hist_every=None, stats_only=False):
     variants = [
         ("gradwatch stats (every=None)", {"every": None}),
         ("gradwatch checks (every=100, budget=0.05)", {"every": 100, "budget": 0.05}),
-    ]
+    ][: 1 if stats_only else 2]
     extra = {} if hist_every is None else {"hist_every": hist_every}
     for name, kwargs in variants:
         total, median, open_close, watch, bare_step = interleaved(
@@ -120,10 +120,13 @@ def bench_store(label, uri, steps, block, results, hist_every=None):
             f"{label:9s} {name:42s} wrapped/bare {total:.3f} (median of blocks {median:.3f}); "
             f"inside step() {watch.clock.overhead:.3f} of the loop; "
             f"checks {watch.checks}, deferred {watch.checks_deferred}; stats every "
-            f"{watch.schedule.stats_interval} steps; open+close {open_close:.2f} s; "
+            f"{watch.schedule.stats_interval} steps (norms every "
+            f"{watch.schedule.norms_interval(steps)} at the end); open+close {open_close:.2f} s; "
             f"bare step {1e3 * bare_step:.2f} ms",
             flush=True,
         )
+    if stats_only:
+        return
     short = max(100, steps // 20)
     for name, sync in [
         ("mlflow.log_metrics per step (sync)", True),
@@ -147,19 +150,39 @@ def main() -> None:
     ap.add_argument("--stores", default="embedded,server", help="embedded, server or both")
     ap.add_argument("--hist-every", type=int, default=None,
                     help="GradWatch(hist_every=) (default: the hook's, histograms on)")  # fmt: skip
+    ap.add_argument(
+        "--stats-only",
+        action="store_true",
+        help="only the statistics-only variant (no checks, no MLflow baselines)",
+    )
     args = ap.parse_args()
     stores = args.stores.split(",")
     results: list[tuple] = []
     with tempfile.TemporaryDirectory() as tmp:
         os.chdir(tmp)
         if "embedded" in stores:
-            bench_store("embedded", f"sqlite:///{tmp}/embedded.db", args.steps, args.block,
-                        results, args.hist_every)  # fmt: skip
+            bench_store(
+                "embedded",
+                f"sqlite:///{tmp}/embedded.db",
+                args.steps,
+                args.block,
+                results,
+                args.hist_every,
+                args.stats_only,
+            )
         os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if "server" in stores:
             with MlflowServer(Path(tmp) / "server") as server:
                 time.sleep(2)  # let the freshly started server settle before timing
-                bench_store("server", server.uri, args.steps, args.block, results, args.hist_every)
+                bench_store(
+                    "server",
+                    server.uri,
+                    args.steps,
+                    args.block,
+                    results,
+                    args.hist_every,
+                    args.stats_only,
+                )
     print("\n| store | variant | steps | wrapped/bare (totals) | median of blocks |")
     print("|---|---|---|---|---|")
     for label, name, steps, total, median in results:

@@ -21,6 +21,7 @@ from gradwatch.errors import (
     GradwatchError,
     InputError,
     LossError,
+    NotFoundError,
     TrackingError,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "GradwatchError",
     "InputError",
     "LossError",
+    "NotFoundError",
     "TensorReport",
     "TrackingError",
     "__version__",

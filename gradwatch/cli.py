@@ -28,7 +28,7 @@ from typing import Any
 import click
 
 from gradwatch import __version__
-from gradwatch.errors import ConfigError, GradwatchError, InputError
+from gradwatch.errors import ConfigError, GradwatchError, InputError, NotFoundError
 from gradwatch.mlflow_access import apply_fail_fast_defaults, resolve_tracking_uri, restore_settings
 from gradwatch.secrets import mask_uri
 
@@ -101,15 +101,21 @@ def tracking_uri_option(fn: Callable) -> Callable:
 def _fail_cleanly(fn: Callable) -> Callable:
     """Turn gradwatch's errors into one-line messages (credentials masked) instead of tracebacks.
 
-    Bad input is a usage error (exit 2, with the usage line); a bad config file exits 2;
-    anything else gradwatch raises on purpose (server down, run failed) exits 1. MLflow's
-    own errors reach here already translated (gradwatch.mlflow_access.mlflow_errors).
+    One exit code per class of error, the same in every command:
+
+    - 2: bad input: arguments (with the usage line) and config files (``FILE:LINE: key``);
+    - 1: the tracking store or the work failed: server unreachable, no such store, experiment
+      or run there (NotFoundError), a run or sweep that failed, alerts left undelivered.
+
+    MLflow's own errors reach here already translated (gradwatch.mlflow_access.mlflow_errors).
     """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except NotFoundError as err:  # an answer of the store, not a usage mistake
+            raise click.ClickException(mask_uri(err)) from None
         except InputError as err:
             raise click.UsageError(mask_uri(err), click.get_current_context()) from None
         except ConfigError as err:

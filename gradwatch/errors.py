@@ -2,7 +2,8 @@
 
     GradwatchError                 base of everything gradwatch raises on purpose
     ├── InputError (ValueError)    bad arguments: names the key, shapes and the fix
-    │   └── LossError              loss_fn did not return a finite scalar
+    │   ├── LossError              loss_fn did not return a finite scalar
+    │   └── NotFoundError          the store, experiment or run named is not there
     ├── ConfigError (ValueError)   bad gradwatch.yaml: names the file, line and key
     ├── TrackingError              the tracking pipeline cannot do what was asked
     └── AlertStop                  an alert rule with the ``stop`` action fired
@@ -20,6 +21,7 @@ __all__ = [
     "GradwatchError",
     "InputError",
     "LossError",
+    "NotFoundError",
     "ConfigError",
     "TrackingError",
     "AlertStop",
@@ -49,6 +51,14 @@ class InputError(GradwatchError, ValueError):
 
 class LossError(InputError):
     """``loss_fn`` returned something other than a finite scalar."""
+
+
+class NotFoundError(InputError):
+    """The tracking store has no such store file, experiment or run.
+
+    An ``InputError`` for code that checks names; the CLI treats it as a store answer (exit 1),
+    like a server that cannot be reached, not as a usage error (exit 2).
+    """
 
 
 class ConfigError(GradwatchError, ValueError):

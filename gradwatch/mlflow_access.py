@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from gradwatch.errors import InputError, TrackingError
+from gradwatch.errors import InputError, NotFoundError, TrackingError
 from gradwatch.secrets import mask_uri
 
 __all__ = [
@@ -107,7 +107,7 @@ def get_client(tracking_uri: str | None = None, must_exist: bool = True) -> Any:
     if must_exist and uri.startswith(_SQLITE):
         path = uri[len(_SQLITE) :]
         if path != ":memory:" and not os.path.exists(path):
-            raise InputError(
+            raise NotFoundError(
                 f"no MLflow store at {path} (tracking URI {mask_uri(uri)}); "
                 "run `gradwatch demo` or pass --tracking-uri / set MLFLOW_TRACKING_URI"
             )
@@ -275,7 +275,7 @@ def experiment_id(client: Any, name: str, create: bool = False) -> str:
                 raise
             return client.get_experiment_by_name(name).experiment_id
     known = sorted(e.name for e in client.search_experiments(max_results=50))
-    raise InputError(
+    raise NotFoundError(
         f"no experiment named {name!r} at {mask_uri(client.tracking_uri)}; "
         f"known: {', '.join(known) or '(none)'}"
     )
@@ -289,7 +289,7 @@ def get_run(client: Any, run_id: str) -> Any:
         return client.get_run(run_id)
     except MlflowException as err:
         if is_missing(err):
-            raise InputError(
+            raise NotFoundError(
                 f"no run {run_id!r} at {mask_uri(client.tracking_uri)}; "
                 "`gradwatch compare --experiment NAME` lists the runs"
             ) from None

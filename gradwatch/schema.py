@@ -48,6 +48,8 @@ if TYPE_CHECKING:  # imported where used: gradwatch.alerts' detectors import thi
     from gradwatch.alerts.observations import CheckObservation, StepObservation
 
 __all__ = [
+    "PROBLEMS",
+    "alert_problem",
     "ALERT_COUNT",
     "ARTIFACT_ALERTS",
     "ARTIFACT_CHECKS",
@@ -95,6 +97,8 @@ __all__ = [
     "TAG_JOURNAL_ID",
     "TAG_MONITOR_ALERTED",
     "TAG_MONITOR_STATE",
+    "PARAM_MONITOR_CLAIM",
+    "TAG_MONITOR_RELEASED",
     "TAG_PARAM_CONFLICT",
     "TAG_PREFIX",
     "TAG_STOP_REASON",
@@ -193,6 +197,34 @@ TAG_CHECKS = "gradwatch.checks"
 TAG_CHECKS_FAILED = "gradwatch.checks_failed"
 TAG_CHECKS_DEFERRED = "gradwatch.checks_deferred"
 TAG_ALERTS = "gradwatch.alerts"
+
+#: The training problems the default alert rules diagnose: rule type -> the words each alert's
+#: message starts with (and ``details["problem"]`` holds), which the run report and
+#: ``gradwatch compare`` show.
+PROBLEMS: dict[str, str] = {
+    "vanishing_gradients": "vanishing gradients",
+    "exploding_gradients": "exploding gradients",
+    "dead_units": "dead units",
+    "saturated_units": "saturated units",
+    "stuck_loss": "loss not improving",
+    "slow_learning": "learning too slow",
+    "nonfinite": "NaN/Inf",
+}
+
+
+def alert_problem(text: str) -> str | None:
+    """The problem an alert names, from its message or its one-line text (the tag's value).
+
+    >>> alert_problem("[gradwatch] WARNING dead_units at step 45: dead units in W1: ...")
+    'dead units'
+    >>> alert_problem("loss diverging: 3.4 is above 10x ...") is None
+    True
+    """
+    # Rule names hold no ": ", so the message follows the first one in a text line.
+    message = text.partition(": ")[2] if text.startswith("[gradwatch]") else text
+    return next((p for p in PROBLEMS.values() if message.startswith(p)), None)
+
+
 TAG_STOP_REASON = "gradwatch.stop_reason"
 TAG_ERROR = "gradwatch.error"
 TAG_JOURNAL_ID = "gradwatch.journal_id"
@@ -206,6 +238,12 @@ TAG_BASELINE = "gradwatch.baseline"
 TAG_MONITOR_ALERTED = "gradwatch.monitor.alerted."
 #: "active" while ``monitor`` follows a run, "done" once it evaluated it to the end.
 TAG_MONITOR_STATE = "gradwatch.monitor.state"
+#: + rule name + "." + step + "." + generation: param whose value names the ``gradwatch
+#: monitor`` process that claimed the alert (params are write-once: the first claim wins).
+PARAM_MONITOR_CLAIM = "gradwatch.monitor.claim."
+#: + rule name + "." + step -> the last claim generation given up undelivered (a monitor that
+#: stopped before delivering hands the alert on to the next one).
+TAG_MONITOR_RELEASED = "gradwatch.monitor.released."
 TAG_DEMO_MODEL = "gradwatch.demo.model"
 TAG_DEMO_BUG = "gradwatch.demo.bug"
 #: The run's verdict as ``gradwatch compare`` words it (``ok``, ``BACKPROP BUG``, ``DIVERGED``,

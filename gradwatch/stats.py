@@ -27,6 +27,7 @@ __all__ = [
     "histogram_record",
     "log_histogram",
     "norm",
+    "tensor_norms",
     "tensor_stats",
     "tensor_stats_and_histograms",
     "update_ratio",
@@ -111,6 +112,27 @@ def tensor_stats(
         (p99,) = abs_quantiles(p, (0.99,))
         out[name] = TensorStats(gn, pn, _nonfinite(g, gn) + _nonfinite(p, pn),
                                 g50, g99, _zero_frac(np.count_nonzero(g), g.size), p99)  # fmt: skip
+    return out
+
+
+def tensor_norms(
+    params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]
+) -> dict[str, TensorStats]:
+    """The cheap part of :func:`tensor_stats`: norms, NaN/Inf counts and the zero-gradient
+    fraction, no quantiles (NaN). About a third of the cost; what the alert rules read.
+
+        tensor_norms({"W1": W1}, {"W1": dW1})["W1"].grad_zero_frac
+    """
+    out = {}
+    for name, p in params.items():
+        g = grads[name]
+        gn, pn = norm(g), norm(p)
+        out[name] = TensorStats(
+            gn,
+            pn,
+            _nonfinite(g, gn) + _nonfinite(p, pn),
+            grad_zero_frac=_zero_frac(np.count_nonzero(g), g.size),
+        )
     return out
 
 

@@ -204,3 +204,86 @@ def test_deliver_after_close_names_the_state():
     delivery.close()
     with pytest.raises(GradwatchError, match="closed"):
         delivery.deliver(make_alert())
+
+
+# --------------------------------------------------------------------------------------------
+# send(): synchronous, raises; userinfo as basic auth; one-line text
+
+
+def test_send_delivers_here_and_now_or_raises_naming_the_target_without_the_url(receiver):
+    from gradwatch.alerts import DeliveryError
+
+    delivery = Delivery(
+        webhooks={
+            "hook": WebhookSpec(url=receiver.url),
+            "down": WebhookSpec(url=closed_port_url(), timeout=1, retries=1, backoff=0.01),
+        }
+    )
+    assert delivery.send(make_alert(), "webhook:hook") is True
+    assert len(receiver.bodies) == 1, "returned only once the receiver had it"
+    with pytest.raises(DeliveryError) as err:
+        delivery.send(make_alert(), "webhook:down")
+    assert "webhook 'down'" in str(err.value) and "…redacted" in str(err.value)
+    assert "s3cr3t" not in str(err.value)
+    with pytest.raises(DeliveryError, match="unknown alert target 'email:nobody'"):
+        delivery.send(make_alert(), "email:nobody")
+    assert delivery.stats == {"sent": 1, "failed": 1, "dropped": 0, "pending": 0}
+    # Below the target's min_severity: nothing sent, nothing failed.
+    quiet = Delivery(webhooks={"hook": WebhookSpec(url=receiver.url, min_severity="critical")})
+    assert quiet.send(make_alert(severity="info"), "webhook:hook") is False
+    assert len(receiver.bodies) == 1 and quiet.stats["sent"] == 0
+
+
+@pytest.mark.parametrize("password", ["pw", "p@ss/w:rd%41", "a@b@c"])
+def test_webhook_with_userinfo_delivers_with_basic_auth_and_logs_no_credentials(caplog, password):
+    import base64
+
+    from tests.webhooks import WebhookReceiver
+
+    recv = WebhookReceiver()
+    try:
+        caplog.set_level(logging.DEBUG, logger="gradwatch")
+        url = recv.url.replace("http://", f"http://alice:{password}@")
+        down = closed_port_url().replace("http://", f"http://alice:{password}@")
+        delivery = Delivery(
+            webhooks={
+                "ok": WebhookSpec(url=url),
+                "down": WebhookSpec(url=down, timeout=1, retries=0),
+            }
+        )
+        delivery.deliver(make_alert(actions=("webhook",)))
+        delivery.close(timeout=10)
+        (headers,) = recv.headers
+        sent = base64.b64decode(headers["Authorization"].removeprefix("Basic ")).decode()
+        expected = "alice:" + __import__("urllib.parse").parse.unquote(password)
+        assert sent == expected
+        assert delivery.stats["sent"] == 1 and delivery.stats["failed"] == 1
+        assert "could not deliver" in caplog.text
+        assert password not in caplog.text and "alice" not in caplog.text
+        assert password not in repr(delivery.webhooks["ok"])
+    finally:
+        recv.close()
+
+
+def test_control_characters_never_reach_a_log_line_or_the_payload_text(receiver, caplog):
+    caplog.set_level(logging.INFO, logger="gradwatch.alerts")
+    forged = "run evil\r\n12:00:00 CRITICAL gradwatch.alerts: all clear\x1b[2J\u2028x\u202e"
+    alert = Alert(
+        rule="nonfinite",
+        kind="nonfinite",
+        severity="critical",
+        step=3,
+        message=f"{forged}: NaN/Inf first seen in loss",
+        details={},
+        actions=("log", "webhook:hook"),
+    )
+    delivery = Delivery(webhooks={"hook": WebhookSpec(url=receiver.url)})
+    delivery.deliver(alert)
+    delivery.close(timeout=10)
+    (record,) = [r for r in caplog.records if r.name == "gradwatch.alerts"]
+    line = record.getMessage()
+    assert not any(ch in line for ch in "\r\n\x1b\u2028\u202e"), line
+    assert "run evil\\r\\n12:00:00 CRITICAL" in line  # shown, escaped, not obeyed
+    (body,) = receiver.bodies
+    assert "\n" not in body["text"] and "\r" not in body["text"]
+    assert body["alert"]["message"] == alert.message  # the data itself is kept as it was

@@ -191,3 +191,39 @@ def test_email_actions_in_rules_and_bad_specs():
         EmailSpec("127.0.0.1", sender="a@example.com", to=())
     with pytest.raises(InputError, match="`from` must be an address"):
         EmailSpec("127.0.0.1", sender="nobody", to=("a@example.com",))
+
+
+def test_run_name_with_crlf_is_mailed_on_one_subject_line(smtp):
+    """A CR/LF in the alert (a run name) once made the message unbuildable: lost but 'sent'."""
+    evil = Alert(
+        rule="nonfinite",
+        kind="nonfinite",
+        severity="critical",
+        step=2,
+        message="run a\r\nBcc: thief@example.org\r\n\r\nhi: NaN/Inf first seen in loss",
+        details={},
+        actions=("email:oncall",),
+        timestamp=1.0,
+    )
+    delivery = Delivery(emails={"oncall": spec(smtp.port)})
+    assert delivery.send(evil, "email:oncall") is True
+    (message,) = smtp.messages
+    assert message["Bcc"] is None
+    subject = str(message["Subject"]).replace("\r\n ", " ").replace("\n ", " ")
+    assert "\n" not in subject and "run a\\r\\nBcc: thief@example.org" in subject
+    assert smtp.envelopes == [("gradwatch@example.com", ["oncall@example.com", "ml@example.com"])]
+    assert delivery.stats["sent"] == 1
+
+
+def test_an_email_that_cannot_be_delivered_raises_and_is_never_counted_sent():
+    from gradwatch.alerts import DeliveryError
+
+    server = SmtpServer(busy=100)  # answers 421 to every session: transient, retried
+    try:
+        delivery = Delivery(emails={"oncall": spec(server.port, retries=2)})
+        with pytest.raises(DeliveryError, match="email 'oncall'.*SMTP 421"):
+            delivery.send(alert(), "email:oncall")
+        assert server.sessions == 3, "retried like a webhook"
+        assert delivery.stats["sent"] == 0 and delivery.stats["failed"] == 1
+    finally:
+        server.close()

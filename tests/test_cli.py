@@ -293,3 +293,62 @@ def test_demo_reports_each_step_of_a_run(tracking_uri):
     spec = DemoRun("mlp", 0.2, False, steps=12)
     train(spec, tracking_uri, f"steps-{time.time_ns()}", "s", on_step=lambda s, n: seen.append(n))
     assert seen == list(range(1, 13))
+
+
+# --------------------------------------------------------------------------------------------
+# One exit code per class of error; the examples' configs load without a warning
+
+
+@pytest.mark.server  # an embedded store of its own
+def test_exit_codes_are_one_per_class_of_error_in_every_command(tmp_path):
+    runner = CliRunner()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("alerts:\n  rules:\n    - {type: nonfinite, sevrity: critical}\n")
+    usage = {  # bad input: 2
+        "compare": ["compare", "--format", "xml", "-e", "x"],
+        "monitor": ["monitor", "-e", "x", "--rules", str(bad), "--once"],
+        "report": ["report"],
+        "sync": ["sync", str(tmp_path / "nope.jsonl")],
+        "sweep": ["sweep", str(bad), "-p", "batch"],
+    }
+    for name, args in usage.items():
+        result = runner.invoke(main, args)
+        assert result.exit_code == 2, (name, result.output)
+    # The store has no such thing: 1, like an unreachable server, and no usage banner.
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()  # creates the store
+    missing = {
+        "compare": ["compare", "-e", "nope", "--tracking-uri", store],
+        "compare --runs": ["compare", "--runs", "0123abcd", "--tracking-uri", store],
+        "monitor": ["monitor", "-e", "nope", "--once", "--tracking-uri", store],
+        "report": ["report", "0123abcd", "--no-upload", "--tracking-uri", store],
+    }
+    for name, args in missing.items():
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, (name, result.output)
+        assert "Usage:" not in result.output and "Traceback" not in result.output, result.output
+    down = f"http://127.0.0.1:{free_port()}"
+    for args in (["compare", "-e", "x"], ["monitor", "-e", "x", "--once"], ["report", "ab"]):
+        result = runner.invoke(main, [*args, "--tracking-uri", down])
+        assert result.exit_code == 1, (args, result.output)
+
+
+@pytest.mark.server  # an embedded store of its own
+@pytest.mark.parametrize("example", ["gradwatch.yaml", "alerts.yaml"])
+def test_the_examples_configs_load_in_the_monitor_without_a_warning(tmp_path, example):
+    from mlflow.entities import Metric
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(store)
+    exp_id = client.create_experiment("healthy")
+    run_id = client.create_run(exp_id, run_name="ok").info.run_id
+    ts = int((time.time() - 60) * 1000)
+    client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (1 + s), ts, s) for s in range(30)])
+    config = Path(__file__).resolve().parents[1] / "examples" / example
+    result = CliRunner().invoke(
+        main,
+        ["monitor", "-e", "healthy", "--once", "--rules", str(config), "--tracking-uri", store],
+    )
+    assert result.exit_code == 0, result.output
+    assert "WARNING" not in result.output and "unknown" not in result.output, result.output
+    assert "1 active run(s), 30 new observation(s), 0 alert(s) sent" in result.output

@@ -177,8 +177,6 @@ def test_bad_arguments_give_usage_errors(runs, tracking_uri, tmp_path):
         (["compare", "-e", exp, "--format", "xml"], "'xml' is not one of"),
         (["compare", "-e", exp, "--plot", "x.jpg"], "must end in .png"),
         (["compare", "-e", exp, "--plot", str(tmp_path / "no" / "x.png")], "does not exist"),
-        (["compare", "-e", "no-such-experiment"], "no experiment named 'no-such-experiment'"),
-        (["compare", "--runs", "0123456789abcdef"], "no run '0123456789abcdef'"),
         (["compare", "-e", exp, "--bogus"], "No such option"),
     ]:
         result = runner.invoke(main, args)
@@ -189,8 +187,19 @@ def test_bad_arguments_give_usage_errors(runs, tracking_uri, tmp_path):
         assert len(error_lines) == 1
 
 
+def test_what_the_store_does_not_have_exits_1_without_a_usage_banner(runs, tracking_uri):
+    runner = CliRunner()
+    for args, needle in [
+        (["compare", "-e", "no-such-experiment"], "no experiment named 'no-such-experiment'"),
+        (["compare", "--runs", "0123456789abcdef"], "no run '0123456789abcdef'"),
+    ]:
+        result = runner.invoke(main, args)
+        assert result.exit_code == 1, (args, result.output)
+        assert needle in result.output and "Usage:" not in result.output, (args, result.output)
+
+
 def test_missing_embedded_store_is_an_error_not_a_new_database(tmp_path):
     result = CliRunner().invoke(main, ["compare", "-e", "x"])  # cwd: an empty tmp dir
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert "no MLflow store at" in result.output and "gradwatch demo" in result.output
     assert not (tmp_path / "mlflow.db").exists()

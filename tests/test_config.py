@@ -36,7 +36,17 @@ def error_of(path: Path) -> ConfigError:
 def test_no_file_means_defaults(tmp_path):
     config = load_config()
     assert config.path is None and config.hook == {}
-    assert [r.name for r in config.rules] == ["check_failure", "nonfinite", "loss_divergence"]
+    assert [r.name for r in config.rules] == [
+        "check_failure",
+        "nonfinite",
+        "loss_divergence",
+        "vanishing_gradients",
+        "exploding_gradients",
+        "dead_units",
+        "saturated_units",
+        "stuck_loss",
+        "slow_learning",
+    ]
     assert all(r.actions == ("log", "mlflow") for r in config.rules)
 
 
@@ -84,8 +94,9 @@ def test_rules_webhooks_and_overrides(tmp_path, monkeypatch):
     assert by_name["nonfinite"].enabled is False  # a default switched off
     assert by_name["loss_divergence"].params == {"factor": 100.0}  # `1e2` read as a number
     assert config.webhooks["slack"].url == SECRET and config.webhooks["slack"].retries == 1
-    assert [r.name for r in AlertEngine(config.rules).rules] == [
-        "check_failure", "loss_divergence", "grad-explosion"]  # fmt: skip
+    engine_rules = [r.name for r in AlertEngine(config.rules).rules]
+    assert engine_rules[:2] == ["check_failure", "loss_divergence"]  # nonfinite switched off
+    assert engine_rules[-1] == "grad-explosion" and "nonfinite" not in engine_rules
 
 
 def test_secrets_never_in_loggable_params(tmp_path, monkeypatch):

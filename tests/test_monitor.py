@@ -17,7 +17,14 @@ from mlflow.entities import Metric
 
 from gradwatch.alerts import AlertEngine, CheckObservation, Rule, StepObservation
 from gradwatch.cli import main
-from gradwatch.runs.monitor import TAG_ALERTED, TAG_STATE, check_report, observations, settled_upto
+from gradwatch.runs.monitor import (
+    TAG_ALERTED,
+    TAG_STATE,
+    Monitor,
+    check_report,
+    observations,
+    settled_upto,
+)
 from tests.mlflow_server import MlflowServer
 from tests.webhooks import WebhookReceiver, webhook_config
 
@@ -250,3 +257,74 @@ def test_rules_evaluated_on_what_the_hook_really_logged(tracking_uri, receiver, 
     alert = receiver.bodies[0]["alert"]
     assert alert["step"] == 0 and alert["severity"] == "critical"
     assert "W2" in alert["message"]
+
+
+def test_one_line_per_alert_and_no_baseline_warning_without_a_baseline_rule(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "one-line")
+    run_id = client.create_run(exp_id, run_name="nan").info.run_id
+    _log(client, run_id, {"loss": [1.0, 0.9, float("nan"), 0.5]})
+    name = client.get_experiment(exp_id).name
+    result = CliRunner().invoke(main, ["monitor", "-e", name, "--once", "--settle", "0"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "nonfinite" in line]
+    assert len(lines) == 1, result.output
+    assert "CRITICAL" in lines[0] and "run nan:" in lines[0]
+    assert "baseline" not in result.output, result.output
+    assert "1 alert(s) sent" in result.output
+
+
+def test_new_points_read_in_bulk_equal_the_histories(tracking_uri):
+    """Every read path of the monitor (whole short histories, a step window of a long one,
+    one metric at a time) gives exactly the points ``get_metric_history`` has."""
+    import math
+
+    from gradwatch.runs.metric_reads import NewPoints
+
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "bulk")
+    long_run = client.create_run(exp_id, run_name="long").info.run_id
+    short_run = client.create_run(exp_id, run_name="short").info.run_id
+    _log(client, long_run, {"loss": [1.0 / (1 + s) for s in range(3000)]})
+    _log(client, short_run, {"loss": [1.0, float("nan"), float("inf"), 0.5]})
+    wanted = {
+        (long_run, "loss"): (2990, 2999),  # a window of a long history
+        (short_run, "loss"): (1, 3),  # a short history, whole
+    }
+    reader = NewPoints(client)
+    got = reader.read(wanted)
+    assert reader.calls == 2, "one request per path"
+    for (run_id, key), (first, _) in wanted.items():
+        expected = [
+            (m.step, m.value) for m in client.get_metric_history(run_id, key) if m.step >= first
+        ]
+        points = [(m.step, m.value) for m in got[(run_id, key)]]
+        assert [s for s, _ in points] == sorted(s for s, _ in expected)
+        for (_, a), (_, b) in zip(points, sorted(expected)):
+            assert a == b or (math.isnan(a) and math.isnan(b))
+    whole = NewPoints(client)
+    assert whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")][-1].step == 2999
+    assert len(whole.read({(long_run, "loss"): (0, 2999)})[(long_run, "loss")]) == 3000
+
+
+def test_a_run_shared_with_the_user_is_judged_on_the_hooks_series(tracking_uri):
+    """The hook's series under ``gradwatch/`` (a run it shares with the user), the user's own
+    ``loss`` beside them: the rules read the hook's, through the incremental reads too."""
+    from gradwatch.schema import TAG_METRIC_PREFIX
+
+    client = MlflowClient(tracking_uri)
+    exp_id = _experiment(client, "shared")
+    run_id = client.create_run(exp_id, run_name="mine", tags={TAG_METRIC_PREFIX: "gradwatch/"})
+    run_id = run_id.info.run_id
+    _log(client, run_id, {"loss": [1.0] * 6, "gradwatch/loss": [1.0, 0.9, 0.8, 0.7]})
+    monitor = Monitor(tracking_uri, client.get_experiment(exp_id).name, settle=0)
+    first = monitor.poll()
+    _log(client, run_id, {"gradwatch/loss": [1.0, 0.9, 0.8, 0.7, float("nan")]})  # one step on
+    second = monitor.poll()
+    _log(client, run_id, {"gradwatch/loss": [0.5] * 9})  # four more steps at once: read
+    third = monitor.poll()
+    monitor.close(timeout=5)
+    assert first.observations == 4 and first.sent == []
+    assert [(a.rule, a.step) for _, a in second.sent] == [("nonfinite", 4)]
+    assert second.observations == 1 and second.reads == 0, "the step came from the search"
+    assert third.observations == 4 and third.reads == 1

@@ -151,3 +151,132 @@ def test_stale_running_run_raises_stale_run_once(tracking_uri, flaky):
     tags = client.get_run(stale).data.tags
     assert tags[TAG_ALERTED + STALE_RULE] == "4" and "gradwatch.alert.stale_run" in tags
     assert TAG_ALERTED + STALE_RULE not in client.get_run(alive).data.tags
+
+
+# --------------------------------------------------------------------------------------------
+# E-mail through the monitor: sent means delivered; two monitors deliver each alert once
+
+
+def _email_config(path: Path, port: int) -> str:
+    path.write_text(
+        "alerts:\n"
+        "  defaults: false\n"
+        "  email:\n"
+        f"    oncall: {{host: 127.0.0.1, port: {port}, from: gw@example.com,"
+        " to: [oncall@example.com], timeout: 2, retries: 1, backoff: 0.05}\n"
+        "  rules:\n    - {name: nan, type: nonfinite, actions: [log, 'email:oncall']}\n"
+    )
+    return str(path)
+
+
+def test_an_email_alert_counts_as_sent_only_once_mailed_and_its_run_name_forges_no_line(
+    tracking_uri, tmp_path
+):
+    from tests.test_alerts_email import SmtpServer
+
+    client = MlflowClient(tracking_uri)
+    experiment = f"mail-{time.time_ns()}"
+    exp_id = client.create_experiment(experiment)
+    run_id = client.create_run(exp_id, run_name="lr=1\r\nINFO all clear").info.run_id
+    ts = int((time.time() - 60) * 1000)
+    client.log_batch(
+        run_id, metrics=[Metric("loss", v, ts, s) for s, v in enumerate([1.0, float("nan")])]
+    )
+    refusing = SmtpServer(busy=100)
+    try:
+        args = [
+            "monitor",
+            "-e",
+            experiment,
+            "--once",
+            "--settle",
+            "0",
+            "--rules",
+            _email_config(tmp_path / "a.yaml", refusing.port),
+        ]
+        first = CliRunner().invoke(main, args)
+    finally:
+        refusing.close()
+    assert first.exit_code == 1, first.output
+    assert "0 alert(s) sent" in first.output and "1 alert(s) not delivered" in first.output
+    assert refusing.sessions == 2 and refusing.messages == []  # retried, never mailed
+
+    smtp = SmtpServer()
+    try:
+        args[-1] = _email_config(tmp_path / "b.yaml", smtp.port)
+        second = CliRunner().invoke(main, args)
+        third = CliRunner().invoke(main, args)
+    finally:
+        smtp.close()
+    assert second.exit_code == 0 and "1 alert(s) sent" in second.output, second.output
+    assert third.exit_code == 0 and "0 alert(s) sent" in third.output, third.output
+    (message,) = smtp.messages
+    assert "lr=1\\r\\nINFO all clear" in str(message["Subject"]).replace("\r\n ", " ")
+    for out in (first.output, second.output):
+        assert not [line for line in out.splitlines() if line.startswith("INFO all clear")]
+
+
+def test_two_monitor_processes_on_one_experiment_deliver_each_alert_once(tracking_uri, tmp_path):
+    """Two real ``gradwatch monitor`` services started together over ten runs with a NaN."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.webhooks import WebhookReceiver, webhook_config
+
+    client = MlflowClient(tracking_uri)
+    experiment = f"twins-{time.time_ns()}"
+    exp_id = client.create_experiment(experiment)
+    ts = int((time.time() - 60) * 1000)
+    runs = []
+    for i in range(10):
+        run_id = client.create_run(exp_id, run_name=f"run{i}").info.run_id
+        losses = [1.0] * (i + 1) + [float("nan"), 0.5]
+        client.log_batch(run_id, metrics=[Metric("loss", v, ts, s) for s, v in enumerate(losses)])
+        runs.append((run_id, i + 1))
+    receiver = WebhookReceiver()
+    config = webhook_config(
+        tmp_path / "gradwatch.yaml",
+        receiver.url,
+        "    - {name: nan, type: nonfinite, actions: [log, webhook]}\n",
+    )
+    env = dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri)
+    cmd = [
+        sys.executable,
+        "-m",
+        "gradwatch",
+        "monitor",
+        "-e",
+        experiment,
+        "--rules",
+        config,
+        "--interval",
+        "0.3",
+        "--settle",
+        "0",
+    ]
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while len(receiver.bodies) < len(runs) and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), [p.stdout.read() for p in procs]
+            time.sleep(0.2)
+        time.sleep(3.0)  # several more polls of both: nothing may come twice
+    finally:
+        outs = []
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            outs.append(p.communicate(timeout=60)[0])
+        receiver.close()
+    sent = sorted((b["alert"]["details"]["run_id"], b["alert"]["step"]) for b in receiver.bodies)
+    assert sent == sorted(runs), outs
+    for run_id, step in runs:
+        params = client.get_run(run_id).data.params
+        claims = {k: v for k, v in params.items() if k.startswith("gradwatch.monitor.claim.")}
+        assert list(claims) == [f"gradwatch.monitor.claim.nan.{step}.0"]
+    assert all(p.returncode == 0 for p in procs), outs
+    assert all("Traceback" not in out for out in outs), outs

@@ -21,11 +21,13 @@ class WebhookReceiver:
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
-        received = self.bodies
+        self.headers: list[dict[str, str]] = []  # the request headers of each POST
+        received, headers = self.bodies, self.headers
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 length = int(self.headers.get("Content-Length") or 0)
+                headers.append(dict(self.headers))
                 received.append(json.loads(self.rfile.read(length)))
                 self.send_response(200)
                 self.end_headers()

@@ -12,8 +12,14 @@ de-duplication; delivery does the I/O. MLflow is imported only by the baseline l
 from __future__ import annotations
 
 from gradwatch.alerts.baseline import attach_baselines, find_baseline_run, load_baseline
-from gradwatch.alerts.delivery import Delivery, EmailSpec, WebhookSpec, redact_url
-from gradwatch.alerts.detectors import DETECTORS, Detector, Finding, build_detector
+from gradwatch.alerts.delivery import (
+    Delivery,
+    DeliveryError,
+    EmailSpec,
+    WebhookSpec,
+    redact_url,
+)
+from gradwatch.alerts.detectors import DETECTORS, PROBLEMS, Detector, Finding, build_detector
 from gradwatch.alerts.engine import AlertEngine, EngineState
 from gradwatch.alerts.observations import SEVERITIES, Alert, CheckObservation, StepObservation
 from gradwatch.alerts.rules import (
@@ -27,6 +33,7 @@ from gradwatch.alerts.rules import (
 )
 
 __all__ = [
+    "PROBLEMS",
     "ACTIONS",
     "DEFAULT_COOLDOWN",
     "DETECTORS",
@@ -36,6 +43,7 @@ __all__ = [
     "AlertEngine",
     "CheckObservation",
     "Delivery",
+    "DeliveryError",
     "EmailSpec",
     "Detector",
     "EngineState",

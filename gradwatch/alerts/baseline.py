@@ -104,13 +104,18 @@ def attach_baselines(rules: Iterable[Rule], tracking_uri: str | None = None) -> 
 
         engine = AlertEngine(attach_baselines(config.rules, tracking_uri=uri))
 
-    Rules that already carry ``params["baseline"]`` are kept as they are. A baseline that
+    Rules that already carry ``params["baseline"]``, and disabled rules, are kept as they are. A baseline that
     cannot be loaded disables only its rule (logged as a warning): monitoring must not keep
     training from starting.
     """
     out = []
     for rule in rules:
-        if rule.type != "baseline_drift" or rule.params.get("baseline") is not None:
+        # A rule switched off (`enabled: false`) needs no baseline: nothing to load or warn.
+        if (
+            rule.type != "baseline_drift"
+            or not rule.enabled
+            or rule.params.get("baseline") is not None
+        ):
             out.append(rule)
             continue
         params = dict(rule.params)

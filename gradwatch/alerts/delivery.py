@@ -4,8 +4,9 @@
                         emails={"oncall": EmailSpec("smtp.example.com", sender="gw@example.com",
                                                     to=("oncall@example.com",))},
                         callbacks={"pager": page_me})
-    delivery.deliver(alert)          # returns at once
-    delivery.close(timeout=5.0)      # drain what it can, then give up
+    delivery.deliver(alert)                  # queued: returns at once
+    delivery.send(alert, "webhook:slack")    # now, in this thread: raises DeliveryError
+    delivery.close(timeout=5.0)              # drain what it can, then give up
 
 Per alert, ``alert.actions`` decide where it goes: ``log`` -> logger ``gradwatch.alerts`` at a
 level matching the severity (in the caller's thread: cheap); ``webhook`` -> every configured
@@ -13,22 +14,31 @@ webhook, ``webhook:<name>`` -> one; ``email:<name>`` -> one SMTP recipient list;
 -> every callback, ``callback:<name>`` -> one. ``mlflow`` and ``stop`` belong to the hook and
 are ignored here.
 
-Each webhook, each e-mail target and the callbacks get their own background thread and bounded
-queue: a slow endpoint delays nothing but itself, and when a queue is full the oldest alert is
-dropped and counted (``delivery.stats["dropped"]``). Webhooks and e-mail share the retry rules
-(``retries`` more attempts on a transient failure, ``backoff`` doubling). Webhook URLs and SMTP
-passwords are secrets: never logged; messages show :func:`redact_url` forms like
-``https://hooks.example/…redacted``.
+``send(alert, target)`` is the one way an alert reaches a target: synchronous, with the
+target's retries (``retries`` more attempts on a transient failure, ``backoff`` doubling; the
+same rules for webhooks and e-mail), counted as ``sent`` only once the target took it, and
+raising :class:`DeliveryError` when it gave up (a message that cannot even be built included).
+``deliver`` wraps it: each target gets its own background thread and bounded queue, so a slow
+endpoint delays nothing but itself; when a queue is full the oldest alert is dropped and
+counted (``delivery.stats["dropped"]``).
+
+Alert text reaches e-mail subjects, log lines and the webhook ``text`` through
+:func:`single_line` (CR/LF and other control characters escaped: a run name cannot add a
+header or forge a log line). Webhook URLs and SMTP passwords are secrets: never logged;
+messages show :func:`redact_url` forms like ``https://hooks.example/…redacted``. A webhook URL
+with ``user:password@`` is posted to without its userinfo, with HTTP basic auth.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import smtplib
 import ssl
 import threading
 import time
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -41,16 +51,18 @@ from typing import Any
 from gradwatch.alerts.detectors import Param
 from gradwatch.alerts.observations import SEVERITIES, SEVERITY_LOG_LEVELS, Alert
 from gradwatch.errors import GradwatchError, InputError
-from gradwatch.secrets import mask_uri
+from gradwatch.secrets import mask_uri, split_userinfo
 
 __all__ = [
     "DEFAULT_QUEUE_SIZE",
     "EMAIL_OPTIONS",
     "Delivery",
+    "DeliveryError",
     "EmailSpec",
     "WebhookSpec",
     "email_spec",
     "redact_url",
+    "single_line",
 ]
 
 logger = logging.getLogger("gradwatch.alerts")
@@ -64,9 +76,10 @@ _RETRYABLE_4XX = (408, 425, 429)
 
 
 def redact_url(url: str) -> str:
-    """``https://hooks.slack.com/services/T0/B0/xyz`` -> ``https://hooks.slack.com/…redacted``."""
+    """``https://hooks.slack.com/services/T0/B0/xyz`` -> ``https://hooks.slack.com/…redacted``
+    (credentials in the URL are dropped with the rest)."""
     try:
-        parts = urllib.parse.urlsplit(url)
+        parts = urllib.parse.urlsplit(split_userinfo(url)[0])
         host = parts.hostname or "?"
         if parts.port:
             host = f"{host}:{parts.port}"
@@ -173,19 +186,44 @@ def email_spec(options: Mapping[str, Any]) -> EmailSpec:
     return EmailSpec(**kwargs)
 
 
+def single_line(text: object) -> str:
+    """``text`` on one line: CR, LF and every other control or line/format character (bidi
+    overrides too) written as its escape, so a run name cannot forge a header or a log line.
+
+        single_line("run a\r\nBcc: x")  # 'run a\\r\\nBcc: x'
+    """
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(
+        ch
+        if ch == " " or unicodedata.category(ch)[0] not in "CZ"
+        else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
+
+
 def email_message(alert: Alert, spec: EmailSpec) -> EmailMessage:
-    """Subject: the alert's one line; body: that line and the alert as JSON."""
+    """Subject: the alert's one line (controls escaped); body: that line and the alert as JSON."""
     message = EmailMessage()
-    message["Subject"] = alert.text()[:200]
+    message["Subject"] = single_line(alert.text())[:200]
     message["From"] = spec.sender
     message["To"] = ", ".join(spec.to)
-    message.set_content(f"{alert.text()}\n\n{json.dumps(alert.to_dict(), indent=2, default=str)}\n")
+    body = json.dumps(alert.to_dict(), indent=2, default=str)
+    message.set_content(f"{single_line(alert.text())}\n\n{body}\n")
     return message
 
 
 def payload(alert: Alert) -> dict[str, Any]:
-    """The JSON body: a Slack-compatible ``text`` plus the alert dict under ``alert``."""
-    return {"text": alert.text(), "alert": alert.to_dict()}
+    """The JSON body: a Slack-compatible ``text`` (one line) plus the alert dict under ``alert``."""
+    return {"text": single_line(alert.text()), "alert": alert.to_dict()}
+
+
+class DeliveryError(GradwatchError):
+    """An alert did not reach a target (retries spent, refused, or never sendable).
+
+    ``str(err)`` names the target (URL redacted) and the last problem, never a secret.
+    """
 
 
 class _Worker:
@@ -247,13 +285,17 @@ class _Worker:
 
 
 class Delivery:
-    """Sends alerts to logging, webhooks and callbacks; see the module docstring.
+    """Sends alerts to logging, webhooks, e-mail and callbacks; see the module docstring.
 
         delivery = Delivery(webhooks=config.webhooks, callbacks={"notify": fn})
-        delivery.deliver(alert); delivery.stats; delivery.close(timeout=5.0)
+        delivery.deliver(alert)                   # queued: returns at once, never raises
+        delivery.send(alert, "webhook:slack")     # here and now: raises DeliveryError
+        delivery.stats; delivery.close(timeout=5.0)
 
-    ``deliver`` never blocks on the network and never raises for a failing target: webhook
-    failures are logged (URL redacted) and counted, callback exceptions are logged.
+    :meth:`send` is the one way an alert reaches a target: it tries (with the target's
+    retries) and raises :class:`DeliveryError` when it gave up. :meth:`deliver` is a thin
+    wrapper that queues ``send`` for each target on that target's background thread, logs and
+    counts what fails, and never blocks the caller.
     """
 
     def __init__(
@@ -269,54 +311,84 @@ class Delivery:
         self.webhooks = dict(webhooks or {})
         self.emails = dict(emails or {})
         self.callbacks = dict(callbacks or {})
+        self.queue_size = queue_size
         self._abort = threading.Event()  # set when close() gives up: cuts backoff sleeps short
         self._lock = threading.Lock()
         self._counts = {"sent": 0, "failed": 0}
         self._closed = False
         self._warned: set[str] = set()
-        self._hooks = {
-            name: _Worker(f"webhook-{name}", self._post_fn(name, spec), queue_size)
-            for name, spec in self.webhooks.items()
-        }
-        self._mails = {
-            name: _Worker(f"email-{name}", self._mail_fn(name, spec), queue_size)
-            for name, spec in self.emails.items()
-        }
-        self._callbacks = _Worker("callbacks", self._call, queue_size)
+        self._workers: dict[str, _Worker] = {}
 
     # -- public -------------------------------------------------------------------------------
 
+    def targets(self, alert: Alert) -> list[str]:
+        """The targets ``alert``'s actions name, one per entry: ``webhook`` and ``callback``
+        expanded by name (``["webhook:slack", "email:oncall"]``); ``log``, ``mlflow`` and
+        ``stop`` are not targets."""
+        targets: list[str] = []
+        for action in alert.actions:
+            if action == "webhook":
+                targets += [f"webhook:{name}" for name in self.webhooks]
+            elif action == "callback":
+                targets += [f"callback:{name}" for name in self.callbacks]
+            elif action.startswith(("webhook:", "email:", "callback:")):
+                targets.append(action)
+        return list(dict.fromkeys(targets))
+
+    def send(self, alert: Alert, target: str) -> bool:
+        """Deliver ``alert`` to ``target`` (``webhook:NAME``, ``email:NAME``, ``callback:NAME``)
+        now, in this thread, with the target's retries.
+
+            delivery.send(alert, "email:oncall")  # True: delivered; False: below min_severity
+
+        Raises :class:`DeliveryError` when it did not get there (unknown target included).
+        """
+        kind, _, name = target.partition(":")
+        if kind == "webhook" and name in self.webhooks:
+            spec: Any = self.webhooks[name]
+        elif kind == "email" and name in self.emails:
+            spec = self.emails[name]
+        elif kind == "callback" and name in self.callbacks:
+            return self._call(name, alert)
+        else:
+            known = {"webhook": self.webhooks, "email": self.emails, "callback": self.callbacks}
+            names = ", ".join(known.get(kind, ())) or "none"
+            raise DeliveryError(f"unknown alert target {single_line(target)!r} (known: {names})")
+        if not _severe_enough(alert, spec.min_severity):
+            return False
+        if kind == "webhook":
+            label = f"webhook {name!r} ({redact_url(spec.url)})"
+            self._with_retries(alert, label, spec, _webhook_attempt(spec, alert))
+        else:
+            label = f"email {name!r} (smtp {spec.host}:{spec.port})"
+            self._with_retries(alert, label, spec, _email_attempt(spec, alert))
+        return True
+
     def deliver(self, alert: Alert) -> None:
-        """Route ``alert`` by its actions; returns immediately."""
+        """Route ``alert`` by its actions; returns immediately (``log`` is written here)."""
         if self._closed:
             raise GradwatchError("Delivery is closed; create a new Delivery to send more alerts")
-        for action in alert.actions:
-            if action == "log":
-                self._log(alert)
-            elif action == "webhook":
-                for name in self._hooks:
-                    self._to_webhook(name, alert)
-            elif action.startswith("webhook:"):
-                self._to_webhook(action.partition(":")[2], alert)
-            elif action.startswith("email:"):
-                self._to_email(action.partition(":")[2], alert)
-            elif action == "callback":
-                for name in self.callbacks:
-                    self._callbacks.put((name, alert))
-            elif action.startswith("callback:"):
-                name = action.partition(":")[2]
-                if name in self.callbacks:
-                    self._callbacks.put((name, alert))
-                else:
-                    self._warn_once(f"callback {name!r}", list(self.callbacks))
-            # "mlflow" and "stop" are the hook's.
+        if "log" in alert.actions:
+            self._log(alert)
+        for target in self.targets(alert):
+            kind, _, name = target.partition(":")
+            if name not in {"webhook": self.webhooks, "email": self.emails}.get(
+                kind, self.callbacks
+            ):
+                self._warn_once(f"{kind} {name!r}", kind)
+                continue
+            spec = self.webhooks.get(name) if kind == "webhook" else self.emails.get(name)
+            if kind != "callback" and not _severe_enough(alert, spec.min_severity):
+                continue
+            self._worker(target).put(alert)
+        # "mlflow" and "stop" are the hook's.
 
     @property
     def stats(self) -> dict[str, int]:
         """``sent``, ``failed`` (gave up), ``dropped`` (queue full) and ``pending`` counts."""
-        workers = [*self._hooks.values(), *self._mails.values(), self._callbacks]
         with self._lock:
             out = dict(self._counts)
+            workers = list(self._workers.values())
         out["dropped"] = sum(w.dropped for w in workers)
         out["pending"] = sum(w.pending for w in workers)
         return out
@@ -329,7 +401,8 @@ class Delivery:
         """
         self._closed = True
         deadline = time.monotonic() + timeout
-        workers = [*self._hooks.values(), *self._mails.values(), self._callbacks]
+        with self._lock:
+            workers = list(self._workers.values())
         left = sum(w.close(deadline) for w in workers)
         self._abort.set()
         return left
@@ -342,66 +415,59 @@ class Delivery:
 
     # -- targets ------------------------------------------------------------------------------
 
+    def _worker(self, target: str) -> _Worker:
+        with self._lock:
+            worker = self._workers.get(target)
+            if worker is None:
+                label = target.replace(":", "-")
+                worker = _Worker(label, lambda a: self._send_queued(a, target), self.queue_size)
+                self._workers[target] = worker
+            return worker
+
+    def _send_queued(self, alert: Alert, target: str) -> None:
+        try:
+            self.send(alert, target)
+        except DeliveryError:
+            pass  # logged and counted by send
+
     def _log(self, alert: Alert) -> None:
         level = SEVERITY_LOG_LEVELS.get(alert.severity, logging.WARNING)
-        logger.log(level, alert.text(), extra={"gradwatch_alert": alert.to_dict()})
+        logger.log(level, single_line(alert.text()), extra={"gradwatch_alert": alert.to_dict()})
 
-    def _to_webhook(self, name: str, alert: Alert) -> None:
-        worker = self._hooks.get(name)
-        if worker is None:
-            self._warn_once(f"webhook {name!r}", list(self._hooks))
-        elif _severe_enough(alert, self.webhooks[name].min_severity):
-            worker.put(alert)
-
-    def _to_email(self, name: str, alert: Alert) -> None:
-        worker = self._mails.get(name)
-        if worker is None:
-            self._warn_once(f"email {name!r}", list(self._mails))
-        elif _severe_enough(alert, self.emails[name].min_severity):
-            worker.put(alert)
-
-    def _warn_once(self, what: str, known: list[str]) -> None:
+    def _warn_once(self, what: str, kind: str) -> None:
         if what not in self._warned:
             self._warned.add(what)
-            logger.warning("gradwatch alert action names unknown %s (known: %s)", what,
-                           ", ".join(known) or "none")  # fmt: skip
+            known = {"webhook": self.webhooks, "email": self.emails}.get(kind, self.callbacks)
+            logger.warning(
+                "gradwatch alert action names unknown %s (known: %s)",
+                single_line(what),
+                ", ".join(known) or "none",
+            )
 
     def _count(self, key: str) -> None:
         with self._lock:
             self._counts[key] += 1
 
-    def _call(self, item: tuple[str, Alert]) -> None:
-        name, alert = item
+    def _call(self, name: str, alert: Alert) -> bool:
         try:
             self.callbacks[name](alert)
-            self._count("sent")
-        except Exception:
+        except Exception as exc:
             self._count("failed")
-            logger.exception("gradwatch alert callback %r raised (alert %s at step %d)",
-                             name, alert.rule, alert.step)  # fmt: skip
+            logger.exception(
+                "gradwatch alert callback %r raised (alert %s at step %d)",
+                name,
+                single_line(alert.rule),
+                alert.step,
+            )
+            raise DeliveryError(f"callback {name!r} raised {type(exc).__name__}") from exc
+        self._count("sent")
+        return True
 
-    def _post_fn(self, name: str, spec: WebhookSpec) -> Callable[[Alert], None]:
-        label = f"webhook {name!r} ({redact_url(spec.url)})"
-
-        def post(alert: Alert) -> None:
-            body = json.dumps(payload(alert), default=str).encode()
-            headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
-            headers.update(spec.headers)
-            self._with_retries(alert, label, spec, lambda: _post_once(spec, body, headers))
-
-        return post
-
-    def _mail_fn(self, name: str, spec: EmailSpec) -> Callable[[Alert], None]:
-        label = f"email {name!r} (smtp {spec.host}:{spec.port})"
-
-        def mail(alert: Alert) -> None:
-            message = email_message(alert, spec)
-            self._with_retries(alert, label, spec, lambda: _mail_once(spec, message))
-
-        return mail
-
-    def _with_retries(self, alert: Alert, label: str, spec: Any, once: Callable) -> None:
-        """``once() -> (retryable, problem or None)``, retried as ``spec`` says; counted."""
+    def _with_retries(
+        self, alert: Alert, label: str, spec: Any, once: Callable[[], tuple[bool, str | None]]
+    ) -> None:
+        """``once() -> (retryable, problem or None)``, retried as ``spec`` says; counted;
+        raises :class:`DeliveryError` when it gives up."""
         problem = "not attempted"
         for attempt in range(spec.retries + 1):
             if attempt and self._abort.wait(spec.backoff * 2 ** (attempt - 1)):
@@ -413,13 +479,27 @@ class Delivery:
             if not retry:
                 break
         self._count("failed")
-        logger.warning("gradwatch could not deliver alert %s (step %d) to %s: %s",
-                       alert.rule, alert.step, label, problem)  # fmt: skip
+        text = (
+            f"could not deliver alert {single_line(alert.rule)} (step {alert.step}) "
+            f"to {label}: {single_line(problem)}"
+        )
+        logger.warning("gradwatch %s", text)
+        raise DeliveryError(text)
 
 
 def _severe_enough(alert: Alert, min_severity: str) -> bool:
     order = SEVERITIES
     return min_severity not in order or order.index(alert.severity) >= order.index(min_severity)
+
+
+def _email_attempt(spec: EmailSpec, alert: Alert) -> Callable[[], tuple[bool, str | None]]:
+    """One SMTP session per call. A message that cannot be built is a failure, not a retry."""
+    try:
+        message = email_message(alert, spec)
+    except (ValueError, TypeError) as exc:
+        problem = f"message not built: {type(exc).__name__}: {single_line(mask_uri(exc))}"
+        return lambda: (False, problem)
+    return lambda: _mail_once(spec, message)
 
 
 def _mail_once(spec: EmailSpec, message: EmailMessage) -> tuple[bool, str | None]:
@@ -438,17 +518,31 @@ def _mail_once(spec: EmailSpec, message: EmailMessage) -> tuple[bool, str | None
         return False, f"recipients refused: {', '.join(exc.recipients)}"
     except smtplib.SMTPResponseException as exc:
         return 400 <= exc.smtp_code < 500, f"SMTP {exc.smtp_code}"
-    except (smtplib.SMTPException, OSError) as exc:  # refused, reset, timeout, TLS failure
+    except (smtplib.SMTPException, OSError, ValueError) as exc:  # refused, reset, timeout, TLS
         text = mask_uri(str(exc))
         if spec.password:
             text = text.replace(spec.password, "***")
-        return True, f"{type(exc).__name__}: {text}"
+        return not isinstance(exc, ValueError), f"{type(exc).__name__}: {text}"
 
 
-def _post_once(spec: WebhookSpec, body: bytes, headers: dict[str, str]) -> tuple[bool, str | None]:
+def _webhook_attempt(spec: WebhookSpec, alert: Alert) -> Callable[[], tuple[bool, str | None]]:
+    """One POST per call; ``user:password@`` in the URL becomes HTTP basic auth."""
+    url, user, password = split_userinfo(spec.url)
+    body = json.dumps(payload(alert), default=str).encode()
+    headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
+    if user is not None:
+        basic = base64.b64encode(f"{user}:{password or ''}".encode()).decode("ascii")
+        headers["Authorization"] = f"Basic {basic}"
+    headers.update(spec.headers)
+    return lambda: _post_once(spec, url, body, headers)
+
+
+def _post_once(
+    spec: WebhookSpec, url: str, body: bytes, headers: dict[str, str]
+) -> tuple[bool, str | None]:
     """One POST: ``(retryable, problem or None)``. Problems never contain the URL."""
-    request = urllib.request.Request(spec.url, data=body, headers=headers, method="POST")
     try:
+        request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=spec.timeout) as resp:
             resp.read()
             return False, None
@@ -462,4 +556,5 @@ def _post_once(spec: WebhookSpec, body: bytes, headers: dict[str, str]) -> tuple
 
 
 def _scrub(text: str, url: str) -> str:
-    return text.replace(url, redact_url(url))
+    bare = split_userinfo(url)[0]
+    return mask_uri(text.replace(url, redact_url(url)).replace(bare, redact_url(url)))

@@ -32,6 +32,7 @@ from gradwatch.errors import InputError
 
 __all__ = [
     "DETECTORS",
+    "PROBLEMS",
     "Detector",
     "DetectorSpec",
     "Finding",
@@ -40,13 +41,18 @@ __all__ = [
     "build_detector",
     "check_failure",
     "dead_units",
+    "exploding_gradients",
     "grad_norm_drift",
     "loss_divergence",
     "nonfinite",
     "rel_error_drift",
+    "saturated_units",
+    "slow_learning",
     "stale_run",
     "stalled_learning",
+    "stuck_loss",
     "threshold",
+    "vanishing_gradients",
 ]
 
 Observation = StepObservation | CheckObservation
@@ -437,9 +443,13 @@ def nonfinite() -> Detector:
         if not new:
             return None, state
         names = list(new)
-        message = f"NaN/Inf first seen in {_fmt_names(names)}"
+        message = (
+            f"NaN/Inf first seen in {_fmt_names(names)}. Usual fix: a lower learning rate, "
+            "gradient clipping, guards on log/exp/division (log(p + eps))"
+        )
         new_state = NonfiniteState(state.seen | frozenset(names))
-        return Finding(message, {"tensor": names[0], "tensors": new}), new_state
+        details = {"problem": PROBLEMS["nonfinite"], "tensor": names[0], "tensors": new}
+        return Finding(message, details), new_state
 
     return Detector(NonfiniteState, update)
 
@@ -748,11 +758,354 @@ def dead_units(
         message = (
             f"dead units in {_fmt_names(order)}: {d['zero_frac']:.0%} of {order[0]}'s gradient "
             f"entries are exactly zero (usually {d['usual']:.0%}) for {d['observations']} "
-            "observations; dead ReLUs after a too-large step, or a saturated layer?"
+            "observations: units that no longer learn (ReLUs pushed below 0 by a too-large "
+            "step, or a saturated layer). Usual fix: a lower learning rate, He initialization, "
+            "leaky ReLU"
         )
-        return Finding(message, {"tensor": order[0], "tensors": dead}), new_state
+        details = {"problem": PROBLEMS["dead_units"], "tensor": order[0], "tensors": dead}
+        return Finding(message, details), new_state
 
     return Detector(DeadUnitsState, update)
+
+
+# --------------------------------------------------------------------------------------------
+# Named training problems: what the default rules diagnose, in the words a reviewer would use.
+
+#: Rule type -> the problem it names (the run report and ``compare`` show these words).
+PROBLEMS = schema.PROBLEMS
+
+
+class LossProgress(NamedTuple):
+    """How far the loss has come, sampled on statistics steps (their loss is as good a sample
+    as any step's, and the rules that read it then cost nothing on the other steps)."""
+
+    n: int = 0  # finite losses sampled
+    step: int = 0  # step of the last sample
+    first: float = 0.0  # log of the first loss
+    start: float = 0.0  # mean log loss of the first START_SAMPLES samples
+    level: float = math.nan  # EWMA of the log loss, halflife LEVEL_HALFLIFE steps
+
+
+START_SAMPLES = 5
+LEVEL_HALFLIFE = 20.0
+
+
+def _progress(p: LossProgress, step: int, loss: Any) -> LossProgress:
+    if not _finite(loss) or loss <= 0:
+        return p
+    x = math.log(float(loss))
+    if p.n == 0:
+        return LossProgress(1, step, x, x, x)
+    n = p.n + 1
+    start = p.start + (x - p.start) / n if n <= START_SAMPLES else p.start
+    weight = 1.0 - 0.5 ** (max(step - p.step, 1) / LEVEL_HALFLIFE)  # samples are uneven
+    return LossProgress(n, step, p.first, start, p.level + weight * (x - p.level))
+
+
+def _improved(p: LossProgress) -> float:
+    """Loss level now / at the start (1.0: no progress; 0.1: down 10x)."""
+    return math.exp(p.level - p.start) if p.n > START_SAMPLES else 1.0
+
+
+def _statistics_step(obs: Observation) -> bool:
+    """An observation that carries statistics or update ratios (not a plain loss step)."""
+    return isinstance(obs, StepObservation) and bool(obs.grad_norms or obs.update_ratios)
+
+
+def _ordered_norms(norms: Mapping[str, float] | None) -> list[tuple[str, float]]:
+    return [(k, float(v)) for k, v in (norms or {}).items() if _finite(v)]
+
+
+class VanishingState(NamedTuple):
+    low: int = 0  # consecutive observations with the early tensors far below the late ones
+
+
+def vanishing_gradients(ratio: float = 100.0, patience: int = 5) -> Detector:
+    """Fire when a tensor of the first half (in the order the hook was given the tensors: the
+    input layers, for a model listed input to output) has a gradient norm ``ratio`` x below
+    the largest of the second half, for ``patience`` statistics steps in a row.
+
+        det = vanishing_gradients(ratio=100.0, patience=5)
+
+    Deep sigmoid nets and deep tanh nets with too small an init show 300x-80,000x; healthy
+    MLPs (batch-1 SGD, deep tanh with Xavier init, 512-wide layers) stay below 30x. Tensors
+    with an exactly-zero gradient (a frozen layer fed zeros) are not judged.
+    """
+
+    def update(state: VanishingState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.grad_norms:
+            return None, state
+        norms = _ordered_norms(obs.grad_norms)
+        half = (len(norms) + 1) // 2
+        early = [kv for kv in norms[:half] if kv[1] > 0.0]
+        late = norms[half:]
+        if len(norms) < 2 or not early or not late:
+            return None, state
+        low_name, g_low = min(early, key=lambda kv: kv[1])
+        top, g_top = max(late, key=lambda kv: kv[1])
+        low = state.low + 1 if g_top >= ratio * g_low else 0
+        new_state = VanishingState(low)
+        if low < patience:
+            return None, new_state
+        below = g_top / g_low
+        message = (
+            f"vanishing gradients: {low_name}'s gradient norm {g_low:.3g} is {below:,.0f}x "
+            f"below {top}'s ({g_top:.3g}) for {low} statistics steps, so the first layers "
+            "barely learn. Usual fix: He/Xavier initialization, ReLU or leaky ReLU instead of "
+            "sigmoid/tanh, normalization layers or residual connections"
+        )
+        details = {
+            "problem": PROBLEMS["vanishing_gradients"],
+            "tensor": low_name,
+            "tensors": [low_name, top],
+            "grad_norms": {low_name: g_low, top: g_top},
+            "ratio": below,
+            "observations": low,
+        }
+        return Finding(message, details), new_state
+
+    return Detector(VanishingState, update)
+
+
+class ExplodingState(NamedTuple):
+    early: tuple[float, ...] = ()  # total gradient norms of the first `baseline` observations
+    high: int = 0  # consecutive observations above factor x the early level
+
+
+def exploding_gradients(factor: float = 100.0, baseline: int = 5, patience: int = 2) -> Detector:
+    """Fire when the total gradient norm grows ``factor`` x above its early level (the median
+    of the first ``baseline`` statistics steps) for ``patience`` statistics steps in a row:
+    gradients blowing up, usually some time before the loss turns NaN.
+
+        det = exploding_gradients(factor=100.0)
+
+    Healthy runs, noisy batch-1 SGD and early transients included, stay within ~35x.
+    """
+
+    def update(state: ExplodingState, obs: Observation):
+        if not isinstance(obs, StepObservation) or not obs.grad_norms:
+            return None, state
+        norms = _ordered_norms(obs.grad_norms)
+        if not norms or len(norms) < len(obs.grad_norms):
+            return None, state  # NaN/Inf: the nonfinite rule's
+        total = math.hypot(*(v for _, v in norms))
+        if not math.isfinite(total):
+            return None, state
+        if len(state.early) < baseline:
+            return None, state._replace(early=state.early + (total,))
+        ref = _median(state.early)
+        high = state.high + 1 if ref > 0 and total >= factor * ref else 0
+        new_state = state._replace(high=high)
+        if high < patience:
+            return None, new_state
+        top, g_top = max(norms, key=lambda kv: kv[1])
+        message = (
+            f"exploding gradients: the total gradient norm {total:.3g} is {total / ref:,.0f}x "
+            f"its early level ({ref:.3g}) for {high} statistics steps, largest in {top} "
+            f"({g_top:.3g}); NaN is likely next. Usual fix: lower the learning rate (check its "
+            "schedule), clip gradients by norm"
+        )
+        details = {
+            "problem": PROBLEMS["exploding_gradients"],
+            "tensor": top,
+            "grad_norm": total,
+            "early": ref,
+            "ratio": total / ref,
+            "grad_norms": dict(norms),
+        }
+        return Finding(message, details), new_state
+
+    return Detector(ExplodingState, update)
+
+
+class SaturatedState(NamedTuple):
+    fracs: Mapping[str, float] = {}  # zero-gradient fractions of the last statistics step
+    grad_norms: Mapping[str, float] = {}  # gradient norms of the last statistics step
+    still: Mapping[str, int] = {}  # tensor -> consecutive measurements mostly zero and still
+
+
+def saturated_units(min_frac: float = 0.5, ratio: float = 1000.0, patience: int = 3) -> Detector:
+    """Fire when most of a tensor's gradient entries are exactly zero and the tensor has all
+    but stopped moving: its update/weight ratio ``ratio`` x below the median tensor's, for
+    ``patience`` measurements in a row. Units pinned where their derivative is 0 (tanh/sigmoid
+    saturated by unnormalized inputs or too large weights; ReLUs dead from the start).
+
+        det = saturated_units(min_frac=0.5, ratio=1000.0)
+
+    Reads ``grad_zero_frac/<tensor>`` and the update ratios. Batch-1 ReLU nets have half their
+    gradient entries at zero too, but each step moves them as much as the other tensors; a
+    frozen tensor (not updated although its gradient is not zero) is not judged.
+    """
+
+    def update(state: SaturatedState, obs: Observation):
+        if not isinstance(obs, StepObservation):
+            return None, state
+        if obs.grad_norms or obs.metrics:
+            fracs = {k[len(ZERO_FRAC_PREFIX) :]: float(v) for k, v in (obs.metrics or {}).items()
+                     if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+            state = state._replace(fracs=fracs, grad_norms=dict(_ordered_norms(obs.grad_norms)))
+        if not obs.update_ratios:
+            return None, state
+        moving = sorted(r for r in obs.update_ratios.values() if _finite(r) and r > 0)
+        if len(moving) < 2:
+            return None, state
+        ref = _median(moving)
+        still = dict(state.still)
+        for name, r in obs.update_ratios.items():
+            frac, grad = state.fracs.get(name), state.grad_norms.get(name)
+            stopped = _finite(r) and (0 < r <= ref / ratio or (r == 0 and grad == 0.0))
+            still[name] = (
+                still.get(name, 0) + 1 if frac is not None and frac >= min_frac and stopped else 0
+            )
+        new_state = state._replace(still=still)
+        hits = [n for n in obs.update_ratios if still[n] >= patience]
+        if not hits:
+            return None, new_state
+        worst = max(hits, key=lambda n: state.fracs[n])
+        r = obs.update_ratios[worst]
+        message = (
+            f"saturated units: {state.fracs[worst]:.0%} of {worst}'s gradient entries are "
+            f"exactly zero and each step moves it by {r:.2g} of its size, against {ref:.2g} for "
+            f"the median tensor ({still[worst]} measurements): units stuck where their derivative "
+            "is 0. Usual fix: normalize the inputs, smaller initial weights (Xavier/He), a "
+            "lower learning rate; leaky ReLU for dead ReLUs"
+        )
+        details = {
+            "problem": PROBLEMS["saturated_units"],
+            "tensor": worst,
+            "tensors": {n: state.fracs[n] for n in hits},
+            "update_ratio": r,
+            "median_update_ratio": ref,
+        }
+        return Finding(message, details), new_state
+
+    return Detector(SaturatedState, update)
+
+
+class StuckLossState(NamedTuple):
+    loss: LossProgress = LossProgress()
+    first_norm: float = math.nan  # total parameter norm at the first statistics step
+    norm: float = math.nan  # ... at the last one
+    since: int | None = None  # first step of the current stretch (stuck, weights blown up)
+
+
+def _total_update(ratios: Mapping[str, float], param_norms: Mapping[str, float]) -> float:
+    """||Δθ|| / ||θ|| of the whole model from per-tensor ratios (NaN: nothing measured)."""
+    moved = weights = 0.0
+    for name, r in ratios.items():
+        p = param_norms.get(name)
+        if _finite(r) and p is not None:
+            moved += (r * p) ** 2
+            weights += p * p
+    return math.sqrt(moved / weights) if weights > 0 else math.nan
+
+
+def _param_norms(obs: StepObservation, known: Mapping[str, float]) -> Mapping[str, float]:
+    if not obs.param_norms:
+        return known
+    return {k: float(v) for k, v in obs.param_norms.items() if _finite(v)}
+
+
+def stuck_loss(steps: int = 50, growth: float = 3.0, above: float = 1.0) -> Detector:
+    """Fire when the loss does not come down while the steps are far too large: for ``steps``
+    consecutive steps the weights (the total parameter norm) are ``growth`` x their size at the
+    first step or more, and the smoothed loss (a geometric mean over ~20 steps) is still at or
+    above ``above`` x the first loss. A learning rate so large that every step overshoots: the
+    weights blow up and the loss bounces at a high level (without necessarily diverging).
+
+        det = stuck_loss(steps=50, growth=3.0)
+
+    Healthy runs, batch-1 SGD included, keep their total weight norm within ~1.2x of its
+    initial value over their first hundreds of steps, and fall below their first loss; a lr
+    400x too large grows it 20-200x within 30 steps. A loss that stalls with weights that stay
+    put (a pure 2-cycle, or tiny steps: ``slow_learning``) is not this rule's.
+    """
+
+    def update(state: StuckLossState, obs: Observation):
+        if not _statistics_step(obs):
+            return None, state
+        progress = _progress(state.loss, obs.step, obs.loss)
+        first, now = state.first_norm, state.norm
+        if obs.param_norms:
+            norms = [float(v) for v in obs.param_norms.values()]
+            if all(_finite(v) for v in norms):
+                now = math.hypot(*norms)
+                first = now if math.isnan(first) else first
+        stuck = (
+            progress.n > START_SAMPLES
+            and first > 0
+            and now >= growth * first
+            and progress.level >= progress.first + math.log(above)
+        )
+        since = (obs.step if state.since is None else state.since) if stuck else None
+        new_state = StuckLossState(progress, first, now, since)
+        if since is None or obs.step - since < steps:
+            return None, new_state
+        message = (
+            f"loss not improving: for {obs.step - since} steps the smoothed loss "
+            f"({math.exp(progress.level):.4g}) has stayed above the first loss "
+            f"({math.exp(progress.first):.4g}) while the weights grew to {now / first:.3g}x "
+            "their initial size: the steps overshoot and the loss bounces. Usual fix: lower "
+            "the learning rate (10x), normalize the inputs, clip gradients"
+        )
+        details = {
+            "problem": PROBLEMS["stuck_loss"],
+            "loss": math.exp(progress.level),
+            "first": math.exp(progress.first),
+            "weight_growth": now / first,
+            "steps": obs.step - since,
+        }
+        return Finding(message, details), new_state
+
+    return Detector(StuckLossState, update)
+
+
+class SlowLearningState(NamedTuple):
+    loss: LossProgress = LossProgress()
+    param_norms: Mapping[str, float] = {}  # of the last statistics step
+    low: int = 0  # consecutive update-ratio observations below max_ratio
+
+
+def slow_learning(max_ratio: float = 1e-4, stuck: float = 0.5, patience: int = 5) -> Detector:
+    """Fire when the whole update, ||Δθ|| / ||θ|| over all tensors, stays below ``max_ratio``
+    for ``patience`` measurements while the loss has not fallen below ``stuck`` x its start.
+
+        det = slow_learning(max_ratio=1e-4)
+
+    Healthy SGD moves the weights by ~1e-3 of their size per step; a run converged to ~0 loss
+    or at the end of an lr schedule has small updates too, but its loss came down. An update of
+    exactly 0 (every tensor frozen) is not judged.
+    """
+
+    def update(state: SlowLearningState, obs: Observation):
+        if not _statistics_step(obs):
+            return None, state
+        progress = _progress(state.loss, obs.step, obs.loss)
+        norms = _param_norms(obs, state.param_norms)
+        if not obs.update_ratios:
+            return None, state._replace(loss=progress, param_norms=norms)
+        ratio = _total_update(obs.update_ratios, state.param_norms)
+        if not ratio > 0:  # nothing measured, or nothing moved at all (frozen)
+            return None, SlowLearningState(progress, norms, 0)
+        low = state.low + 1 if ratio < max_ratio else 0
+        new_state = SlowLearningState(progress, norms, low)
+        if low < patience or _improved(progress) < stuck:
+            return None, new_state
+        message = (
+            f"learning too slow: each step moves the weights by {ratio:.2g} of their size "
+            f"(healthy: ~1e-3) for {low} measurements, and the loss is still "
+            f"{_improved(progress):.0%} of where it started. Usual fix: raise the learning "
+            "rate (10x steps), check the lr schedule and the gradient scaling"
+        )
+        details = {
+            "problem": PROBLEMS["slow_learning"],
+            "update_ratio": ratio,
+            "lr": obs.lr,
+            "loss_vs_start": _improved(progress),
+        }
+        return Finding(message, details), new_state
+
+    return Detector(SlowLearningState, update)
 
 
 # --------------------------------------------------------------------------------------------
@@ -957,6 +1310,8 @@ class DetectorSpec:
     """A rule type: its factory, parameters, default severity (None: the detector decides).
 
     ``monitor_only``: judged by ``gradwatch monitor`` alone; the engine skips such rules.
+    ``statistics_only``: the detector reads nothing but statistics steps (norms, update
+    ratios, zero fractions); the engine does not call it on plain loss steps.
     """
 
     factory: Callable[..., Detector]
@@ -964,6 +1319,7 @@ class DetectorSpec:
     summary: str
     severity: str | None = "warning"
     monitor_only: bool = False
+    statistics_only: bool = False
 
 
 def _spec(
@@ -972,6 +1328,7 @@ def _spec(
     summary: str,
     severity: str | None = "warning",
     monitor_only: bool = False,
+    statistics_only: bool = False,
 ) -> DetectorSpec:
     """``params`` with their defaults read from ``factory``'s signature (declared once)."""
     signature = inspect.signature(factory).parameters
@@ -980,7 +1337,7 @@ def _spec(
                         f"the factory takes {list(signature)}")  # fmt: skip
     filled = {name: dataclasses.replace(p, default=signature[name].default)
               for name, p in params.items()}  # fmt: skip
-    return DetectorSpec(factory, filled, summary, severity, monitor_only)
+    return DetectorSpec(factory, filled, summary, severity, monitor_only, statistics_only)
 
 
 DETECTORS: dict[str, DetectorSpec] = {
@@ -1084,6 +1441,63 @@ DETECTORS: dict[str, DetectorSpec] = {
             "baseline": _count("first observations that set a tensor's usual level"),
         },
         "a tensor's fraction of exactly-zero gradients jumps and stays high (dead units)",
+        statistics_only=True,
+    ),
+    "vanishing_gradients": _spec(
+        vanishing_gradients,
+        {
+            "ratio": _above_one("late tensors' largest gradient norm / early ones' smallest"),
+            "patience": _count("consecutive statistics steps that fire"),
+        },
+        "vanishing gradients: the first layers' gradients far below the last layers'",
+        statistics_only=True,
+    ),
+    "exploding_gradients": _spec(
+        exploding_gradients,
+        {
+            "factor": _above_one("total gradient norm / its early level that counts"),
+            "baseline": _count("first statistics steps that set the early level"),
+            "patience": _count("consecutive statistics steps that fire"),
+        },
+        "exploding gradients: the total gradient norm far above its early level",
+        severity="critical",
+        statistics_only=True,
+    ),
+    "saturated_units": _spec(
+        saturated_units,
+        {
+            "min_frac": _param(
+                "float",
+                "zero-gradient fraction that counts",
+                minimum=0.0,
+                exclusive=True,
+                maximum=1.0,
+            ),
+            "ratio": _above_one("median tensor's update ratio / this tensor's that counts"),
+            "patience": _count("consecutive measurements that fire"),
+        },
+        "saturated units: gradients mostly exactly zero and the tensor no longer moving",
+        statistics_only=True,
+    ),  # fmt: skip
+    "stuck_loss": _spec(
+        stuck_loss,
+        {
+            "steps": _count("consecutive steps stuck, with the weights blown up, that fire"),
+            "growth": _above_one("total parameter norm / its first value that counts"),
+            "above": _pos("smoothed loss / the first loss at or above which it is stuck"),
+        },
+        "loss not improving while the weights blow up (learning rate far too high)",
+        statistics_only=True,
+    ),
+    "slow_learning": _spec(
+        slow_learning,
+        {
+            "max_ratio": _pos("total update/weight ratio below this counts as slow"),
+            "stuck": _pos("loss level / starting level at or above which it counts"),
+            "patience": _count("consecutive measurements that fire"),
+        },
+        "learning too slow: tiny updates while the loss stays high (lr too small)",
+        statistics_only=True,
     ),
     "stale_run": _spec(
         stale_run,

@@ -77,6 +77,8 @@ class AlertEngine:
         self.rules: tuple[Rule, ...] = tuple(
             r for r in rules if r.enabled and not DETECTORS[r.type].monitor_only
         )
+        # Plain loss steps (most steps) skip the rules that read only statistics steps.
+        self._plain_rules = tuple(r for r in self.rules if not DETECTORS[r.type].statistics_only)
         self._detectors = {r.name: r.detector() for r in self.rules}
         self.reset()
 
@@ -105,7 +107,7 @@ class AlertEngine:
 
         alerts = engine.observe_steps([StepObservation(s, loss) for s, loss in batch])
         """
-        alerts, self._state = _apply(self.rules, self._detectors, self._state, observations)
+        alerts, self._state = _apply(self._rule_sets, self._detectors, self._state, observations)
         return alerts
 
     def observe_check(self, obs: CheckObservation) -> list[Alert]:
@@ -113,12 +115,16 @@ class AlertEngine:
         return self._observe(obs)
 
     def _observe(self, obs: StepObservation | CheckObservation) -> list[Alert]:
-        alerts, self._state = _apply(self.rules, self._detectors, self._state, (obs,))
+        alerts, self._state = _apply(self._rule_sets, self._detectors, self._state, (obs,))
         return alerts
+
+    @property
+    def _rule_sets(self) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        return self.rules, self._plain_rules
 
 
 def _apply(
-    rules: tuple[Rule, ...],
+    rule_sets: tuple[tuple[Rule, ...], tuple[Rule, ...]],
     detectors: Mapping[str, Detector],
     state: EngineState,
     observations: Iterable[StepObservation | CheckObservation],
@@ -129,8 +135,12 @@ def _apply(
     last_step, last_sev = dict(state.last_step), dict(state.last_severity)
     fired, suppressed = dict(state.fired), dict(state.suppressed)
     alerts: list[Alert] = []
+    rules, plain_rules = rule_sets
     for obs in observations:
-        _apply_one(rules, detectors, obs, det_states, last_step, last_sev, fired, suppressed,
+        plain = isinstance(obs, StepObservation) and not (
+            obs.grad_norms or obs.update_ratios or obs.param_norms or obs.metrics or obs.nonfinite
+        )
+        _apply_one(plain_rules if plain else rules, detectors, obs, det_states, last_step, last_sev, fired, suppressed,
                    alerts)  # fmt: skip
     new_state = EngineState(det_states, last_step, last_sev, fired, suppressed,
                             state.total + len(alerts))  # fmt: skip

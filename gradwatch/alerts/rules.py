@@ -42,7 +42,17 @@ DEFAULT_ACTIONS: tuple[str, ...] = ("log", "mlflow")
 #: Steps a rule stays quiet after an alert. Checks run every ~100 steps, so 1000 steps means a
 #: persistent failure is re-announced about every tenth check.
 DEFAULT_COOLDOWN = 1000
-DEFAULT_RULE_TYPES: tuple[str, ...] = ("check_failure", "nonfinite", "loss_divergence")
+DEFAULT_RULE_TYPES: tuple[str, ...] = (
+    "check_failure",
+    "nonfinite",
+    "loss_divergence",
+    "vanishing_gradients",
+    "exploding_gradients",
+    "dead_units",
+    "saturated_units",
+    "stuck_loss",
+    "slow_learning",
+)
 #: Keys of a rule besides its detector's parameters.
 RULE_KEYS: tuple[str, ...] = ("name", "type", "severity", "cooldown", "actions", "enabled")
 # Rule names become MLflow tag keys (gradwatch.alert.<rule>): keep to characters MLflow accepts.
@@ -251,7 +261,9 @@ def validate_rule(
 
 
 def default_rules() -> list[Rule]:
-    """The rules on with no configuration: check_failure, nonfinite, loss_divergence.
+    """The rules on with no configuration: check_failure, nonfinite, loss_divergence and the
+    named training problems (:data:`~gradwatch.alerts.detectors.PROBLEMS`): vanishing and
+    exploding gradients, dead and saturated units, a loss not improving, learning too slow.
 
         engine = AlertEngine(default_rules())
 

@@ -142,6 +142,7 @@ class RunParts:
         self._warned_budget = False
         self._ratio_grad_norms: dict[str, float] = {}  # grad norms at the snapshot's step
         self._ratio_cost = 0.0  # seconds the last update ratio took, its journal line included
+        self._full_stats = True  # the last statistics step had quantiles and histograms
 
     @classmethod
     def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
@@ -239,12 +240,15 @@ class RunParts:
         if check_due or stats is not None or feed.due(entered):
             feed.flush(entered)
         if stats is not None:
-            # This statistics step and the update ratio it causes on the next step are one
-            # cost; that ratio is not known yet, so the last one measured stands in for it.
+            # What the statistics log is shipped at the budget's expense, every time; a full
+            # statistics step (quantiles, histograms) also times the auto interval, counting it
+            # and the update ratio it causes on the next step as one cost (that ratio is not
+            # known yet, so the last one measured stands in for it).
             shipping = self._charge_shipping(self.statistics.num_metrics)
-            cost = time.perf_counter() - entered + shipping
-            cost += self._ratio_cost if ratios is None else 0.0
-            self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
+            if self._full_stats:
+                cost = time.perf_counter() - entered + shipping
+                cost += self._ratio_cost if ratios is None else 0.0
+                self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
         report = self._check(s, params, grads, loss_fn, timestamp_ms, lr) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
         return report
@@ -282,8 +286,10 @@ class RunParts:
             stale.observe_ratios(s, ratios, self._ratio_grad_norms, lr)
         first = self.schedule.last_stats_step is None
         if self.schedule.stats_due(s, loss_bad):
-            stats = statistics.measure(s, params, grads, metrics)
-            self.schedule.stats_done(s)
+            full = self.schedule.full_stats_due(s)
+            stats = statistics.measure(s, params, grads, metrics, full)
+            self.schedule.stats_done(s, full)
+            self._full_stats = full
             self._ratio_grad_norms = stats.grad_norms
         if first and stats is not None:
             stale.start(s, self.layout.named(params), stats.grad_norms, lr)

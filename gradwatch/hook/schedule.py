@@ -3,6 +3,7 @@
 
     schedule = Schedule(every=100, stats_every="auto", budget=0.05)
     schedule.stats_due(step)                 # statistics at this step?
+    schedule.full_stats_due(step)            # ... with quantiles and histograms too?
     schedule.check_due(step)                 # `every` says a check is due (and not postponed)
     schedule.budget_allows(step, clock)      # ... and the budget can pay for it
     schedule.quiet_until                     # steps before this need nothing but the journal line
@@ -16,6 +17,8 @@ from gradwatch.hook.clock import LoopClock
 
 __all__ = [
     "BUDGET_RESERVE",
+    "NORMS_EVERY",
+    "NORMS_PER_RUN",
     "STATS_MAX_INTERVAL",
     "STATS_MAX_METRICS_PER_SECOND",
     "STATS_TIME_FRACTION",
@@ -29,6 +32,13 @@ STATS_TIME_FRACTION = 0.0025
 STATS_MAX_METRICS_PER_SECOND = 1000.0
 #: Auto statistics never go further apart than this many steps.
 STATS_MAX_INTERVAL = 1000
+#: With ``stats_every="auto"``, the cheap statistics (norms, zero fractions, NaN/Inf counts and
+#: the update ratio after them) are at least every NORMS_EVERY steps, and later at least
+#: NORMS_PER_RUN times per run so far (every step // NORMS_PER_RUN steps): a 500-step run gets
+#: 50 observations for the alert rules to judge, a million-step run ~430 in all. Quantiles and
+#: histograms keep the time-based interval.
+NORMS_EVERY = 10
+NORMS_PER_RUN = 50
 #: Share of ``budget`` kept for what the hook costs the loop but cannot time: the loop's own
 #: code runs slower after a check or a statistics step has evicted its data from the CPU
 #: caches (about 1 % of loop time on the benchmark MLP, BENCHMARKS.md).
@@ -44,6 +54,7 @@ class Schedule:
         self.auto_stats = stats_every == "auto"
         self.stats_interval = 1 if self.auto_stats else int(stats_every)
         self.last_stats_step: int | None = None
+        self.last_full_stats_step: int | None = None  # quantiles and histograms too
         self.last_check_step: int | None = None
         self.last_check_cost = 0.0  # seconds the last check cost, all in
         self.check_not_before = 0  # postponed by the budget or a missing loss_fn
@@ -51,15 +62,31 @@ class Schedule:
         # Steps before this one need no statistics, update ratio or check.
         self.quiet_until: float = -math.inf
 
+    def norms_interval(self, step: int) -> int:
+        """Steps between (cheap) statistics at ``step``: the auto interval, capped so that
+        every run has about NORMS_PER_RUN observations (see :data:`NORMS_EVERY`)."""
+        if not self.auto_stats:
+            return self.stats_interval
+        return min(self.stats_interval, max(NORMS_EVERY, step // NORMS_PER_RUN))
+
     def stats_due(self, step: int, loss_bad: bool = False) -> bool:
         return (
             self.last_stats_step is None
-            or step - self.last_stats_step >= self.stats_interval
+            or step - self.last_stats_step >= self.norms_interval(step)
             or loss_bad
         )
 
-    def stats_done(self, step: int) -> None:
+    def full_stats_due(self, step: int) -> bool:
+        """A statistics step at ``step`` also computes quantiles and histograms."""
+        return (
+            self.last_full_stats_step is None
+            or step - self.last_full_stats_step >= self.stats_interval
+        )
+
+    def stats_done(self, step: int, full: bool = True) -> None:
         self.last_stats_step = step
+        if full:
+            self.last_full_stats_step = step
 
     def check_due(self, step: int) -> bool:
         """``every`` makes a check due at ``step`` (the first step always), unless postponed."""
@@ -101,15 +128,16 @@ class Schedule:
         if next_step_busy:
             self.quiet_until = step + 1
             return
-        nxt = self.last_stats_step + self.stats_interval
+        nxt = self.last_stats_step + self.norms_interval(step)
         if self.every is not None:
             due = step + 1 if self.last_check_step is None else self.last_check_step + self.every
             nxt = min(nxt, max(due, self.check_not_before))
         self.quiet_until = nxt
 
     def adapt_stats_interval(self, cost: float, num_metrics: int, step_seconds: float) -> None:
-        """Space auto statistics so they take STATS_TIME_FRACTION of the loop's time and
-        produce at most STATS_MAX_METRICS_PER_SECOND."""
+        """Space auto statistics (measured on a full statistics step) so they take
+        STATS_TIME_FRACTION of the loop's time and produce at most
+        STATS_MAX_METRICS_PER_SECOND; the cheap ones stay denser (:meth:`norms_interval`)."""
         if not self.auto_stats or step_seconds <= 0:
             return
         by_time = cost / (STATS_TIME_FRACTION * step_seconds)

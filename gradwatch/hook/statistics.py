@@ -19,7 +19,7 @@ import numpy as np
 from gradwatch import schema
 from gradwatch.hook.histograms import Histograms
 from gradwatch.hook.layout import TensorLayout
-from gradwatch.stats import tensor_stats, tensor_stats_and_histograms, update_ratio
+from gradwatch.stats import tensor_norms, tensor_stats, tensor_stats_and_histograms, update_ratio
 
 __all__ = ["PROBE_STEPS", "StaleParams", "Statistics", "StepStats"]
 
@@ -49,16 +49,21 @@ class Statistics:
         self.snapshot: tuple[int, dict[str, np.ndarray]] | None = None  # (step, copies)
         self.num_metrics = 0  # metrics the last statistics step produced
 
-    def measure(self, step: int, params: Any, grads: Any, metrics: dict[str, float]) -> StepStats:
-        """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``), ``grad_abs_p50/<t>``,
-        ``grad_abs_p99/<t>``, ``grad_zero_frac/<t>`` and ``param_abs_p99/<t>`` to ``metrics`` and
-        keep a copy of the parameters to measure the update the optimizer is about to apply.
-        On a histogram step, also append the histograms to ``gradwatch/histograms.jsonl``."""
+    def measure(
+        self, step: int, params: Any, grads: Any, metrics: dict[str, float], full: bool = True
+    ) -> StepStats:
+        """Add ``grad_norm/<t>``, ``param_norm/<t>`` (and ``nonfinite/<t>``), ``grad_zero_frac/<t>``
+        and, when ``full``, ``grad_abs_p50/<t>``, ``grad_abs_p99/<t>`` and ``param_abs_p99/<t>``
+        to ``metrics``, and keep a copy of the parameters to measure the update the optimizer
+        is about to apply. On a full histogram step, also append the histograms to
+        ``gradwatch/histograms.jsonl``."""
         named = self.layout.named(params)
         named_grads = self.layout.named_grads(grads)
         record = None
         with np.errstate(all="ignore"):
-            if self.histograms is not None and self.histograms.due(step):
+            if not full:
+                stats = tensor_norms(named, named_grads)
+            elif self.histograms is not None and self.histograms.due(step):
                 stats, record = tensor_stats_and_histograms(step, named, named_grads)
             else:
                 stats = tensor_stats(named, named_grads)
@@ -73,13 +78,14 @@ class Statistics:
             metrics[schema.PARAM_NORM + name] = st.param_norm
             if st.nonfinite:
                 metrics[schema.NONFINITE + name] = float(st.nonfinite)
-            out.metrics[schema.GRAD_ABS_P50 + name] = st.grad_abs_p50
-            out.metrics[schema.GRAD_ABS_P99 + name] = st.grad_abs_p99
             out.metrics[schema.GRAD_ZERO_FRAC + name] = st.grad_zero_frac
-            out.metrics[schema.PARAM_ABS_P99 + name] = st.param_abs_p99
+            if full:
+                out.metrics[schema.GRAD_ABS_P50 + name] = st.grad_abs_p50
+                out.metrics[schema.GRAD_ABS_P99 + name] = st.grad_abs_p99
+                out.metrics[schema.PARAM_ABS_P99 + name] = st.param_abs_p99
         metrics.update(out.metrics)
         self.snapshot = (step, {name: p.copy() for name, p in named.items()})
-        self.num_metrics = 7 * len(stats)
+        self.num_metrics = (7 if full else 4) * len(stats)
         return out
 
     def update_ratios(self, params: Any) -> tuple[int, dict[str, float]]:

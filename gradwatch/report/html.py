@@ -22,6 +22,7 @@ from typing import Any
 from gradwatch import __version__
 from gradwatch.check import VERDICTS
 from gradwatch.report.data import RunData
+from gradwatch.report.problems import problems_section
 from gradwatch.runs.compare import RunSummary, user_params
 from gradwatch.schema import (
     ARTIFACT_CHECKS,
@@ -95,6 +96,7 @@ def render_report(data: RunData, images: ReportImages | None = None) -> str:
         f"<title>{_e(title)}</title><style>{CSS}</style></head><body>",
         _header(data),
         _verdict(data, summary),
+        problems_section(data),  # the training problems the alerts named: the first section
         _facts(data, summary),
         _curves(images.curves, images.note),
         _checks(data.checks),

@@ -27,6 +27,8 @@ again here; ``checks.jsonl`` only adds the words of the first failing check (``f
 ``clipped``       (a note) probes sat exactly on an element-wise clipping bound: the checks
                   compared clipped gradients with the true slope; check before clipping.
 ``no loss``       the run logged no loss.
+``vanishing gradients``, ``dead units``, ... the training problems the run's alerts named
+                  (:data:`gradwatch.schema.PROBLEMS`, read from its ``gradwatch.alert.*`` tags).
 """
 
 from __future__ import annotations
@@ -60,11 +62,14 @@ from gradwatch.schema import (
     CHECK_SCALE,
     LOSS,
     NONFINITE,
+    PARAM_MONITOR_CLAIM,
     PARAM_PREFIX,
+    PROBLEMS,
     TAG_ALERT,
     TAG_MONITOR_ALERTED,
     TAG_PREFIX,
     TAG_SWEEP_ID,
+    alert_problem,
     expand_settings,
     hook_keys,
 )
@@ -74,6 +79,7 @@ __all__ = [
     "RunCurves",
     "RunSummary",
     "curves_from",
+    "diagnosed_problems",
     "differing_params",
     "fetch_check_records",
     "fetch_curves",
@@ -185,6 +191,7 @@ class RunSummary:
     #: The engine's finding of the first failing (else inconclusive) check, from
     #: ``checks.jsonl`` (``Finding.to_dict()`` plus its ``step``): words to show, not to judge.
     finding: dict[str, Any] | None = None
+    problems: tuple[str, ...] = ()  # training problems the alerts named ("dead units", ...)
 
     @property
     def bug_checks(self) -> int:
@@ -213,6 +220,8 @@ class RunSummary:
             parts.append("no loss")
         if self.checks_clipped:
             parts.append("clipped")
+        # The problems the alerts named; NaN/Inf already reads as DIVERGED.
+        parts.extend(p for p in self.problems if not (self.diverged and p == PROBLEMS["nonfinite"]))
         return parts
 
     @property
@@ -246,9 +255,17 @@ class RunSummary:
             "max_rel_error": _json_float(self.max_rel_error),
             "alerts": self.alerts,
             "alert_rules": list(self.alert_rules),
+            "problems": list(self.problems),
             "verdict": self.verdict,
             "finding": self.finding,
         }
+
+
+def diagnosed_problems(tags: Mapping[str, str]) -> tuple[str, ...]:
+    """The training problems the run's alerts named (their ``gradwatch.alert.<rule>`` tags),
+    in :data:`~gradwatch.schema.PROBLEMS` order: ``("vanishing gradients", "dead units")``."""
+    found = {alert_problem(v) for k, v in tags.items() if k.startswith(TAG_ALERT)}
+    return tuple(p for p in PROBLEMS.values() if p in found)
 
 
 def _json_float(value: float | None) -> float | None:
@@ -371,6 +388,7 @@ def summarize(
         checks_call_order=findings.call_order,
         checks_inconclusive=findings.inconclusive,
         finding=findings.finding,
+        problems=diagnosed_problems(tags),
     )
 
 
@@ -423,7 +441,8 @@ def differing_params(summaries: Sequence[RunSummary]) -> dict[str, dict[str, str
 
     A param missing from some runs differs (shown as ``-``). The hook's settings count too.
     """
-    keys = sorted({k for s in summaries for k in s.params})
+    # A monitor's claims (one param per alert it delivered) are bookkeeping, not settings.
+    keys = sorted({k for s in summaries for k in s.params if not k.startswith(PARAM_MONITOR_CLAIM)})
     differ = [k for k in keys if len({s.params.get(k) for s in summaries}) > 1]
     return {s.run_name: {k: s.params.get(k, "-") for k in differ} for s in summaries}
 

@@ -13,29 +13,41 @@ How it works, per poll:
 
 1. Find the experiment's active runs: ``RUNNING`` ones, plus runs this monitor was following
    (tag ``gradwatch.monitor.state=active``) that have finished since, so their last steps are
-   evaluated too. The baseline run itself is skipped.
-2. Read their metric histories and rebuild what the hook saw
-   (:func:`gradwatch.schema.observations_from_metrics`): the series the hook logs for the
-   rules (loss, lr, norms, ratios, non-finite counts, ``gradcheck/*``), plus every metric a
-   rule names (a ``threshold`` rule's ``metric`` glob, ``grad_zero_frac/*`` for
-   ``dead_units``, a ``baseline_drift`` rule's ``metrics``), a user's own ``val_acc`` too:
-   those reach the rules in ``StepObservation.metrics``, as in the hook. A running run's
-   newest step is held back until it is :data:`DEFAULT_SETTLE` seconds old, so half-shipped
-   steps are not judged.
+   evaluated too. The baseline run itself is skipped. ``search_runs`` (one call per 1,000
+   runs) also gives the latest step of every metric of every run.
+2. Read only what changed (:mod:`gradwatch.runs.metric_reads`): the metrics whose latest step
+   moved since the last poll, from the first step not read yet, many runs per request. Read
+   are the series the hook logs for the rules (loss, lr, norms, ratios, non-finite counts,
+   ``gradcheck/*``), plus every metric a rule names (a ``threshold`` rule's ``metric`` glob,
+   ``grad_zero_frac/*`` for ``dead_units``, a ``baseline_drift`` rule's ``metrics``), a user's
+   own ``val_acc`` too: those reach the rules in ``StepObservation.metrics``, as in the hook.
+   A running run's newest step is held back until it is :data:`DEFAULT_SETTLE` seconds old,
+   so half-shipped steps are not judged.
 3. Feed them, in step order, to one :class:`AlertEngine` per run (the same rules, detectors
-   and cooldowns as the hook), resuming after the last step seen.
-4. Deliver every alert, one target at a time, waiting for the outcome; only once every
-   target has it, record it in the run's tag ``gradwatch.monitor.alerted.<rule>`` = step.
-   A delivery that failed is tried again at the next poll (only to the targets that failed).
-   After a restart the monitor replays each run from step 0 (detectors need the history)
-   and delivers only alerts at a later step than the tag says, so nothing delivered is
-   sent twice. The ``mlflow`` action writes through the same sink as the hook.
+   and cooldowns as the hook), kept between polls: each step is fed once.
+4. Each new alert is first *claimed* (:mod:`gradwatch.runs.claims`): the monitor writes the
+   run's param ``gradwatch.monitor.claim.<rule>.<step>.<generation>`` = its own id. Then it is shown (one line), recorded
+   (the ``mlflow`` action, through the same sink as the hook) and sent to each target with
+   :meth:`Delivery.send <gradwatch.alerts.Delivery.send>`, which returns once the target took
+   it or raises; a target that failed is tried again at the next poll. Once every target has
+   it, the run's tag ``gradwatch.monitor.alerted.<rule>`` = step records it, so a restarted
+   monitor, which replays each run from step 0 (detectors need the history), skips it.
 5. Each ``stale_run`` rule (or ``stale_minutes``): a RUNNING run whose newest step is older
    than its ``minutes`` raises it, once per step it stalled at (a run that logs again and
    stalls again is news): a crashed host whose process never ended the run. ``stale_minutes``
    is the shorthand for a rule ``stale_run`` (actions log, mlflow and every webhook); given
    with ``stale_run`` rules, it sets their ``minutes`` (the command line wins) and keeps
    their names and actions.
+
+Several monitors on one experiment (two hosts, a cron job beside a service): each alert is
+delivered once. MLflow has no compare-and-set on tags, but params are write-once: on a
+database-backed store (sqlite, PostgreSQL, MySQL: what ``mlflow server`` runs on) the params
+table's primary key lets exactly one value of a claim param in, and logging a different value
+is refused. The monitor whose id is there delivers; the others count the alert as already sent.
+A monitor that stops with a claimed alert undelivered releases it to the next one. Not covered:
+a monitor killed (kill -9, host lost) between its claim and the delivery leaves that alert
+unsent (never sent twice, but maybe not at all); on MLflow's file store the claim is a
+check-then-write, not atomic.
 
 Baseline drift: a ``baseline_drift`` rule compares each run with the baseline run (``--baseline
 RUN_ID``, or the newest run of the experiment tagged ``gradwatch.baseline=true``); with no such
@@ -47,8 +59,11 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,15 +74,25 @@ from gradwatch.alerts import (
     AlertEngine,
     CheckObservation,
     Delivery,
+    DeliveryError,
     Rule,
     StepObservation,
     attach_baselines,
     default_rules,
     find_baseline_run,
 )
+from gradwatch.alerts.delivery import single_line
 from gradwatch.alerts.detectors import DETECTORS, REL_ERROR_WARNING
 from gradwatch.errors import InputError, TrackingError
-from gradwatch.mlflow_access import experiment_id, get_client, mlflow_errors, search_all
+from gradwatch.mlflow_access import (
+    experiment_id,
+    get_client,
+    is_missing,
+    mlflow_errors,
+    search_all,
+)
+from gradwatch.runs.claims import ClaimError, Claims, claim_param
+from gradwatch.runs.metric_reads import NewPoints, Point
 from gradwatch.schema import (
     GRAD_ZERO_FRAC,
     TAG_BASELINE,
@@ -88,11 +113,11 @@ __all__ = [
     "STALE_RULE",
     "TAG_ALERTED",
     "TAG_STATE",
-    "ConfirmedDelivery",
     "Monitor",
     "PollResult",
     "alert_for_run",
     "check_report",
+    "claim_param",
     "hook_series",
     "observations",
     "rule_metrics",
@@ -106,15 +131,11 @@ DEFAULT_INTERVAL = 10.0  # seconds between polls
 #: A running run's newest step is judged once its metrics are this many seconds old: the
 #: hook ships a step's metrics within about a second, so by then they have all landed.
 DEFAULT_SETTLE = 5.0
-#: Longest wait for one alert's delivery to one target (its retries included).
-DEFAULT_DELIVERY_TIMEOUT = 60.0
 TAG_ALERTED = TAG_MONITOR_ALERTED
 TAG_STATE = TAG_MONITOR_STATE
 BASELINE_TAG = TAG_BASELINE
 BASELINE_RULE = "baseline_drift"
 STALE_RULE = "stale_run"
-# Actions that are not a delivery target: the hook's, and the log line written at once.
-_NOT_TARGETS = ("log", "mlflow", "stop")
 
 
 def check_report(values: Mapping[str, float]) -> dict[str, Any]:
@@ -178,8 +199,18 @@ class PollResult:
     runs: int = 0
     observations: int = 0
     sent: list[tuple[str, Alert]] = field(default_factory=list)  # (run name, alert)
-    already_sent: int = 0  # alerts a previous monitor process had delivered
+    already_sent: int = 0  # alerts a previous or concurrent monitor process had taken
     failed: int = 0  # alerts whose delivery failed: tried again at the next poll
+    reads: int = 0  # metric-history requests this poll made
+
+
+@dataclass
+class _Pending:
+    """An alert this monitor raised and has not delivered everywhere yet."""
+
+    alert: Alert
+    targets: list[str]  # the targets that still have to get it
+    generation: int | None = None  # of this monitor's claim, once recorded in the run
 
 
 @dataclass
@@ -189,10 +220,31 @@ class _Followed:
     engine: AlertEngine
     alerted: dict[str, int]  # rule -> step of the last alert delivered (from the tags)
     cursor: int = -1  # last step fed to the engine
-    # metric -> its points at steps <= cursor when last read (metrics not from the hook)
-    judged: dict[str, int] = field(default_factory=dict)
-    # (rule, step) -> the alert and the targets that still have to get it
-    undelivered: dict[tuple[str, int], tuple[Alert, list[str]]] = field(default_factory=dict)
+    # metric -> latest step read; its points at steps > cursor, not judged yet
+    seen: dict[str, int] = field(default_factory=dict)
+    points: dict[str, list] = field(default_factory=dict)
+    # (rule, step) -> an alert still to deliver
+    undelivered: dict[tuple[str, int], _Pending] = field(default_factory=dict)
+
+    def add(self, key: str, points: list, upto: int) -> list:
+        """Keep ``key``'s new points (read up to step ``upto``); returns those at steps already
+        judged, which the rules will never see."""
+        self.seen[key] = max(upto, *(m.step for m in points)) if points else upto
+        behind = [m for m in points if m.step <= self.cursor]
+        ahead = [m for m in points if m.step > self.cursor]
+        if ahead:
+            self.points.setdefault(key, []).extend(ahead)
+        return behind
+
+    def advance(self, cursor: int) -> None:
+        """Steps up to ``cursor`` are judged: forget their points."""
+        self.cursor = max(self.cursor, cursor)
+        for key in list(self.points):
+            left = [m for m in self.points[key] if m.step > self.cursor]
+            if left:
+                self.points[key] = left
+            else:
+                del self.points[key]
 
 
 class Monitor:
@@ -220,7 +272,6 @@ class Monitor:
         settle: float = DEFAULT_SETTLE,
         clock: Callable[[], float] = time.time,
         stale_minutes: float | None = None,
-        delivery_timeout: float = DEFAULT_DELIVERY_TIMEOUT,
     ) -> None:
         self.client = get_client(tracking_uri, must_exist=False)
         self.tracking_uri = self.client.tracking_uri
@@ -230,7 +281,10 @@ class Monitor:
         self.settle = settle
         self.clock = clock
         self.stale_minutes = stale_minutes
-        self.confirmed = ConfirmedDelivery(self.delivery, delivery_timeout)
+        #: Names this process in the claims it records (see the module docstring).
+        self.monitor_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.reader = NewPoints(self.client)
+        self.claims = Claims(self.client, self.monitor_id)
         self._configured = list(default_rules() if rules is None else rules)
         self._stale_rules = self._with_stale_minutes(stale_minutes)
         self._patterns = rule_metrics(self._configured)
@@ -240,6 +294,7 @@ class Monitor:
         self._baseline_ids: set[str] = set()
         self._experiment_id: str | None = None
         self._followed: dict[str, _Followed] = {}
+        self._searched_followed = False
 
     # -- rules and baselines ---------------------------------------------------------------
 
@@ -250,18 +305,32 @@ class Monitor:
             return rules
         if not rules:
             targets = ("webhook",) if self.delivery.webhooks else ()
-            return [Rule(STALE_RULE, STALE_RULE, params={"minutes": minutes},
-                         actions=("log", "mlflow", *targets))]  # fmt: skip
-        logger.warning("stale_minutes=%g replaces the minutes of rule(s) %s", minutes,
-                       ", ".join(r.name for r in rules))  # fmt: skip
+            return [
+                Rule(
+                    STALE_RULE,
+                    STALE_RULE,
+                    params={"minutes": minutes},
+                    actions=("log", "mlflow", *targets),
+                )
+            ]
+        logger.warning(
+            "stale_minutes=%g replaces the minutes of rule(s) %s",
+            minutes,
+            ", ".join(r.name for r in rules),
+        )
         return [dataclasses.replace(r, params={**r.params, "minutes": minutes}) for r in rules]
 
-    def _baseline_for(self, experiment: str | None, key: str) -> str | None:
+    def _baseline_for(self, experiment: str | None, key: str, quiet: bool = False) -> str | None:
         try:
             return self.baseline_run_id or find_baseline_run(self.tracking_uri, experiment)
         except TrackingError as err:
             self._baseline_missing = True
-            self._note(key, "baseline drift (%s) off until a baseline run appears: %s", key, err)
+            if quiet:  # no rule asked for a baseline: nothing is off, nothing to say
+                logger.debug("no baseline run yet: %s", mask_uri(err))
+            else:
+                self._note(
+                    key, "baseline drift (%s) off until a baseline run appears: %s", key, err
+                )
             return None
 
     def _prepare_rules(self) -> list[Rule]:
@@ -269,14 +338,14 @@ class Monitor:
         self._baseline_missing = False
         rules = list(self._configured)
         if not any(r.type == BASELINE_RULE for r in rules):
-            if self._baseline_for(self.experiment, BASELINE_RULE) is not None:
+            if self._baseline_for(self.experiment, BASELINE_RULE, quiet=True) is not None:
                 targets = ("webhook",) if self.delivery.webhooks else ()
                 rules.append(
                     Rule(BASELINE_RULE, BASELINE_RULE, actions=("log", "mlflow", *targets))
                 )
         prepared = []
         for rule in rules:
-            if rule.type == BASELINE_RULE and rule.params.get("baseline") is None:
+            if rule.type == BASELINE_RULE and rule.enabled and rule.params.get("baseline") is None:
                 params = dict(rule.params)
                 if self.baseline_run_id or not params.get("run_id"):
                     params["run_id"] = self._baseline_for(
@@ -299,7 +368,8 @@ class Monitor:
     def _note(self, key: str, msg: str, *args: Any) -> None:
         # Retried every poll: say it once, not every 10 s. Errors may quote a URI: masked.
         level = logging.DEBUG if key in self._warned else logging.WARNING
-        logger.log(level, msg, *(mask_uri(a) if isinstance(a, Exception) else a for a in args))
+        shown = [single_line(mask_uri(a)) if isinstance(a, (Exception, str)) else a for a in args]
+        logger.log(level, msg, *shown)
         self._warned.add(key)
 
     # -- polling ---------------------------------------------------------------------------
@@ -312,9 +382,29 @@ class Monitor:
                 raise TrackingError(f"{err} (yet)") from None
         ids = [self._experiment_id]
         running = search_all(self.client, ids, "attributes.status = 'RUNNING'")
-        followed = search_all(self.client, ids, f"tags.`{TAG_STATE}` = 'active'")
-        runs = {r.info.run_id: r for r in [*followed, *running]}
+        if not self._searched_followed:
+            # Runs a monitor was following when it stopped, finished since: judged to the end.
+            followed = search_all(self.client, ids, f"tags.`{TAG_STATE}` = 'active'")
+            self._searched_followed = True
+        else:  # this process knows what it follows: only those that stopped RUNNING
+            seen = {r.info.run_id for r in running}
+            followed = [self._refetch(run_id) for run_id in self._followed if run_id not in seen]
+        runs = {r.info.run_id: r for r in [*followed, *running] if r is not None}
         return [r for r in runs.values() if r.info.run_id not in self._baseline_ids]
+
+    def _refetch(self, run_id: str) -> Any:
+        """A followed run that left the RUNNING search; None (and no longer followed) when it
+        was deleted."""
+        try:
+            run = self.client.get_run(run_id)
+        except Exception as err:  # noqa: BLE001 - MLflow's not-found comes in several kinds
+            if not is_missing(err):
+                raise
+            run = None
+        if run is None or run.info.lifecycle_stage == "deleted":
+            self._followed.pop(run_id, None)
+            return None
+        return run
 
     def poll(self) -> PollResult:
         """Evaluate every active run once. Raises TrackingError if MLflow cannot be read."""
@@ -322,21 +412,78 @@ class Monitor:
             return self._poll()
 
     def _poll(self) -> PollResult:
+        calls = self.reader.calls
         runs = self._active_runs()
         if self._rules is None or self._baseline_missing:
             had_rules = self._rules is not None
             self._rules = self._prepare_rules()
             if had_rules and not self._baseline_missing:
-                # A baseline appeared: replay every run with it (the alerted tags keep
-                # earlier alerts from being sent again).
+                # A baseline appeared: replay every run with it (the alerted tags and the
+                # claims keep earlier alerts from being sent again).
                 self._followed.clear()
+                self._searched_followed = False
             runs = [r for r in runs if r.info.run_id not in self._baseline_ids]
-        sent: list[tuple[str, Alert]] = []
-        fed = already = failed = 0
+        states = {}
         for run in runs:
-            n, skipped, lost = self._poll_run(run, sent)
-            fed, already, failed = fed + n, already + skipped, failed + lost
-        return PollResult(len(runs), fed, sent, already, failed)
+            state = self._followed.get(run.info.run_id)
+            if state is None:
+                state = self._followed[run.info.run_id] = self._follow(run)
+            states[run.info.run_id] = state
+        # {schema name: MLflow key}: in a run the hook shares with the user, gradwatch/loss -> loss
+        names = {run.info.run_id: hook_keys(run.data.metrics, run.data.tags) for run in runs}
+        latest = {run.info.run_id: self._latest(run, names[run.info.run_id]) for run in runs}
+        wanted = {
+            (run_id, key): (states[run_id].seen.get(key, -1) + 1, m.step)
+            for run_id, metrics in latest.items()
+            for key, m in metrics.items()
+            if m.step > states[run_id].seen.get(key, -1)
+        }
+        # A metric one step further than read: its new point is the latest value the search
+        # returned. Only longer moves are read (from the first step not read yet).
+        got = {
+            (run_id, name): [
+                Point(name, latest[run_id][name].value, latest[run_id][name].timestamp, last)
+            ]
+            for (run_id, name), (first, last) in wanted.items()
+            if first == last
+        }
+        to_read = {(r, names[r][n]): w for (r, n), w in wanted.items() if (r, n) not in got}
+        read = self.reader.read(to_read)
+        for run_id, name in wanted:
+            if (run_id, name) not in got:
+                got[(run_id, name)] = read.get((run_id, names[run_id][name]), [])
+        for (run_id, key), points in got.items():
+            state = states[run_id]
+            if state.add(key, points, wanted[(run_id, key)][1]) and not hook_series(key):
+                self._note(
+                    f"behind:{run_id}:{key}",
+                    "run %s: metric %s got new values at steps the rules have already "
+                    "judged (up to %d), so they never see them; log it at the training "
+                    "step: mlflow.log_metric(%r, value, step=step)",
+                    state.run_name,
+                    key,
+                    state.cursor,
+                    key,
+                )
+        result = _Tally()
+        for run in runs:
+            self._poll_run(run, states[run.info.run_id], latest[run.info.run_id], result)
+        return PollResult(
+            len(runs),
+            result.fed,
+            result.sent,
+            result.already,
+            result.failed,
+            self.reader.calls - calls,
+        )
+
+    def _latest(self, run: Any, names: Mapping[str, str]) -> dict[str, Any]:
+        """The run's latest point of each metric the rules read (by schema name), from the
+        search result."""
+        by_key = {m.key: m for m in run.data.to_proto().metrics}
+        return {
+            name: by_key[key] for name, key in names.items() if key in by_key and self._reads(name)
+        }
 
     def _follow(self, run: Any) -> _Followed:
         tags = run.data.tags
@@ -351,65 +498,40 @@ class Monitor:
             self.client.set_tag(run.info.run_id, TAG_STATE, "active")
         assert self._rules is not None
         # The engine leaves stale_run rules out (monitor-only): _stale_alerts judges them.
-        return _Followed(run.info.run_id, run.info.run_name or run.info.run_id,
-                         AlertEngine(self._rules), alerted)  # fmt: skip
+        return _Followed(
+            run.info.run_id,
+            single_line(run.info.run_name or run.info.run_id),
+            AlertEngine(self._rules),
+            alerted,
+        )
 
-    def _poll_run(self, run: Any, sent: list[tuple[str, Alert]]) -> tuple[int, int, int]:
-        run_id = run.info.run_id
-        state = self._followed.get(run_id)
-        if state is None:
-            state = self._followed[run_id] = self._follow(run)
-        for alert, targets in list(state.undelivered.values()):
-            self._deliver(run, state, alert, targets, sent)
-        names = hook_keys(run.data.metrics, run.data.tags)  # gradwatch/loss -> loss, if shared
-        keys = [k for k in names if self._reads(k)]
-        histories = {k: self.client.get_metric_history(run_id, names[k]) for k in keys}
+    def _poll_run(
+        self, run: Any, state: _Followed, latest: Mapping[str, Any], result: _Tally
+    ) -> None:
+        for pending in list(state.undelivered.values()):
+            self._deliver(run, state, pending, result)
         running = run.info.status == "RUNNING"
-        upto = settled_upto(histories, running, self.clock(), self.settle)
-        self._warn_behind(state, histories)
-        obs = observations(histories, after=state.cursor, upto=upto) if upto is not None else []
-        skipped = 0
+        newest = {k: [m] for k, m in latest.items()}  # the latest point of each metric
+        upto = settled_upto(newest, running, self.clock(), self.settle)
+        obs = observations(state.points, after=state.cursor, upto=upto) if upto is not None else []
         for ob in obs:
             if isinstance(ob, CheckObservation):
                 alerts = state.engine.observe_check(ob)
             else:
                 alerts = state.engine.observe_step(ob)
             for alert in alerts:
-                if alert.step <= state.alerted.get(alert.rule, -1):
-                    skipped += 1
-                    continue
-                self._raise(run, state, alert, sent)
-            state.cursor = ob.step
+                self._raise(run, state, alert, result)
+        result.fed += len(obs)
         if upto is not None:
-            state.cursor = max(state.cursor, upto)
-        state.judged = {k: _points_upto(h, state.cursor) for k, h in histories.items()
-                        if not hook_series(k)}  # fmt: skip
-        for stale in self._stale_alerts(run, histories) if running else ():
-            if stale.step > state.alerted.get(stale.rule, -1) and (
-                (stale.rule, stale.step) not in state.undelivered
-            ):
-                self._raise(run, state, stale, sent)
+            state.advance(upto)
+        for stale in self._stale_alerts(run, newest) if running else ():
+            if (stale.rule, stale.step) not in state.undelivered:
+                self._raise(run, state, stale, result)
+        result.failed += len(state.undelivered)
         if not running and not state.undelivered:
             # Evaluated to its end: stop following it (and say so, for the next process).
-            self.client.set_tag(run_id, TAG_STATE, "done")
-            self._followed.pop(run_id, None)
-        return len(obs), skipped, len(state.undelivered)
-
-    def _warn_behind(self, state: _Followed, histories: Mapping[str, Sequence]) -> None:
-        """Points that landed at steps already judged are never seen by the rules: say so.
-
-        The hook logs in step order; a user's metric logged at a step count of its own (the
-        epoch) falls behind the training steps.
-        """
-        for key, history in histories.items():
-            if hook_series(key):
-                continue
-            if _points_upto(history, state.cursor) > state.judged.get(key, 0):
-                self._note(f"behind:{state.run_id}:{key}",
-                           "run %s: metric %s got new values at steps the rules have already "
-                           "judged (up to %d), so they never see them; log it at the training "
-                           "step: mlflow.log_metric(%r, value, step=step)",
-                           state.run_name, key, state.cursor, key)  # fmt: skip
+            self.client.set_tag(run.info.run_id, TAG_STATE, "done")
+            self._followed.pop(run.info.run_id, None)
 
     def _reads(self, key: str) -> bool:
         """Whether a poll reads metric ``key``: the hook's series, and what a rule names."""
@@ -427,32 +549,94 @@ class Monitor:
 
     # -- delivery --------------------------------------------------------------------------
 
-    def _raise(self, run: Any, state: _Followed, alert: Alert, sent: list) -> None:
-        logger.info("run %s (%s): %s", state.run_name, run.info.run_id[:8], alert.text())
+    def _raise(self, run: Any, state: _Followed, alert: Alert, result: _Tally) -> None:
+        """A new alert: claim it, say it (one line), record it, deliver it."""
+        if alert.step <= state.alerted.get(alert.rule, -1):
+            result.already += 1  # delivered before this process started
+            return
+        pending = _Pending(alert, self._targets(alert))
+        if not self._claim(run, state, pending, result):
+            return
+        shown = alert_for_run(alert, run)
         if "log" in alert.actions:
-            self.delivery.deliver(dataclasses.replace(alert_for_run(alert, run), actions=("log",)))
+            self.delivery.deliver(dataclasses.replace(shown, actions=("log",)))
+        else:
+            logger.info("%s", single_line(shown.text()))
         if "mlflow" in alert.actions:
-            MlflowAlertSink(ClientRecorder(self.client, run.info.run_id), log_count=False).record(
-                alert
-            )
-        self._deliver(run, state, alert, self.confirmed.targets(alert), sent)
+            recorder = ClientRecorder(self.client, run.info.run_id)
+            MlflowAlertSink(recorder, log_count=False).record(alert)
+        self._deliver(run, state, pending, result)
 
-    def _deliver(self, run: Any, state: _Followed, alert: Alert, targets: list[str],
-                 sent: list) -> None:  # fmt: skip
-        """Send to each target, waiting for the outcome; remember the alert once all have it."""
-        left = [t for t in targets if not self.confirmed.send(alert_for_run(alert, run), t)]
+    def _targets(self, alert: Alert) -> list[str]:
+        """Where this monitor sends ``alert``. Callbacks are Python functions of the training
+        process (``GradWatch(callbacks=...)``): one this monitor was not given is the hook's to
+        call, not a failed delivery."""
+        return [
+            t
+            for t in self.delivery.targets(alert)
+            if not t.startswith("callback:") or t.partition(":")[2] in self.delivery.callbacks
+        ]
+
+    def _claim(self, run: Any, state: _Followed, pending: _Pending, result: _Tally) -> bool:
+        """Record in the run that this process delivers ``pending``'s alert; False when another
+        monitor has it (or the claim could not be written: tried again at the next poll)."""
+        alert = pending.alert
+        try:
+            pending.generation = self.claims.take(run, alert.rule, alert.step)
+        except ClaimError as err:
+            state.undelivered[(alert.rule, alert.step)] = pending
+            self._note(
+                f"claim:{run.info.run_id}",
+                "run %s: cannot record the claim of alert %s "
+                "(step %d), tried again at the next poll: %s",
+                state.run_name,
+                alert.rule,
+                alert.step,
+                mask_uri(err),
+            )
+            return False
+        if pending.generation is None:
+            result.already += 1  # another monitor took it
+            state.undelivered.pop((alert.rule, alert.step), None)
+            logger.debug(
+                "alert %s (step %d) of run %s: another monitor has it",
+                alert.rule,
+                alert.step,
+                state.run_name,
+            )
+            return False
+        return True
+
+    def _deliver(self, run: Any, state: _Followed, pending: _Pending, result: _Tally) -> None:
+        """Send to each target still owed, here and now; remember the alert once all have it."""
+        alert = pending.alert
         key = (alert.rule, alert.step)
+        if pending.generation is None and not self._claim(run, state, pending, result):
+            return
+        shown = alert_for_run(alert, run)
+        left = []
+        for target in pending.targets:
+            try:
+                self.delivery.send(shown, target)
+            except DeliveryError:  # logged by the delivery, without secrets
+                left.append(target)
         if left:
-            state.undelivered[key] = (alert, left)
-            logger.warning("run %s: alert %s (step %d) not delivered to %s; retrying at the "
-                           "next poll", state.run_name, alert.rule, alert.step, ", ".join(left))  # fmt: skip
+            pending.targets = left
+            state.undelivered[key] = pending
+            logger.warning(
+                "run %s: alert %s (step %d) not delivered to %s; retrying at the next poll",
+                state.run_name,
+                alert.rule,
+                alert.step,
+                ", ".join(left),
+            )
             return
         state.undelivered.pop(key, None)
         if alert.step > state.alerted.get(alert.rule, -1):
             # Remembered in this process first: a failing tag write must not re-send it.
             state.alerted[alert.rule] = alert.step
             self.client.set_tag(run.info.run_id, f"{TAG_ALERTED}{alert.rule}", str(alert.step))
-        sent.append((state.run_name, alert))
+        result.sent.append((state.run_name, alert))
 
     # -- service ---------------------------------------------------------------------------
 
@@ -479,53 +663,38 @@ class Monitor:
             stop.wait(interval)
 
     def close(self, timeout: float = 10.0) -> int:
-        """Deliver what is queued (within ``timeout`` s); returns alerts left undelivered."""
-        left = sum(len(s.undelivered) for s in self._followed.values())
+        """Deliver what is queued (within ``timeout`` s); returns alerts left undelivered.
+
+        The alerts this monitor claimed and could not deliver are released to the next monitor
+        (the next ``--once``, or another service) so they are not lost with this process.
+        """
+        left = 0
+        for state in self._followed.values():
+            for pending in state.undelivered.values():
+                left += 1
+                if pending.generation is not None:
+                    alert = pending.alert
+                    try:
+                        self.claims.release(
+                            state.run_id, alert.rule, alert.step, pending.generation
+                        )
+                    except Exception as err:  # noqa: BLE001 - closing: say it, go on
+                        logger.warning(
+                            "run %s: could not hand alert %s (step %d) on to the next monitor: %s",
+                            state.run_name,
+                            alert.rule,
+                            alert.step,
+                            single_line(mask_uri(err)),
+                        )
         return self.delivery.close(timeout) + left
 
 
-class ConfirmedDelivery:
-    """Delivers an alert to one target at a time and waits for the outcome.
-
-        confirmed = ConfirmedDelivery(delivery, timeout=60)
-        ok = all(confirmed.send(alert, t) for t in confirmed.targets(alert))
-
-    ``Delivery`` itself never blocks and reports outcomes only as counts; one alert to one
-    target at a time turns those counts into this alert's outcome.
-    """
-
-    def __init__(self, delivery: Delivery, timeout: float = DEFAULT_DELIVERY_TIMEOUT) -> None:
-        self.delivery = delivery
-        self.timeout = timeout
-
-    def targets(self, alert: Alert) -> list[str]:
-        """One target per entry: ``webhook`` and ``callback`` expanded by name."""
-        targets: list[str] = []
-        for action in alert.actions:
-            if action in _NOT_TARGETS:
-                continue
-            if action == "webhook":
-                targets += [f"webhook:{name}" for name in self.delivery.webhooks]
-            elif action == "callback":
-                targets += [f"callback:{name}" for name in self.delivery.callbacks]
-            else:
-                targets.append(action)
-        return targets
-
-    def send(self, alert: Alert, target: str) -> bool:
-        """Deliver ``alert`` to ``target`` and wait: True once it got there."""
-        before = self.delivery.stats
-        self.delivery.deliver(dataclasses.replace(alert, actions=(target,)))
-        deadline = time.monotonic() + self.timeout
-        stats = self.delivery.stats
-        while stats["pending"] and time.monotonic() < deadline:
-            time.sleep(0.02)
-            stats = self.delivery.stats
-        return (
-            not stats["pending"]
-            and stats["failed"] == before["failed"]
-            and stats["dropped"] == before["dropped"]
-        )
+@dataclass
+class _Tally:
+    fed: int = 0
+    sent: list[tuple[str, Alert]] = field(default_factory=list)
+    already: int = 0
+    failed: int = 0
 
 
 def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, minutes: float,
@@ -556,10 +725,6 @@ def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, min
         actions=tuple(rule.actions) if rule is not None else default_actions,
         timestamp=last_ms / 1000.0,
     )
-
-
-def _points_upto(history: Sequence, step: int) -> int:
-    return sum(1 for m in history if m.step <= step)
 
 
 def alert_for_run(alert: Alert, run: Any) -> Alert:

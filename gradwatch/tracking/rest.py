@@ -26,7 +26,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from gradwatch.secrets import mask_uri
+from gradwatch.secrets import mask_uri, split_userinfo
 from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["RestApiStore"]
@@ -50,7 +50,8 @@ class RestApiStore:
     """The shipper's ``Store`` for an http(s) tracking server (see store.py)."""
 
     def __init__(self, tracking_uri: str, request_timeout: float = 10.0) -> None:
-        parts = urllib.parse.urlsplit(tracking_uri)
+        bare, uri_user, uri_password = split_userinfo(tracking_uri)
+        parts = urllib.parse.urlsplit(bare)
         self.request_timeout = request_timeout
         self.shown_uri = mask_uri(tracking_uri)
         self._uri = tracking_uri
@@ -59,11 +60,11 @@ class RestApiStore:
         self._port = parts.port
         self._base = parts.path.rstrip("/")
         self._headers = {"Content-Type": "application/json", "User-Agent": "gradwatch"}
-        user = urllib.parse.unquote(parts.username or "") or os.environ.get("MLFLOW_TRACKING_USERNAME")  # fmt: skip
-        password = urllib.parse.unquote(parts.password or "") or os.environ.get("MLFLOW_TRACKING_PASSWORD")  # fmt: skip
+        user = uri_user or os.environ.get("MLFLOW_TRACKING_USERNAME")
+        password = uri_password or os.environ.get("MLFLOW_TRACKING_PASSWORD")
         token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-        if parts.username and not parts.password:  # https://TOKEN@host
-            token, user = urllib.parse.unquote(parts.username), None
+        if uri_user and uri_password is None:  # https://TOKEN@host
+            token, user = uri_user, None
         if user and password:
             basic = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers["Authorization"] = f"Basic {basic}"
