@@ -46,10 +46,13 @@ __all__ = [
     "metric_history",
     "mlflow_errors",
     "one_line",
+    "open_client",
     "quick_http",
     "resolve_tracking_uri",
     "restore_settings",
     "search_all",
+    "store_lock_path",
+    "store_setup_lock",
     "user_environ",
 ]
 
@@ -96,10 +99,10 @@ def get_client(tracking_uri: str | None = None, must_exist: bool = True) -> Any:
         client = get_client("http://127.0.0.1:5000")
 
     With ``must_exist``, a ``sqlite:///`` store that is not there raises InputError instead of
-    silently creating an empty database (which is what MLflow would do).
+    silently creating an empty database (which is what MLflow would do). A sqlite store is
+    opened under :func:`store_setup_lock`, so it is never created or migrated by two of
+    gradwatch's processes at once.
     """
-    from mlflow import MlflowClient
-
     uri = resolve_tracking_uri(tracking_uri)
     if must_exist and uri.startswith(_SQLITE):
         path = uri[len(_SQLITE) :]
@@ -108,7 +111,80 @@ def get_client(tracking_uri: str | None = None, must_exist: bool = True) -> Any:
                 f"no MLflow store at {path} (tracking URI {mask_uri(uri)}); "
                 "run `gradwatch demo` or pass --tracking-uri / set MLFLOW_TRACKING_URI"
             )
-    return MlflowClient(uri)
+    return open_client(uri)
+
+
+#: Seconds a process waits for another one that is creating or migrating a sqlite store.
+STORE_SETUP_WAIT = 600.0
+
+
+def store_lock_path(tracking_uri: str) -> str | None:
+    """The lock file beside a ``sqlite:///`` store's database, or None for other stores."""
+    if not tracking_uri.startswith(_SQLITE):
+        return None
+    path = tracking_uri[len(_SQLITE) :].split("?")[0]
+    if not path or path == ":memory:":
+        return None
+    return path + ".gradwatch-setup.lock"
+
+
+@contextmanager
+def store_setup_lock(tracking_uri: str, wait: float = STORE_SETUP_WAIT) -> Iterator[None]:
+    """Hold the lock beside a sqlite store's file while the store is created or migrated.
+
+        with store_setup_lock("sqlite:////abs/mlflow.db"):
+            client = MlflowClient(uri); client.search_experiments(max_results=1)
+
+    MLflow creates and migrates a sqlite database on first use; two processes doing it at
+    once collide (``Online migration expected to match one row``, ``_alembic_tmp_* already
+    exists``). Every gradwatch process that opens a sqlite store (shipper, compare, report,
+    monitor, demo) does it under this ``flock``. Other stores, or a folder that cannot hold
+    the lock file, go without it. Waits at most ``wait`` seconds, then goes ahead.
+    """
+    import fcntl
+    import time
+
+    lock_path = store_lock_path(tracking_uri)
+    fd = None
+    if lock_path is not None:
+        try:
+            os.makedirs(os.path.dirname(lock_path), exist_ok=True)  # as MLflow would
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # a read-only folder or a missing one: MLflow will say which
+            fd = None
+    if fd is not None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.05)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
+def open_client(tracking_uri: str) -> Any:
+    """``MlflowClient(tracking_uri)`` with its store opened now: a sqlite store is created
+    and migrated under :func:`store_setup_lock`, so no two gradwatch processes race there.
+
+        client = open_client("sqlite:////abs/mlflow.db")
+    """
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    if store_lock_path(tracking_uri) is not None:
+        with store_setup_lock(tracking_uri):
+            try:  # MLflow opens (creates, migrates) the store on its first request
+                client.search_experiments(max_results=1)
+            except Exception:  # noqa: BLE001 - the caller's own request meets it again, in
+                pass  # its own error handling (a read-only or corrupt file, say)
+    return client
 
 
 # ------------------------------------------------------------------------- errors

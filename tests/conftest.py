@@ -33,6 +33,20 @@ SERVER_TESTS = {
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses_server = SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if "request" in getattr(item, "fixturenames", ()) and not uses_server:
+            # `request.getfixturevalue("tracking_uri")` hides the fixture from the scan above:
+            # such a test must say @pytest.mark.server itself, or the fast subset starts a server.
+            source = getattr(getattr(item, "function", None), "__code__", None)
+            asks = source is not None and "getfixturevalue" in source.co_names
+            if (
+                asks
+                and SERVER_FIXTURES & set(source.co_consts)
+                and not item.get_closest_marker("server")
+            ):
+                raise pytest.UsageError(
+                    f"{item.nodeid} asks for a server fixture through request.getfixturevalue; "
+                    "mark it @pytest.mark.server"
+                )
         if uses_server or item.path.name in SERVER_MODULES or item.originalname in SERVER_TESTS:
             item.add_marker(pytest.mark.server)
 

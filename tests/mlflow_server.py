@@ -114,3 +114,59 @@ class MlflowServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class RelayProxy:
+    """A real HTTP relay on 127.0.0.1 in front of an MLflow server that answers every
+    request ``delay`` seconds late: a server that is slow but alive. ``on_request(method,
+    path)`` runs as each request arrives, before it is relayed.
+
+        proxy = RelayProxy(server.uri, delay=0.5); open_run(tracking_uri=proxy.uri); proxy.close()
+    """
+
+    def __init__(self, upstream: str, delay: float = 0.0, on_request=None) -> None:
+        import http.client
+        import threading
+        import urllib.parse
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        target = urllib.parse.urlsplit(upstream)
+        self.requests = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as MLflow's server
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                proxy.requests += 1
+                if on_request is not None:
+                    on_request(self.command, self.path)
+                time.sleep(delay)
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body or None, headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.uri = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

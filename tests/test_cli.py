@@ -60,6 +60,8 @@ def test_demo_runs_are_compared_with_the_right_verdicts(tracking_uri):
     assert "\r" not in result.stderr
     assert "gradwatch: verdict" not in result.stderr  # the hook's own lines: folded into those
     sweep = re.search(r"--sweep (\S+)", result.output).group(1)
+    # Every run landed whole before the table was printed: no journal is left behind.
+    assert not list(Path(".gradwatch/journal").glob("*.jsonl"))
     # One parent run, its description listing every run's verdict; the runs its children.
     parent_id = (
         re.search(rf"parent run \(its description lists every verdict\): {run_link}", result.output)

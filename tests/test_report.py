@@ -34,8 +34,6 @@ from gradwatch.report import (
 from gradwatch.runs.compare import select_runs, summarize_runs
 from gradwatch.schema import ARTIFACT_HISTOGRAMS, ARTIFACT_HISTOGRAMS_PNG, ARTIFACT_REPORT
 from gradwatch.stats import hist_edges, histogram_record
-from gradwatch.tracking.journal import state_path
-from gradwatch.tracking.state import ShipState
 from tests.mlflow_server import free_port
 
 HOSTILE = "<script>alert(1)</script>"
@@ -154,12 +152,10 @@ def _png_size(png: bytes) -> tuple[int, int]:
 
 
 def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, mlflow_server):
-    # Before any `gradwatch report`: the shipper drew and uploaded both at the end of the run.
+    # Before any `gradwatch report`: the hook drew both as the run's last records.
     client = MlflowClient(mlflow_server.uri)
     run_id, journal = runs["bug"]
     assert client.get_run(run_id).info.status == "FINISHED"
-    # Drawn after the run ended, once: the shipper's state says how it went.
-    assert ShipState.load(state_path(journal)).report == "uploaded"
     names = {f.path for f in client.list_artifacts(run_id, "gradwatch")}
     assert {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS, ARTIFACT_HISTOGRAMS_PNG} <= names
     html = artifact_text(client, run_id, ARTIFACT_REPORT)
@@ -170,7 +166,6 @@ def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, m
     assert hist_steps == list(range(0, STEPS, HIST_EVERY))  # hist_every=1: every statistics step
     # report=False: histograms still recorded, no pictures drawn.
     ok_id, ok_journal = runs["ok"]
-    assert ShipState.load(state_path(ok_journal)).report is None
     names = {f.path for f in client.list_artifacts(ok_id, "gradwatch")}
     assert ARTIFACT_HISTOGRAMS in names and not {ARTIFACT_REPORT, ARTIFACT_HISTOGRAMS_PNG} & names
 

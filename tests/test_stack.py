@@ -30,7 +30,10 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+import tomllib
 import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from tests.mlflow_server import free_port
 from tests.postgres import PostgresCluster, PostgresUnavailable, find_postgres_bin
@@ -198,11 +201,77 @@ def test_images_pinned(compose):
     assert re.fullmatch(r"\d+(\.\d+)?(-[a-z0-9.]+)?", postgres_tag), postgres_tag
 
 
-def test_mlflow_image_matches_installed_mlflow(compose):
-    image = compose["services"]["mlflow"]["image"]
+NEWEST_PIN = REPO / "constraints" / "mlflow-newest.txt"
+OLDEST_PIN = REPO / "constraints" / "mlflow-oldest.txt"
+
+
+def pinned(path: Path) -> dict[str, str]:
+    """``{package: version}`` of a pip constraints file's ``name==version`` lines."""
+    pins = {}
+    for line in path.read_text().splitlines():
+        name, sep, version = line.split("#")[0].strip().partition("==")
+        if sep:
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def supported_mlflow() -> SpecifierSet:
+    """pyproject.toml's MLflow requirement: the supported range."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (requirement,) = [
+        Requirement(r) for r in pyproject["project"]["dependencies"] if r.startswith("mlflow")
+    ]
+    return requirement.specifier
+
+
+def dockerfile_stages() -> dict[str, list[tuple[str, str]]]:
+    """The Dockerfile's instructions by stage name (the unnamed last stage is ``""``)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    text = DOCKERFILE_PATH.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or " " not in line:
+            continue
+        op, arg = line.split(None, 1)
+        if op.upper() == "FROM":
+            name = arg.split(" AS ")[1].strip() if " AS " in arg else ""
+            current = stages.setdefault(name, [])
+        current.append((op.upper(), arg))
+    return stages
+
+
+def test_mlflow_image_is_built_from_the_tested_pin(compose):
+    # By construction: the server image installs MLflow under the very constraints file CI
+    # installs with, so a new MLflow release changes neither until the pin moves.
+    build = compose["services"]["mlflow"]["build"]
+    assert (REPO / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE_PATH
+    stages = dockerfile_stages()
+    for stage in (build["target"], ""):  # the server, and gradwatch's own image
+        runs = [arg for op, arg in stages[stage] if op == "RUN" and "pip install" in arg]
+        copies = [arg for op, arg in stages[stage] if op == "COPY"]
+        assert any("constraints/mlflow-newest.txt" in arg for arg in copies), stage
+        assert any(" -c " in arg for arg in runs), f"stage {stage!r} installs without the pin"
+    ci = (REPO / ".ci" / "run").read_text()
+    assert "-c constraints/mlflow-newest.txt" in ci and "-c constraints/mlflow-oldest.txt" in ci
+
+
+def test_pins_span_the_supported_range():
+    supported = supported_mlflow()
+    newest, oldest = pinned(NEWEST_PIN), pinned(OLDEST_PIN)
+    assert newest["mlflow"] in supported and oldest["mlflow"] in supported
+    # The oldest pin is the range's lower bound, so "supported" means "tested".
+    assert supported.filter([oldest["mlflow"]]) and f">={oldest['mlflow']}" in str(supported)
+    for pins in (newest, oldest):  # MLflow's own parts move together
+        assert pins.get("mlflow-skinny") == pins["mlflow"]
+
+
+def test_installed_mlflow_is_in_the_supported_range():
     version = importlib.metadata.version("mlflow")
-    # Official tags are v<version>; the -full variant carries the PostgreSQL drivers.
-    assert image == f"ghcr.io/mlflow/mlflow:v{version}-full"
+    assert version in supported_mlflow(), (
+        f"mlflow {version} is outside pyproject.toml's range {supported_mlflow()}; install "
+        f"with `-c {NEWEST_PIN.relative_to(REPO)}`"
+    )
 
 
 def test_postgres_not_published(compose):
@@ -331,7 +400,10 @@ def test_dockerfile():
     ]
     froms = [arg for op, arg in instructions if op == "FROM"]
     assert froms and froms[-1].startswith("python:3.11-slim")
-    assert any(op == "RUN" and "pip install ." in arg for op, arg in instructions)
+    assert any(
+        op == "RUN" and "pip install" in arg and arg.split("&&")[0].strip().endswith(" .")
+        for op, arg in instructions
+    )
     users = [arg for op, arg in instructions if op == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must not run as root"
     entrypoints = [arg for op, arg in instructions if op == "ENTRYPOINT"]
@@ -343,9 +415,10 @@ def test_dockerfile():
             continue
         for source in shlex.split(arg)[:-1]:
             assert (REPO / source).exists(), f"Dockerfile copies {source}, which does not exist"
-            assert f"!{source}" in ignore or f"!{source}/" in ignore, (
-                f".dockerignore drops {source}"
-            )
+            kept = [f"!{source}", f"!{source}/"] + [
+                f"!{p.as_posix()}/" for p in Path(source).parents
+            ]
+            assert set(kept) & set(ignore), f".dockerignore drops {source}"
 
 
 # -- 2. the mlflow service's command line against a real PostgreSQL ----------------------------

@@ -225,7 +225,7 @@ def test_param_conflict_kept_as_tag(tracking_uri):
     assert data.tags["gradwatch.param_conflict.a"] == "2"
 
 
-def test_embedded_sqlite_is_the_default(tmp_path):
+def test_embedded_sqlite_is_the_default(tmp_path, monkeypatch):
     assert "MLFLOW_TRACKING_URI" not in os.environ
     run = open_run(experiment="t-embedded", settings=FAST)
     assert run.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -237,6 +237,8 @@ def test_embedded_sqlite_is_the_default(tmp_path):
     client = mlflow.MlflowClient("sqlite:///mlflow.db")
     assert [m.step for m in history(client, result.run_id, "loss")] == list(range(20))
     assert client.get_run(result.run_id).info.status == "FINISHED"
+    # MLflow 3.0's list_artifacts finds the run through the default URI, not the client's.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     assert {f.path for f in client.list_artifacts(result.run_id, "gradwatch")} == {
         "gradwatch/alerts.jsonl"
     }
@@ -269,9 +271,11 @@ def test_offline_close_reports_pending_then_sync_lands_once(tracking_uri, caplog
         result = run.close("FINISHED", timeout=1.0)
     assert result.run_id is None and result.pending == 121  # 120 steps + end record
     shown = os.path.relpath(result.journal_path)
-    assert result.message == (
-        f"gradwatch: 121 records still pending in {shown}; "
-        f"run `gradwatch sync {shown}` when the server is back"
+    # The situation named as it is: the server is unreachable (masked URI), and how to sync.
+    assert result.message.startswith(f"gradwatch: MLflow server {dead} is unreachable (")
+    assert "Connection refused" in result.message
+    assert result.message.endswith(
+        f"121 records kept in {shown}; run `gradwatch sync {shown}` when the server is back"
     )
     assert result.message in caplog.text
     assert [j.path for j in pending_journals()] == [result.journal_path]
@@ -282,6 +286,8 @@ def test_offline_close_reports_pending_then_sync_lands_once(tracking_uri, caplog
 
     synced = sync_journal(result.journal_path, tracking_uri=tracking_uri, settings=FAST)
     assert synced.complete and synced.shipped == 121 and synced.status == "FINISHED"
+    torn = len(b'{"s":999,"t":"m","ts":1,"st":')
+    assert f"its last line was cut short ({torn} bytes without an end" in synced.message
     assert not synced.incomplete
     client = mlflow.MlflowClient(tracking_uri)
     assert [m.step for m in history(client, synced.run_id, "loss")] == list(range(120))

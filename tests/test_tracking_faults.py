@@ -97,6 +97,8 @@ def test_full_disk_is_reported_and_ends_the_run_failed(tracking_uri, tmp_path):
     assert run.data.tags[JOURNAL_DROPPED_TAG].startswith(f"{result['dropped']} records dropped")
 
 
+# Both start a store process (a server; a shipper creating a sqlite store): `server` tests.
+@pytest.mark.server
 @pytest.mark.parametrize("store", ["server", "embedded"])
 def test_a_step_outside_int64_is_dropped_and_the_rest_lands(store, request, tmp_path):
     uri = request.getfixturevalue("tracking_uri") if store == "server" else None
@@ -343,8 +345,6 @@ def test_artifacts_a_proxy_refuses_as_too_large_never_keep_the_run_from_ending(
     import numpy as np
 
     import gradwatch
-    from gradwatch.tracking.journal import state_path
-    from gradwatch.tracking.state import ShipState
 
     caplog.set_level("WARNING", logger="gradwatch")
     proxy = BodyLimitProxy(mlflow_server.uri, limit=3000)
@@ -378,5 +378,6 @@ def test_artifacts_a_proxy_refuses_as_too_large_never_keep_the_run_from_ending(
     assert f"refused {result.dropped} value(s) or artifact(s)" in result.message
     ship_log = Path(result.journal_path).with_suffix(".ship.log").read_text()
     assert "gradwatch/checks.jsonl" in ship_log and "413" in ship_log
-    state = ShipState.load(state_path(result.journal_path))
-    assert state.report.startswith("failed") and "413" in state.report
+    # The report's fate, said with the command that draws it again.
+    assert "report.html" in ship_log
+    assert f"`gradwatch report {result.run_id}` draws it" in result.message

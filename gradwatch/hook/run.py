@@ -36,7 +36,7 @@ from gradwatch.hook.statistics import StaleParams, Statistics, StepStats
 from gradwatch.links import run_links, run_path
 from gradwatch.params import ENV_PARENT_RUN_ID, ENV_SWEEP_ID
 
-__all__ = ["RunParts", "open_tracking_run"]
+__all__ = ["RunParts", "open_tracking_run", "report_step"]
 
 logger = logging.getLogger("gradwatch")
 
@@ -90,6 +90,36 @@ def settings_params(config: Config, options: HookOptions, run: Any) -> dict[str,
             fh.write(param[schema.PARAM_SETTINGS])
         run.log_artifact_file(path, os.path.dirname(schema.ARTIFACT_SETTINGS))
     return schema.settings_param(options.loggable())
+
+
+def report_step(run: Any) -> Callable[[str], str | None]:
+    """The run's last step before its end record: draw ``gradwatch/report.html`` and
+    ``gradwatch/histograms.png`` from the journal and log them as the run's artifacts, so
+    they ship (and are retried, and kept for ``gradwatch sync``) like every other record.
+
+        run.close("FINISHED", timeout=10.0, before_end=report_step(run))
+
+    Drawn by the hook's side, in the training process: the tracking pipeline never imports
+    the report (a reader of runs). Returns a note for close()'s message when nothing could
+    be drawn.
+    """
+
+    def draw(status: str) -> str | None:
+        from gradwatch.report import REPORT_DIR, write_run_artifacts
+
+        # Beside the journal (its folder is private), gone with this step.
+        with tempfile.TemporaryDirectory(dir=run.journal_path.parent) as tmp:
+            paths = write_run_artifacts(run.journal_path, tmp, run_id=run.run_id, status=status)
+            for path in paths:
+                run.log_artifact_file(str(path), REPORT_DIR)
+        if paths:
+            return None
+        return (
+            f"The run report could not be drawn (see the warning above); "
+            f"`gradwatch report {run.run_id or 'RUN_ID'}` draws it from MLflow"
+        )
+
+    return draw
 
 
 class RunParts:

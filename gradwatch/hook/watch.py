@@ -23,7 +23,7 @@ from gradwatch.errors import GradwatchError
 from gradwatch.hook.feed import ALERT_MAX_DELAY, PendingStep
 from gradwatch.hook.inputs import as_float, as_step, scalars
 from gradwatch.hook.options import HookOptions
-from gradwatch.hook.run import RunParts, open_tracking_run
+from gradwatch.hook.run import RunParts, open_tracking_run, report_step
 from gradwatch.hook.sigterm import SigtermGuard
 from gradwatch.secrets import mask_uri
 
@@ -210,20 +210,32 @@ class GradWatch:
         if self.run is None:
             return None
         parts = self._parts
-        deadline = time.monotonic() + self.options.flush_timeout
         try:
             if parts is not None:
                 parts.feed.close()
                 self.run.set_tags(parts.summary(status, error))
                 parts.feed.delivery.close(timeout=min(5.0, self.options.flush_timeout))
-                # Last before the end record; its wait for the run counts against the flush.
-                self.run.set_tags(parts.verdict_tags(wait=deadline - time.monotonic()))
         finally:
-            remaining = max(deadline - time.monotonic(), min(1.0, self.options.flush_timeout))
-            self.close_result = self.run.close(status, timeout=remaining)
+            self.close_result = self.run.close(
+                status, timeout=self.options.flush_timeout, before_end=self._end_step(parts)
+            )
         if parts is not None:
             parts.say_where(self.close_result)
         return self.close_result
+
+    def _end_step(self, parts: RunParts | None) -> Callable[[str], str | None] | None:
+        """The run's last records, written once close() has waited for the run to exist (under
+        its one bound, flush_timeout without progress): the verdict tag and description, then
+        the report, which shows them."""
+        if parts is None:
+            return None
+        draw = report_step(self.run) if self.options.report else None
+
+        def end(status: str) -> str | None:
+            self.run.set_tags(parts.verdict_tags(wait=0.0))
+            return draw(status) if draw is not None else None
+
+        return end
 
     def _close_at_exit(self) -> None:
         """A script that never called close(): end the run as the interpreter exits."""

@@ -3,13 +3,14 @@
     paths = write_run_artifacts(journal_path, out_dir)   # [out_dir/report.html, out_dir/histograms.png]
     images = draw_images(data)                           # the PNGs, each drawn once
 
-``write_run_artifacts`` is what the shipper calls when the run ends; it never raises for bad
+``write_run_artifacts`` is what the hook calls before the run's end record; it never raises for bad
 or missing data (it logs and returns what it could write), so a report can never cost the
 run its upload.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import posixpath
@@ -78,13 +79,19 @@ def write_report_files(data: RunData, out_dir: str | os.PathLike) -> list[Path]:
     return [report, *written]
 
 
-def write_run_artifacts(journal_path: str | os.PathLike, out_dir: str | os.PathLike,
-                        run_id: str | None = None) -> list[Path]:  # fmt: skip
+def write_run_artifacts(
+    journal_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    run_id: str | None = None,
+    status: str | None = None,
+) -> list[Path]:
     """Write the run's ``report.html`` and ``histograms.png`` from its journal into
-    ``out_dir``, for the shipper to upload under ``gradwatch/`` at the end of the run.
+    ``out_dir``: the hook's last step before the run's end record (hook/run.py
+    ``report_step``) logs them under ``gradwatch/``; ``status`` is the one the run is
+    about to end with (the journal has no end record yet).
 
-        for path in write_run_artifacts(journal, tmp, run_id):
-            store.upload(run_id, path, REPORT_DIR)
+        for path in write_run_artifacts(journal, tmp, run_id, "FINISHED"):
+            run.log_artifact_file(str(path), REPORT_DIR)
 
     Reads only the journal and the files beside it (no MLflow). Never raises: a journal that
     cannot be read, a picture that cannot be drawn or a full disk is logged as a warning,
@@ -94,6 +101,8 @@ def write_run_artifacts(journal_path: str | os.PathLike, out_dir: str | os.PathL
 
     try:
         data = from_journal(journal_path, run_id=run_id)
+        if status is not None:
+            data = dataclasses.replace(data, status=status)
     except Exception as err:  # noqa: BLE001 - the shipper must finish the run regardless
         logger.warning("gradwatch: no run report: cannot read %s (%s: %s)", journal_path,
                        type(err).__name__, err)  # fmt: skip

@@ -16,41 +16,50 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gradwatch.mlflow_access import open_client
 from gradwatch.secrets import mask_uri
-from gradwatch.tracking.store import StoreError, classify_code
+from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["ClientStore"]
 
 T = TypeVar("T", bound=Callable[..., Any])
 
 
+def _as_store_error(err: BaseException) -> StoreError:
+    code = getattr(err, "error_code", None)
+    text = str(err).strip().splitlines()
+    message = f"{type(err).__name__}: {text[0][:300] if text else ''}"
+    return StoreError(mask_uri(message), classify_code(code), code)
+
+
 def _translated(fn: T) -> T:
     """MLflow's and the database driver's errors -> StoreError (kind from the error code)."""
 
     @functools.wraps(fn)
-    def wrapper(self: ClientStore, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(self, *args, **kwargs)
+            return fn(*args, **kwargs)
         except StoreError:
             raise
-        except Exception as err:  # noqa: BLE001 - MLflow, SQLAlchemy, requests, OS errors
-            code = getattr(err, "error_code", None)
-            text = str(err).strip().splitlines()
-            message = f"{type(err).__name__}: {text[0][:300] if text else ''}"
-            raise StoreError(mask_uri(message), classify_code(code), code) from None
+        except Exception as err:  # noqa: BLE001 - MLflow, SQLAlchemy, OS errors
+            raise _as_store_error(err) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+@_translated
+def _open_client(tracking_uri: str) -> Any:
+    return open_client(tracking_uri)
 
 
 class ClientStore:
     """MlflowClient-backed ``Store``."""
 
     def __init__(self, tracking_uri: str, request_timeout: float = 10.0) -> None:
-        from mlflow import MlflowClient
-
         self.request_timeout = request_timeout
         self.shown_uri = mask_uri(tracking_uri)
-        self.client = MlflowClient(tracking_uri)
+        # A sqlite store is created/migrated under the lock beside its file (mlflow_access).
+        self.client = _open_client(tracking_uri)
 
     @_translated
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str:

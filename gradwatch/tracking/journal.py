@@ -41,6 +41,7 @@ import logging
 import math
 import mmap
 import os
+import shutil
 import threading
 import time
 import uuid
@@ -51,6 +52,10 @@ from typing import Any
 from gradwatch.tracking.locks import lock_held
 
 __all__ = [
+    "private_file",
+    "reserve_path",
+    "set_aside_reserve",
+    "remove_journal",
     "DEFAULT_JOURNAL_DIR",
     "HEADER",
     "METRICS",
@@ -131,13 +136,52 @@ def journal_files(journal_path: str | os.PathLike) -> list[Path]:
     """The journal and every file beside it that belongs to it (state, ship log and lock,
     copied artifacts)."""
     p = Path(journal_path)
-    return [p, state_path(p), p.with_suffix(".ship.log"), p.with_suffix(".ship.lock"), files_dir(p)]
+    return [
+        p,
+        state_path(p),
+        reserve_path(p),
+        p.with_suffix(".ship.log"),
+        p.with_suffix(".ship.lock"),
+        files_dir(p),
+    ]
+
+
+def reserve_path(journal_path: str | os.PathLike) -> Path:
+    """Space the shipper sets aside for its state file: given back when the disk is full."""
+    p = Path(journal_path)
+    return p.with_name(p.stem + ".reserve")
+
+
+#: Bytes set aside beside a journal for its shipper's state file.
+RESERVE_BYTES = 1 << 16
+
+
+def set_aside_reserve(journal_path: str | os.PathLike) -> None:
+    """Reserve ``RESERVE_BYTES`` beside a new journal (while the disk has room): when the
+    disk fills up, the shipper gives them back to write its state, so the run still ends
+    (FAILED, with the dropped records' tag) instead of stalling unseen."""
+    path = reserve_path(journal_path)
+    try:
+        with private_file(path) as f:
+            os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+    except (OSError, AttributeError):  # already full (or no fallocate): nothing to keep
+        path.unlink(missing_ok=True)
+
+
+def private_file(path: Path, append: bool = False) -> Any:
+    """``open(path, "ab" or "wb")`` creating the file 0600 (and its folders 0700) whatever
+    the umask and whatever the journal folder's own mode."""
+    make_private_dir(path.parent)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+    return os.fdopen(os.open(path, flags, 0o600), "ab" if append else "wb")
 
 
 def make_private_dir(directory: Path) -> None:
     """Create ``directory`` (and parents) readable by its owner only (0700)."""
     if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not directory.parent.is_dir():
+            make_private_dir(directory.parent)
+        directory.mkdir(exist_ok=True, mode=0o700)
         os.chmod(directory, 0o700)  # mkdir's mode is filtered by the umask
 
 
@@ -400,3 +444,15 @@ def read_header(journal_path: str | os.PathLike) -> dict[str, Any]:
             return rec
         break
     raise ValueError(f"{journal_path}: first line is not a gradwatch journal header")
+
+
+def remove_journal(journal_path: str | os.PathLike) -> None:
+    """Delete a journal and everything beside it that belongs to it."""
+    for path in journal_files(journal_path):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass

@@ -21,10 +21,23 @@ from typing import Protocol
 from gradwatch.tracking.backoff import Backoff
 from gradwatch.tracking.shipper import Shipper
 from gradwatch.tracking.state import ShipState
+from gradwatch.tracking.store_error import StoreError
 
-__all__ = ["ShipLoop", "ShipperHandle"]
+__all__ = ["ShipLoop", "ShipperHandle", "cpu_seconds"]
 
 logger = logging.getLogger("gradwatch")
+
+
+def cpu_seconds(pid: int, tid: int | None = None) -> float | None:
+    """CPU seconds (user + system) of process ``pid`` (or its thread ``tid``) from /proc;
+    None where /proc cannot tell (not Linux, the process is gone)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    try:
+        with open(path, "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class ShipperHandle(Protocol):
@@ -36,7 +49,12 @@ class ShipperHandle(Protocol):
     def run_id(self) -> str | None: ...
     @property
     def finalized(self) -> bool: ...
+    @property
+    def pid(self) -> int: ...
     def alive(self) -> bool: ...
+    def cpu_seconds(self) -> float | None: ...
+    def leave_running(self) -> None: ...
+    def detach(self) -> None: ...
     def kick(self) -> None: ...
     def notify_data(self) -> None: ...
     def request_close(self) -> None: ...
@@ -85,6 +103,21 @@ class ShipLoop:
 
     def alive(self) -> bool:
         return self._thread.is_alive()
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    def cpu_seconds(self) -> float | None:
+        """The shipping thread's CPU so far (Linux), None where it cannot be read."""
+        tid = self._thread.native_id
+        return None if tid is None else cpu_seconds(os.getpid(), tid)
+
+    def leave_running(self) -> None:
+        """close() stops waiting: the thread goes on shipping while this process lives."""
+
+    def detach(self) -> None:
+        """close() is done with this shipper (the thread ends on its own)."""
 
     def kick(self) -> None:
         """Try now, even during a backoff (flush/close)."""
@@ -198,6 +231,7 @@ class ShipLoop:
 
     def _note_success(self) -> None:
         self._backoff.reset()
+        self.shipper.note_failing(None)
         if self.failing_since is not None:
             logger.warning("gradwatch: MLflow at %s reachable again after %.1f s; shipping the "
                            "backlog", self.shipper.shown_uri, time.monotonic() - self.failing_since)  # fmt: skip
@@ -207,6 +241,8 @@ class ShipLoop:
         self.last_error = err
         text = str(err).strip().splitlines()
         short = f"{type(err).__name__}: {text[0][:200] if text else ''}"
+        # A StoreError's text names the request and the cause already.
+        self.shipper.note_failing(text[0][:300] if isinstance(err, StoreError) and text else short)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
             logger.warning("gradwatch: cannot ship to MLflow at %s (%s); data kept in %s, retrying",

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.secrets import mask_uri, split_userinfo
-from gradwatch.tracking.store import StoreError, classify_code
+from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["RestApiStore"]
 
@@ -35,6 +35,15 @@ API = "/api/2.0/mlflow/"
 ARTIFACTS_API = "/api/2.0/mlflow-artifacts/artifacts/"
 # Protobuf's JSON form of non-finite doubles (the server's parser refuses bare NaN).
 _NONFINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+_STALE_CONNECTION = (
+    BrokenPipeError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    http.client.RemoteDisconnected,
+    http.client.BadStatusLine,
+)
 
 
 class RestApiStore:
@@ -83,15 +92,24 @@ class RestApiStore:
     def _request(self, method: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
         url = self._base + path
-        try:
-            conn = self._connection()
-            conn.request(method, url, body=body, headers=headers or self._headers)
-            resp = conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as err:
-            self.close()  # a half-used connection cannot be reused
-            kind = "transient"
-            raise StoreError(f"{method} {self.shown_uri}{path}: {type(err).__name__}: {err}", kind) from None  # fmt: skip
+        for attempt in range(2):
+            reused = self._conn is not None and self._conn.sock is not None
+            try:
+                conn = self._connection()
+                conn.request(method, url, body=body, headers=headers or self._headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                break
+            except (OSError, http.client.HTTPException) as err:
+                self.close()  # a half-used connection cannot be reused
+                # The server (or a proxy) closed an idle keep-alive connection: the request
+                # never reached it, so one fresh connection is tried at once. Replaying is
+                # safe (shipper.py: every request is idempotent or found again by its tag).
+                if attempt == 0 and reused and isinstance(err, _STALE_CONNECTION):
+                    continue
+                raise StoreError(
+                    f"{method} {self.shown_uri}{path}: {type(err).__name__}: {err}", "transient"
+                ) from None
         if resp.will_close:
             self.close()
         if 200 <= resp.status < 300:

@@ -46,9 +46,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from gradwatch.secrets import mask_uri
-from gradwatch.tracking.journal import state_path
+from gradwatch.tracking.journal import remove_journal, state_path
 from gradwatch.tracking.locks import lock_held, lock_within, release, try_lock
-from gradwatch.tracking.loop import ShipLoop
+from gradwatch.tracking.loop import ShipLoop, cpu_seconds
 from gradwatch.tracking.shipper import SHIP_URI_ENV, Shipper
 from gradwatch.tracking.state import ShipperSettings, ShipState
 
@@ -59,6 +59,8 @@ logger = logging.getLogger("gradwatch")
 #: Seconds an orphaned shipper may keep working before it leaves the rest of the journal to
 #: `gradwatch sync` (which is exactly-once with whatever the child shipped).
 ORPHAN_GRACE = 60.0
+#: Shipper processes close() left running in the background (see ``detach``).
+_still_running: list[subprocess.Popen] = []
 #: How often the parent re-reads the state file while it waits for a flush or close.
 POLL_SECONDS = 0.02
 #: Niceness added to the shipper process: training gets the CPU first.
@@ -151,6 +153,31 @@ class ProcessShipper:
     def alive(self) -> bool:
         return self.proc.poll() is None
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def cpu_seconds(self) -> float | None:
+        """The shipper process's CPU so far (Linux), None where it cannot be read."""
+        return cpu_seconds(self.proc.pid)
+
+    def detach(self) -> None:
+        """close() is done with the child: close the pipe (end of file is the child's cue
+        that nobody waits for it any more) and keep the process object until it exits."""
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
+        _still_running[:] = [p for p in _still_running if p.poll() is None]
+        if self.proc.poll() is None:
+            _still_running.append(self.proc)  # reaped later, never warned about as leaked
+
+    def leave_running(self) -> None:
+        """close() stops waiting: the child finishes on its own (within ``ORPHAN_GRACE``
+        once this process is gone) and then deletes the journal it landed completely."""
+        self._send(b"x")
+
     # -- control -------------------------------------------------------------------------
     def _send(self, byte: bytes) -> None:
         try:
@@ -221,7 +248,7 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
     # the run, a fresh thread at normal priority ships the rest (niceness cannot be undone).
     loop = ShipLoop(shipper, close_when_finalized=True, niceness=NICENESS, owns_shipper=False,
                     on_started=_freeze_startup_heap).start()  # fmt: skip
-    closing = False
+    closing = remove_when_landed = False
     stdin = sys.stdin.fileno()
     orphaned_at: float | None = None
     while loop.alive():
@@ -229,6 +256,9 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
             ready, _, _ = select.select([stdin], [], [], 0.2)
             if ready:
                 data = os.read(stdin, 4096)
+                if b"x" in data:  # the training process left the rest to this process
+                    remove_when_landed = True
+                    data = data.replace(b"x", b"") or b"k"
                 if not data:  # end of file: the training process is gone
                     orphaned_at = time.monotonic()
                     loop.kick()
@@ -267,6 +297,9 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
     loop.abort()
     loop.join(5.0)
     shipper.close()
+    state = shipper.state
+    if remove_when_landed and shipper.finalized and not state.fatal and not state.dropped:
+        remove_journal(path)  # all of it landed after close() stopped waiting
     if lock is not None:
         os.close(lock)
     return 0

@@ -22,10 +22,10 @@ experiment or run, permission denied) is recorded as ``state.fatal`` and ends sh
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import posixpath
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -42,7 +42,14 @@ from gradwatch.tracking.batching import (
     send_bisecting,
     truncate_value,
 )
-from gradwatch.tracking.journal import files_dir, read_header, scan_lines, state_path
+from gradwatch.tracking.journal import (
+    files_dir,
+    private_file,
+    read_header,
+    reserve_path,
+    scan_lines,
+    state_path,
+)
 from gradwatch.tracking.state import ShipperSettings, ShipState
 from gradwatch.tracking.store import StoreError, open_store
 
@@ -105,6 +112,7 @@ class Shipper:
         self.metric_prefix: str = str(self.header.get("metric_prefix") or "")
         self.settings = settings or ShipperSettings()
         self.state_file, self.files = state_path(self.path), files_dir(self.path)
+        self._reserve = reserve_path(self.path)  # set aside by open_run (journal.py)
         self.state = ShipState.load(self.state_file)
         if self.state.uri not in (None, self.shown_uri):
             self.state = ShipState()  # synced to another server: its ids mean nothing there
@@ -136,7 +144,20 @@ class Shipper:
         return self.state.finalized is not None
 
     def _save(self) -> None:
-        self.state.save(self.state_file)
+        try:
+            self.state.save(self.state_file)
+        except OSError as err:
+            if err.errno != errno.ENOSPC or not self._reserve.exists():
+                raise
+            # The disk is full: give back the space set aside for this moment, so the
+            # state (and with it the run's end) can still be written.
+            self._reserve.unlink()
+            self.state.save(self.state_file)
+            logger.warning(
+                "gradwatch: disk full at %s; shipping on with the space kept "
+                "for the shipper's state",
+                self.path.parent,
+            )
 
     # ----------------------------------------------------------------- rounds
     def step(self, full_only: bool = False) -> bool:
@@ -184,6 +205,7 @@ class Shipper:
             self._ack(batch)
         self.state.cpu_seconds += time.thread_time() - cpu  # the last ack: saved with the next
         if self.state.end_status is not None and not self.finalized:
+            self._set_phase("ending the run")
             self._finalize(self.state.end_status, self.state.end_ts, incomplete=False)
         elif not self.finalized:
             self._upload_artifact_lines(force=False)
@@ -206,8 +228,29 @@ class Shipper:
     def _ensure_run(self) -> None:
         if self.state.run_id:
             return
+        if self._store is None:
+            self._set_phase("opening the store")  # importing MLflow, creating/migrating it
+            self.store  # noqa: B018 - opened now, so the phase says what takes the time
+        self._set_phase("creating the run")
         self.state.run_id = self.header.get("run_id") or self._find_or_create_run()
+        self.state.phase = "shipping"
         self._save()
+
+    def _set_phase(self, phase: str) -> None:
+        """Say in the state file what the shipper is busy with (``close()`` shows it)."""
+        if self.state.phase != phase:
+            self.state.phase = phase
+            self._save()
+
+    def note_failing(self, why: str | None) -> None:
+        """Record (or clear, with None) the error the shipper keeps meeting, for close()."""
+        why = mask_uri(why) if why else None
+        if self.state.failing != why:
+            self.state.failing = why
+            try:
+                self._save()
+            except OSError:
+                pass  # a full disk: the failure itself says so
 
     def _find_or_create_run(self) -> str:
         exp_id = self.store.experiment_id(self.header.get("exp"), self.header.get("exp_id"))
@@ -239,7 +282,17 @@ class Shipper:
             elif not local.is_file():
                 self._drop("artifact", str(rec.get("src")), f"copied file {local} is missing")
             else:
-                self.store.upload(self.state.run_id, local, rec.get("path") or None)
+                try:
+                    self.store.upload(self.state.run_id, local, rec.get("path") or None)
+                except StoreError as err:
+                    if not _is_rejection(err):
+                        raise  # an outage or a dropped connection: the round is retried
+                    # Too large for the server or a proxy: sending it again cannot help.
+                    self._drop(
+                        "artifact",
+                        f"{rec.get('path') or ''}/{local.name}".lstrip("/"),
+                        str(err)[:300],
+                    )
 
     def _log_batch(self, metrics: list, params: list, tags: list) -> None:
         try:
@@ -272,6 +325,8 @@ class Shipper:
 
     def _drop(self, kind: str, key: str, why: str) -> None:
         self.state.dropped += 1
+        if kind == "artifact" and len(self.state.refused_artifacts) < 20:
+            self.state.refused_artifacts.append(key)  # close() names the report's fate
         logger.warning("gradwatch: MLflow cannot store %s %r (%s); dropped it", kind, key, why)
 
     # ----------------------------------------------------------------- acknowledging
@@ -295,34 +350,8 @@ class Shipper:
         else:
             self.store.end_run(self.state.run_id, status, end_ts)
         self.state.finalized, self.state.incomplete = status, incomplete
+        self.state.phase = "ended"
         self._save()
-        if self.header.get("report") and self.state.report is None:
-            self.state.report = self._upload_report()
-            self._save()
-
-    def _upload_report(self) -> str:
-        """Draw the run report and histograms.png from the journal and upload them; return
-        "uploaded" or why not. Only after the run has ended, and tried once: a report is a
-        summary of what landed, so neither a slow drawing nor an upload the server refuses
-        (a proxy's body limit, say) may keep the run RUNNING or be retried without end.
-        ``gradwatch report RUN_ID`` draws it again from MLflow at any time."""
-        from gradwatch.report import REPORT_DIR, write_run_artifacts
-
-        # Beside the journal, not in /tmp: the process ends with os._exit, which would leave
-        # a temporary folder behind if it were cut short; this one goes with the journal.
-        out = self.files / "report"
-        try:
-            paths = write_run_artifacts(self.path, out, run_id=self.state.run_id)
-            for path in paths:
-                self.store.upload(self.state.run_id, path, REPORT_DIR)
-        except Exception as err:  # noqa: BLE001 - see the docstring
-            why = f"{type(err).__name__}: {mask_uri(str(err))}"[:500]
-            logger.warning("gradwatch: the run report was not uploaded (%s); `gradwatch report "
-                           "%s` draws it again", why, self.state.run_id)  # fmt: skip
-            return f"failed: {why}"
-        finally:
-            shutil.rmtree(out, ignore_errors=True)
-        return "uploaded" if paths else "nothing drawn (see the log)"
 
     # ----------------------------------------------------------------- artifact lines
     def _restore_artifact_lines(self) -> None:
@@ -342,10 +371,15 @@ class Shipper:
 
     def _append_artifact_line(self, artifact_path: str, line: str) -> None:
         local, _ = lines_path(self.files, artifact_path)
-        local.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with open(local, "ab") as f:
-            f.write(line.encode() + b"\n")
-            self.state.artifact_sizes[artifact_path] = f.tell()
+        try:
+            with private_file(local, append=True) as f:
+                f.write(line.encode() + b"\n")
+                self.state.artifact_sizes[artifact_path] = f.tell()
+        except OSError as err:  # a full disk: the line is lost, the run still lands
+            if local.exists():
+                with open(local, "r+b") as f:  # no half line left behind
+                    f.truncate(self.state.artifact_sizes.get(artifact_path, 0))
+            self._drop("artifact line", artifact_path, f"cannot keep it beside the journal: {err}")
 
     def _upload_artifact_lines(self, force: bool) -> None:
         st = self.state

@@ -57,9 +57,11 @@ class ShipState:
     finalized: str | None = None  # status the run was ended with (or "ATTACHED")
     incomplete: bool = False  # ended by sync because the journal had no end record
     fatal: str | None = None  # why MLflow cannot take this run at all (deleted, denied)
-    report: str | None = None  # after the run ended: "uploaded", or why there is no report
+    phase: str | None = None  # what the shipper is busy with ("opening the store", ...)
+    failing: str | None = None  # the error it keeps meeting while retrying (None: none)
     cpu_seconds: float = 0.0  # the shipper's own CPU spent shipping (its thread's)
     metrics: int = 0  # metric values shipped (cpu_seconds / metrics: the cost of one)
+    refused_artifacts: list[str] = field(default_factory=list)  # dropped for good (first 20)
     artifact_sizes: dict[str, int] = field(default_factory=dict)  # artifact-line files
     artifacts_uploaded: dict[str, int] = field(default_factory=dict)
 
@@ -75,6 +77,10 @@ class ShipState:
     def save(self, path: Path) -> None:
         tmp = path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(asdict(self), separators=(",", ":")))
-        os.replace(tmp, path)  # atomic: readers see the old or the new state, never half
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(asdict(self), separators=(",", ":")))
+            os.replace(tmp, path)  # atomic: readers see the old or the new state, never half
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no empty temp file behind
+            raise

@@ -23,35 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
-from gradwatch.errors import TrackingError
+from gradwatch.tracking.store_error import StoreError, classify_code
 
 __all__ = ["Store", "StoreError", "classify_code", "open_store"]
-
-_REJECTED_CODES = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "INVALID_STATE", "RESOURCE_LIMIT_EXCEEDED"}  # fmt: skip
-_FATAL_CODES = {"PERMISSION_DENIED", "UNAUTHENTICATED", "UNAUTHORIZED", "RESOURCE_DOES_NOT_EXIST"}  # fmt: skip
-
-
-class StoreError(TrackingError):
-    """A request to MLflow failed; ``kind`` says whether retrying can help."""
-
-    def __init__(self, message: str, kind: str = "transient", code: str | None = None) -> None:
-        super().__init__(message)
-        self.kind, self.code = kind, code
-
-    @property
-    def fatal(self) -> bool:
-        return self.kind == "fatal"
-
-
-def classify_code(code: str | None, http_status: int | None = None) -> str:
-    """The ``StoreError.kind`` for an MLflow error code and/or HTTP status."""
-    if code in _FATAL_CODES or http_status in (401, 403):
-        return "fatal"
-    # 413: the body is too large for the server or a proxy before it (nginx's default limit
-    # is 1 MB); sending the same body again cannot help.
-    if code in _REJECTED_CODES or http_status in (400, 413):
-        return "rejected"
-    return "transient"
 
 
 class Store(Protocol):

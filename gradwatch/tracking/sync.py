@@ -181,7 +181,10 @@ def sync_journal(
         raise TrackingError(f"sync: journal {display_path(path)} is still being written by its training "
                             "process; its own shipper is sending it (sync it after that process exits)")  # fmt: skip
     try:
-        ship_lock = lock_within(ship_lock_path(path), min(SHIP_LOCK_WAIT, timeout), create=True)
+        try:
+            ship_lock = lock_within(ship_lock_path(path), min(SHIP_LOCK_WAIT, timeout), create=True)
+        except OSError as err:  # a read-only folder: sync must write its state beside it
+            raise TrackingError(_unwritable(path, err)) from None
         if ship_lock is None:
             raise TrackingError(f"sync: journal {display_path(path)} is being shipped by its shipper process "
                                 "right now (it stops at most a minute after its training process ended); "
@@ -199,6 +202,28 @@ def sync_journal(
             release(ship_lock)
     finally:
         release(lock_fd)
+
+
+def _unwritable(path: Path, err: OSError) -> str:
+    reason = err.strerror or str(err)
+    return (
+        f"sync: cannot write beside {display_path(path)} ({reason}); sync keeps its "
+        f"progress next to the journal: make {display_path(path.parent)} writable, or copy "
+        "the journal with its files to a writable folder and sync that copy"
+    )
+
+
+def torn_tail(journal_path: Path) -> int:
+    """Bytes of a last line without its newline (a write cut short by kill -9): never
+    shipped, since only whole lines are records. 0 when the journal ends cleanly."""
+    with open(journal_path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - (1 << 16)))
+        tail = f.read().rstrip(b"\0")  # zeros past the last record are reserved space
+    if not tail or tail.endswith(b"\n"):
+        return 0
+    return len(tail) - (tail.rfind(b"\n") + 1)
 
 
 #: A shipper process that has just finished still holds its lock for a moment while it exits.
@@ -228,6 +253,8 @@ def _sync(shipper, deadline: float) -> SyncResult:
             last_error = err
             if shipper.state.fatal:
                 break
+            if isinstance(err, OSError):  # the state beside the journal cannot be written
+                raise TrackingError(_unwritable(shipper.path, err)) from None
             delay = backoff.next()
             if time.monotonic() + delay >= deadline:
                 break
@@ -251,6 +278,12 @@ def _result(shipper, shipped_before: int, already: bool, last_error: BaseExcepti
     else:
         how = " (no end record: marked FAILED, gradwatch.incomplete=true)" if st.incomplete else ""
         message = f"gradwatch: synced {shipped} records of {shown} to run {st.run_id}{how}"
+    torn = torn_tail(shipper.path)
+    if torn:
+        message += (
+            f"; its last line was cut short ({torn} bytes without an end, a write "
+            "interrupted by a crash) and is not a record: skipped"
+        )
     return SyncResult(
         journal_path=shipper.path, run_id=st.run_id, shipped=shipped,
         pending=pending if shipper.finalized else max(pending, 1), status=st.finalized,

@@ -14,12 +14,14 @@ format and shipper.py for delivery.
 from __future__ import annotations
 
 import atexit
+import errno
 import logging
 import os
 import shutil
 import sys
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,11 @@ from gradwatch.tracking.journal import (
     TAGS,
     JournalWriter,
     files_dir,
-    journal_files,
     make_private_dir,
     new_journal_id,
+    private_file,
+    remove_journal,
+    set_aside_reserve,
 )
 from gradwatch.tracking.loop import ShipLoop, ShipperHandle
 from gradwatch.tracking.placement import CHILD, OWN, SHARED, Placement, place_run
@@ -63,9 +67,6 @@ __all__ = [
     "run_url",
 ]
 
-#: Seconds ``close()`` waits for the run report after the run ended, beyond its own timeout.
-REPORT_GRACE = 20.0
-
 logger = logging.getLogger("gradwatch")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -84,24 +85,101 @@ def display_path(path: str | os.PathLike) -> str:
         return str(path)
 
 
+def _is_unreachable(error: str) -> bool:
+    return any(
+        s in error
+        for s in (
+            "Connection refused",
+            "ConnectionRefused",
+            "unreachable",
+            "Name or service not known",
+            "No route to host",
+            "timed out",
+            "Timeout",
+            "RemoteDisconnected",
+            "ConnectionReset",
+            "BrokenPipe",
+        )
+    )
+
+
+def _is_locked(error: str) -> bool:
+    return "database is locked" in error or "busy" in error.lower()
+
+
+class _Wait:
+    """close()'s one bound: wait while the shipper makes progress, give up after
+    ``timeout`` seconds without any. Progress is a change in what its state file says
+    (records acknowledged, a phase begun or done) or, while it meets no error, CPU it
+    spends (opening or migrating a store is one long call)."""
+
+    #: After this many seconds, close() says once what it is waiting for.
+    SAY_AFTER = 2.0
+
+    def __init__(self, shipper: ShipperHandle, timeout: float, tracker: RunTracker) -> None:
+        self.shipper, self.timeout, self.tracker = shipper, max(0.0, float(timeout)), tracker
+        self.started = self.progress_at = time.monotonic()
+        self.cpu = shipper.cpu_seconds()
+        self.mark: tuple | None = None
+        self.said = False
+        self.stalled = False
+
+    def until(self, done: Callable[[], bool]) -> bool:
+        """Wait until ``done()`` holds; False if the shipper stalled (or stopped) first."""
+        while not done():
+            if self.stalled or not self.shipper.alive():
+                return bool(done())
+            self._observe()
+            if time.monotonic() - self.progress_at > self.timeout:
+                self.stalled = True
+                return bool(done())
+            self.shipper.wait(done, 0.1)
+        return True
+
+    def leave_running(self) -> bool:
+        """True if the shipper was at work (started, no error but a locked store) when the
+        wait gave up: it finishes on its own."""
+        state = self.shipper.state
+        if not self.shipper.alive() or state.fatal or state.phase is None:
+            return False
+        return not state.failing or _is_locked(state.failing)
+
+    def _observe(self) -> None:
+        now = time.monotonic()
+        state = self.shipper.state
+        mark = (state.acked_seq, state.phase, state.run_id, state.finalized, state.failing)
+        if mark != self.mark:
+            if self.mark is not None and not (state.failing and mark[:4] == self.mark[:4]):
+                self.progress_at = now
+            self.mark = mark
+        # CPU spent since the last look (its clock ticks every 10 ms) while meeting no error:
+        # starting up, importing MLflow, creating or migrating a store. A shipper retrying
+        # after errors spends a little too, which is no progress.
+        cpu = self.shipper.cpu_seconds()
+        if cpu is not None and self.cpu is not None and cpu > self.cpu and not state.failing:
+            self.progress_at = now
+        self.cpu = cpu
+        if not self.said and now - self.started >= self.SAY_AFTER:
+            self.said = True
+            pending = self.tracker.pending
+            doing = state.phase or "starting"
+            if state.failing:
+                doing += f", retrying after: {state.failing}"
+            print(
+                mask_uri(
+                    f"gradwatch: landing the run in {self.tracker.tracking_uri}: "
+                    f"{doing}; {pending} records left (shipper pid {self.shipper.pid})"
+                ),
+                file=sys.stderr,
+            )
+
+
 def pending_message(pending: int, journal_path: str | os.PathLike) -> str:
     shown = display_path(journal_path)
     return (
         f"gradwatch: {pending} records still pending in {shown}; "
         f"run `gradwatch sync {shown}` when the server is back"
     )
-
-
-def remove_journal(journal_path: str | os.PathLike) -> None:
-    """Delete a journal and everything beside it that belongs to it."""
-    for path in journal_files(journal_path):
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            try:
-                path.unlink()
-            except FileNotFoundError:
-                pass
 
 
 @dataclass(frozen=True)
@@ -227,8 +305,8 @@ class RunTracker:
         seq = self._writer.last_seq + 1
         rel = f"f/{seq}-{os.getpid()}/{src.name}"
         dest = files_dir(self.journal_path) / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        with open(src, "rb") as source, private_file(dest) as copy:  # 0600 in 0700 folders
+            shutil.copyfileobj(source, copy)
         target = artifact_path.strip("/") if artifact_path else ""
         self._append({"t": ARTIFACT_FILE, "ts": _now_ms(), "src": rel, "path": target})
 
@@ -316,15 +394,30 @@ class RunTracker:
             self._shipper.wait(lambda: self._shipper.state.run_id is not None, timeout)
         return self.run_id
 
-    def close(self, status: str = "FINISHED", timeout: float = 10.0) -> CloseResult:
-        """End the run: write the end record, ship for at most ``timeout`` s, set ``status``.
+    def close(
+        self,
+        status: str = "FINISHED",
+        timeout: float = 10.0,
+        before_end: Callable[[str], str | None] | None = None,
+    ) -> CloseResult:
+        """End the run: write the end record, wait while the shipper lands it, set ``status``.
 
-        ``status`` is FINISHED, FAILED or KILLED; a run we attached to is not ended. Never
-        raises on an outage: what did not land stays in the journal and the returned
-        message (also logged as a warning) says how to sync it. If the journal lost records
-        (a full disk), the run ends FAILED with tag ``gradwatch.journal_dropped`` saying how
-        many and why. A journal whose records all landed is deleted unless ``keep_journal``.
-        Closing twice returns the first result.
+            result = run.close("FINISHED", timeout=10.0)   # CloseResult; str(result) says how
+
+        ``status`` is FINISHED, FAILED or KILLED; a run we attached to is not ended. close()
+        waits for the work, not for a clock: while the shipper makes progress (opening or
+        migrating the store, creating the run, acknowledging records, ending the run) it
+        keeps waiting, and says so after ~2 s; it gives up after ``timeout`` seconds without
+        progress (that is the one bound). Never raises on an outage: the message names the
+        situation (server unreachable, store refusing, store busy, disk full, still shipping
+        in the background) and says how what is kept in the journal lands later. If the
+        journal lost records (a full disk), the run ends FAILED with tag
+        ``gradwatch.journal_dropped``. A journal whose records all landed is deleted unless
+        ``keep_journal``. Closing twice returns the first result.
+
+        ``before_end(status)``: called once the run exists (or the wait gave up), before the
+        end record, to log the run's last records (the hook draws its report there); what it
+        returns (a note for the user) is added to the message.
         """
         if self._closed is not None:
             return self._closed
@@ -333,57 +426,98 @@ class RunTracker:
         status = str(status).upper()
         if status not in RUN_STATUSES:
             raise InputError(f"close: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
-        deadline = time.monotonic() + timeout
+        shipper = self._shipper
+        waiting = _Wait(shipper, timeout, self)
+        self._close_timeout = waiting.timeout
         lost = self._writer.dropped
+        if lost:
+            status = "FAILED"
+        note = None
+        if before_end is not None:
+            shipper.kick()  # the run must exist for the report to name it
+            waiting.until(lambda: self.run_id is not None or bool(shipper.state.fatal))
+            try:
+                note = before_end(status)
+            except Exception as err:  # noqa: BLE001 - the run must still end
+                logger.warning(
+                    "gradwatch: the end of run step failed (%s: %s)", type(err).__name__, err
+                )
+            lost = self._writer.dropped
         if lost:
             why = f"{lost} records dropped: cannot write journal {self.journal_path} ({self._writer.last_error})"  # fmt: skip
             self._writer.append({"t": TAGS, "ts": _now_ms(), "g": {JOURNAL_DROPPED_TAG: why}}, final=True)  # fmt: skip
             status = "FAILED"
         self._writer.append({"t": END, "ts": _now_ms(), "status": status}, final=True)
-        shipper = self._shipper
         shipper.request_close()
-        shipper.wait(lambda: shipper.finalized or bool(shipper.state.fatal), deadline - time.monotonic())  # fmt: skip
-        if shipper.finalized and self.header.get("report"):
-            # The run has ended; its report is drawn after that, from the journal. Give it a
-            # little longer than the records, since closing now would cut it short.
-            report_deadline = max(deadline, time.monotonic() + REPORT_GRACE)
-            shipper.wait(lambda: shipper.state.report is not None, report_deadline - time.monotonic())  # fmt: skip
-        shipper.abort()
-        shipper.join(min(1.0, max(0.0, deadline - time.monotonic())))
+        waiting.until(lambda: shipper.finalized or bool(shipper.state.fatal))
+        if shipper.finalized:
+            ending = "landed"
+            shipper.join(5.0)  # it exits once the run has ended
+        elif not shipper.alive():
+            ending = "stopped"  # killed, or crashed (its log says why)
+        elif waiting.leave_running() and shipper.pid != os.getpid():
+            ending = "background"  # busy, not failing: it finishes on its own
+            shipper.leave_running()
+        else:
+            ending = "aborted"  # failing: what is not shipped stays in the journal
+            shipper.abort()
+            # It stops after its current request; until it has, `gradwatch sync` would
+            # find the journal still being shipped.
+            shipper.join(5.0)
+        shipper.detach()
         self._writer.close()
         self._closed = CloseResult(status, None, 0, 0, 0, self.journal_path, "")  # mark closed
-        self._closed = result = self._result(status, lost)
+        self._closed = result = self._result(status, lost, ending, note)
         if result.message:
-            (logger.warning if result.pending or lost or result.error else logger.info)("%s", result.message)  # fmt: skip
+            (logger.warning if result.pending or lost or result.error or note else logger.info)(
+                "%s", result.message
+            )
         return result
 
-    def _result(self, status: str, lost: int) -> CloseResult:
-        state = self._shipper.state
+    def _result(self, status: str, lost: int, ending: str, note: str | None) -> CloseResult:
+        """``ending``: how the wait ended (landed, stopped, background, aborted)."""
+        shipper = self._shipper
+        state = shipper.state
         pending = self.pending
         run_id = self.run_id
         self._final_state = state  # what the properties report once the files may be gone
         error = state.fatal
+        shown = display_path(self.journal_path)
         if error:
-            message = (f"gradwatch: MLflow refuses this run: {error}. {pending} records kept in "
-                       f"{display_path(self.journal_path)}; fix that, then run `gradwatch sync "
-                       f"{display_path(self.journal_path)}`")  # fmt: skip
+            message = (
+                f"gradwatch: MLflow refuses this run: {error}. {pending} records kept in "
+                f"{shown}; fix that, then run `gradwatch sync {shown}`"
+            )
         elif pending:
-            message = pending_message(pending, self.journal_path)
+            message = self._pending_message(state, pending, ending)
         elif state.dropped:
             # A shipper thread (no process to spare) warned in this process's own log.
             ship_log = ship_log_path(self.journal_path)
             where = display_path(ship_log) if ship_log.exists() else "the warnings above"
-            message = (f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
-                       f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
-                       f"{display_path(self.journal_path)} is kept; each is named in {where}")  # fmt: skip
+            message = (
+                f"gradwatch: run {run_id} ended ({state.shipped} records shipped), but "
+                f"MLflow refused {state.dropped} value(s) or artifact(s) for good, so "
+                f"{shown} is kept; each is named in {where}"
+            )
+            if any(p.endswith(("report.html", "histograms.png")) for p in state.refused_artifacts):
+                message += (
+                    f"; the run report among them: `gradwatch report {run_id}` draws "
+                    "it from MLflow and tries again"
+                )
         else:
             message = f"gradwatch: run {run_id} complete ({state.shipped} records shipped)"
         if lost:
-            message = (f"gradwatch: {lost} records were dropped: cannot write journal "
-                       f"{display_path(self.journal_path)} ({self._writer.last_error}); the run "
+            full = getattr(self._writer.last_error, "errno", None) == errno.ENOSPC
+            where = f"disk full at {self.journal_path.parent}: " if full else ""
+            message = (f"gradwatch: {where}{lost} records were dropped: cannot write journal "
+                       f"{shown} ({self._writer.last_error}); the run "
                        f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
-        landed = not pending and not error and not lost and state.dropped == 0 and self._shipper.finalized  # fmt: skip
-        removed = landed and not self.keep_journal and not self._shipper.alive()
+        if note:
+            if run_id:  # the run may have been created after the note was written
+                note = note.replace("`gradwatch report RUN_ID`", f"`gradwatch report {run_id}`")
+            message = f"{message}. {note}"
+        landed = not pending and not error and not lost and state.dropped == 0 and shipper.finalized
+        removed = landed and not self.keep_journal
         if removed:
             remove_journal(self.journal_path)
         return CloseResult(
@@ -392,6 +526,59 @@ class RunTracker:
             error=error, journal_removed=removed,
             url=run_url(self.tracking_uri, state.experiment_id, run_id),
         )  # fmt: skip
+
+    def _pending_message(self, state: ShipState, pending: int, ending: str) -> str:
+        """What keeps ``pending`` records from landing, named as it is."""
+        shown = display_path(self.journal_path)
+        uri = mask_uri(self.tracking_uri)
+        shipper = self._shipper
+        sync = f"run `gradwatch sync {shown}`"
+        failing = state.failing or ""
+        if ending == "stopped":
+            log = ship_log_path(self.journal_path)
+            where = f"; see {display_path(log)}" if log.exists() and log.stat().st_size else ""
+            return (
+                f"gradwatch: the shipper (pid {shipper.pid}) stopped before the run landed"
+                f"{where}. {pending} records kept in {shown}; {sync}"
+            )
+        if "No space left" in failing or "ENOSPC" in failing:
+            return (
+                f"gradwatch: disk full at {self.journal_path.parent}: the shipper cannot "
+                f"write ({failing}). {pending} records kept in {shown}; free some space, "
+                f"then {sync}"
+            )
+        if ending == "background":
+            what = f" ({state.phase})" if state.phase else ""
+            if _is_locked(failing):
+                return (
+                    f"gradwatch: the store {uri} is busy (locked by another process: "
+                    f"{failing}); still shipping in the background (pid {shipper.pid}){what}, "
+                    f"{pending} records left; it finishes on its own. If it does not, {sync}"
+                )
+            return (
+                f"gradwatch: still shipping in the background (pid {shipper.pid}){what}, "
+                f"{pending} records left; it finishes on its own and removes {shown}. If it "
+                f"does not, {sync}"
+            )
+        if (
+            failing
+            and self.tracking_uri.startswith(("http://", "https://"))
+            and _is_unreachable(failing)
+        ):
+            return (
+                f"gradwatch: MLflow server {uri} is unreachable ({failing}). {pending} "
+                f"records kept in {shown}; {sync} when the server is back"
+            )
+        if failing:
+            return (
+                f"gradwatch: the store {uri} refuses the requests ({failing}). {pending} "
+                f"records kept in {shown}; once it works again, {sync}"
+            )
+        return (
+            f"gradwatch: the shipper made no progress for {self._close_timeout:g} s"
+            f"{f' ({state.phase})' if state.phase else ''}. {pending} records kept in "
+            f"{shown}; {sync}"
+        )
 
     @property
     def closed(self) -> bool:
@@ -489,8 +676,8 @@ def open_run(
     settings: shipper timing (interval, backoff, request timeout); tests shorten them.
     keep_journal: keep the journal after everything landed (default: deleted at close;
         journals of failed or incomplete runs always stay until synced).
-    report: at the end of the run the shipper draws ``gradwatch/report.html`` (and
-        ``gradwatch/histograms.png``) from the journal and uploads them (the hook's default).
+    report: recorded in the journal's header: the run's report is wanted (the hook draws
+        it before the end record, ``close(before_end=...)``; tracking never draws it).
     parent_run_id: with no active run, create the run as a child of this one (a sweep's).
     shared_prefix: in a run shared with the user's own logging, every metric key gets this
         prefix on its way to MLflow (the hook passes ``gradwatch/``; the journal keeps the
@@ -543,6 +730,7 @@ def open_run(
     try:
         make_private_dir(directory)
         writer = JournalWriter.create(directory, header)
+        set_aside_reserve(writer.path)
     except OSError as err:
         raise TrackingError(
             f"cannot create a journal in {directory} ({err}); pass journal_dir= a writable folder"
