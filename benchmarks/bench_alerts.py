@@ -79,9 +79,11 @@ def sigmoid_mlp(hidden: int, cost: str) -> Callable:
 
     def build(dim: int, classes: int, rng) -> tuple[Params, LossGrads]:
         params = {
-            "W1": rng.normal(0, 1.0, (dim, hidden)), "b1": rng.normal(0, 1.0, hidden),
-            "W2": rng.normal(0, 1.0, (hidden, classes)), "b2": rng.normal(0, 1.0, classes),
-        }  # fmt: skip
+            "W1": rng.normal(0, 1.0, (dim, hidden)),
+            "b1": rng.normal(0, 1.0, hidden),
+            "W2": rng.normal(0, 1.0, (hidden, classes)),
+            "b2": rng.normal(0, 1.0, classes),
+        }
 
         def loss_grads(p, X, y):
             onehot = np.eye(classes)[y]
@@ -126,9 +128,14 @@ MODELS: dict[str, Callable] = {
     "linear regression": linear_regression,
 }
 #: Learning rates of the healthy runs (the book's eta=3.0 for its quadratic-cost network).
-HEALTHY_LR = {"logistic regression": 0.05, "softmax regression": 0.05, "ReLU MLP 32": 0.1,
-              "sigmoid MLP 30, quadratic cost": 3.0, "sigmoid MLP 30, cross-entropy": 0.5,
-              "linear regression": 0.05}  # fmt: skip
+HEALTHY_LR = {
+    "logistic regression": 0.05,
+    "softmax regression": 0.05,
+    "ReLU MLP 32": 0.1,
+    "sigmoid MLP 30, quadratic cost": 3.0,
+    "sigmoid MLP 30, cross-entropy": 0.5,
+    "linear regression": 0.05,
+}
 
 
 @dataclass(frozen=True)
@@ -177,8 +184,10 @@ def quadratic(lr: float, steps: int) -> Iterator[tuple[float, float, Params, Par
 # ------------------------------------------------------------------------------ alerting
 
 
-def observations(steps: Iterator[tuple[float, float, Params, Params]],
-                 scale: Callable[[int], float] | None = None) -> list[StepObservation]:  # fmt: skip
+def observations(
+    steps: Iterator[tuple[float, float, Params, Params]],
+    scale: Callable[[int], float] | None = None,
+) -> list[StepObservation]:
     """The StepObservations the hook would build (``scale(step)`` multiplies the loss)."""
     out = []
     with np.errstate(all="ignore"):
@@ -189,9 +198,15 @@ def observations(steps: Iterator[tuple[float, float, Params, Params]],
             if s % STATS_EVERY == 0:
                 norms = {k: float(np.linalg.norm(g)) for k, g in grads.items()}
                 pnorms = {k: float(np.linalg.norm(v)) for k, v in params.items()}
-                nonfinite = {k: int(np.size(v) - np.isfinite(v).sum()
-                                    + np.size(grads[k]) - np.isfinite(grads[k]).sum())
-                             for k, v in params.items()}  # fmt: skip
+                nonfinite = {
+                    k: int(
+                        np.size(v)
+                        - np.isfinite(v).sum()
+                        + np.size(grads[k])
+                        - np.isfinite(grads[k]).sum()
+                    )
+                    for k, v in params.items()
+                }
             out.append(StepObservation(s, float(loss), lr, norms, pnorms, None, nonfinite, 0.0))
     return out
 
@@ -239,12 +254,19 @@ def bench_healthy(steps: int) -> tuple[list[dict], float]:
         losses = np.array([o.loss for o in obs])
         head, tail = np.median(losses[:50]), np.median(losses[-200:])
         best = float(losses.min())
-        rows.append({
-            "model": run.model, "batch": run.batch, "seed": run.seed, "lr": run.lr,
-            "steps": len(obs), "loss_start": float(head), "loss_end": float(tail),
-            "max_over_best": float(losses[len(losses) // 10 :].max() / best),
-            "alerts": [(a.rule, a.step) for a in alerts],
-        })  # fmt: skip
+        rows.append(
+            {
+                "model": run.model,
+                "batch": run.batch,
+                "seed": run.seed,
+                "lr": run.lr,
+                "steps": len(obs),
+                "loss_start": float(head),
+                "loss_end": float(tail),
+                "max_over_best": float(losses[len(losses) // 10 :].max() / best),
+                "alerts": [(a.rule, a.step) for a in alerts],
+            }
+        )
     return rows, 1e6 * engine_cpu / fed
 
 
@@ -254,36 +276,62 @@ def divergent_cases(steps: int) -> list[tuple[str, int, Callable[[], list[StepOb
     book = Run("sigmoid MLP 30, quadratic cost", 10, 3, 3.0, steps)
     cases = [
         ("x0^2 + x1^2, lr=10 (course notes)", 0, lambda: observations(quadratic(10.0, 200))),
-        ("linear regression, batch 10, lr=1.5 (too large)", 0,
-         lambda: observations(train(Run("linear regression", 10, 3, 1.5, 400)))),
-        ("ReLU MLP 32, batch 10, lr=10", 0,
-         lambda: observations(train(Run("ReLU MLP 32", 10, 3, 10.0, 400)))),
-        ("linear regression, batch 10, lr 0.05 -> 1.5 at step 1000", 1000,
-         lambda: observations(train(Run("linear regression", 10, 4, 0.05, 1400, (1000, 1.5))))),
-        ("softmax regression, batch 10, lr 0.05 -> 30 at step 1000", 1000,
-         lambda: observations(train(Run("softmax regression", 10, 4, 0.05, 1400, (1000, 30.0))))),
-        ("logistic regression, batch 10, lr=10 (hovers ~10x above its start, no blow-up)", 0,
-         lambda: observations(train(Run("logistic regression", 10, 3, 10.0, 1000)))),
-        ("sigmoid MLP (book), batch 10, NaN loss at step 700", 700,
-         lambda: observations(train(Run(book.model, 10, 3, 3.0, 1000, nan_at=700)))),
-    ]  # fmt: skip
+        (
+            "linear regression, batch 10, lr=1.5 (too large)",
+            0,
+            lambda: observations(train(Run("linear regression", 10, 3, 1.5, 400))),
+        ),
+        (
+            "ReLU MLP 32, batch 10, lr=10",
+            0,
+            lambda: observations(train(Run("ReLU MLP 32", 10, 3, 10.0, 400))),
+        ),
+        (
+            "linear regression, batch 10, lr 0.05 -> 1.5 at step 1000",
+            1000,
+            lambda: observations(train(Run("linear regression", 10, 4, 0.05, 1400, (1000, 1.5)))),
+        ),
+        (
+            "softmax regression, batch 10, lr 0.05 -> 30 at step 1000",
+            1000,
+            lambda: observations(train(Run("softmax regression", 10, 4, 0.05, 1400, (1000, 30.0)))),
+        ),
+        (
+            "logistic regression, batch 10, lr=10 (hovers ~10x above its start, no blow-up)",
+            0,
+            lambda: observations(train(Run("logistic regression", 10, 3, 10.0, 1000))),
+        ),
+        (
+            "sigmoid MLP (book), batch 10, NaN loss at step 700",
+            700,
+            lambda: observations(train(Run(book.model, 10, 3, 3.0, 1000, nan_at=700))),
+        ),
+    ]
     for rate in (1.02, 1.05, 1.1):
-        cases.append((
-            f"sigmoid MLP (book), batch 10: loss x{rate:g}/step from its plateau (step {plateau})",
-            plateau,
-            lambda rate=rate: observations(train(book),
-                                           lambda s: rate ** max(0, s - plateau)),
-        ))  # fmt: skip
-    for model in ("logistic regression", "softmax regression", "ReLU MLP 32",
-                  "sigmoid MLP 30, cross-entropy"):  # fmt: skip
-        for rate in (1.02, 1.05):
-            cases.append((
-                f"{model}, batch 10: loss x{rate:g}/step from step {plateau}",
+        cases.append(
+            (
+                f"sigmoid MLP (book), batch 10: loss x{rate:g}/step from its plateau (step {plateau})",
                 plateau,
-                lambda rate=rate, model=model: observations(
-                    train(Run(model, 10, 8, HEALTHY_LR[model], plateau + 500)),
-                    lambda s: rate ** max(0, s - plateau)),
-            ))  # fmt: skip
+                lambda rate=rate: observations(train(book), lambda s: rate ** max(0, s - plateau)),
+            )
+        )
+    for model in (
+        "logistic regression",
+        "softmax regression",
+        "ReLU MLP 32",
+        "sigmoid MLP 30, cross-entropy",
+    ):
+        for rate in (1.02, 1.05):
+            cases.append(
+                (
+                    f"{model}, batch 10: loss x{rate:g}/step from step {plateau}",
+                    plateau,
+                    lambda rate=rate, model=model: observations(
+                        train(Run(model, 10, 8, HEALTHY_LR[model], plateau + 500)),
+                        lambda s: rate ** max(0, s - plateau),
+                    ),
+                )
+            )
     return cases
 
 
@@ -293,12 +341,16 @@ def bench_divergent(steps: int) -> list[dict]:
         alerts = alerts_of(make())
         early = [(a.rule, a.step) for a in alerts if a.step < onset]
         first = next((a for a in alerts if a.step >= onset), None)
-        rows.append({
-            "case": name, "onset": onset, "false_before_onset": early,
-            "rule": first.rule if first else None,
-            "test": (first.details.get("test") if first else None),
-            "delay": first.step - onset if first else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "case": name,
+                "onset": onset,
+                "false_before_onset": early,
+                "rule": first.rule if first else None,
+                "test": (first.details.get("test") if first else None),
+                "delay": first.step - onset if first else None,
+            }
+        )
     return rows
 
 
@@ -315,23 +367,26 @@ def drift_lead(sizes: list[int], seeds: int, check_every: int = 50) -> list[dict
         X, y = make_blobs(n=1024, dim=sizes[0], classes=sizes[-1], seed=seed)
         mlp = MLP(sizes, seed=seed)
         rng = np.random.default_rng(seed)
-        engines = {kind: AlertEngine([Rule(kind, kind)]) for kind in ("rel_error_drift",
-                                                                       "check_failure")}  # fmt: skip
+        engines = {
+            kind: AlertEngine([Rule(kind, kind)]) for kind in ("rel_error_drift", "check_failure")
+        }
         first: dict[str, int] = {}
         for step in range(600):
             idx = rng.integers(0, len(y), size=128)
             loss, grads = mlp.loss_and_grads(mlp.params, X[idx], y[idx])
             grads["db1"] = grads["db1"] * (1.0 + 1e-6 * 2.0 ** (step / 100))
             if step % check_every == 0 and step > 0:
-                report = check_gradients(lambda p, i=idx: mlp.loss(p, X[i], y[i]), mlp.params,
-                                         grads, seed=step).to_dict()  # fmt: skip
+                report = check_gradients(
+                    lambda p, i=idx: mlp.loss(p, X[i], y[i]), mlp.params, grads, seed=step
+                ).to_dict()
                 for kind, engine in engines.items():
                     if engine.observe_check(CheckObservation(step, report)):
                         first.setdefault(kind, step)
             for k in mlp.params:
                 mlp.params[k] -= 0.1 * grads["d" + k]
-        rows.append({"model": "-".join(map(str, sizes)), "seed": seed, "crosses_2e-5": crosses,
-                     **first})  # fmt: skip
+        rows.append(
+            {"model": "-".join(map(str, sizes)), "seed": seed, "crosses_2e-5": crosses, **first}
+        )
     return rows
 
 
@@ -343,17 +398,23 @@ def main() -> None:
     t0 = cpu_seconds()
     healthy, us_per_obs = bench_healthy(args.steps)
     divergent = bench_divergent(args.steps)
-    print("| model | batch | seed | lr | steps | loss start → end (median) | max batch / best batch "
-          "| alerts |")  # fmt: skip
+    print(
+        "| model | batch | seed | lr | steps | loss start → end (median) | max batch / best batch "
+        "| alerts |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in healthy:
         shown = ", ".join(f"{rule}@{s}" for rule, s in r["alerts"]) or "none"
-        print(f"| {r['model']} | {r['batch']} | {r['seed']} | {r['lr']:g} | {r['steps']} | "
-              f"{r['loss_start']:.3g} → {r['loss_end']:.3g} | {r['max_over_best']:.0f}× | "
-              f"{shown} |")  # fmt: skip
+        print(
+            f"| {r['model']} | {r['batch']} | {r['seed']} | {r['lr']:g} | {r['steps']} | "
+            f"{r['loss_start']:.3g} → {r['loss_end']:.3g} | {r['max_over_best']:.0f}× | "
+            f"{shown} |"
+        )
     false_runs = sum(bool(r["alerts"]) for r in healthy)
-    print(f"\nhealthy runs with any alert: {false_runs} of {len(healthy)}; default rules "
-          f"{us_per_obs:.1f} µs CPU per observation\n")  # fmt: skip
+    print(
+        f"\nhealthy runs with any alert: {false_runs} of {len(healthy)}; default rules "
+        f"{us_per_obs:.1f} µs CPU per observation\n"
+    )
     print("| divergence | starts at | first alert | delay (steps) |")
     print("|---|---|---|---|")
     for r in divergent:
@@ -362,8 +423,10 @@ def main() -> None:
         early = f" (false before: {r['false_before_onset']})" if r["false_before_onset"] else ""
         print(f"| {r['case']} | {r['onset']} | {what}{early} | {delay} |")
     drift = drift_lead([20, 32, 3], 5) + drift_lead([784, 256, 10], 4)
-    print("\n| model | seed | rel_error_drift fires at | planted error then | check_failure fires at "
-          "| planted error then | lead on 2e-5 (steps) |")  # fmt: skip
+    print(
+        "\n| model | seed | rel_error_drift fires at | planted error then | check_failure fires at "
+        "| planted error then | lead on 2e-5 (steps) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in drift:
         cells = []
@@ -376,8 +439,16 @@ def main() -> None:
     print(f"\nCPU {cpu_seconds() - t0:.1f} s")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"healthy": healthy, "divergent": divergent, "drift": drift,
-                       "us_per_observation": us_per_obs}, fh, indent=1)  # fmt: skip
+            json.dump(
+                {
+                    "healthy": healthy,
+                    "divergent": divergent,
+                    "drift": drift,
+                    "us_per_observation": us_per_obs,
+                },
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

@@ -111,9 +111,16 @@ def child(variant: str, steps: int, uri: str) -> None:
         except ChildProcessError:
             pass
     me, kids = (resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    print(json.dumps({"inner_wall": time.perf_counter() - t0,
-                      "training_cpu": me.ru_utime + me.ru_stime,
-                      "shipper_cpu": kids.ru_utime + kids.ru_stime, **shipped}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "inner_wall": time.perf_counter() - t0,
+                "training_cpu": me.ru_utime + me.ru_stime,
+                "shipper_cpu": kids.ru_utime + kids.ru_stime,
+                **shipped,
+            }
+        )
+    )
 
 
 def shipper_pids() -> list[int]:
@@ -163,8 +170,14 @@ def measure(variant: str, steps: int, uri: str, cwd: Path) -> dict[str, float]:
         print(f"  ({variant} {steps}: {out.stderr.strip().splitlines()[-1][:200]})", flush=True)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     split = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"cpu": cpu, "wall": wall, "training": split["training_cpu"],
-            "shipper": split["shipper_cpu"], "metrics": split["metrics"], "charged": split["charged"]}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "wall": wall,
+        "training": split["training_cpu"],
+        "shipper": split["shipper_cpu"],
+        "metrics": split["metrics"],
+        "charged": split["charged"],
+    }
 
 
 def fit(points: dict[int, float]) -> tuple[float, float]:
@@ -174,8 +187,9 @@ def fit(points: dict[int, float]) -> tuple[float, float]:
     return slope, v1 - slope * n1
 
 
-def bench_store(label: str, uri: str, step_counts: list[int], repeats: int, cwd: Path, out: dict,
-                stat=min):  # fmt: skip
+def bench_store(
+    label: str, uri: str, step_counts: list[int], repeats: int, cwd: Path, out: dict, stat=min
+):
     measure("logging", 50, uri, cwd)  # warm-up, not counted: database tables, page cache
     runs: dict[str, dict[int, list[dict[str, float]]]] = {}
     for _ in range(repeats):
@@ -183,13 +197,16 @@ def bench_store(label: str, uri: str, step_counts: list[int], repeats: int, cwd:
             for variant in VARIANTS:  # interleaved so a busy minute hits all variants alike
                 r = measure(variant, steps, uri, cwd)
                 runs.setdefault(variant, {}).setdefault(steps, []).append(r)
-                print(f"  {label:8s} {variant:8s} {steps:6d} steps: cpu {r['cpu']:7.2f} s "
-                      f"(training {r['training']:.2f}, shipper {r['shipper']:.2f}), "
-                      f"wall {r['wall']:7.2f} s, {r['metrics']} metrics shipped", flush=True)  # fmt: skip
+                print(
+                    f"  {label:8s} {variant:8s} {steps:6d} steps: cpu {r['cpu']:7.2f} s "
+                    f"(training {r['training']:.2f}, shipper {r['shipper']:.2f}), "
+                    f"wall {r['wall']:7.2f} s, {r['metrics']} metrics shipped",
+                    flush=True,
+                )
     med = {
         v: {n: {k: stat(r[k] for r in rs) for k in KEYS} for n, rs in by.items()}
         for v, by in runs.items()
-    }  # fmt: skip
+    }
     base = {k: fit({n: m[k] for n, m in med["bare"].items()}) for k in KEYS}
     rows = []
     for variant in VARIANTS:
@@ -230,8 +247,11 @@ def bench_script(uri: str, steps: int, repeats: int, cwd: Path, out: dict) -> No
     }
     for variant in ("logging", "checks"):
         w = statistics.median(walls[variant])
-        print(f"  {steps}-step script, {variant}: {w:.2f} s wall vs MLflow's client "
-              f"{mlflow_wall:.2f} s: {w / mlflow_wall:.2f}x", flush=True)  # fmt: skip
+        print(
+            f"  {steps}-step script, {variant}: {w:.2f} s wall vs MLflow's client "
+            f"{mlflow_wall:.2f} s: {w / mlflow_wall:.2f}x",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -242,8 +262,12 @@ def main() -> None:
     ap.add_argument("--stores", default="embedded,server")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--script-steps", type=int, default=200, help="0 skips the script test")
-    ap.add_argument("--stat", choices=("min", "median"), default="min",
-                    help="how repeats are combined: contention only ever adds CPU, so min")  # fmt: skip
+    ap.add_argument(
+        "--stat",
+        choices=("min", "median"),
+        default="min",
+        help="how repeats are combined: contention only ever adds CPU, so min",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--child", nargs=3, metavar=("VARIANT", "STEPS", "URI"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -261,7 +285,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         if "embedded" in stores:
-            bench_store("embedded", f"sqlite:///{tmp}/embedded.db", step_counts, args.repeats, cwd, out, stat)  # fmt: skip
+            bench_store(
+                "embedded",
+                f"sqlite:///{tmp}/embedded.db",
+                step_counts,
+                args.repeats,
+                cwd,
+                out,
+                stat,
+            )
         if "server" in stores or args.script_steps:
             os.environ["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
             with MlflowServer(cwd / "server") as server:
@@ -270,26 +302,38 @@ def main() -> None:
                     bench_store("server", server.uri, step_counts, args.repeats, cwd, out, stat)
                 if args.script_steps:
                     bench_script(server.uri, args.script_steps, max(args.repeats, 2), cwd, out)
-    print(f"\nsteps {step_counts}, {args.repeats} repeats ({args.stat}), {out['machine']}; "
-          "CPU of all processes (wall beside it)")  # fmt: skip
-    print("| store | variant | per step (CPU) | per run (CPU-s) | per step (wall) | per run (wall s) "
-          "| training process: per step, per run | shipper process: per step, per run |")  # fmt: skip
+    print(
+        f"\nsteps {step_counts}, {args.repeats} repeats ({args.stat}), {out['machine']}; "
+        "CPU of all processes (wall beside it)"
+    )
+    print(
+        "| store | variant | per step (CPU) | per run (CPU-s) | per step (wall) | per run (wall s) "
+        "| training process: per step, per run | shipper process: per step, per run |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in out.get("rows", []):
-        print(f"| {r['store']} | {r['variant']} | {r['cpu_step_ratio']:.3f}x | "
-              f"{r['cpu_run_extra']:+.2f} | {r['wall_step_ratio']:.3f}x | "
-              f"{r['wall_run_extra']:+.2f} | {r['training_step_ratio']:.3f}x, "
-              f"{r['training_run_extra']:+.2f} s | {r['shipper_step_us']:.0f} us, "
-              f"{r['shipper_run']:.2f} s |")  # fmt: skip
-    print("\nShipping per metric: the shipper process's CPU slope per step over the metrics it "
-          "shipped per step, against what it measured and the hook charged its budget")  # fmt: skip
-    print("| store | variant | bare step (CPU) | metrics per step | shipper CPU per metric "
-          "(slope) | charged per metric |")  # fmt: skip
+        print(
+            f"| {r['store']} | {r['variant']} | {r['cpu_step_ratio']:.3f}x | "
+            f"{r['cpu_run_extra']:+.2f} | {r['wall_step_ratio']:.3f}x | "
+            f"{r['wall_run_extra']:+.2f} | {r['training_step_ratio']:.3f}x, "
+            f"{r['training_run_extra']:+.2f} s | {r['shipper_step_us']:.0f} us, "
+            f"{r['shipper_run']:.2f} s |"
+        )
+    print(
+        "\nShipping per metric: the shipper process's CPU slope per step over the metrics it "
+        "shipped per step, against what it measured and the hook charged its budget"
+    )
+    print(
+        "| store | variant | bare step (CPU) | metrics per step | shipper CPU per metric "
+        "(slope) | charged per metric |"
+    )
     print("|---|---|---|---|---|---|")
     for r in out.get("rows", []):
-        print(f"| {r['store']} | {r['variant']} | {r['bare_step_ms_cpu']:.2f} ms | "
-              f"{r['metrics_per_step']:.2f} | {r['shipper_per_metric_us']:.0f} us | "
-              f"{r['charged_us']:.0f} us |")  # fmt: skip
+        print(
+            f"| {r['store']} | {r['variant']} | {r['bare_step_ms_cpu']:.2f} ms | "
+            f"{r['metrics_per_step']:.2f} | {r['shipper_per_metric_us']:.0f} us | "
+            f"{r['charged_us']:.0f} us |"
+        )
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))
 

@@ -148,8 +148,12 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=100)
     ap.add_argument("--json", type=Path)
     ap.add_argument("--stores", default="embedded,server", help="embedded, server or both")
-    ap.add_argument("--hist-every", type=int, default=None,
-                    help="GradWatch(hist_every=) (default: the hook's, histograms on)")  # fmt: skip
+    ap.add_argument(
+        "--hist-every",
+        type=int,
+        default=None,
+        help="GradWatch(hist_every=) (default: the hook's, histograms on)",
+    )
     ap.add_argument(
         "--stats-only",
         action="store_true",

@@ -147,7 +147,9 @@ def main() -> None:
         m = min(n, 300)
         sync_s = mlflow_sync(step, m, server.uri) / m
         b = plain(step, m) / m
-        print(f"mlflow.log_metrics synchronous, 1 metric/step: overhead {(sync_s - b) * 1e6:.0f} us/step")  # fmt: skip
+        print(
+            f"mlflow.log_metrics synchronous, 1 metric/step: overhead {(sync_s - b) * 1e6:.0f} us/step"
+        )
 
 
 if __name__ == "__main__":

@@ -101,12 +101,14 @@ def part_arithmetic(repeats: int, out: dict) -> None:
         (
             "+ histograms (two passes)",
             lambda: (tensor_stats(params, grads), histogram_record(0, params, grads)),
-        ),  # fmt: skip
+        ),
     ]
     training = Training()
     step_ms = best_ms(lambda: training.run(1), repeats)
-    print(f"\n1. statistics arithmetic per statistics step, MLP 784-256-10 "
-          f"(one training step: {step_ms:.2f} ms)")  # fmt: skip
+    print(
+        f"\n1. statistics arithmetic per statistics step, MLP 784-256-10 "
+        f"(one training step: {step_ms:.2f} ms)"
+    )
     print("| statistics | ms | × norms only |\n|---|---|---|")
     base = None
     for name, fn in rows:
@@ -125,8 +127,9 @@ def run_hook(uri: str, steps: int, **kwargs) -> tuple[gradwatch.GradWatch, float
     training = Training()
     training.run(20)  # warm-up outside the run
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with gradwatch.GradWatch(tracking_uri=uri, experiment="bench-stats", config=False,
-                             every=None, **kwargs) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        tracking_uri=uri, experiment="bench-stats", config=False, every=None, **kwargs
+    ) as watch:
         training.watch = watch
         t0 = time.process_time()
         training.run(steps)
@@ -151,8 +154,10 @@ def logged_counts(uri: str, run_id: str) -> tuple[int, int]:
 
 def part_hook_step(uri: str, steps: int, repeats: int, out: dict) -> None:
     short = max(300, steps // 6)
-    print(f"\n2. the hook's statistics step, live mlflow server: CPU of the training process "
-          f"per step over {short} steps (median of {repeats} runs, alternating)")  # fmt: skip
+    print(
+        f"\n2. the hook's statistics step, live mlflow server: CPU of the training process "
+        f"per step over {short} steps (median of {repeats} runs, alternating)"
+    )
     variants = {
         "no statistics (stats_every=10**6)": {"stats_every": 10**6},
         "statistics every step, hist_every=0": {"stats_every": 1, "hist_every": 0},
@@ -165,8 +170,10 @@ def part_hook_step(uri: str, steps: int, repeats: int, out: dict) -> None:
             _, seconds, shipper = run_hook(uri, short, **kwargs)
             cpu[name].append(1e3 * seconds / short)
             ship[name].append(1e3 * shipper / short)
-    print("| variant | training process, CPU ms per step | a statistics step's share (ms) | "
-          "shipper process, CPU ms per step (incl. its start-up) |\n|---|---|---|---|")  # fmt: skip
+    print(
+        "| variant | training process, CPU ms per step | a statistics step's share (ms) | "
+        "shipper process, CPU ms per step (incl. its start-up) |\n|---|---|---|---|"
+    )
     base = statistics.median(cpu["no statistics (stats_every=10**6)"])
     for name in variants:
         ms, shipper_ms = statistics.median(cpu[name]), statistics.median(ship[name])
@@ -174,14 +181,19 @@ def part_hook_step(uri: str, steps: int, repeats: int, out: dict) -> None:
         extra = f"{ms - base:.2f}" if "every step" in name else "-"
         print(f"| {name} | {ms:.2f} | {extra} | {shipper_ms:.2f} |", flush=True)
     print(f"\n   stats_every=auto over {steps} steps")
-    print("| hist_every | auto interval at the end | statistics steps | histogram lines | "
-          "hook time / loop time |\n|---|---|---|---|---|")  # fmt: skip
+    print(
+        "| hist_every | auto interval at the end | statistics steps | histogram lines | "
+        "hook time / loop time |\n|---|---|---|---|---|"
+    )
     for hist_every in (0, 1):
         watch, _, _ = run_hook(uri, steps, hist_every=hist_every)
         n_stats, n_hist = logged_counts(uri, watch.run.run_id)
         out[f"auto hist_every={hist_every}"] = [watch.schedule.stats_interval, n_stats, n_hist]
-        print(f"| {hist_every} | {watch.schedule.stats_interval} | {n_stats} | {n_hist} | "
-              f"{watch.clock.overhead:.4f} |", flush=True)  # fmt: skip
+        print(
+            f"| {hist_every} | {watch.schedule.stats_interval} | {n_stats} | {n_hist} | "
+            f"{watch.clock.overhead:.4f} |",
+            flush=True,
+        )
 
 
 def cpu_run(training: Training, steps: int) -> float:
@@ -198,40 +210,54 @@ def interleaved_cpu(uri: str, steps: int, block: int, **kwargs) -> tuple[float, 
     bare = Training()
     bare.run(block)  # warm-up
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    with gradwatch.GradWatch(tracking_uri=uri, experiment="bench-stats", config=False,
-                             **kwargs) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        tracking_uri=uri, experiment="bench-stats", config=False, **kwargs
+    ) as watch:
         wrapped = Training(watch)
         pairs = [(cpu_run(bare, block), cpu_run(wrapped, block)) for _ in range(steps // block)]
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     shipper = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
     bare_cpu = sum(b for b, _ in pairs)
-    return (sum(w for _, w in pairs) / bare_cpu, shipper / bare_cpu,
-            watch.schedule.stats_interval, watch.clock.overhead)  # fmt: skip
+    return (
+        sum(w for _, w in pairs) / bare_cpu,
+        shipper / bare_cpu,
+        watch.schedule.stats_interval,
+        watch.clock.overhead,
+    )
 
 
 def part_ratios(uri: str, steps: int, runs: int, out: dict) -> None:
-    print(f"\n3. wrapped/bare in CPU time, bare and wrapped loops alternating in blocks of 100 "
-          f"steps (as bench_hook.py, which measures wall time), {steps} steps, live server")  # fmt: skip
+    print(
+        f"\n3. wrapped/bare in CPU time, bare and wrapped loops alternating in blocks of 100 "
+        f"steps (as bench_hook.py, which measures wall time), {steps} steps, live server"
+    )
     variants = [
         ("statistics only (every=None)", {"every": None}),
         ("checks (every=100, budget=0.05)", {"every": 100, "budget": 0.05}),
     ]
-    print("| variant | hist_every | training process CPU, wrapped/bare: runs | median | "
-          "+ shipper process (incl. its start-up) | inside step() / loop (wall) | "
-          "stats interval |\n|---|---|---|---|---|---|---|")  # fmt: skip
+    print(
+        "| variant | hist_every | training process CPU, wrapped/bare: runs | median | "
+        "+ shipper process (incl. its start-up) | inside step() / loop (wall) | "
+        "stats interval |\n|---|---|---|---|---|---|---|"
+    )
     for name, kwargs in variants:
         results: dict[int, list] = {1: [], 0: []}
         for _ in range(runs):
             for hist_every in results:
-                results[hist_every].append(interleaved_cpu(uri, steps, 100, hist_every=hist_every, **kwargs))  # fmt: skip
+                results[hist_every].append(
+                    interleaved_cpu(uri, steps, 100, hist_every=hist_every, **kwargs)
+                )
         for hist_every, rows in results.items():
             ratios = [r[0] for r in rows]
             median = statistics.median(ratios)
             shipper = statistics.median(r[1] for r in rows)
             out[f"cpu ratio {name} hist_every={hist_every}"] = rows
-            print(f"| {name} | {hist_every} | {', '.join(f'{r:.3f}' for r in ratios)} | "
-                  f"{median:.3f} | {median + shipper:.3f} | "
-                  f"{statistics.median(r[3] for r in rows):.4f} | {rows[-1][2]} |", flush=True)  # fmt: skip
+            print(
+                f"| {name} | {hist_every} | {', '.join(f'{r:.3f}' for r in ratios)} | "
+                f"{median:.3f} | {median + shipper:.3f} | "
+                f"{statistics.median(r[3] for r in rows):.4f} | {rows[-1][2]} |",
+                flush=True,
+            )
 
 
 def main() -> None:

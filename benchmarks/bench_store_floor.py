@@ -78,16 +78,20 @@ def part_batch(sizes: list[int], total: int, keys: int, frozen: bool) -> dict:
             run_id = client.create_run(exp).info.run_id
             cost = per_metric(client, run_id, size, max(total, size * 20), keys)
             out[size] = cost
-            print(f"  log_batch of {size:5d} metrics ({keys} keys a step): "
-                  f"{cost * 1e6:7.1f} us CPU per metric, {cost * size * 1e3:7.2f} ms per call",
-                  flush=True)  # fmt: skip
+            print(
+                f"  log_batch of {size:5d} metrics ({keys} keys a step): "
+                f"{cost * 1e6:7.1f} us CPU per metric, {cost * size * 1e3:7.2f} ms per call",
+                flush=True,
+            )
     return out
 
 
 # --------------------------------------------------------------------- part 2: per run
-_OPEN = "from mlflow import MlflowClient; c = MlflowClient('{uri}'); c.search_experiments(max_results=1)"  # fmt: skip
-_RUN = ("; e = c.get_experiment_by_name('floor') or c.get_experiment(c.create_experiment('floor'))"
-        "; r = c.create_run(e.experiment_id); c.set_terminated(r.info.run_id)")  # fmt: skip
+_OPEN = "from mlflow import MlflowClient; c = MlflowClient('{uri}'); c.search_experiments(max_results=1)"
+_RUN = (
+    "; e = c.get_experiment_by_name('floor') or c.get_experiment(c.create_experiment('floor'))"
+    "; r = c.create_run(e.experiment_id); c.set_terminated(r.info.run_id)"
+)
 _STAGES = {
     "python": "pass",
     "import mlflow": "import mlflow",
@@ -110,7 +114,9 @@ def fresh_cpu(code: str, env: dict[str, str]) -> float:
 def part_open(repeats: int) -> dict:
     env = dict(os.environ, MLFLOW_DISABLE_TELEMETRY="true", GIT_PYTHON_REFRESH="quiet")
     out: dict[str, dict[str, float]] = {}
-    print(f"  {'fresh process, CPU-s (min of ' + str(repeats) + ')':58s} {'plain':>6s} {'gc off + _exit':>15s}")  # fmt: skip
+    print(
+        f"  {'fresh process, CPU-s (min of ' + str(repeats) + ')':58s} {'plain':>6s} {'gc off + _exit':>15s}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for stage, code in _STAGES.items():
             row = {}
@@ -119,7 +125,9 @@ def part_open(repeats: int) -> dict:
                 for r in range(repeats):
                     fresh = "new database" in stage
                     db = Path(tmp) / (f"{way}{r}.db" if fresh else "old.db")
-                    runs.append(fresh_cpu(template.format(code=code.format(uri=f"sqlite:///{db}")), env))  # fmt: skip
+                    runs.append(
+                        fresh_cpu(template.format(code=code.format(uri=f"sqlite:///{db}")), env)
+                    )
                 row[way] = min(runs)  # contention only ever adds CPU
             out[stage] = row
             print(f"  {stage:58s} {row['plain']:6.2f} {row['shipper']:15.2f}", flush=True)
@@ -135,13 +143,19 @@ def main() -> None:
     ap.add_argument("--metrics", type=int, default=20000, help="metrics logged per batch size")
     ap.add_argument("--keys", type=int, default=2, help="metric keys per step")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--frozen", action="store_true",
-                    help="part batch as the shipper runs it: heap frozen after start-up")  # fmt: skip
+    ap.add_argument(
+        "--frozen",
+        action="store_true",
+        help="part batch as the shipper runs it: heap frozen after start-up",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     from importlib.metadata import version
 
-    out: dict = {"mlflow": version("mlflow"), "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}"}  # fmt: skip
+    out: dict = {
+        "mlflow": version("mlflow"),
+        "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}",
+    }
     if args.part in ("batch", "both"):
         sizes = [int(s) for s in args.sizes.split(",")]
         out["per_metric_s"] = part_batch(sizes, args.metrics, args.keys, args.frozen)

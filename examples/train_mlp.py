@@ -115,8 +115,10 @@ def main() -> None:
     if result.complete:
         # Drawn by gradwatch at the end of the run: the verdict, curves, every check, the
         # alerts and the gradient distributions (gradwatch/histograms.png) in one page.
-        print(f"run report: artifact gradwatch/report.html of run {result.run_id}"
-              f" (again any time: gradwatch report {result.run_id})")  # fmt: skip
+        print(
+            f"run report: artifact gradwatch/report.html of run {result.run_id}"
+            f" (again any time: gradwatch report {result.run_id})"
+        )
 
 
 if __name__ == "__main__":

@@ -485,13 +485,16 @@ def _run_sweep_with_progress(sweep: Any, plan: Any, parallel: int, timeout: floa
             running.pop(result.run.run_name, None)
             finished[0] += 1
             outcome = "ok" if result.ok else f"FAILED (exit {result.returncode})"
-            status.finished(f"[{finished[0]}/{total}] {result.run.run_name}: {outcome} "
-                            f"in {result.seconds:.1f} s")  # fmt: skip
+            status.finished(
+                f"[{finished[0]}/{total}] {result.run.run_name}: {outcome} "
+                f"in {result.seconds:.1f} s"
+            )
             show()
 
     try:
-        return sweep.run_sweep(plan, parallel=parallel, timeout=timeout, on_done=done,
-                               on_start=started)  # fmt: skip
+        return sweep.run_sweep(
+            plan, parallel=parallel, timeout=timeout, on_done=done, on_start=started
+        )
     finally:
         status.close()
 
@@ -525,14 +528,16 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
 
     uri = resolve_tracking_uri(tracking_uri)
     specs = demo.plan(steps=60 if quick else steps)
-    click.echo(f"gradwatch demo: {len(specs)} runs -> {mask_uri(uri)}, experiment {experiment!r}",
-               err=True)  # fmt: skip
+    click.echo(
+        f"gradwatch demo: {len(specs)} runs -> {mask_uri(uri)}, experiment {experiment!r}", err=True
+    )
     status = Progress()
     index = {spec.run_name: i for i, spec in enumerate(specs, start=1)}
 
     def on_step(spec: Any, step: int) -> None:
-        status.update(f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: "
-                      f"step {step}/{spec.steps}")  # fmt: skip
+        status.update(
+            f"[{index[spec.run_name]}/{len(specs)}] {spec.run_name}: step {step}/{spec.steps}"
+        )
 
     def on_run(spec: Any, outcome: Any) -> None:
         loss = "non-finite" if outcome.final_loss is None else f"{outcome.final_loss:.4g}"
@@ -544,8 +549,9 @@ def demo_cmd(steps: int, quick: bool, experiment: str, tracking_uri: str | None)
         status.finished(line)
 
     try:
-        result = demo.run_demo(specs, tracking_uri=uri, experiment=experiment, on_step=on_step,
-                               on_run=on_run)  # fmt: skip
+        result = demo.run_demo(
+            specs, tracking_uri=uri, experiment=experiment, on_step=on_step, on_run=on_run
+        )
     finally:
         status.close()
     click.echo()
@@ -684,9 +690,15 @@ def monitor_cmd(
     config = load_config(rules_path)
     uri = resolve_tracking_uri(tracking_uri)
     with _StderrLogging(logging.WARNING if quiet else logging.INFO):
-        monitor = Monitor(uri, experiment, rules=config.rules, delivery=config.delivery(),
-                          baseline_run_id=baseline_run_id, settle=settle,
-                          stale_minutes=stale_minutes)  # fmt: skip
+        monitor = Monitor(
+            uri,
+            experiment,
+            rules=config.rules,
+            delivery=config.delivery(),
+            baseline_run_id=baseline_run_id,
+            settle=settle,
+            stale_minutes=stale_minutes,
+        )
         if once:
             try:
                 result = monitor.poll()

@@ -97,21 +97,21 @@ HOOK_OPTIONS: dict[str, Param] = {
         minimum=0,
         exclusive=True,
         maximum=1.0,
-    ),  # fmt: skip
+    ),
     "stats_every": Param(
         "auto", "int_or_auto", "steps between norm statistics, or auto", minimum=1
-    ),  # fmt: skip
+    ),
     "hist_every": Param(
         1,
         "int",
         "statistics steps between histograms of |g| and |θ| (0, false or null: none)",
         minimum=0,
-    ),  # fmt: skip
+    ),
     "report": Param(
         True,
         "bool",
         "write gradwatch/report.html and gradwatch/histograms.png at the end of the run",
-    ),  # fmt: skip
+    ),
     "experiment": Param(None, "str", "MLflow experiment name"),
     "run_name": Param(None, "str", "MLflow run name"),
     "tracking_uri": Param(None, "str", "MLflow tracking URI (null: MLFLOW_TRACKING_URI)"),
@@ -130,7 +130,7 @@ WEBHOOK_OPTIONS: dict[str, Param] = {
     "backoff": Param(0.5, "float", "seconds before the first retry, doubled each time", minimum=0),
     "min_severity": Param(
         "info", "str", "alerts below this severity are not sent", choices=SEVERITIES
-    ),  # fmt: skip
+    ),
     "headers": Param(None, "mapping", "extra request headers (secret, e.g. tokens)"),
 }
 #: Hook options that are options of the check engine too.
@@ -166,8 +166,12 @@ class Config:
     def delivery(self, callbacks: Mapping[str, Callable[..., Any]] | None = None) -> Delivery:
         """A :class:`~gradwatch.alerts.Delivery` for these webhooks and e-mail targets (plus
         ``callbacks``)."""
-        return Delivery(webhooks=self.webhooks, emails=self.emails, callbacks=callbacks,
-                        queue_size=self.queue_size)  # fmt: skip
+        return Delivery(
+            webhooks=self.webhooks,
+            emails=self.emails,
+            callbacks=callbacks,
+            queue_size=self.queue_size,
+        )
 
     def loggable_params(self) -> dict[str, str]:
         """Flat ``{"gradwatch.<key>": str}`` for MLflow params; secrets are ``"***"``.
@@ -644,8 +648,11 @@ def _mapping(ctx: _Ctx, keypath: KeyPath, value: Any, what: str) -> dict[str, An
 
 def _validate(ctx: _Ctx, data: Any) -> Config:
     if not isinstance(data, Mapping):
-        raise ctx.error((), f"the top level must be a mapping with `hook` and/or `alerts`, "
-                            f"got {type(data).__name__}")  # fmt: skip
+        raise ctx.error(
+            (),
+            f"the top level must be a mapping with `hook` and/or `alerts`, "
+            f"got {type(data).__name__}",
+        )
     for key in data:
         if key not in ("hook", "alerts"):
             raise _unknown(ctx, (key,), ("hook", "alerts"))
@@ -654,17 +661,33 @@ def _validate(ctx: _Ctx, data: Any) -> Config:
     for key in alerts:
         if key not in ALERTS_KEYS:
             raise _unknown(ctx, ("alerts", key), ALERTS_KEYS)
-    defaults = _value(ctx, ("alerts", "defaults"), alerts.get("defaults", True),
-                      Param(True, "bool", "keep the default rules"))  # fmt: skip
-    queue_size = _value(ctx, ("alerts", "queue_size"), alerts.get("queue_size", DEFAULT_QUEUE_SIZE),
-                        Param(DEFAULT_QUEUE_SIZE, "int", "queue per target", minimum=1))  # fmt: skip
+    defaults = _value(
+        ctx,
+        ("alerts", "defaults"),
+        alerts.get("defaults", True),
+        Param(True, "bool", "keep the default rules"),
+    )
+    queue_size = _value(
+        ctx,
+        ("alerts", "queue_size"),
+        alerts.get("queue_size", DEFAULT_QUEUE_SIZE),
+        Param(DEFAULT_QUEUE_SIZE, "int", "queue per target", minimum=1),
+    )
     webhooks = _validate_webhooks(ctx, alerts.get("webhooks"))
     emails = _validate_emails(ctx, alerts.get("email"))
     rules = _validate_rules(ctx, alerts.get("rules"), webhooks, emails, defaults)
     secrets = {f"hook.{_dotted(k[1:])}" for k in ctx.env if k[:1] == ("hook",)}
     secrets |= {f"rule.{_rule_label(data, k)}" for k in ctx.env if k[:2] == ("alerts", "rules")}
-    return Config(hook=hook, rules=rules, webhooks=webhooks, emails=emails, path=ctx.path,
-                  queue_size=queue_size, defaults=defaults, secrets=frozenset(secrets))  # fmt: skip
+    return Config(
+        hook=hook,
+        rules=rules,
+        webhooks=webhooks,
+        emails=emails,
+        path=ctx.path,
+        queue_size=queue_size,
+        defaults=defaults,
+        secrets=frozenset(secrets),
+    )
 
 
 def _rule_label(data: Mapping[str, Any], keypath: KeyPath) -> str:
@@ -753,8 +776,14 @@ def _validate_rules(
 
 
 #: YAML kinds of the rule keys that are not detector parameters (for ``_convert``).
-_RULE_KEY_KINDS = {"name": "str", "type": "str", "severity": "str", "cooldown": "int",
-                   "actions": "str_list", "enabled": "bool"}  # fmt: skip
+_RULE_KEY_KINDS = {
+    "name": "str",
+    "type": "str",
+    "severity": "str",
+    "cooldown": "int",
+    "actions": "str_list",
+    "enabled": "bool",
+}
 
 
 def _validate_rule(
@@ -781,8 +810,9 @@ def _validate_rule(
         if isinstance(value, Mapping) or (
             isinstance(value, list) and spec_kind not in ("str_list", "series")
         ):
-            raise ctx.error(where, f"expected a {(spec_kind or 'value').replace('_', ' ')}, "
-                                   f"got {_short(value)}")  # fmt: skip
+            raise ctx.error(
+                where, f"expected a {(spec_kind or 'value').replace('_', ' ')}, got {_short(value)}"
+            )
         if isinstance(value, list) and not all(isinstance(v, (str, int, float)) for v in value):
             raise ctx.error(where, "expected a list of plain values (strings or numbers)")
         converted[key] = value

@@ -302,15 +302,24 @@ def metric_history(client: Any, run_id: str, key: str) -> list:
     return sorted(history, key=lambda m: (m.step, m.timestamp))
 
 
-def search_all(client: Any, experiment_ids: Sequence[str], filter_string: str = "",
-               order_by: Sequence[str] | None = None, page_size: int = 1000) -> list:  # fmt: skip
+def search_all(
+    client: Any,
+    experiment_ids: Sequence[str],
+    filter_string: str = "",
+    order_by: Sequence[str] | None = None,
+    page_size: int = 1000,
+) -> list:
     """Every run matching ``filter_string`` (all pages), in ``order_by`` order."""
     runs: list = []
     token = None
     while True:
-        page = client.search_runs(list(experiment_ids), filter_string=filter_string,
-                                  max_results=page_size, order_by=list(order_by or ()),
-                                  page_token=token)  # fmt: skip
+        page = client.search_runs(
+            list(experiment_ids),
+            filter_string=filter_string,
+            max_results=page_size,
+            order_by=list(order_by or ()),
+            page_token=token,
+        )
         runs.extend(page)
         token = getattr(page, "token", None)
         if not token:
@@ -360,8 +369,13 @@ def log_tags(client: Any, run_id: str, tags: Mapping[str, object]) -> None:
     client.log_batch(run_id, tags=[RunTag(str(k), str(v)) for k, v in tags.items()])
 
 
-def log_metrics(client: Any, run_id: str, step: int, metrics: Mapping[str, float],
-                timestamp_ms: int | None = None) -> None:  # fmt: skip
+def log_metrics(
+    client: Any,
+    run_id: str,
+    step: int,
+    metrics: Mapping[str, float],
+    timestamp_ms: int | None = None,
+) -> None:
     """Log ``metrics`` at ``step`` of ``run_id`` in one request (timestamp: now by default)."""
     import time
 

@@ -480,9 +480,14 @@ def check_report_from_metrics(
         max_rel = max(errors.values())
     if failed and not any(t["num_mismatches"] for t in per_param.values()):
         # No per-tensor detail logged: the failure still has to reach check_failure.
-        per_param["(all tensors)"] = {"shape": [], "max_rel_error": max_rel or 0.0,
-                                      "verdict": "mismatch", "num_mismatches": 1,
-                                      "num_clipped": 0, "coords": []}  # fmt: skip
+        per_param["(all tensors)"] = {
+            "shape": [],
+            "max_rel_error": max_rel or 0.0,
+            "verdict": "mismatch",
+            "num_mismatches": 1,
+            "num_clipped": 0,
+            "coords": [],
+        }
     return {
         "passed": not failed and not inconclusive,
         **({"status": "inconclusive"} if inconclusive else {}),

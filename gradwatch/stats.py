@@ -110,8 +110,15 @@ def tensor_stats(
         gn, pn = norm(g), norm(p)
         g50, g99 = abs_quantiles(g, (0.5, 0.99))
         (p99,) = abs_quantiles(p, (0.99,))
-        out[name] = TensorStats(gn, pn, _nonfinite(g, gn) + _nonfinite(p, pn),
-                                g50, g99, _zero_frac(np.count_nonzero(g), g.size), p99)  # fmt: skip
+        out[name] = TensorStats(
+            gn,
+            pn,
+            _nonfinite(g, gn) + _nonfinite(p, pn),
+            g50,
+            g99,
+            _zero_frac(np.count_nonzero(g), g.size),
+            p99,
+        )
     return out
 
 
@@ -152,8 +159,15 @@ def tensor_stats_and_histograms(
         g_hist, p_hist = _histogram_of_sorted(g_ranked), _histogram_of_sorted(p_ranked)
         g50, g99 = _sorted_quantiles(g_ranked, (0.5, 0.99))
         (p99,) = _sorted_quantiles(p_ranked, (0.99,))
-        stats[name] = TensorStats(norm(g), norm(p), g_hist["nonfinite"] + p_hist["nonfinite"],
-                                  g50, g99, _zero_frac(g.size - g_hist["zero"], g.size), p99)  # fmt: skip
+        stats[name] = TensorStats(
+            norm(g),
+            norm(p),
+            g_hist["nonfinite"] + p_hist["nonfinite"],
+            g50,
+            g99,
+            _zero_frac(g.size - g_hist["zero"], g.size),
+            p99,
+        )
         tensors[name] = {"grad": g_hist, "param": p_hist}
     return stats, _record(step, tensors)
 
@@ -214,8 +228,13 @@ def _histogram_of_sorted(ranked: np.ndarray) -> dict[str, Any]:
     cuts[-1] = np.searchsorted(exact, HIST_EDGES[-1], side="right")  # the last bin is closed
     zero = int(np.searchsorted(exact, 0.0, side="right"))
     finite = int(np.searchsorted(exact, np.inf, side="left"))  # Inf, then NaN, sort last
-    return {"counts": np.diff(cuts).tolist(), "zero": zero, "under": int(cuts[0]) - zero,
-            "over": finite - int(cuts[-1]), "nonfinite": exact.size - finite}  # fmt: skip
+    return {
+        "counts": np.diff(cuts).tolist(),
+        "zero": zero,
+        "under": int(cuts[0]) - zero,
+        "over": finite - int(cuts[-1]),
+        "nonfinite": exact.size - finite,
+    }
 
 
 def histogram_record(

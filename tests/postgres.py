@@ -120,10 +120,20 @@ class PostgresCluster:
         base = self._base()
         host_auth = "scram-sha-256" if self.require_password else "trust"
         self._run(
-            [str(self.bin / "initdb"), "-D", str(self.datadir), "-U", SUPERUSER,
-             "--auth-local=trust", f"--auth-host={host_auth}", "-E", "UTF8", "--no-locale"],
+            [
+                str(self.bin / "initdb"),
+                "-D",
+                str(self.datadir),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                f"--auth-host={host_auth}",
+                "-E",
+                "UTF8",
+                "--no-locale",
+            ],
             cwd=base,
-        )  # fmt: skip
+        )
         options = " ".join(
             [
                 f"-p {self.port}",
@@ -138,10 +148,21 @@ class PostgresCluster:
         # Set before pg_ctl returns: if it times out the postmaster may still be coming up.
         self.proc_started = True
         self._run(
-            [str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.log_path),
-             "-o", options, "-w", "-t", str(int(timeout)), "start"],
+            [
+                str(self.bin / "pg_ctl"),
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "start",
+            ],
             cwd=base,
-        )  # fmt: skip
+        )
         return self
 
     def stop(self) -> None:
@@ -149,10 +170,19 @@ class PostgresCluster:
         if self.proc_started:
             try:
                 self._run(
-                    [str(self.bin / "pg_ctl"), "-D", str(self.datadir), "-m", "fast", "-w",
-                     "-t", "30", "stop"],
+                    [
+                        str(self.bin / "pg_ctl"),
+                        "-D",
+                        str(self.datadir),
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "30",
+                        "stop",
+                    ],
                     cwd=self._base(),
-                )  # fmt: skip
+                )
             except (RuntimeError, subprocess.TimeoutExpired):
                 self._kill_postmaster()
             self.proc_started = False

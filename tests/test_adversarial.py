@@ -256,9 +256,11 @@ def test_namedtuple_params_work(tracking_uri):
     with GradWatch(every=2, experiment="adv-namedtuple", config=False) as watch:
         for s in range(4):
             report = watch.step(
-                p, (np.full(3, 2.0), np.full(1, 1.0)), loss=1.0,
+                p,
+                (np.full(3, 2.0), np.full(1, 1.0)),
+                loss=1.0,
                 loss_fn=lambda q: float(np.sum(q[0] ** 2) + q[1][0]),
-            )  # fmt: skip
+            )
             assert s % 2 or report.passed
     assert watch.checks == 2 and watch.checks_failed == 0
 
@@ -286,8 +288,9 @@ def test_non_finite_values_alert_without_numpy_warnings(tracking_uri, position, 
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with GradWatch(every=3, stats_every=1, experiment=f"adv-nonfinite-{position}",
-                       config=False) as watch:  # fmt: skip
+        with GradWatch(
+            every=3, stats_every=1, experiment=f"adv-nonfinite-{position}", config=False
+        ) as watch:
             for s in range(10):
                 p, g, loss, lr = inputs(s)
                 watch.step(
@@ -311,9 +314,12 @@ def test_non_finite_values_alert_without_numpy_warnings(tracking_uri, position, 
 
 @pytest.mark.parametrize(
     "uri",
-    ["http://bob:PW-s3cr3t@127.0.0.1:1/x", "https://TOKEN-s3cr3t@127.0.0.1:1",
-     "postgresql://bob:PW-s3cr3t@db/x"],
-)  # fmt: skip
+    [
+        "http://bob:PW-s3cr3t@127.0.0.1:1/x",
+        "https://TOKEN-s3cr3t@127.0.0.1:1",
+        "postgresql://bob:PW-s3cr3t@db/x",
+    ],
+)
 def test_uploaded_config_masks_webhooks_and_uri_credentials(tracking_uri, tmp_path, uri):
     folder = tmp_path / "cfg"
     folder.mkdir()
@@ -337,8 +343,13 @@ def test_uploaded_config_masks_webhooks_and_uri_credentials(tracking_uri, tmp_pa
 
     os.environ["GW_HOOK_URL"] = "http://127.0.0.1:9/ENV-s3cr3t"
     try:
-        with GradWatch(every=None, experiment="adv-secrets", tracking_uri=tracking_uri,
-                       config=str(config), keep_journal=True) as watch:  # fmt: skip
+        with GradWatch(
+            every=None,
+            experiment="adv-secrets",
+            tracking_uri=tracking_uri,
+            config=str(config),
+            keep_journal=True,
+        ) as watch:
             watch.step(_params(), _grads(), loss=1.0)
     finally:
         del os.environ["GW_HOOK_URL"]
@@ -374,8 +385,9 @@ def test_run_left_open_ends_at_interpreter_exit(tracking_uri, tmp_path, ending, 
         {ending}
         """)
     )
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == (0 if status == "FINISHED" else 1), proc.stderr
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)

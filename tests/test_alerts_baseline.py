@@ -19,8 +19,11 @@ def log_run(uri: str, experiment: str, scale: float, tags: dict[str, str]) -> st
     exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
     run = client.create_run(exp_id, tags=tags)
     now = int(time.time() * 1000)
-    metrics = [Metric(f"grad_norm/{t}", scale * (1.0 + 0.01 * s), now, s)
-               for t in ("W1", "b1") for s in range(0, 100, 10)]  # fmt: skip
+    metrics = [
+        Metric(f"grad_norm/{t}", scale * (1.0 + 0.01 * s), now, s)
+        for t in ("W1", "b1")
+        for s in range(0, 100, 10)
+    ]
     metrics.append(Metric("loss", 1.0, now, 0))
     client.log_batch(run.info.run_id, metrics=metrics)
     client.set_terminated(run.info.run_id)
@@ -62,10 +65,12 @@ def test_missing_baseline_disables_only_that_rule(tracking_uri, caplog):
     with pytest.raises(TrackingError, match="no run tagged gradwatch.baseline"):
         load_baseline(tracking_uri=tracking_uri, experiment=experiment)
     rules = attach_baselines(
-        [Rule("vs-base", "baseline_drift", params={"experiment": experiment}),
-         Rule("nonfinite", "nonfinite")],
+        [
+            Rule("vs-base", "baseline_drift", params={"experiment": experiment}),
+            Rule("nonfinite", "nonfinite"),
+        ],
         tracking_uri=tracking_uri,
-    )  # fmt: skip
+    )
     assert [r.enabled for r in rules] == [False, True]
     assert "vs-base" in caplog.text and "disabled" in caplog.text
     with pytest.raises(TrackingError, match="cannot load baseline run"):

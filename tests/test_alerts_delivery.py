@@ -17,10 +17,16 @@ SECRET_PATH = "/services/T000/B000/s3cr3t-token"
 
 
 def make_alert(step: int = 7, severity: str = "critical", actions=("log", "webhook:hook")) -> Alert:
-    return Alert(rule="loss_divergence", kind="loss_divergence", severity=severity, step=step,
-                 message="loss diverging: 9025 is above 10x its best so far (25)",
-                 details={"loss": 9025.0, "best": 25.0}, actions=tuple(actions),
-                 timestamp=1.0)  # fmt: skip
+    return Alert(
+        rule="loss_divergence",
+        kind="loss_divergence",
+        severity=severity,
+        step=step,
+        message="loss diverging: 9025 is above 10x its best so far (25)",
+        details={"loss": 9025.0, "best": 25.0},
+        actions=tuple(actions),
+        timestamp=1.0,
+    )
 
 
 class Receiver:
@@ -94,10 +100,12 @@ def test_webhook_posts_slack_text_and_alert_dict(receiver):
 def test_bare_webhook_action_goes_to_every_webhook_and_min_severity_filters(receiver):
     other = Receiver()
     try:
-        delivery = Delivery(webhooks={
-            "a": WebhookSpec(url=receiver.url),
-            "b": WebhookSpec(url=other.url, min_severity="critical"),
-        })  # fmt: skip
+        delivery = Delivery(
+            webhooks={
+                "a": WebhookSpec(url=receiver.url),
+                "b": WebhookSpec(url=other.url, min_severity="critical"),
+            }
+        )
         delivery.deliver(make_alert(1, "warning", actions=("webhook",)))
         delivery.deliver(make_alert(2, "critical", actions=("webhook",)))
         delivery.close(timeout=10)
@@ -125,8 +133,7 @@ def test_slow_endpoint_does_not_block_the_training_thread():
     release = threading.Event()
     slow = Receiver(block=release)
     try:
-        delivery = Delivery(webhooks={"hook": WebhookSpec(url=slow.url, timeout=30)},
-                            queue_size=10)  # fmt: skip
+        delivery = Delivery(webhooks={"hook": WebhookSpec(url=slow.url, timeout=30)}, queue_size=10)
         delivery.deliver(make_alert(0))
         assert slow.wait(lambda: slow.hits == 1)  # the worker is now stuck in the request
         calls = 0

@@ -169,9 +169,12 @@ def train_mlp(steps, *, bug_from=None, check_every=100, lr=0.1, seed=0, spike_at
         if check_every and step % check_every == 0 and step > 0:
             # Checked where the gradients were computed, before the update.
             report = gradwatch.check_gradients(
-                lambda p, xb=xb, yb=yb: mlp.loss(p, xb, yb), mlp.params, grads,
-                num_samples=16, seed=step,
-            )  # fmt: skip
+                lambda p, xb=xb, yb=yb: mlp.loss(p, xb, yb),
+                mlp.params,
+                grads,
+                num_samples=16,
+                seed=step,
+            )
         old = {k: v.copy() for k, v in mlp.params.items()}
         for k in mlp.params:
             mlp.params[k] -= lr * grads[k]
@@ -194,8 +197,11 @@ def test_2000_clean_mlp_steps_fire_nothing_with_default_rules(clean_run):
     engine = AlertEngine(default_rules())
     alerts = []
     for obs in clean_run:
-        alerts += engine.observe_step(obs) if isinstance(obs, StepObservation) else (
-            engine.observe_check(obs))  # fmt: skip
+        alerts += (
+            engine.observe_step(obs)
+            if isinstance(obs, StepObservation)
+            else (engine.observe_check(obs))
+        )
     assert alerts == []
     assert engine.state.detectors["check_failure"].checks == 19
     steps = [o for o in clean_run if isinstance(o, StepObservation)]
@@ -203,8 +209,12 @@ def test_2000_clean_mlp_steps_fire_nothing_with_default_rules(clean_run):
 
 
 def test_clean_mlp_fires_no_optional_detector_either(clean_run):
-    for det in (grad_norm_drift(), grad_norm_drift(method="median"), rel_error_drift(),
-                stalled_learning()):  # fmt: skip
+    for det in (
+        grad_norm_drift(),
+        grad_norm_drift(method="median"),
+        rel_error_drift(),
+        stalled_learning(),
+    ):
         assert run(det, clean_run) == []
 
 
@@ -275,21 +285,35 @@ def test_grad_norm_vanishing_is_detected_and_direction_filters():
 
 
 def tensor_report(err: float, verdict: str = "ok") -> dict:
-    coord = {"index": [0], "analytic": 1.0, "numeric": 1.0 + err, "rel_error": err,
-             "verdict": verdict}  # fmt: skip
-    return {"max_rel_error": err, "num_mismatches": int(verdict == "mismatch"),
-            "verdict": verdict, "coords": [coord], "directions": []}  # fmt: skip
+    coord = {
+        "index": [0],
+        "analytic": 1.0,
+        "numeric": 1.0 + err,
+        "rel_error": err,
+        "verdict": verdict,
+    }
+    return {
+        "max_rel_error": err,
+        "num_mismatches": int(verdict == "mismatch"),
+        "verdict": verdict,
+        "coords": [coord],
+        "directions": [],
+    }
 
 
 def test_rel_error_drift_fires_before_the_failure_threshold():
     errs = [1e-9, 2e-9, 1e-9, 1e-9, 3e-9, 2e-8, 1e-7, 5e-7, 2e-6, 1e-5, 1e-4]
-    obs = [CheckObservation(100 * i, {"per_param": {"W1": tensor_report(e)}})
-           for i, e in enumerate(errs)]  # fmt: skip
+    obs = [
+        CheckObservation(100 * i, {"per_param": {"W1": tensor_report(e)}})
+        for i, e in enumerate(errs)
+    ]
     fired = run(rel_error_drift(), obs)
     assert fired and fired[0][0] <= 900  # well before 1e-2
     assert fired[0][1].details["tensor"] == "W1"
-    flat = [CheckObservation(100 * i, {"per_param": {"W1": tensor_report(e)}})
-            for i, e in enumerate([1e-9, 5e-9, 2e-10, 3e-9] * 4)]  # fmt: skip
+    flat = [
+        CheckObservation(100 * i, {"per_param": {"W1": tensor_report(e)}})
+        for i, e in enumerate([1e-9, 5e-9, 2e-10, 3e-9] * 4)
+    ]
     assert run(rel_error_drift(), flat) == []
 
 
@@ -303,8 +327,10 @@ def test_baseline_drift_compares_at_the_same_steps(clean_run):
     steps = [o for o in clean_run if isinstance(o, StepObservation)][:300]
     baseline = {f"grad_norm/{k}": {o.step: o.grad_norms[k] for o in steps} for k in ("W1", "W2")}
     assert run(baseline_drift(baseline), steps) == []  # a run equal to its baseline
-    doubled = [StepObservation(o.step, grad_norms={k: 4 * v for k, v in o.grad_norms.items()})
-               for o in steps]  # fmt: skip
+    doubled = [
+        StepObservation(o.step, grad_norms={k: 4 * v for k, v in o.grad_norms.items()})
+        for o in steps
+    ]
     fired = run(baseline_drift(baseline, factor=3.0), doubled)
     assert fired and fired[0][0] == 0 and fired[0][1].details["metric"].startswith("grad_norm/")
     assert run(baseline_drift(None), doubled) == []  # no baseline: never fires
@@ -323,9 +349,12 @@ def test_detectors_are_pure():
 
 
 def test_check_failure_reports_worst_coordinates_and_bands():
-    report = {"per_param": {
-        "W1": tensor_report(3e-3, "mismatch"), "b1": tensor_report(1e-9),
-    }}  # fmt: skip
+    report = {
+        "per_param": {
+            "W1": tensor_report(3e-3, "mismatch"),
+            "b1": tensor_report(1e-9),
+        }
+    }
     fired = run(check_failure(), [CheckObservation(7, report)])
     ((step, finding),) = fired
     assert finding.severity == "warning" and finding.details["tensor"] == "W1"

@@ -31,16 +31,34 @@ def tensor(err: float, raw: float | None = None, dtype: str = "float64", mismatc
     """A tensor entry shaped like ``TensorReport.to_dict()``."""
     raw = err if raw is None else raw
     verdict = "mismatch" if mismatch else ("kink" if raw > err else "ok")
-    probe = {"index": [0], "analytic": 1.0, "numeric": 1.0 + raw, "rel_error": raw,
-             "resolved": err, "verdict": verdict}  # fmt: skip
-    return {"shape": [32], "dtype": dtype, "max_rel_error": err, "max_raw_rel_error": raw,
-            "verdict": verdict, "num_mismatches": int(mismatch), "num_clipped": 0,
-            "coords": [probe], "directions": []}  # fmt: skip
+    probe = {
+        "index": [0],
+        "analytic": 1.0,
+        "numeric": 1.0 + raw,
+        "rel_error": raw,
+        "resolved": err,
+        "verdict": verdict,
+    }
+    return {
+        "shape": [32],
+        "dtype": dtype,
+        "max_rel_error": err,
+        "max_raw_rel_error": raw,
+        "verdict": verdict,
+        "num_mismatches": int(mismatch),
+        "num_clipped": 0,
+        "coords": [probe],
+        "directions": [],
+    }
 
 
 def engine() -> AlertEngine:
-    return AlertEngine([Rule("check_failure", "check_failure", cooldown=0),
-                        Rule("rel_error_drift", "rel_error_drift", cooldown=0)])  # fmt: skip
+    return AlertEngine(
+        [
+            Rule("check_failure", "check_failure", cooldown=0),
+            Rule("rel_error_drift", "rel_error_drift", cooldown=0),
+        ]
+    )
 
 
 def first_flag(reports: list[tuple[int, dict]]) -> tuple[str, int] | None:
@@ -62,8 +80,15 @@ def test_error_growing_from_1e6_is_flagged_before_it_crosses_2e5(seed):
     for step in range(CHECK_EVERY, 2000, CHECK_EVERY):
         err = growing(step) * rng.uniform(0.5, 1.0) + 10 ** rng.uniform(-9, -8)
         raw = 1e-3 if rng.random() < 0.2 else err
-        reports.append((step, {"W1": tensor(10 ** rng.uniform(-9, -8)),
-                               "b1": tensor(err, raw, mismatch=err > 1e-4)}))  # fmt: skip
+        reports.append(
+            (
+                step,
+                {
+                    "W1": tensor(10 ** rng.uniform(-9, -8)),
+                    "b1": tensor(err, raw, mismatch=err > 1e-4),
+                },
+            )
+        )
     rule, step = first_flag(reports)
     assert rule == "rel_error_drift" and step <= CROSSES_2E5, (rule, step)
 
@@ -73,9 +98,12 @@ def test_correct_network_drifting_from_1e9_to_1e7_raises_nothing():
     reports = []
     for i, step in enumerate(range(CHECK_EVERY, 10_000, CHECK_EVERY)):
         level = 10 ** (-9 + 2 * i / 200)  # 1e-9 -> 1e-7 over 10 000 steps
-        per = {name: tensor(level * 10 ** rng.uniform(-1, 1),
-                            raw=1.0 if rng.random() < 0.1 else None)  # kinks, resolved
-               for name in ("W1", "b1", "W2", "b2")}  # fmt: skip
+        per = {
+            name: tensor(
+                level * 10 ** rng.uniform(-1, 1), raw=1.0 if rng.random() < 0.1 else None
+            )  # kinks, resolved
+            for name in ("W1", "b1", "W2", "b2")
+        }
         reports.append((step, per))
     assert first_flag(reports) is None
 
@@ -97,8 +125,14 @@ def test_float32_tensors_have_their_own_floor():
 
 
 def test_clipped_probes_do_not_fail_a_check_but_a_mismatch_beside_them_does():
-    clipped = {"index": [3], "analytic": 5.0, "numeric": 19.7, "rel_error": 0.75,
-               "resolved": 0.75, "verdict": "clipped"}  # fmt: skip
+    clipped = {
+        "index": [3],
+        "analytic": 5.0,
+        "numeric": 19.7,
+        "rel_error": 0.75,
+        "resolved": 0.75,
+        "verdict": "clipped",
+    }
     w = {**tensor(1e-9), "coords": [clipped], "num_clipped": 1, "verdict": "clipped"}
     eng = engine()
     assert eng.observe_check(CheckObservation(10, {"per_param": {"Wxh": w}})) == []
@@ -125,9 +159,12 @@ def planted_run(seed: int, steps: int = 700) -> list[tuple[int, dict]]:
         grads["db1"] = grads["db1"] * (1.0 + growing(step))
         if step % CHECK_EVERY == 0 and step > 0:
             report = gradwatch.check_gradients(
-                lambda p, xb=xb, yb=yb: mlp.loss(p, xb, yb), mlp.params, grads,
-                num_samples=16, seed=step,
-            )  # fmt: skip
+                lambda p, xb=xb, yb=yb: mlp.loss(p, xb, yb),
+                mlp.params,
+                grads,
+                num_samples=16,
+                seed=step,
+            )
             reports.append((step, report.to_dict()["per_param"]))
         for k in mlp.params:
             mlp.params[k] -= 0.1 * grads["d" + k]

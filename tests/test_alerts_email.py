@@ -105,16 +105,31 @@ def smtp():
 
 
 def spec(port: int, **kw) -> EmailSpec:
-    base = dict(host="127.0.0.1", port=port, sender="gradwatch@example.com",
-                to=("oncall@example.com", "ml@example.com"), username="gw", password=PASSWORD,
-                timeout=2.0, retries=3, backoff=0.01)  # fmt: skip
+    base = dict(
+        host="127.0.0.1",
+        port=port,
+        sender="gradwatch@example.com",
+        to=("oncall@example.com", "ml@example.com"),
+        username="gw",
+        password=PASSWORD,
+        timeout=2.0,
+        retries=3,
+        backoff=0.01,
+    )
     return EmailSpec(**{**base, **kw})
 
 
 def alert(actions=("email:oncall",), severity="critical") -> Alert:
-    return Alert(rule="loss_divergence", kind="loss_divergence", severity=severity, step=7,
-                 message="loss diverging: 9025 is above 10x its lowest smoothed level (25)",
-                 details={"loss": 9025.0}, actions=tuple(actions), timestamp=1.0)  # fmt: skip
+    return Alert(
+        rule="loss_divergence",
+        kind="loss_divergence",
+        severity=severity,
+        step=7,
+        message="loss diverging: 9025 is above 10x its lowest smoothed level (25)",
+        details={"loss": 9025.0},
+        actions=tuple(actions),
+        timestamp=1.0,
+    )
 
 
 def test_alert_is_mailed_with_login_to_every_recipient(smtp):
@@ -142,7 +157,11 @@ def test_transient_smtp_failures_are_retried():
         assert server.wait(1)
         delivery.close(5.0)
         assert server.sessions == 3 and delivery.stats == {
-            "sent": 1, "failed": 0, "dropped": 0, "pending": 0}  # fmt: skip
+            "sent": 1,
+            "failed": 0,
+            "dropped": 0,
+            "pending": 0,
+        }
     finally:
         server.close()
 

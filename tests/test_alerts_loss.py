@@ -29,8 +29,12 @@ def book_network(seed: int, steps: int, eta: float = 3.0, batch: int = 10, eta_f
     X, y = make_blobs(n=1000, dim=20, classes=3, seed=seed, spread=2.5)
     X = X * math.sqrt(20)
     onehot = np.eye(3)[y]
-    p = {"W1": rng.normal(0, 1, (20, 30)), "b1": rng.normal(0, 1, 30),
-         "W2": rng.normal(0, 1, (30, 3)), "b2": rng.normal(0, 1, 3)}  # fmt: skip
+    p = {
+        "W1": rng.normal(0, 1, (20, 30)),
+        "b1": rng.normal(0, 1, 30),
+        "W2": rng.normal(0, 1, (30, 3)),
+        "b2": rng.normal(0, 1, 3),
+    }
     losses, order, pos = [], rng.permutation(1000), 0
     with np.errstate(all="ignore"):
         for step in range(steps):

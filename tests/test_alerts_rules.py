@@ -31,9 +31,17 @@ def test_detector_defaults_are_the_factories_own():
 
 
 def test_validate_rule_builds_the_same_rule_as_the_constructor():
-    rule = validate_rule({"name": "g", "type": "grad_norm_drift", "z": 4, "cooldown": 20,
-                          "actions": ["log", "webhook:slack"], "severity": "critical"},
-                         webhooks={"slack"})  # fmt: skip
+    rule = validate_rule(
+        {
+            "name": "g",
+            "type": "grad_norm_drift",
+            "z": 4,
+            "cooldown": 20,
+            "actions": ["log", "webhook:slack"],
+            "severity": "critical",
+        },
+        webhooks={"slack"},
+    )
     assert rule == Rule(
         "g", "grad_norm_drift", "critical", {"z": 4.0}, 20, ("log", "webhook:slack")
     )
@@ -109,24 +117,28 @@ def test_threshold_on_a_glob_fires_after_n_consecutive_observations_per_tensor()
     norms = [{"W1": 1.0, "W2": 1.0}] * 3 + [{"W1": 200.0, "W2": 1.0}] * 2
     norms += [{"W1": 1.0, "W2": 300.0}] * 2 + [{"W1": 1.0, "W2": 300.0}]
     obs = [StepObservation(s, grad_norms=n) for s, n in enumerate(norms)]
-    rule = Rule("big", "threshold", params={"metric": "grad_norm/*", "above": 100.0, "n": 2},
-                cooldown=0)  # fmt: skip
+    rule = Rule(
+        "big", "threshold", params={"metric": "grad_norm/*", "above": 100.0, "n": 2}, cooldown=0
+    )
     fired = run(rule, obs)
     assert [s for s, _ in fired] == [4, 6, 7]
     assert fired[0][1]["metric"] == "grad_norm/W1" and fired[1][1]["metric"] == "grad_norm/W2"
 
 
 def test_threshold_below_on_check_metrics_and_user_metrics():
-    checks = [CheckObservation(s, {"passed": s != 200, "max_rel_error": 1e-9, "per_param": {}})
-              for s in (100, 200, 300)]  # fmt: skip
+    checks = [
+        CheckObservation(s, {"passed": s != 200, "max_rel_error": 1e-9, "per_param": {}})
+        for s in (100, 200, 300)
+    ]
     rule = Rule("failed", "threshold", params={"metric": "gradcheck/passed", "below": 0.5})
     assert [s for s, _ in run(rule, checks)] == [200]
     accuracy = [StepObservation(s, metrics={"val_acc": a}) for s, a in enumerate([0.5, 0.4, 0.3])]
     rule = Rule("acc", "threshold", params={"metric": "val_acc", "below": 0.45, "n": 2})
     assert [s for s, _ in run(rule, accuracy)] == [2]
     loss = [StepObservation(s, loss=v) for s, v in enumerate([1.0, 9.0, 0.5, 0.05])]
-    band = Rule("band", "threshold", params={"metric": "loss", "above": 5.0, "below": 0.1},
-                cooldown=0)  # fmt: skip
+    band = Rule(
+        "band", "threshold", params={"metric": "loss", "above": 5.0, "below": 0.1}, cooldown=0
+    )
     assert [s for s, _ in run(band, loss)] == [1, 3]
 
 

@@ -79,8 +79,12 @@ def mean_loss_summed_grads(seed: int, m: int = 32):
     """An MLP (tanh) whose loss is the batch mean but whose gradients are batch sums."""
     rng = np.random.default_rng(seed)
     X, y = rng.normal(size=(m, 5)), rng.integers(0, 3, size=m)
-    params = {"W1": rng.normal(0, 0.5, (5, 8)), "b1": rng.normal(0, 0.1, 8),
-              "W2": rng.normal(0, 0.5, (8, 3)), "b2": rng.normal(0, 0.1, 3)}  # fmt: skip
+    params = {
+        "W1": rng.normal(0, 0.5, (5, 8)),
+        "b1": rng.normal(0, 0.1, 8),
+        "W2": rng.normal(0, 0.5, (8, 3)),
+        "b2": rng.normal(0, 0.1, 3),
+    }
 
     def forward(p):
         h = np.tanh(X @ p["W1"] + p["b1"])

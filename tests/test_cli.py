@@ -142,9 +142,20 @@ def test_sweep_runs_the_script_once_per_lr(tracking_uri, tmp_path, monkeypatch):
     script.write_text(TRAIN)
     experiment = f"sweep-{time.time_ns()}"
     result = CliRunner().invoke(
-        main, ["sweep", str(script), "--lr", "0.1", "0.01", "1e-10", "--parallel", "2",
-               "--experiment", experiment],
-    )  # fmt: skip
+        main,
+        [
+            "sweep",
+            str(script),
+            "--lr",
+            "0.1",
+            "0.01",
+            "1e-10",
+            "--parallel",
+            "2",
+            "--experiment",
+            experiment,
+        ],
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)

@@ -71,12 +71,17 @@ def _run(client, exp_id, name, lr, losses, checks, tags=None, nonfinite=None):
     ts = int(time.time() * 1000)
     metrics = [Metric("loss", v, ts, i) for i, v in enumerate(losses)]
     for step, (passed, err) in checks.items():
-        metrics += [Metric("gradcheck/passed", passed, ts, step),
-                    Metric("gradcheck/max_rel_error", err, ts, step)]  # fmt: skip
+        metrics += [
+            Metric("gradcheck/passed", passed, ts, step),
+            Metric("gradcheck/max_rel_error", err, ts, step),
+        ]
     for step, count in (nonfinite or {}).items():
         metrics.append(Metric("nonfinite/W1", count, ts, step))
-    client.log_batch(run.info.run_id, metrics=metrics,
-                     params=[Param("lr", str(lr)), Param("gradwatch.every", "10")])  # fmt: skip
+    client.log_batch(
+        run.info.run_id,
+        metrics=metrics,
+        params=[Param("lr", str(lr)), Param("gradwatch.every", "10")],
+    )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
 
@@ -88,16 +93,33 @@ def runs(tracking_uri):
     exp_name = f"compare-{time.time_ns()}"
     exp_id = client.create_experiment(exp_name)
     ids = {
-        "learns": _run(client, exp_id, "learns", 0.5, [1 / (1 + i) for i in range(50)],
-                       {0: (1, 1e-9), 10: (1, 2e-9)}),
-        "diverges": _run(client, exp_id, "diverges", 10, [1, 10, 100, 1e4, INF, NAN], {0: (1, 1e-9)}),
-        "stalls": _run(client, exp_id, "stalls", 1e-10, [1 - 1e-9 * i for i in range(50)],
-                       {0: (1, 1e-9)}),
-        "bug": _run(client, exp_id, "bug", 0.5, [1 / (1 + i) for i in range(50)],
-                    {0: (0, 0.33), 10: (0, 0.3)}, tags={"gradwatch.alert.check_failure": "x"}),
-        "nan-grads": _run(client, exp_id, "nan-grads", 0.5, [1.0, 0.9, 0.8], {},
-                          nonfinite={0: 0, 2: 3}),
-    }  # fmt: skip
+        "learns": _run(
+            client,
+            exp_id,
+            "learns",
+            0.5,
+            [1 / (1 + i) for i in range(50)],
+            {0: (1, 1e-9), 10: (1, 2e-9)},
+        ),
+        "diverges": _run(
+            client, exp_id, "diverges", 10, [1, 10, 100, 1e4, INF, NAN], {0: (1, 1e-9)}
+        ),
+        "stalls": _run(
+            client, exp_id, "stalls", 1e-10, [1 - 1e-9 * i for i in range(50)], {0: (1, 1e-9)}
+        ),
+        "bug": _run(
+            client,
+            exp_id,
+            "bug",
+            0.5,
+            [1 / (1 + i) for i in range(50)],
+            {0: (0, 0.33), 10: (0, 0.3)},
+            tags={"gradwatch.alert.check_failure": "x"},
+        ),
+        "nan-grads": _run(
+            client, exp_id, "nan-grads", 0.5, [1.0, 0.9, 0.8], {}, nonfinite={0: 0, 2: 3}
+        ),
+    }
     return exp_name, ids
 
 
@@ -109,8 +131,16 @@ def test_json_records_carry_the_verdicts(runs):
     assert set(records) == set(ids)
     for name, rec in records.items():
         assert rec["run_id"] == ids[name]
-        assert {"params", "final_loss", "best_loss", "diverged", "checks", "checks_failed",
-                "max_rel_error", "alerts"} <= set(rec)  # fmt: skip
+        assert {
+            "params",
+            "final_loss",
+            "best_loss",
+            "diverged",
+            "checks",
+            "checks_failed",
+            "max_rel_error",
+            "alerts",
+        } <= set(rec)
     assert records["learns"]["params"]["lr"] == "0.5"
     assert records["learns"]["final_loss"] == pytest.approx(0.02)
     assert records["learns"]["verdict"] == "ok"

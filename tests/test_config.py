@@ -280,7 +280,11 @@ def test_hook_options_follow_the_hooks_semantics(tmp_path):
         tmp_path, "hook: {every: null, budget: null, stats_every: auto, rank_suffix: true}\n"
     )
     assert load_config(path).hook == {
-        "every": None, "budget": None, "stats_every": "auto", "rank_suffix": True}  # fmt: skip
+        "every": None,
+        "budget": None,
+        "stats_every": "auto",
+        "rank_suffix": True,
+    }
     err = error_of(write(tmp_path, "hook:\n  stats_every: sometimes\n"))
     assert err.line == 2 and "integer or auto" in str(err)
 

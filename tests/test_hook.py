@@ -348,8 +348,13 @@ def test_secrets_from_the_config_never_reach_mlflow(tracking_uri, tmp_path, monk
 def test_a_landed_run_leaves_no_journal_unless_asked(tracking_uri, tmp_path, keep):
     journal_dir = tmp_path / "journals"
     params = {"w": np.ones(3)}
-    with gradwatch.GradWatch(every=None, experiment="keep-journal", journal_dir=str(journal_dir),
-                   keep_journal=keep, config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None,
+        experiment="keep-journal",
+        journal_dir=str(journal_dir),
+        keep_journal=keep,
+        config=False,
+    ) as watch:
         for step in range(5):
             watch.step(params, {"w": np.full(3, 0.1)}, loss=1.0 / (step + 1), lr=0.1)
     assert watch.close_result.pending == 0

@@ -74,8 +74,9 @@ def train(watch, steps: int) -> dict[int, tuple[dict, dict]]:
 
 
 def test_histograms_land_every_hist_every_statistics_step(tracking_uri, tmp_path):
-    with gradwatch.GradWatch(every=None, stats_every=2, hist_every=3, experiment="hook-hist",
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, stats_every=2, hist_every=3, experiment="hook-hist", config=False
+    ) as watch:
         seen = train(watch, 40)
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(watch.run.run_id)
@@ -101,21 +102,24 @@ def test_histograms_land_every_hist_every_statistics_step(tracking_uri, tmp_path
     assert by_step[24]["b1"]["grad"]["zero"] == KILLED < HIDDEN
     assert by_step[24]["W2"]["grad"]["zero"] >= KILLED * 3  # their outgoing weights' gradients
     assert by_step[NAN_STEP]["W2"]["grad"]["nonfinite"] == 1
-    assert all(t[n]["grad"]["nonfinite"] == 0 for s, t in by_step.items() if s != NAN_STEP
-               for n in t)  # fmt: skip
+    assert all(
+        t[n]["grad"]["nonfinite"] == 0 for s, t in by_step.items() if s != NAN_STEP for n in t
+    )
 
 
 def test_default_is_every_statistics_step_and_zero_writes_none(tracking_uri, tmp_path):
     client = mlflow.MlflowClient(tracking_uri)
-    with gradwatch.GradWatch(every=None, stats_every=5, experiment="hook-hist",
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, stats_every=5, experiment="hook-hist", config=False
+    ) as watch:
         train(watch, 12)
     assert watch.options.hist_every == 1
     lines = histogram_lines(client, watch.run.run_id, tmp_path)
     assert [r["step"] for r in lines] == [0, 5, 10]
     for off in (0, None, False):
-        with gradwatch.GradWatch(every=None, stats_every=1, hist_every=off, experiment="hook-hist",
-                                 config=False) as watch:  # fmt: skip
+        with gradwatch.GradWatch(
+            every=None, stats_every=1, hist_every=off, experiment="hook-hist", config=False
+        ) as watch:
             train(watch, 4)
         assert watch.options.hist_every == 0
         names = artifact_names(client, watch.run.run_id)
@@ -131,11 +135,14 @@ def test_dense_statistics_get_histograms_at_least_one_percent_of_the_run_apart(
 ):
     """Statistics at every step: histograms at every step while that is 1 % of the run, then
     each at the first statistics step that is 1 % of the run past the last one."""
-    with gradwatch.GradWatch(every=None, stats_every=1, experiment="hook-hist",
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, stats_every=1, experiment="hook-hist", config=False
+    ) as watch:
         train(watch, 400)
-    steps = [r["step"] for r in histogram_lines(mlflow.MlflowClient(tracking_uri),
-                                                watch.run.run_id, tmp_path)]  # fmt: skip
+    steps = [
+        r["step"]
+        for r in histogram_lines(mlflow.MlflowClient(tracking_uri), watch.run.run_id, tmp_path)
+    ]
     assert steps[:101] == list(range(101))
     for before, after in zip(steps, steps[1:]):
         assert after - before >= HIST_MIN_GAP * after, (before, after)
@@ -154,8 +161,9 @@ def test_odd_tensors_never_stop_training(tracking_uri, tmp_path):
         "empty": np.zeros((0, 4)),
     }
     grads_at = {}
-    with gradwatch.GradWatch(every=None, stats_every=1, experiment="hook-hist",
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, stats_every=1, experiment="hook-hist", config=False
+    ) as watch:
         for s in range(4):
             grads = {
                 "f32": rng.integers(-128, 128, (6, 5)).astype(np.int8),
@@ -214,8 +222,10 @@ def test_off_and_on_values():
     assert HookOptions.resolve().hist_every == 1 and HookOptions.resolve().report is True
     for off in (0, None, False, np.int64(0)):
         assert HookOptions.resolve({"hist_every": off}).hist_every == 0
-    assert HookOptions.resolve({"hist_every": np.int32(4), "report": False}).as_dict()[
-        "hist_every"] == 4  # fmt: skip
+    assert (
+        HookOptions.resolve({"hist_every": np.int32(4), "report": False}).as_dict()["hist_every"]
+        == 4
+    )
     config = parse_config("hook: {hist_every: false, report: false}\n", "gw.yaml")
     options = HookOptions.resolve(config=config)
     assert (options.hist_every, options.report) == (0, False)
@@ -284,7 +294,7 @@ def test_exact_edges_open_their_bin_and_the_last_closes_it():
         np.float64,
         hnp.array_shapes(min_dims=0, max_dims=2, min_side=0, max_side=9),
         elements=st.floats(allow_nan=True, allow_infinity=True),
-    ),  # fmt: skip
+    ),
     dtype=FLOATS,
 )
 def test_one_sort_gives_the_same_statistics_as_partition(g, dtype):

@@ -73,8 +73,13 @@ def test_a_diverging_run_shows_no_numpy_warning_from_the_hook(tracking_uri, caps
         warnings.simplefilter("always")
         with GradWatch(every=2, stats_every=1, experiment="output-overflow", config=False) as w:
             for _ in range(6):
-                w.step(params, grads, loss=1e300 * 10, lr=0.1,
-                       loss_fn=lambda p: float(np.sum(p["w"] * 1e-300)))  # fmt: skip
+                w.step(
+                    params,
+                    grads,
+                    loss=1e300 * 10,
+                    lr=0.1,
+                    loss_fn=lambda p: float(np.sum(p["w"] * 1e-300)),
+                )
                 params["w"] *= 1.0
     assert [str(c.message) for c in caught if issubclass(c.category, RuntimeWarning)] == []
     assert "RuntimeWarning" not in capsys.readouterr().err

@@ -228,7 +228,11 @@ def test_hook_package_imports_only_public_names_and_never_mlflow():
                 parts = node.module.split(".")
                 outside = parts[:2] != ["gradwatch", "hook"]
                 assert not (outside and any(p.startswith("_") for p in parts)), (path, node.module)
-                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.endswith("__")]  # fmt: skip
+                private = [
+                    a.name
+                    for a in node.names
+                    if a.name.startswith("_") and not a.name.endswith("__")
+                ]
                 assert not (outside and private), (path, private)
                 assert parts[0] != "mlflow", path
             if isinstance(node, ast.Import):

@@ -63,13 +63,17 @@ class Network:
 
 
 def _params(net):
-    return {**{f"w{i}": w for i, w in enumerate(net.weights)},
-            **{f"b{i}": b for i, b in enumerate(net.biases)}}  # fmt: skip
+    return {
+        **{f"w{i}": w for i, w in enumerate(net.weights)},
+        **{f"b{i}": b for i, b in enumerate(net.biases)},
+    }
 
 
 def _grads(nabla_b, nabla_w):
-    return {**{f"w{i}": w for i, w in enumerate(nabla_w)},
-            **{f"b{i}": b for i, b in enumerate(nabla_b)}}  # fmt: skip
+    return {
+        **{f"w{i}": w for i, w in enumerate(nabla_w)},
+        **{f"b{i}": b for i, b in enumerate(nabla_b)},
+    }
 
 
 def _loss_fn(X, Y):
@@ -89,8 +93,13 @@ def _train(watch, update, steps=60, params_once=True, **update_kwargs):
         cols = slice((s * 10) % 300, (s * 10) % 300 + 10)
         nabla_b, nabla_w = net.backprop(X[:, cols], Y[:, cols])
         current = params if params_once else _params(net)
-        watch.step(current, _grads(nabla_b, nabla_w), lr=3.0, loss_fn=_loss_fn(X[:, cols], Y[:, cols]),
-                   loss=Network.loss(net.weights, net.biases, X[:, cols], Y[:, cols]))  # fmt: skip
+        watch.step(
+            current,
+            _grads(nabla_b, nabla_w),
+            lr=3.0,
+            loss_fn=_loss_fn(X[:, cols], Y[:, cols]),
+            loss=Network.loss(net.weights, net.biases, X[:, cols], Y[:, cols]),
+        )
         getattr(net, update)(nabla_b, nabla_w, 3.0, **update_kwargs)
 
 

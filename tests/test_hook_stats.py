@@ -88,8 +88,12 @@ def test_dead_units_fire_and_quantiles_land_in_mlflow(tracking_uri):
         return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
     for tensor in ("W1", "b1", "W2", "b2"):
-        for prefix in (schema.GRAD_ABS_P50, schema.GRAD_ABS_P99, schema.GRAD_ZERO_FRAC,
-                       schema.PARAM_ABS_P99):  # fmt: skip
+        for prefix in (
+            schema.GRAD_ABS_P50,
+            schema.GRAD_ABS_P99,
+            schema.GRAD_ZERO_FRAC,
+            schema.PARAM_ABS_P99,
+        ):
             assert sorted(history(prefix + tensor)) == list(range(STEPS)), prefix + tensor
     zero_frac = history("grad_zero_frac/b1")
     assert zero_frac[KILL_STEP - 1] < 0.5 and zero_frac[KILL_STEP] == KILLED / HIDDEN
@@ -112,8 +116,16 @@ def test_abs_quantiles_match_a_full_sort():
 
 
 HOOK_DIR = Path(gradwatch.__file__).parent / "hook"
-RUN_NAME_PREFIXES = ("gradcheck/", "grad_", "param_", "update_ratio/", "nonfinite/", "alerts/",
-                     "gradwatch/", "gradwatch.")  # fmt: skip
+RUN_NAME_PREFIXES = (
+    "gradcheck/",
+    "grad_",
+    "param_",
+    "update_ratio/",
+    "nonfinite/",
+    "alerts/",
+    "gradwatch/",
+    "gradwatch.",
+)
 
 
 @pytest.mark.parametrize("path", sorted(HOOK_DIR.glob("*.py")), ids=lambda p: p.name)
@@ -154,8 +166,9 @@ def test_failed_check_log_explains_every_tensor_disagreeing_once(tracking_uri, c
     with gradwatch.GradWatch(every=1, experiment="hook-notes", config=False) as watch:
         _, grads = loss_and_grads(params, X[:32], y[:32])
         # loss_fn on another batch than the gradients: every tensor disagrees.
-        report = watch.step(params, grads, loss=1.0, lr=0.1,
-                            loss_fn=lambda p: loss_and_grads(p, X[32:], y[32:])[0])  # fmt: skip
+        report = watch.step(
+            params, grads, loss=1.0, lr=0.1, loss_fn=lambda p: loss_and_grads(p, X[32:], y[32:])[0]
+        )
     assert report is not None and not report.passed
     assert report.finding.hint.startswith("every tensor disagrees"), report.finding
     logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("gradwatch"))

@@ -52,16 +52,32 @@ def _experiment(client: MlflowClient, name: str) -> str:
 def _baseline_and_drifting(client: MlflowClient, exp_id: str) -> tuple[str, str, str]:
     """A finished baseline run, a running run that drifts from it at step 12, a clean one."""
     base = client.create_run(exp_id, run_name="baseline", tags={"gradwatch.baseline": "true"})
-    _log(client, base.info.run_id, {"loss": [1.0 / (1 + s) for s in range(1300)],
-                                    "grad_norm/W1": [1.0] * 1300})  # fmt: skip
+    _log(
+        client,
+        base.info.run_id,
+        {"loss": [1.0 / (1 + s) for s in range(1300)], "grad_norm/W1": [1.0] * 1300},
+    )
     client.set_terminated(base.info.run_id)
     drift = client.create_run(exp_id, run_name="lr=0.1 drifting")
-    _log(client, drift.info.run_id, {"loss": [1.0 / (1 + s) for s in range(20)],
-                                     "grad_norm/W1": [1.0] * 12 + [40.0] * 8,
-                                     "grad_norm/b1": [0.1] * 20})  # fmt: skip
+    _log(
+        client,
+        drift.info.run_id,
+        {
+            "loss": [1.0 / (1 + s) for s in range(20)],
+            "grad_norm/W1": [1.0] * 12 + [40.0] * 8,
+            "grad_norm/b1": [0.1] * 20,
+        },
+    )
     clean = client.create_run(exp_id, run_name="lr=0.1 clean")
-    _log(client, clean.info.run_id, {"loss": [1.0 / (1 + s) for s in range(20)],
-                                     "grad_norm/W1": [1.1] * 20, "grad_norm/b1": [0.1] * 20})  # fmt: skip
+    _log(
+        client,
+        clean.info.run_id,
+        {
+            "loss": [1.0 / (1 + s) for s in range(20)],
+            "grad_norm/W1": [1.1] * 20,
+            "grad_norm/b1": [0.1] * 20,
+        },
+    )
     return base.info.run_id, drift.info.run_id, clean.info.run_id
 
 
@@ -72,9 +88,11 @@ def test_once_delivers_baseline_drift_exactly_once_across_invocations(
     exp_id = _experiment(client, "monitor-once")
     exp_name = client.get_experiment(exp_id).name
     base_id, drift_id, clean_id = _baseline_and_drifting(client, exp_id)
-    config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
-                     "    - {name: drift, type: baseline_drift, actions: [log, 'webhook:recv'],"
-                     " factor: 3}\n")  # fmt: skip
+    config = webhook_config(
+        tmp_path / "gradwatch.yaml",
+        receiver.url,
+        "    - {name: drift, type: baseline_drift, actions: [log, 'webhook:recv'], factor: 3}\n",
+    )
     args = ["monitor", "--experiment", exp_name, "--rules", config, "--once"]
 
     first = CliRunner().invoke(main, args)
@@ -109,8 +127,9 @@ def test_default_baseline_rule_with_explicit_baseline_run(tracking_uri, receiver
     client.delete_tag(base_id, "gradwatch.baseline")  # chosen by --baseline instead
     # No baseline_drift rule configured: the monitor adds one that uses every webhook.
     config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url, "    []\n")
-    result = CliRunner().invoke(main, ["monitor", "-e", exp_name, "--rules", config, "--once",
-                                       "--baseline", base_id])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["monitor", "-e", exp_name, "--rules", config, "--once", "--baseline", base_id]
+    )
     assert result.exit_code == 0, result.output
     assert receiver.rules() == ["baseline_drift"]
     assert receiver.bodies[0]["alert"]["details"]["run_id"] == drift_id
@@ -141,8 +160,11 @@ def test_observations_rebuild_steps_and_checks():
         "gradcheck/rel_error/b1": [Metric("gradcheck/rel_error/b1", 1e-9, ts, 1)],
     }
     obs = observations(hist)
-    assert [type(o).__name__ for o in obs] == ["StepObservation", "StepObservation",
-                                               "CheckObservation"]  # fmt: skip
+    assert [type(o).__name__ for o in obs] == [
+        "StepObservation",
+        "StepObservation",
+        "CheckObservation",
+    ]
     assert obs[0].grad_norms == {"W1": 2.0} and obs[0].nonfinite == {"W1": 0}
     report = obs[2].report
     assert report["passed"] is False
@@ -154,8 +176,12 @@ def test_observations_rebuild_steps_and_checks():
     assert [a.rule for a in engine.observe_check(obs[2])] == ["cf"]
     assert check_report({"gradcheck/passed": 1.0})["passed"] is True
     bare = check_report({"gradcheck/passed": 0.0, "gradcheck/max_rel_error": 0.2})
-    assert [a.rule for a in AlertEngine([Rule("cf", "check_failure")]).observe_check(
-        CheckObservation(step=5, report=bare))] == ["cf"]  # fmt: skip
+    assert [
+        a.rule
+        for a in AlertEngine([Rule("cf", "check_failure")]).observe_check(
+            CheckObservation(step=5, report=bare)
+        )
+    ] == ["cf"]
     assert engine.observe_step(StepObservation(step=2, loss=0.3)) == []
 
 
@@ -182,14 +208,32 @@ def test_service_survives_server_restart_and_stops_on_sigterm(tmp_path, receiver
         exp_id = client.create_experiment("service")
         run_a = client.create_run(exp_id, run_name="a").info.run_id
         _log(client, run_a, {"loss": [1.0, 0.9, float("nan"), 0.5]})
-        config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
-                         "    - {name: nan, type: nonfinite, actions: [log, webhook]}\n")  # fmt: skip
+        config = webhook_config(
+            tmp_path / "gradwatch.yaml",
+            receiver.url,
+            "    - {name: nan, type: nonfinite, actions: [log, webhook]}\n",
+        )
         env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=server.uri)
         proc = subprocess.Popen(
-            [sys.executable, "-c", "from gradwatch.cli import main; main()", "monitor",
-             "-e", "service", "--rules", config, "--interval", "0.5", "--settle", "0"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-c",
+                "from gradwatch.cli import main; main()",
+                "monitor",
+                "-e",
+                "service",
+                "--rules",
+                config,
+                "--interval",
+                "0.5",
+                "--settle",
+                "0",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         _wait(lambda: len(receiver.bodies) >= 1, 60, proc)
         assert receiver.bodies[0]["alert"]["details"]["run_id"] == run_a
 
@@ -245,8 +289,11 @@ def test_rules_evaluated_on_what_the_hook_really_logged(tracking_uri, receiver, 
             for k in params:
                 params[k] -= 0.1 * grads["d" + k]
         assert watch.run.flush(timeout=30) == 0
-        config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url,
-                         "    - {name: bug, type: check_failure, actions: [webhook]}\n")  # fmt: skip
+        config = webhook_config(
+            tmp_path / "gradwatch.yaml",
+            receiver.url,
+            "    - {name: bug, type: check_failure, actions: [webhook]}\n",
+        )
         result = CliRunner().invoke(
             main, ["monitor", "-e", experiment, "--rules", config, "--once", "--settle", "0"]
         )

@@ -35,8 +35,12 @@ def receiver():
 
 def _relu_mlp(seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {"W1": rng.normal(0, 0.5, (8, HIDDEN)), "b1": np.full(HIDDEN, 0.1),
-            "W2": rng.normal(0, 0.5, (HIDDEN, 3)), "b2": np.zeros(3)}  # fmt: skip
+    return {
+        "W1": rng.normal(0, 0.5, (8, HIDDEN)),
+        "b1": np.full(HIDDEN, 0.1),
+        "W2": rng.normal(0, 0.5, (HIDDEN, 3)),
+        "b2": np.zeros(3),
+    }
 
 
 def _train_with_user_metric(experiment: str) -> None:
@@ -45,8 +49,9 @@ def _train_with_user_metric(experiment: str) -> None:
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(64, 8)), rng.integers(0, 3, 64)
     params = _relu_mlp()
-    with gradwatch.GradWatch(every=None, stats_every=1, experiment=experiment, rules=[],
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, stats_every=1, experiment=experiment, rules=[], config=False
+    ) as watch:
         for s in range(STEPS):
             if s == KILL_STEP:  # every input drives these units below 0: no gradient reaches them
                 params["b1"][:KILLED] = -1e3
@@ -63,16 +68,20 @@ def test_threshold_and_dead_units_on_any_logged_metric_fire_server_side_once(
     tracking_uri, receiver, tmp_path
 ):
     experiment = f"monitor-any-{time.time_ns()}"
-    config = webhook_config(tmp_path / "gradwatch.yaml", receiver.url, (
-        "    - {name: acc-drop, type: threshold, metric: val_acc, below: 0.5, n: 3,"
-        " actions: [webhook]}\n"
-        "    - {name: acc-floor, type: threshold, metric: val_acc, below: 0.1, actions: [webhook]}\n"
-        "    - {name: p99-nonzero, type: threshold, metric: 'grad_abs_p99/*', above: 0.0,"
-        " cooldown: 100000, actions: [webhook]}\n"
-        "    - {name: p99-huge, type: threshold, metric: 'grad_abs_p99/*', above: 1.0e6,"
-        " actions: [webhook]}\n"
-        "    - {name: dead, type: dead_units, actions: [webhook]}\n"
-    ))  # fmt: skip
+    config = webhook_config(
+        tmp_path / "gradwatch.yaml",
+        receiver.url,
+        (
+            "    - {name: acc-drop, type: threshold, metric: val_acc, below: 0.5, n: 3,"
+            " actions: [webhook]}\n"
+            "    - {name: acc-floor, type: threshold, metric: val_acc, below: 0.1, actions: [webhook]}\n"
+            "    - {name: p99-nonzero, type: threshold, metric: 'grad_abs_p99/*', above: 0.0,"
+            " cooldown: 100000, actions: [webhook]}\n"
+            "    - {name: p99-huge, type: threshold, metric: 'grad_abs_p99/*', above: 1.0e6,"
+            " actions: [webhook]}\n"
+            "    - {name: dead, type: dead_units, actions: [webhook]}\n"
+        ),
+    )
     args = ["monitor", "-e", experiment, "--rules", config, "--once", "--settle", "0"]
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_experiment(experiment)
@@ -113,11 +122,16 @@ def test_threshold_counts_across_polls_of_a_running_monitor(tracking_uri, receiv
         metrics += [Metric("val_acc", acc, ts, s) for s in steps]
         client.log_batch(run_id, metrics=metrics)
 
-    rule = Rule("acc-drop", "threshold", actions=("webhook",),
-                params={"metric": "val_acc", "below": 0.5, "n": 3})  # fmt: skip
+    rule = Rule(
+        "acc-drop",
+        "threshold",
+        actions=("webhook",),
+        params={"metric": "val_acc", "below": 0.5, "n": 3},
+    )
     delivery = Delivery(webhooks={"recv": WebhookSpec(url=receiver.url, timeout=5, retries=0)})
-    monitor = Monitor(tracking_uri, client.get_experiment(exp_id).name, rules=[rule],
-                      delivery=delivery, settle=0)  # fmt: skip
+    monitor = Monitor(
+        tracking_uri, client.get_experiment(exp_id).name, rules=[rule], delivery=delivery, settle=0
+    )
     try:
         log(range(0, 5), 0.9)
         log(range(5, 7), 0.3)
@@ -151,8 +165,11 @@ def test_user_metric_behind_judged_steps_is_named_in_a_warning(tracking_uri, cap
         monitor.poll()
     monitor.close(timeout=5)
     assert result.sent == []
-    warnings = [r.getMessage() for r in caplog.records
-                if r.levelno == logging.WARNING and "val_acc" in r.getMessage()]  # fmt: skip
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "val_acc" in r.getMessage()
+    ]
     assert len(warnings) == 1, warnings  # once, not at every poll
     assert "run epochs" in warnings[0] and "step=step" in warnings[0]
 
@@ -168,8 +185,12 @@ def test_observations_put_other_metrics_where_the_hook_does():
     }
     obs = observations(hist)
     assert [(type(o).__name__, o.step) for o in obs] == [
-        ("StepObservation", 0), ("StepObservation", 1), ("StepObservation", 2),
-        ("StepObservation", 3), ("CheckObservation", 3)]  # fmt: skip
+        ("StepObservation", 0),
+        ("StepObservation", 1),
+        ("StepObservation", 2),
+        ("StepObservation", 3),
+        ("CheckObservation", 3),
+    ]
     assert obs[0].loss == 0.5 and obs[0].metrics == {"grad_zero_frac/W1": 0.25}
     assert obs[1].loss is None and obs[1].metrics == {"val_acc": 0.7}
     assert obs[2].loss == 0.4 and obs[2].metrics == {"loss_ema": 0.45}

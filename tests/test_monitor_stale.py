@@ -43,11 +43,24 @@ def _log_steps(client: MlflowClient, run_id: str, steps: range, at: float) -> No
     client.log_batch(run_id, metrics=[Metric("loss", 1.0 / (s + 1), ms, s) for s in steps])
 
 
-def _monitor(uri: str, experiment: str, rules: list[Rule], receiver: WebhookReceiver, clock: Clock,
-             stale_minutes: float | None = None) -> Monitor:  # fmt: skip
+def _monitor(
+    uri: str,
+    experiment: str,
+    rules: list[Rule],
+    receiver: WebhookReceiver,
+    clock: Clock,
+    stale_minutes: float | None = None,
+) -> Monitor:
     delivery = Delivery(webhooks={"ops": WebhookSpec(url=receiver.url, timeout=5, retries=0)})
-    return Monitor(uri, experiment, rules=rules, delivery=delivery, settle=0, clock=clock,
-                   stale_minutes=stale_minutes)  # fmt: skip
+    return Monitor(
+        uri,
+        experiment,
+        rules=rules,
+        delivery=delivery,
+        settle=0,
+        clock=clock,
+        stale_minutes=stale_minutes,
+    )
 
 
 HOST_DIED = {"name": "host-died", "type": "stale_run", "minutes": 30, "actions": ["webhook:ops"]}
@@ -58,8 +71,9 @@ HOST_DIED = {"name": "host-died", "type": "stale_run", "minutes": 30, "actions":
 
 def test_stale_run_rule_is_validated_like_every_rule():
     rule = validate_rule(HOST_DIED, webhooks={"ops"})
-    assert rule == Rule("host-died", "stale_run", params={"minutes": 30.0},
-                        actions=("webhook:ops",))  # fmt: skip
+    assert rule == Rule(
+        "host-died", "stale_run", params={"minutes": 30.0}, actions=("webhook:ops",)
+    )
     assert validate_rule({"type": "stale_run"}).params == {}  # minutes: 30 by default
     for minutes, text in [(0, "must be > 0"), (-5, "must be > 0"), ("soon", "expected a number")]:
         with pytest.raises(ConfigError) as err:
@@ -104,8 +118,9 @@ def test_hook_accepts_stale_run_and_never_evaluates_it(tracking_uri, tmp_path):
     assert [r.name for r in config.rules] == ["host-died"]
     assert AlertEngine(config.rules).rules == ()
     params = {"w": np.ones(3)}
-    with gradwatch.GradWatch(every=None, experiment=f"hook-stale-{time.time_ns()}",
-                             config=str(path)) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=None, experiment=f"hook-stale-{time.time_ns()}", config=str(path)
+    ) as watch:
         for s in range(5):
             watch.step(params, {"w": np.full(3, 0.1)}, loss=1.0 / (s + 1), lr=0.1)
     assert watch.alerts == []
@@ -168,8 +183,10 @@ def test_stale_minutes_sets_the_minutes_of_the_rules_and_is_a_rule_without_them(
     run_id = client.create_run(exp_id, run_name="idle").info.run_id
     _log_steps(client, run_id, range(3), at=t0)
     clock = Clock(t0 + 6 * MINUTE)
-    rules = [validate_rule(HOST_DIED, webhooks={"ops"}),
-             Rule("pager", "stale_run", params={"minutes": 120.0}, actions=("webhook:ops",))]  # fmt: skip
+    rules = [
+        validate_rule(HOST_DIED, webhooks={"ops"}),
+        Rule("pager", "stale_run", params={"minutes": 120.0}, actions=("webhook:ops",)),
+    ]
 
     # The command line wins: both rules now judge 5 minutes, under their own names and actions.
     flagged = _monitor(tracking_uri, experiment, rules, receiver, clock, stale_minutes=5)
@@ -198,8 +215,10 @@ def test_each_stale_run_rule_judges_its_own_minutes(tracking_uri, receiver):
     run_id = client.create_run(exp_id, run_name="tiers").info.run_id
     _log_steps(client, run_id, range(3), at=t0)
     clock = Clock(t0 + 31 * MINUTE)
-    rules = [validate_rule(HOST_DIED, webhooks={"ops"}),
-             Rule("pager", "stale_run", params={"minutes": 120.0}, actions=("webhook:ops",))]  # fmt: skip
+    rules = [
+        validate_rule(HOST_DIED, webhooks={"ops"}),
+        Rule("pager", "stale_run", params={"minutes": 120.0}, actions=("webhook:ops",)),
+    ]
     monitor = _monitor(tracking_uri, client.get_experiment(exp_id).name, rules, receiver, clock)
     try:
         first = [a.rule for _, a in monitor.poll().sent]

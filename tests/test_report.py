@@ -53,8 +53,15 @@ CONFIG = textwrap.dedent(
 STEPS, EVERY, HIST_EVERY = 120, 20, 10
 
 
-def _train(uri: str, journal_dir: Path, config: Path, run_name: str, bug: bool,
-           extra_params: dict | None = None, report: bool = True) -> tuple[str, Path]:  # fmt: skip
+def _train(
+    uri: str,
+    journal_dir: Path,
+    config: Path,
+    run_name: str,
+    bug: bool,
+    extra_params: dict | None = None,
+    report: bool = True,
+) -> tuple[str, Path]:
     """A small numpy MLP watched by GradWatch; with ``bug``, dW2 gets an offset from step 60
     on (not a shared factor: a backprop bug). The hook writes a histogram every statistics
     step; with ``report`` the shipper draws the report at the end of the run."""
@@ -62,18 +69,31 @@ def _train(uri: str, journal_dir: Path, config: Path, run_name: str, bug: bool,
     mlp = MLP([8, 16, 3], seed=0)
     params = mlp.params
     rng = np.random.default_rng(0)
-    with gradwatch.GradWatch(every=EVERY, experiment="report-tests", run_name=run_name,
-                             tracking_uri=uri, journal_dir=str(journal_dir), keep_journal=True,
-                             config=str(config), stats_every=HIST_EVERY, report=report,
-                             params={"lr": 0.2, "bug": bug, **(extra_params or {})}) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=EVERY,
+        experiment="report-tests",
+        run_name=run_name,
+        tracking_uri=uri,
+        journal_dir=str(journal_dir),
+        keep_journal=True,
+        config=str(config),
+        stats_every=HIST_EVERY,
+        report=report,
+        params={"lr": 0.2, "bug": bug, **(extra_params or {})},
+    ) as watch:
         for step in range(STEPS):
             idx = rng.choice(len(X), size=32, replace=False)
             Xb, yb = X[idx], y[idx]
             loss, grads = mlp.loss_and_grads(params, Xb, yb)
             if bug and step >= 60:
                 grads["dW2"] = grads["dW2"] + 0.05 * float(np.abs(grads["dW2"]).max())
-            watch.step(params, grads, loss=loss, lr=0.2,
-                       loss_fn=lambda p, Xb=Xb, yb=yb: mlp.loss(p, Xb, yb))  # fmt: skip
+            watch.step(
+                params,
+                grads,
+                loss=loss,
+                lr=0.2,
+                loss_fn=lambda p, Xb=Xb, yb=yb: mlp.loss(p, Xb, yb),
+            )
             for k in params:
                 params[k] -= 0.2 * grads["d" + k]
     result = watch.close_result
@@ -162,7 +182,10 @@ def test_every_run_ends_with_its_report_and_histograms_unless_turned_off(runs, m
     verdict = _compare_verdict(mlflow_server.uri, run_id)
     assert "BUG" in verdict
     assert _parse(html).verdict == verdict
-    hist_steps = [json.loads(line)["step"] for line in artifact_text(client, run_id, ARTIFACT_HISTOGRAMS).splitlines()]  # fmt: skip
+    hist_steps = [
+        json.loads(line)["step"]
+        for line in artifact_text(client, run_id, ARTIFACT_HISTOGRAMS).splitlines()
+    ]
     assert hist_steps == list(range(0, STEPS, HIST_EVERY))  # hist_every=1: every statistics step
     # report=False: histograms still recorded, no pictures drawn.
     ok_id, ok_journal = runs["ok"]
@@ -175,7 +198,9 @@ def test_report_command_attaches_the_report_of_a_run_with_a_backprop_bug(
 ):
     run_id, _ = runs["bug"]
     out = tmp_path / "bug.html"
-    result = CliRunner().invoke(main, ["report", run_id, "--tracking-uri", mlflow_server.uri, "-o", str(out)])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["report", run_id, "--tracking-uri", mlflow_server.uri, "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     client = MlflowClient(mlflow_server.uri)
     names = {f.path for f in client.list_artifacts(run_id, "gradwatch")}
@@ -189,19 +214,27 @@ def test_report_command_attaches_the_report_of_a_run_with_a_backprop_bug(
     assert page.verdict == verdict
     assert html.index('id="verdict"') < html.index("<h2")
     # Every check is in the table, failed ones with their mismatching W2 coordinates.
-    checks = [json.loads(line) for line in artifact_text(client, run_id, "gradwatch/checks.jsonl").splitlines()]  # fmt: skip
+    checks = [
+        json.loads(line)
+        for line in artifact_text(client, run_id, "gradwatch/checks.jsonl").splitlines()
+    ]
     failed = [c for c in checks if not c["passed"]]
     assert failed and len(failed) < len(checks)
     assert f"Gradient checks ({len(checks)})" in html
     for c in checks:
         assert f"step {c['step']}: " in html
-    worst = max((p for p in failed[0]["per_param"]["W2"]["coords"] if p["verdict"] == "mismatch"),
-                key=lambda p: p["rel_error"])  # fmt: skip
-    row = f"<td>W2</td><td>[{','.join(map(str, worst['index']))}]</td><td class=\"num\">{worst['analytic']:.6g}</td>"  # fmt: skip
+    worst = max(
+        (p for p in failed[0]["per_param"]["W2"]["coords"] if p["verdict"] == "mismatch"),
+        key=lambda p: p["rel_error"],
+    )
+    row = f'<td>W2</td><td>[{",".join(map(str, worst["index"]))}]</td><td class="num">{worst["analytic"]:.6g}</td>'
     assert row in html
     assert '<td class="v-mismatch">mismatch</td>' in html
     # The alerts, with their steps.
-    alerts = [json.loads(line) for line in artifact_text(client, run_id, "gradwatch/alerts.jsonl").splitlines()]  # fmt: skip
+    alerts = [
+        json.loads(line)
+        for line in artifact_text(client, run_id, "gradwatch/alerts.jsonl").splitlines()
+    ]
     assert any(a["rule"] == "check_failure" for a in alerts)
     for a in alerts:
         assert f"<td>{a['step']}</td><td>{a['severity']}</td><td>{a['rule']}</td>" in html
@@ -221,7 +254,9 @@ def test_report_command_attaches_the_report_of_a_run_with_a_backprop_bug(
 def test_report_of_a_healthy_run_says_ok_like_compare(runs, mlflow_server, tmp_path, monkeypatch):
     run_id, _ = runs["ok"]
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["report", run_id, "--no-upload", "--tracking-uri", mlflow_server.uri])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["report", run_id, "--no-upload", "--tracking-uri", mlflow_server.uri]
+    )
     assert result.exit_code == 0, result.output
     html = (tmp_path / f"gradwatch-report-{run_id}.html").read_text()
     verdict = _compare_verdict(mlflow_server.uri, run_id)
@@ -263,7 +298,11 @@ def test_journal_and_mlflow_readers_agree_on_the_same_run(runs, mlflow_server):
     server = from_mlflow(run_id, mlflow_server.uri)
     local = from_journal(journal)
     assert local.run_id == server.run_id == run_id
-    assert (local.run_name, local.status, local.experiment) == (server.run_name, server.status, server.experiment)  # fmt: skip
+    assert (local.run_name, local.status, local.experiment) == (
+        server.run_name,
+        server.status,
+        server.experiment,
+    )
     assert local.status == "FINISHED"
     assert set(local.metrics) == set(server.metrics) and len(local.metrics) > 10
     for key in server.metrics:
@@ -298,11 +337,21 @@ def test_write_run_artifacts_never_raises_on_bad_data(tmp_path, caplog):
     assert "no run report" in caplog.text
     # A journal whose histogram lines are malformed still gets its report, without the picture.
     journal = tmp_path / "j.jsonl"
-    lines = [{"s": 0, "t": "h", "v": 1, "id": "x" * 32, "uri": "http://u:pw@127.0.0.1:1",
-              "name": "r", "exp": "e", "ts": 1},
-             {"s": 1, "t": "m", "ts": 2, "st": 0, "m": {"loss": 1.0}},
-             {"s": 2, "t": "a", "ts": 3, "path": ARTIFACT_HISTOGRAMS, "r": {"step": 0, "bins": 3}},
-             {"s": 3, "t": "e", "ts": 4, "status": "FINISHED"}]  # fmt: skip
+    lines = [
+        {
+            "s": 0,
+            "t": "h",
+            "v": 1,
+            "id": "x" * 32,
+            "uri": "http://u:pw@127.0.0.1:1",
+            "name": "r",
+            "exp": "e",
+            "ts": 1,
+        },
+        {"s": 1, "t": "m", "ts": 2, "st": 0, "m": {"loss": 1.0}},
+        {"s": 2, "t": "a", "ts": 3, "path": ARTIFACT_HISTOGRAMS, "r": {"step": 0, "bins": 3}},
+        {"s": 3, "t": "e", "ts": 4, "status": "FINISHED"},
+    ]
     journal.write_text("".join(json.dumps(x) + "\n" for x in lines))
     paths = write_run_artifacts(journal, tmp_path / "c")
     assert [p.name for p in paths] == ["report.html"]
@@ -320,9 +369,17 @@ def test_write_run_artifacts_never_raises_on_bad_data(tmp_path, caplog):
 def test_hostile_strings_are_escaped_and_credentials_masked(mlflow_server, tmp_path):
     config = tmp_path / "gradwatch.yaml"
     config.write_text(CONFIG)
-    run_id, journal = _train(mlflow_server.uri, tmp_path / "j", config, HOSTILE, bug=False,
-                             extra_params={HOSTILE: "<img src=x onerror=alert(2)>",
-                                           "db": "postgresql://admin:pa55w0rd@127.0.0.1/x"})  # fmt: skip
+    run_id, journal = _train(
+        mlflow_server.uri,
+        tmp_path / "j",
+        config,
+        HOSTILE,
+        bug=False,
+        extra_params={
+            HOSTILE: "<img src=x onerror=alert(2)>",
+            "db": "postgresql://admin:pa55w0rd@127.0.0.1/x",
+        },
+    )
     for data in (from_journal(journal), from_mlflow(run_id, mlflow_server.uri)):
         html = render_report(data)
         page = _parse(html)
@@ -369,12 +426,19 @@ def test_without_matplotlib_the_report_is_written_and_says_how_to_get_the_pictur
     import sys
 
     _, journal = runs["ok"]
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from gradwatch.report import write_run_artifacts\n"
-            f"print([p.name for p in write_run_artifacts({str(journal)!r}, {str(tmp_path)!r})])\n"
-            "print('mlflow' in sys.modules)")  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})  # fmt: skip
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from gradwatch.report import write_run_artifacts\n"
+        f"print([p.name for p in write_run_artifacts({str(journal)!r}, {str(tmp_path)!r})])\n"
+        "print('mlflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["['report.html']", "False"]  # and MLflow was never imported
     html = (tmp_path / "report.html").read_text()
@@ -402,14 +466,26 @@ def test_a_long_run_is_thinned_for_the_report_and_its_passing_checks_capped():
     assert sorted_series({"loss": rows})[0]["loss"] == sorted((s, v) for s, _, v in rows)
 
     def check(step: int, passed: bool) -> dict:
-        return {"step": step, "passed": passed, "max_rel_error": 1e-9 if passed else 0.3,
-                "per_param": {"W": {"verdict": "ok" if passed else "mismatch",
-                                    "max_rel_error": 1e-9 if passed else 0.3,
-                                    "num_mismatches": 0 if passed else 1, "coords": []}}}  # fmt: skip
+        return {
+            "step": step,
+            "passed": passed,
+            "max_rel_error": 1e-9 if passed else 0.3,
+            "per_param": {
+                "W": {
+                    "verdict": "ok" if passed else "mismatch",
+                    "max_rel_error": 1e-9 if passed else 0.3,
+                    "num_mismatches": 0 if passed else 1,
+                    "coords": [],
+                }
+            },
+        }
 
     checks = [check(s, passed=s != 700) for s in range(0, 20_000, 100)]  # 200 checks, 1 failed
-    html = render_report(RunData(run_id="r", run_name="long", status="FINISHED",
-                                 metrics={"loss": points}, checks=checks))  # fmt: skip
+    html = render_report(
+        RunData(
+            run_id="r", run_name="long", status="FINISHED", metrics={"loss": points}, checks=checks
+        )
+    )
     assert "Gradient checks (200)" in html
     assert "149 earlier passing checks are not listed" in html
     assert "step 700: " in html  # the failed one, early in the run, is always there

@@ -26,9 +26,17 @@ from tests.test_report import CONFIG, _train
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--window-size=1600,1000")  # fmt: skip
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1600,1000",
+)
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -60,7 +68,9 @@ def reported_run(mlflow_server, tmp_path_factory):
     config.write_text(CONFIG)
     run_id, _ = _train(mlflow_server.uri, root / "j", config, "mlp bug (browser)", bug=True)
     html = root / "report.html"
-    result = CliRunner().invoke(main, ["report", run_id, "-o", str(html), "--tracking-uri", mlflow_server.uri])  # fmt: skip
+    result = CliRunner().invoke(
+        main, ["report", run_id, "-o", str(html), "--tracking-uri", mlflow_server.uri]
+    )
     assert result.exit_code == 0, result.output
     client = get_client(mlflow_server.uri)
     ((summary, _),) = summarize_runs(client, select_runs(client, run_ids=[run_id]))
@@ -122,8 +132,10 @@ def test_the_report_shows_in_mlflows_own_artifact_viewer(browser, reported_run, 
 
     run_id = reported_run["run_id"]
     experiment_id = MlflowClient(mlflow_server.uri).get_run(run_id).info.experiment_id
-    browser.get(f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs/{run_id}"
-                "/artifacts/gradwatch/report.html")  # fmt: skip
+    browser.get(
+        f"{mlflow_server.uri}/#/experiments/{experiment_id}/runs/{run_id}"
+        "/artifacts/gradwatch/report.html"
+    )
     frames = _wait_for(lambda: browser.find_elements(By.TAG_NAME, "iframe"), 60)
     assert frames, "MLflow's artifact viewer showed no iframe for report.html"
     browser.switch_to.frame(frames[0])

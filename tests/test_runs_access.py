@@ -124,8 +124,9 @@ def test_tracking_uri_resolution_and_quick_http_leave_the_environment_alone(monk
 
 def _run_python(code: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=120)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_plot_without_matplotlib_names_the_extra(tmp_path):

@@ -43,8 +43,13 @@ def _train(experiment: str, run_name: str, shape: str, steps: int = 12) -> None:
     ``clip+bug``: the same, plus a real bug in ``b``; ``scaled``: a tenth of the gradient.
     """
     params, loss_fn, grads_of = _regression()
-    with gradwatch.GradWatch(every=4, experiment=experiment, run_name=run_name, config=False,
-                             params={"shape": shape, "lr": 0.01}) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=4,
+        experiment=experiment,
+        run_name=run_name,
+        config=False,
+        params={"shape": shape, "lr": 0.01},
+    ) as watch:
         for _ in range(steps):
             grads = grads_of(params)
             if shape.startswith("clip"):
@@ -133,8 +138,9 @@ def test_noisy_flat_run_is_stalled_and_diff_only_shows_what_differs(tracking_uri
     assert diff.exit_code == 0, diff.output
     header = diff.stdout.splitlines()[0].split()
     assert header == ["run", "lr", "gradwatch.every"]
-    as_json = CliRunner().invoke(main, ["compare", "-e", experiment, "--diff-only", "--format",
-                                        "json"])  # fmt: skip
+    as_json = CliRunner().invoke(
+        main, ["compare", "-e", experiment, "--diff-only", "--format", "json"]
+    )
     assert [r["params"] for r in json.loads(as_json.stdout)] == [
         {"gradwatch.every": "100", "lr": "30"},
         {"gradwatch.every": "50", "lr": "3"},

@@ -83,8 +83,16 @@ def test_failed_delivery_is_retried_by_the_next_run_and_never_duplicated(
     client = MlflowClient(tracking_uri)
     experiment = f"flaky-{time.time_ns()}"
     run_id = _run_with_nan(client, experiment)
-    args = ["monitor", "-e", experiment, "--rules", _config(tmp_path / "g.yaml", flaky.url),
-            "--once", "--settle", "0"]  # fmt: skip
+    args = [
+        "monitor",
+        "-e",
+        experiment,
+        "--rules",
+        _config(tmp_path / "g.yaml", flaky.url),
+        "--once",
+        "--settle",
+        "0",
+    ]
 
     first = CliRunner().invoke(main, args)
     assert flaky.attempts == 1 and flaky.delivered == []
@@ -109,8 +117,13 @@ def test_failed_delivery_is_retried_at_the_next_poll_of_a_running_monitor(tracki
     from gradwatch.alerts import Rule
 
     delivery = Delivery(webhooks={"recv": WebhookSpec(url=flaky.url, timeout=5, retries=0)})
-    monitor = Monitor(tracking_uri, experiment, rules=[Rule("nan", "nonfinite",
-                      actions=("webhook",))], delivery=delivery, settle=0)  # fmt: skip
+    monitor = Monitor(
+        tracking_uri,
+        experiment,
+        rules=[Rule("nan", "nonfinite", actions=("webhook",))],
+        delivery=delivery,
+        settle=0,
+    )
     try:
         first = monitor.poll()
         assert first.failed == 1 and first.sent == [] and flaky.attempts == 1
@@ -136,8 +149,9 @@ def test_stale_running_run_raises_stale_run_once(tracking_uri, flaky):
     client.log_batch(alive, metrics=[Metric("loss", 1.0 / (s + 1), now, s) for s in range(5)])
 
     delivery = Delivery(webhooks={"recv": WebhookSpec(url=flaky.url, timeout=5, retries=0)})
-    monitor = Monitor(tracking_uri, experiment, rules=[], delivery=delivery, settle=0,
-                      stale_minutes=30)  # fmt: skip
+    monitor = Monitor(
+        tracking_uri, experiment, rules=[], delivery=delivery, settle=0, stale_minutes=30
+    )
     try:
         first = monitor.poll()
         second = monitor.poll()

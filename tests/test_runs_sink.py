@@ -14,9 +14,15 @@ from gradwatch.schema import ALERT_COUNT, ARTIFACT_ALERTS, TAG_ALERT
 
 
 def _alert(rule: str, step: int) -> Alert:
-    return Alert(rule=rule, kind="nonfinite", severity="critical", step=step,
-                 message=f"NaN at step {step}", actions=("log", "mlflow"),
-                 timestamp=time.time())  # fmt: skip
+    return Alert(
+        rule=rule,
+        kind="nonfinite",
+        severity="critical",
+        step=step,
+        message=f"NaN at step {step}",
+        actions=("log", "mlflow"),
+        timestamp=time.time(),
+    )
 
 
 def test_sink_through_the_journal_run_records_tag_count_and_jsonl(tracking_uri):

@@ -190,7 +190,9 @@ def test_batch_limits_long_keys_and_values(tracking_uri):
     assert len(long_keys) == 2 and all(len(k) <= 250 for k in long_keys)
     assert sorted(data.metrics[k] for k in long_keys) == [1.0, 2.0]
     assert len([k for k in data.params if k.startswith("p")]) == 150
-    assert len(data.params["long"]) == 6000 and data.params["long"].endswith("[truncated by gradwatch]")  # fmt: skip
+    assert len(data.params["long"]) == 6000 and data.params["long"].endswith(
+        "[truncated by gradwatch]"
+    )
     assert len([k for k in data.tags if k.startswith("t") and k[1:].isdigit()]) == 120
     assert all(len(data.tags[f"t{i}"]) == 8000 for i in range(120))
 

@@ -49,8 +49,9 @@ def _sleepy_run(budget: float, steps: int, caplog) -> gradwatch.GradWatch:
     def loss_fn(p):
         return float((p["w"] ** 2).sum())
 
-    with gradwatch.GradWatch(every=50, budget=budget, stats_every=1000, experiment="t-floor",
-                             config=False) as watch:  # fmt: skip
+    with gradwatch.GradWatch(
+        every=50, budget=budget, stats_every=1000, experiment="t-floor", config=False
+    ) as watch:
         for _ in range(steps):
             time.sleep(0.0005)  # a 0.5 ms training step: loss and lr shipping is a large share
             grads = {"w": 2 * params["w"]}

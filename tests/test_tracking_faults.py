@@ -85,8 +85,14 @@ FULL_DISK_CHILD = textwrap.dedent(
 
 def test_full_disk_is_reported_and_ends_the_run_failed(tracking_uri, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", FULL_DISK_CHILD, tracking_uri], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=240)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_CHILD, tracking_uri],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.splitlines()[-1])
     assert result["status"] == "FAILED" and result["pending"] == 0, result
@@ -196,14 +202,20 @@ def test_sync_right_after_training_says_what_it_waits_for_and_fails_if_left(tmp_
     journal_dir = tmp_path / "journal"
     dead = "http://127.0.0.1:9"
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run([sys.executable, "-c", ORPHAN_CHILD, dead, str(journal_dir)], env=env,
-                   check=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-c", ORPHAN_CHILD, dead, str(journal_dir)],
+        env=env,
+        check=True,
+        timeout=60,
+    )
     (status,) = pending_journals(journal_dir)
     assert status.live and "shipper process" in status.waiting_for
     lines: list[str] = []
     summary = sync_all(journal_dir, timeout=1.0, echo=lines.append)
     assert summary.exit_code == 1
-    assert any(line.startswith("waiting up to 1 s for") and "shipper process" in line for line in lines)  # fmt: skip
+    assert any(
+        line.startswith("waiting up to 1 s for") and "shipper process" in line for line in lines
+    )
     assert any("not synced" in line for line in lines), lines
 
 
@@ -250,8 +262,14 @@ def test_training_process_never_imports_mlflow(tracking_uri, tmp_path):
     script = tmp_path / "train.py"
     script.write_text(NO_MLFLOW_CHILD)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, str(script), tracking_uri], env=env, cwd=tmp_path,
-                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, str(script), tracking_uri],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     run_id, pending, imported = out.stdout.split()
     assert (pending, imported) == ("0", "False"), out.stderr
     tags = mlflow.MlflowClient(tracking_uri).get_run(run_id).data.tags
@@ -274,8 +292,14 @@ NO_CLOSE_CHILD = textwrap.dedent(
 
 def test_a_script_that_never_closes_ends_its_run_finished_at_exit(tracking_uri, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", NO_CLOSE_CHILD, tracking_uri], env=env,
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", NO_CLOSE_CHILD, tracking_uri],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     journal_id = out.stdout.split()[0]
     client = mlflow.MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name("t-no-close")
@@ -354,11 +378,18 @@ def test_artifacts_a_proxy_refuses_as_too_large_never_keep_the_run_from_ending(
         def loss_fn(p):
             return float(((p["W"].sum(0) + p["b"]) ** 2).sum())
 
-        with gradwatch.GradWatch(every=5, experiment="t-413", tracking_uri=proxy.uri,
-                                 journal_dir=str(tmp_path / "j"), config=False) as watch:  # fmt: skip
+        with gradwatch.GradWatch(
+            every=5,
+            experiment="t-413",
+            tracking_uri=proxy.uri,
+            journal_dir=str(tmp_path / "j"),
+            config=False,
+        ) as watch:
             for _ in range(40):
-                grads = {"W": np.tile(2 * (params["W"].sum(0) + params["b"]), (6, 1)),
-                         "b": 2 * (params["W"].sum(0) + params["b"])}  # fmt: skip
+                grads = {
+                    "W": np.tile(2 * (params["W"].sum(0) + params["b"]), (6, 1)),
+                    "b": 2 * (params["W"].sum(0) + params["b"]),
+                }
                 watch.step(params, grads, loss=loss_fn(params), lr=1e-3, loss_fn=loss_fn)
                 for k in params:
                     params[k] -= 1e-3 * grads[k]

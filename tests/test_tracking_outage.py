@@ -126,10 +126,20 @@ CHILD = textwrap.dedent(
 def _start_and_kill(tracking_uri, journal_dir, whole_group: bool) -> tuple[Path, subprocess.Popen]:
     """Run CHILD until it logged > 2000 steps, then SIGKILL it (and its shipper, if asked)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, tracking_uri, str(journal_dir), str(REPO),
-         str(REPO / "tests")],
-        stdout=subprocess.PIPE, text=True, env=dict(os.environ), start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            tracking_uri,
+            str(journal_dir),
+            str(REPO),
+            str(REPO / "tests"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+        start_new_session=True,
+    )
     try:
         journal = Path(child.stdout.readline().strip())
         for line in child.stdout:

@@ -24,9 +24,20 @@ BASE_TS = 1_700_000_000_000
 
 
 def new_journal(tmp_path, uri: str) -> JournalWriter:
-    header = {"v": FORMAT_VERSION, "id": new_journal_id(), "uri": uri, "exp": "t-rounds",
-              "exp_id": None, "name": "rounds", "tags": {}, "user": "tester", "run_id": None,
-              "attached": False, "ts": BASE_TS, "pid": os.getpid()}  # fmt: skip
+    header = {
+        "v": FORMAT_VERSION,
+        "id": new_journal_id(),
+        "uri": uri,
+        "exp": "t-rounds",
+        "exp_id": None,
+        "name": "rounds",
+        "tags": {},
+        "user": "tester",
+        "run_id": None,
+        "attached": False,
+        "ts": BASE_TS,
+        "pid": os.getpid(),
+    }
     return JournalWriter.create(tmp_path / "journal", header)
 
 

@@ -54,8 +54,10 @@ class WebhookReceiver:
 
     def sent(self) -> list[tuple[str, str, int]]:
         """(rule, run name, step) of each alert received."""
-        return [(b["alert"]["rule"], b["alert"]["details"]["run_name"], b["alert"]["step"])
-                for b in self.bodies]  # fmt: skip
+        return [
+            (b["alert"]["rule"], b["alert"]["details"]["run_name"], b["alert"]["step"])
+            for b in self.bodies
+        ]
 
     def close(self) -> None:
         self.server.shutdown()

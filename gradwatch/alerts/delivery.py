@@ -167,10 +167,10 @@ EMAIL_OPTIONS: dict[str, Param] = {
     "retries": Param(DEFAULT_RETRIES, "int", "attempts after the first failure", minimum=0),
     "backoff": Param(
         DEFAULT_BACKOFF, "float", "seconds before the first retry, doubled", minimum=0
-    ),  # fmt: skip
+    ),
     "min_severity": Param(
         "info", "str", "alerts below this severity are not sent", choices=SEVERITIES
-    ),  # fmt: skip
+    ),
 }
 
 

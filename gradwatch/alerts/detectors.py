@@ -138,8 +138,10 @@ FAILING_VERDICTS = ("mismatch",)
 
 
 def _clipped_note(per_param: Mapping[str, Mapping[str, Any]]) -> str:
-    clipped = {name: sum(p.get("verdict") == "clipped" for p in _probes(t))
-               for name, t in per_param.items()}  # fmt: skip
+    clipped = {
+        name: sum(p.get("verdict") == "clipped" for p in _probes(t))
+        for name, t in per_param.items()
+    }
     shown = [f"{n} clipped coordinate(s) in {name}" for name, n in clipped.items() if n]
     return f" ({'; '.join(shown)}: not counted)" if shown else ""
 
@@ -204,8 +206,11 @@ def check_failure(
             f"{worst['num_mismatches']} mismatching coordinate(s), max rel error "
             f"{worst['max_rel_error']:.3g}{where}{_clipped_note(per_param)}"
         )
-        details = {"tensor": worst_name, "tensors": failing,
-                   "max_rel_error": worst["max_rel_error"]}  # fmt: skip
+        details = {
+            "tensor": worst_name,
+            "tensors": failing,
+            "max_rel_error": worst["max_rel_error"],
+        }
         severity = _band(worst["max_rel_error"], critical, warning)
         return Finding(message, details, severity), new_state._replace(failures=state.failures + 1)
 
@@ -277,9 +282,13 @@ def rel_error_drift(
             base = _median(hist.baseline)
             bar = max(base + math.log10(factor), math.log10(_error_floor(tensor, ignore_below)))
             if len(hist.recent) == window and err < stop_above and _median(hist.recent) >= bar:
-                drifting[name] = {"rel_error": err, "baseline": 10**base, "bar": 10**bar,
-                                  "ratio": 10 ** (log_err - base),
-                                  "checks": [10**e for e in hist.recent]}  # fmt: skip
+                drifting[name] = {
+                    "rel_error": err,
+                    "baseline": 10**base,
+                    "bar": 10**bar,
+                    "ratio": 10 ** (log_err - base),
+                    "checks": [10**e for e in hist.recent],
+                }
         new_state = RelErrorDriftState(tensors)
         if not drifting:
             return None, new_state
@@ -389,11 +398,19 @@ def grad_norm_drift(
             low = tensors[name].low + 1 if score < -threshold else 0
             tensors[name] = tensors[name]._replace(low=low)
             if score > threshold and direction != "vanishing":
-                fired[name] = {"direction": "explosion", "norm": float(norm), "reference": ref,
-                               "score": score}  # fmt: skip
+                fired[name] = {
+                    "direction": "explosion",
+                    "norm": float(norm),
+                    "reference": ref,
+                    "score": score,
+                }
             elif low >= vanish_patience and direction != "explosion":
-                fired[name] = {"direction": "vanishing", "norm": float(norm), "reference": ref,
-                               "score": score}  # fmt: skip
+                fired[name] = {
+                    "direction": "vanishing",
+                    "norm": float(norm),
+                    "reference": ref,
+                    "score": score,
+                }
         new_state = GradNormDriftState(tensors)
         if not fired:
             return None, new_state
@@ -687,14 +704,22 @@ def threshold(
         hits = sorted(name for name in names if counts[name] >= n)
         if not hits:
             return None, new_state
-        bound = " or ".join(f"{op} {v:g}" for op, v in (("above", above), ("below", below))
-                             if v is not None)  # fmt: skip
+        bound = " or ".join(
+            f"{op} {v:g}" for op, v in (("above", above), ("below", below)) if v is not None
+        )
         first = hits[0]
         times = f" for {counts[first]} observations" if n > 1 else ""
-        message = f"{_fmt_names(hits)} {'is' if len(hits) == 1 else 'are'} beyond the bound " \
-                  f"({first} = {values[first]:.4g}, bound: {bound}){times}"  # fmt: skip
-        details = {"metric": first, "values": {h: values[h] for h in hits},
-                   "above": above, "below": below, "n": n}  # fmt: skip
+        message = (
+            f"{_fmt_names(hits)} {'is' if len(hits) == 1 else 'are'} beyond the bound "
+            f"({first} = {values[first]:.4g}, bound: {bound}){times}"
+        )
+        details = {
+            "metric": first,
+            "values": {h: values[h] for h in hits},
+            "above": above,
+            "below": below,
+            "n": n,
+        }
         return Finding(message, details), new_state
 
     return Detector(ThresholdState, update)
@@ -734,8 +759,11 @@ def dead_units(
     def update(state: DeadUnitsState, obs: Observation):
         if not isinstance(obs, StepObservation) or not obs.metrics:
             return None, state
-        fracs = {k[len(ZERO_FRAC_PREFIX) :]: v for k, v in obs.metrics.items()
-                 if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+        fracs = {
+            k[len(ZERO_FRAC_PREFIX) :]: v
+            for k, v in obs.metrics.items()
+            if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)
+        }
         if not fracs:
             return None, state
         tensors = dict(state.tensors)
@@ -941,8 +969,11 @@ def saturated_units(min_frac: float = 0.5, ratio: float = 1000.0, patience: int 
         if not isinstance(obs, StepObservation):
             return None, state
         if obs.grad_norms or obs.metrics:
-            fracs = {k[len(ZERO_FRAC_PREFIX) :]: float(v) for k, v in (obs.metrics or {}).items()
-                     if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)}  # fmt: skip
+            fracs = {
+                k[len(ZERO_FRAC_PREFIX) :]: float(v)
+                for k, v in (obs.metrics or {}).items()
+                if k.startswith(ZERO_FRAC_PREFIX) and _finite(v)
+            }
             state = state._replace(fracs=fracs, grad_norms=dict(_ordered_norms(obs.grad_norms)))
         if not obs.update_ratios:
             return None, state
@@ -1139,8 +1170,11 @@ class BaselineDriftState(NamedTuple):
     compared: int = 0  # metric values compared with the baseline so far
 
 
-DEFAULT_BASELINE_METRICS = (schema.GRAD_NORM + "*", schema.CHECK_MAX_REL_ERROR,
-                            schema.CHECK_REL_ERROR + "*")  # fmt: skip
+DEFAULT_BASELINE_METRICS = (
+    schema.GRAD_NORM + "*",
+    schema.CHECK_MAX_REL_ERROR,
+    schema.CHECK_REL_ERROR + "*",
+)
 
 
 def baseline_drift(
@@ -1333,10 +1367,13 @@ def _spec(
     """``params`` with their defaults read from ``factory``'s signature (declared once)."""
     signature = inspect.signature(factory).parameters
     if list(signature) != list(params):  # a programming error: fail at import, in tests
-        raise TypeError(f"{factory.__name__}: DETECTORS declares {list(params)}, "
-                        f"the factory takes {list(signature)}")  # fmt: skip
-    filled = {name: dataclasses.replace(p, default=signature[name].default)
-              for name, p in params.items()}  # fmt: skip
+        raise TypeError(
+            f"{factory.__name__}: DETECTORS declares {list(params)}, "
+            f"the factory takes {list(signature)}"
+        )
+    filled = {
+        name: dataclasses.replace(p, default=signature[name].default) for name, p in params.items()
+    }
     return DetectorSpec(factory, filled, summary, severity, monitor_only, statistics_only)
 
 
@@ -1368,11 +1405,11 @@ DETECTORS: dict[str, DetectorSpec] = {
         {
             "method": _param(
                 "str", "zscore (EWMA) or median (rolling median ratio)", choices=GRAD_NORM_METHODS
-            ),  # fmt: skip
+            ),
             "z": _pos("|z| of log(norm) that fires (method zscore)"),
             "alpha": _param(
                 "float", "EWMA weight of the newest norm", minimum=0.0, exclusive=True, maximum=1.0
-            ),  # fmt: skip
+            ),
             "warmup": _count("statistics steps that only accumulate before firing", 0),
             "min_std": _pos("floor of the std of log(norm) (0.1 ~ 10 %)"),
             "ratio": _above_one("norm / rolling median that fires (method median)"),
@@ -1396,7 +1433,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "halflife": _pos("steps: how slowly the rise test's reference follows"),
             "floor": _param(
                 "float", "losses below floor x the first loss count as that", minimum=0.0
-            ),  # fmt: skip
+            ),
         },
         "loss blowing up or climbing steadily (too-large learning rate)",
         severity="critical",
@@ -1429,14 +1466,14 @@ DETECTORS: dict[str, DetectorSpec] = {
                 minimum=0.0,
                 exclusive=True,
                 maximum=1.0,
-            ),  # fmt: skip
+            ),
             "min_frac": _param(
                 "float",
                 "zero fraction that counts as high",
                 minimum=0.0,
                 exclusive=True,
                 maximum=1.0,
-            ),  # fmt: skip
+            ),
             "patience": _count("consecutive high observations that fire"),
             "baseline": _count("first observations that set a tensor's usual level"),
         },
@@ -1478,7 +1515,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         },
         "saturated units: gradients mostly exactly zero and the tensor no longer moving",
         statistics_only=True,
-    ),  # fmt: skip
+    ),
     "stuck_loss": _spec(
         stuck_loss,
         {
@@ -1511,9 +1548,7 @@ DETECTORS: dict[str, DetectorSpec] = {
             "baseline": _param("series", "metric -> {step: value}; filled by the loader"),
             "metrics": _param("str_list", "metric name globs compared"),
             "factor": _above_one("norms outside [1/factor, factor] x baseline fire"),
-            "error_factor": _param(
-                "float", "check errors above this x baseline fire", minimum=1.0
-            ),  # fmt: skip
+            "error_factor": _param("float", "check errors above this x baseline fire", minimum=1.0),
             "ignore_below": _pos("check errors below this are never drift"),
             "step_tolerance": _count("match the nearest baseline step within this", 0),
             "run_id": _param("str", "baseline run id (default: latest tagged gradwatch.baseline)"),

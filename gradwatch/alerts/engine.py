@@ -140,10 +140,20 @@ def _apply(
         plain = isinstance(obs, StepObservation) and not (
             obs.grad_norms or obs.update_ratios or obs.param_norms or obs.metrics or obs.nonfinite
         )
-        _apply_one(plain_rules if plain else rules, detectors, obs, det_states, last_step, last_sev, fired, suppressed,
-                   alerts)  # fmt: skip
-    new_state = EngineState(det_states, last_step, last_sev, fired, suppressed,
-                            state.total + len(alerts))  # fmt: skip
+        _apply_one(
+            plain_rules if plain else rules,
+            detectors,
+            obs,
+            det_states,
+            last_step,
+            last_sev,
+            fired,
+            suppressed,
+            alerts,
+        )
+    new_state = EngineState(
+        det_states, last_step, last_sev, fired, suppressed, state.total + len(alerts)
+    )
     return alerts, new_state
 
 

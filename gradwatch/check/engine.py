@@ -179,7 +179,7 @@ def _nonfinite_gradients(tensors: list[Tensor], mode, seed, started) -> CheckRep
                     math.inf,
                     "mismatch",
                     note="analytic gradient is not finite",
-                )  # fmt: skip
+                )
             )
         if flat_bad.size:
             bad_names.append(t.name)

@@ -35,8 +35,14 @@ def classic_test_case() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     x = np.random.randn(4, 3)
     y = np.array([1, 1, 0])
     params = {}
-    for name, shape in [("W1", (5, 4)), ("b1", (5, 1)), ("W2", (3, 5)),
-                        ("b2", (3, 1)), ("W3", (1, 3)), ("b3", (1, 1))]:  # fmt: skip
+    for name, shape in [
+        ("W1", (5, 4)),
+        ("b1", (5, 1)),
+        ("W2", (3, 5)),
+        ("b2", (3, 1)),
+        ("W3", (1, 3)),
+        ("b3", (1, 1)),
+    ]:
         params[name] = np.random.randn(*shape)
     return x, y, params
 

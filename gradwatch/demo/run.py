@@ -74,8 +74,12 @@ class DemoRun:
 
     @property
     def params(self) -> dict[str, object]:
-        return {"lr": self.lr, "model": self.model, "steps": self.steps,
-                "bug": BUGS[self.model] if self.bug else "none"}  # fmt: skip
+        return {
+            "lr": self.lr,
+            "model": self.model,
+            "steps": self.steps,
+            "bug": BUGS[self.model] if self.bug else "none",
+        }
 
 
 @dataclass(frozen=True)
@@ -131,8 +135,14 @@ def _classic_problem(seed: int):
     x = X.T * FEATURE_SCALE  # the exercise's layout: one example per column
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in [("W1", (5, 4)), ("b1", (5, 1)), ("W2", (3, 5)),
-                        ("b2", (3, 1)), ("W3", (1, 3)), ("b3", (1, 1))]:  # fmt: skip
+    for name, shape in [
+        ("W1", (5, 4)),
+        ("b1", (5, 1)),
+        ("W2", (3, 5)),
+        ("b2", (3, 1)),
+        ("W3", (1, 3)),
+        ("b3", (1, 1)),
+    ]:
         # He initialization for the weights, zero biases (random in [-e, e] in the notes).
         scale = np.sqrt(2.0 / shape[1]) if name.startswith("W") else 0.0
         params[name] = rng.normal(0.0, 1.0, size=shape) * scale
@@ -202,7 +212,7 @@ def train(
             tracking_uri=tracking_uri,
             config=False,
             seed=spec.seed,
-        ) as watch,  # fmt: skip
+        ) as watch,
         np.errstate(all="ignore"),  # overflow is the point of lr=10
     ):
         for done in range(1, spec.steps + 1):

@@ -73,12 +73,17 @@ class CheckRunner:
         try:
             with np.errstate(all="ignore"):  # the engine reports non-finite values itself
                 report = check_gradients(
-                    loss_fn, params, grads, mode=self.options.mode,
-                    num_samples=self.options.num_samples, eps=self.options.eps, seed=seed,
+                    loss_fn,
+                    params,
+                    grads,
+                    mode=self.options.mode,
+                    num_samples=self.options.num_samples,
+                    eps=self.options.eps,
+                    seed=seed,
                     lr=lr if lr is not None and math.isfinite(lr) and lr > 0 else None,
                     first_step=first_step,
                     timeout=self.options.check_timeout,
-                )  # fmt: skip
+                )
         except InputError as exc:
             # Malformed params/grads are the caller's bug: say so at once. A loss that is not
             # finite near the current parameters is the training's state: log it, go on.
@@ -98,9 +103,14 @@ class CheckRunner:
     def skip_stale(self, step: int) -> None:
         """A check due on parameters that are not the ones the gradients belong to."""
         self.checks_not_run += 1
-        self.run.set_tags({schema.TAG_CHECK_NOT_RUN: (
-            f"step {step}: the parameter arrays have not changed since the first steps "
-            "(replaced instead of updated in place); pass the current arrays to step()")})  # fmt: skip
+        self.run.set_tags(
+            {
+                schema.TAG_CHECK_NOT_RUN: (
+                    f"step {step}: the parameter arrays have not changed since the first steps "
+                    "(replaced instead of updated in place); pass the current arrays to step()"
+                )
+            }
+        )
 
     def record(self, step: int, report: CheckReport, timestamp_ms: int) -> CheckReport:
         self.checks += 1
@@ -126,8 +136,11 @@ class CheckRunner:
             self._log_failure(step, report, logged)
         else:
             for alert in logged:  # an alert on a passing check (e.g. rel_error_drift)
-                alert_logger.log(SEVERITY_LOG_LEVELS[alert.severity], alert.text(),
-                           extra={"gradwatch_alert": alert.to_dict()})  # fmt: skip
+                alert_logger.log(
+                    SEVERITY_LOG_LEVELS[alert.severity],
+                    alert.text(),
+                    extra={"gradwatch_alert": alert.to_dict()},
+                )
         return report
 
     def _log_failure(self, step: int, report: CheckReport, alerts: list[Any]) -> None:
@@ -147,5 +160,10 @@ class CheckRunner:
             return
         worst = max(alerts, key=lambda a: SEVERITY_LOG_LEVELS[a.severity])
         heads = "\n".join(a.text() for a in alerts)
-        alert_logger.log(SEVERITY_LOG_LEVELS[worst.severity], "%s\n%s", heads, text,
-                   extra={"gradwatch_alert": worst.to_dict()})  # fmt: skip
+        alert_logger.log(
+            SEVERITY_LOG_LEVELS[worst.severity],
+            "%s\n%s",
+            heads,
+            text,
+            extra={"gradwatch_alert": worst.to_dict()},
+        )

@@ -27,8 +27,10 @@ def as_step(step: Any) -> int:
         s = int(step)
         if _INT64_MIN <= s <= _INT64_MAX:
             return s
-        raise InputError(f"step={s} is outside the 64-bit integers MLflow stores steps in; "
-                         "pass the training step count (or leave step= out to count from 0)")  # fmt: skip
+        raise InputError(
+            f"step={s} is outside the 64-bit integers MLflow stores steps in; "
+            "pass the training step count (or leave step= out to count from 0)"
+        )
     raise InputError(f"step must be an integer, got {type(step).__name__} {str(step)[:40]}")
 
 
@@ -40,8 +42,10 @@ def as_float(value: Any, what: str) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, (str, bytes)):
-        raise InputError(f"{what} must be a number, got the string {value[:40]!r}; "
-                         "convert it with float() if that is what you mean")  # fmt: skip
+        raise InputError(
+            f"{what} must be a number, got the string {value[:40]!r}; "
+            "convert it with float() if that is what you mean"
+        )
     try:
         arr = np.asarray(value)
     except Exception:  # noqa: BLE001 - report any unconvertible value the same way
@@ -55,8 +59,10 @@ def as_float(value: Any, what: str) -> float | None:
             hint = " (a complex value has no order; pass the real loss)"
         raise InputError(f"{what} must be a real number (a float or a 0-d array), got {kind}{hint}")
     if arr.size != 1:
-        raise InputError(f"{what} must be one number, got an array of shape {arr.shape}: pass "
-                         f"the scalar {what} (e.g. {what}=float(batch_{what}.mean()))")  # fmt: skip
+        raise InputError(
+            f"{what} must be one number, got an array of shape {arr.shape}: pass "
+            f"the scalar {what} (e.g. {what}=float(batch_{what}.mean()))"
+        )
     return float(arr.reshape(()))
 
 

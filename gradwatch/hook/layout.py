@@ -133,16 +133,22 @@ class TensorLayout:
 
     def _params_changed(self, params: Any, step: int) -> InputError:
         return _keys_changed(
-            "params", params, self._param_key_set, step,
+            "params",
+            params,
+            self._param_key_set,
+            step,
             "GradWatch watches the same tensors for the whole run: pass the same keys every "
             "step, or start a new run for another model",
-        )  # fmt: skip
+        )
 
     def _grads_changed(self, grads: Any, step: int) -> InputError:
         return _keys_changed(
-            "grads", grads, self._grad_key_set, step,
+            "grads",
+            grads,
+            self._grad_key_set,
+            step,
             "pass one gradient per parameter, with the same keys every step",
-        )  # fmt: skip
+        )
 
     def _bad_shape(self, key: Any, grad: Any, shape: tuple[int, ...], step: int) -> InputError:
         name = self.names[self.grad_keys.index(key)]
@@ -155,8 +161,10 @@ class TensorLayout:
 def _keys_changed(what: str, now: Any, first: frozenset, step: int, advice: str) -> InputError:
     """``what`` (params or grads) no longer has the dict keys it had at the first step."""
     if not isinstance(now, Mapping):
-        return InputError(f"step {step}: {what} is a {type(now).__name__}, but was a dict at "
-                          "the first step: pass the same kind of container every step")  # fmt: skip
+        return InputError(
+            f"step {step}: {what} is a {type(now).__name__}, but was a dict at "
+            "the first step: pass the same kind of container every step"
+        )
     added = sorted(map(str, now.keys() - first))
     removed = sorted(map(str, first - now.keys()))
     return InputError(

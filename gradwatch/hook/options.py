@@ -37,8 +37,18 @@ OPTION_NAMES: tuple[str, ...] = tuple(k for k in HOOK_OPTIONS if k not in _METAD
 #: Hook options and their defaults, from the schema.
 DEFAULTS: dict[str, Any] = {k: HOOK_OPTIONS[k].default for k in OPTION_NAMES}
 #: Options shown as MLflow params ``gradwatch.<name>`` (the others are where the run goes).
-LOGGED = ("every", "num_samples", "mode", "eps", "seed", "check_timeout", "budget",
-          "stats_every", "hist_every", "report")  # fmt: skip
+LOGGED = (
+    "every",
+    "num_samples",
+    "mode",
+    "eps",
+    "seed",
+    "check_timeout",
+    "budget",
+    "stats_every",
+    "hist_every",
+    "report",
+)
 
 
 @dataclass(frozen=True)

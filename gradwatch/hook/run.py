@@ -145,8 +145,15 @@ class RunParts:
         self._full_stats = True  # the last statistics step had quantiles and histograms
 
     @classmethod
-    def open(cls, options: HookOptions, run: Any, config: Config, rules: list[Rule],
-             callbacks: Mapping[str, Callable[..., Any]], params: Mapping[str, Any]) -> RunParts:  # fmt: skip
+    def open(
+        cls,
+        options: HookOptions,
+        run: Any,
+        config: Config,
+        rules: list[Rule],
+        callbacks: Mapping[str, Callable[..., Any]],
+        params: Mapping[str, Any],
+    ) -> RunParts:
         """Log the run's params and (masked) config file, load baselines, start the alerts."""
         run.log_params({**params, **settings_params(config, options, run)})
         masked = config.masked_text()
@@ -227,7 +234,9 @@ class RunParts:
 
     # -- busy steps ---------------------------------------------------------------------------
 
-    def busy_step(self, s, params, grads, loss, lr, loss_fn, timestamp_ms, entered) -> CheckReport | None:  # fmt: skip
+    def busy_step(
+        self, s, params, grads, loss, lr, loss_fn, timestamp_ms, entered
+    ) -> CheckReport | None:
         """A step with statistics, an update ratio, a check or a non-finite loss."""
         self._observe_tensors(s, params, grads)
         loss_bad = loss is not None and not math.isfinite(loss)
@@ -248,7 +257,9 @@ class RunParts:
             if self._full_stats:
                 cost = time.perf_counter() - entered + shipping
                 cost += self._ratio_cost if ratios is None else 0.0
-                self.schedule.adapt_stats_interval(cost, self.statistics.num_metrics, self.clock.step_seconds)  # fmt: skip
+                self.schedule.adapt_stats_interval(
+                    cost, self.statistics.num_metrics, self.clock.step_seconds
+                )
         report = self._check(s, params, grads, loss_fn, timestamp_ms, lr) if check_due else None
         self.schedule.plan_after(s, self.statistics.snapshot is not None or self.stale.probing)
         return report
@@ -260,7 +271,9 @@ class RunParts:
         if alert is not None:
             self.feed.stop_alert = None
             self.run.flush(self.options.flush_timeout)
-            raise AlertStop(f"stopped by alert rule '{alert.rule}' at step {alert.step}: {alert.message}", alert)  # fmt: skip
+            raise AlertStop(
+                f"stopped by alert rule '{alert.rule}' at step {alert.step}: {alert.message}", alert
+            )
 
     def _observe_tensors(self, s: int, params: Any, grads: Any) -> None:
         """The first step fixes the layout; later busy steps verify it fully."""
@@ -272,7 +285,9 @@ class RunParts:
         self.layout.verify(params, grads, s)
         self.layout.verify_params(params, s)
 
-    def _measure(self, s, params, grads, lr, loss_bad, metrics) -> tuple[dict | None, StepStats | None]:  # fmt: skip
+    def _measure(
+        self, s, params, grads, lr, loss_bad, metrics
+    ) -> tuple[dict | None, StepStats | None]:
         """The update ratios since the last statistics step, and this step's statistics."""
         statistics, stale = self.statistics, self.stale
         ratios = stats = None
@@ -305,8 +320,10 @@ class RunParts:
             schedule.postpone_check(s)
             if not self._warned_no_loss_fn:
                 self._warned_no_loss_fn = True
-                logger.warning("gradwatch: step() got no loss_fn, so no gradient check can run; "
-                               "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)")  # fmt: skip
+                logger.warning(
+                    "gradwatch: step() got no loss_fn, so no gradient check can run; "
+                    "pass loss_fn=lambda p: forward(p, X_batch, Y_batch)"
+                )
             return False
         shipping = self._shipping_cost(self.feed.scalars_fed)
         if schedule.budget_allows(s, self.clock, shipping):
@@ -324,15 +341,25 @@ class RunParts:
         hook = self.clock.hook_seconds
         embedded = str(getattr(self.run, "tracking_uri", "")).startswith("sqlite:")
         costly = shipping > 0.5 * (self.options.budget or 0.0) * loop
-        advice = ("a local `mlflow server` ships a value for a fraction of what the embedded "
-                  "sqlite store costs; or " if embedded and costly else "")  # fmt: skip
+        advice = (
+            "a local `mlflow server` ships a value for a fraction of what the embedded "
+            "sqlite store costs; or "
+            if embedded and costly
+            else ""
+        )
         logger.warning(
             "gradwatch: budget=%g holds gradient checks back: the next is due in ~%d steps, "
             "not %d. Of this loop's time, shipping loss and lr every step costs %.1f %% (they "
             "are never thinned), the hook's own work (journal, statistics, the checks so far) "
             "%.1f %%, and one check %.0f ms. To check more often: %sraise budget.",
-            self.options.budget, wait, self.schedule.every or 0, 100.0 * shipping / loop,
-            100.0 * hook / loop, 1e3 * self.schedule.last_check_cost, advice)  # fmt: skip
+            self.options.budget,
+            wait,
+            self.schedule.every or 0,
+            100.0 * shipping / loop,
+            100.0 * hook / loop,
+            1e3 * self.schedule.last_check_cost,
+            advice,
+        )
 
     def _check(self, s, params, grads, loss_fn, timestamp_ms, lr=None) -> CheckReport | None:
         self.schedule.check_started(s)

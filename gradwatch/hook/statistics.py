@@ -125,8 +125,13 @@ class StaleParams:
         """Still comparing the first steps (so each of them must look at the parameters)."""
         return self._first is not None
 
-    def start(self, step: int, named: dict[str, np.ndarray], grad_norms: dict[str, float],
-              lr: float | None) -> None:  # fmt: skip
+    def start(
+        self,
+        step: int,
+        named: dict[str, np.ndarray],
+        grad_norms: dict[str, float],
+        lr: float | None,
+    ) -> None:
         """The first step: remember the parameters (a copy) and which tensors should move."""
         if lr is None or not lr > 0:
             return  # no update known to be expected (no lr, warm-up from 0): nothing to compare
@@ -143,8 +148,11 @@ class StaleParams:
             self.suspect = False
             frozen = [n for n, same in unchanged.items() if same and self._moving.get(n)]
             if frozen:
-                logger.info("gradwatch: %s did not change over the first steps although the "
-                            "gradient is non-zero (a frozen layer?)", ", ".join(frozen))  # fmt: skip
+                logger.info(
+                    "gradwatch: %s did not change over the first steps although the "
+                    "gradient is non-zero (a frozen layer?)",
+                    ", ".join(frozen),
+                )
             return
         if lr is None or not lr > 0 or not any(self._moving.values()):
             return  # nothing was expected to move yet
@@ -154,8 +162,9 @@ class StaleParams:
             self._first = None
             self._mark_stale(step)
 
-    def observe_ratios(self, step: int, ratios: dict[str, float], grad_norms: dict[str, float],
-                       lr: float | None) -> None:  # fmt: skip
+    def observe_ratios(
+        self, step: int, ratios: dict[str, float], grad_norms: dict[str, float], lr: float | None
+    ) -> None:
         """Later steps: the update ratios of a statistics step tell whether anything moved."""
         if self.probing or not ratios:
             return

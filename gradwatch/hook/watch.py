@@ -115,19 +115,34 @@ class GradWatch:
     ) -> None:
         self.config = _load_config(config)
         given = {
-            "every": every, "experiment": experiment, "run_name": run_name,
-            "tracking_uri": tracking_uri, "num_samples": num_samples, "mode": mode, "eps": eps,
-            "seed": seed, "check_timeout": check_timeout, "budget": budget,
-            "stats_every": stats_every, "hist_every": hist_every, "report": report,
-            "journal_dir": journal_dir, "keep_journal": keep_journal,
-            "flush_timeout": flush_timeout, "rank_suffix": rank_suffix,
-        }  # fmt: skip
+            "every": every,
+            "experiment": experiment,
+            "run_name": run_name,
+            "tracking_uri": tracking_uri,
+            "num_samples": num_samples,
+            "mode": mode,
+            "eps": eps,
+            "seed": seed,
+            "check_timeout": check_timeout,
+            "budget": budget,
+            "stats_every": stats_every,
+            "hist_every": hist_every,
+            "report": report,
+            "journal_dir": journal_dir,
+            "keep_journal": keep_journal,
+            "flush_timeout": flush_timeout,
+            "rank_suffix": rank_suffix,
+        }
         self.options = HookOptions.resolve(given, self.config)
         # Credentials inside a URI given as a param or tag value are masked like everywhere.
-        self.user_params = {k: v if isinstance(v, (int, float)) else mask_uri(v)
-                            for k, v in (self.config.hook_metadata("params") | dict(params or {})).items()}  # fmt: skip
-        self.user_tags = {str(k): mask_uri(v)
-                          for k, v in {**self.config.hook_metadata("tags"), **(tags or {})}.items()}  # fmt: skip
+        self.user_params = {
+            k: v if isinstance(v, (int, float)) else mask_uri(v)
+            for k, v in (self.config.hook_metadata("params") | dict(params or {})).items()
+        }
+        self.user_tags = {
+            str(k): mask_uri(v)
+            for k, v in {**self.config.hook_metadata("tags"), **(tags or {})}.items()
+        }
         self.rules = list(rules) if rules is not None else list(self.config.rules)
         self.callbacks = dict(callbacks or {})
         self.rank = int(os.environ.get("RANK", "0") or 0) if rank is None else int(rank)
@@ -148,7 +163,9 @@ class GradWatch:
     checks_failed = property(lambda self: self._parts.checks.checks_failed if self._parts else 0)
     check_errors = property(lambda self: self._parts.checks.check_errors if self._parts else 0)
     checks_not_run = property(lambda self: self._parts.checks.checks_not_run if self._parts else 0)
-    checks_deferred = property(lambda self: self._parts.schedule.checks_deferred if self._parts else 0)  # fmt: skip
+    checks_deferred = property(
+        lambda self: self._parts.schedule.checks_deferred if self._parts else 0
+    )
     verdict = property(
         lambda self: self._parts.verdict if self._parts else None,
         doc="The run's verdict once closed (``ok``, ``BACKPROP BUG`` ..., as "
@@ -156,10 +173,14 @@ class GradWatch:
     )
     last_report = property(lambda self: self._parts.checks.last_report if self._parts else None)
     alerts = property(lambda self: self._parts.feed.alerts if self._parts else [])
-    clock = property(lambda self: self._parts.clock if self._parts else None,
-                     doc="The run's :class:`LoopClock` (loop vs hook seconds), or None.")  # fmt: skip
-    schedule = property(lambda self: self._parts.schedule if self._parts else None,
-                        doc="The run's :class:`Schedule` (stats interval, check timing), or None.")  # fmt: skip
+    clock = property(
+        lambda self: self._parts.clock if self._parts else None,
+        doc="The run's :class:`LoopClock` (loop vs hook seconds), or None.",
+    )
+    schedule = property(
+        lambda self: self._parts.schedule if self._parts else None,
+        doc="The run's :class:`Schedule` (stats interval, check timing), or None.",
+    )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -173,7 +194,9 @@ class GradWatch:
     def start(self) -> GradWatch:
         """Open the MLflow run (or attach to the active one) and reset per-run state."""
         if self._started and not self._closed:
-            raise GradwatchError("this GradWatch is already started; close() it before starting again")  # fmt: skip
+            raise GradwatchError(
+                "this GradWatch is already started; close() it before starting again"
+            )
         self._started, self._closed, self._recording = True, False, False
         self._parts = None
         if not self.enabled:
@@ -183,7 +206,9 @@ class GradWatch:
         self._pid = os.getpid()
         atexit.register(self._close_at_exit)
         try:
-            self._parts = RunParts.open(opts, self.run, self.config, self.rules, self.callbacks, self.user_params)  # fmt: skip
+            self._parts = RunParts.open(
+                opts, self.run, self.config, self.rules, self.callbacks, self.user_params
+            )
             self._sigterm.install()
             self._recording = True
         except BaseException:
@@ -272,8 +297,10 @@ class GradWatch:
         entered = time.perf_counter()
         if not self._recording:
             if not self._started or self._closed:
-                raise GradwatchError("GradWatch.step() called outside a run: use `with GradWatch(...) "
-                                     "as watch:` or call watch.start() first")  # fmt: skip
+                raise GradwatchError(
+                    "GradWatch.step() called outside a run: use `with GradWatch(...) "
+                    "as watch:` or call watch.start() first"
+                )
             return None  # not this rank's run
         parts = self._parts
         clock = parts.clock
@@ -305,14 +332,19 @@ class GradWatch:
             feed.flush(entered)
             parts.leave(entered)
             return None
-        report = parts.busy_step(s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered)  # fmt: skip
+        report = parts.busy_step(
+            s, params, grads, loss_value, lr_value, loss_fn, timestamp_ms, entered
+        )
         parts.leave(entered)  # raises AlertStop when a `stop` rule fired
         return report
 
     # -- the decorator form ------------------------------------------------------------------
 
-    def wrap(self, train_step: Callable[..., tuple[Any, Any]],
-             lr: float | Callable[[], float] | None = None):  # fmt: skip
+    def wrap(
+        self,
+        train_step: Callable[..., tuple[Any, Any]],
+        lr: float | Callable[[], float] | None = None,
+    ):
         """Wrap ``train_step(params, *batch) -> (loss, grads)`` so every call is a ``step()``.
 
             train_step = watch.wrap(train_step, lr=0.1)
@@ -327,8 +359,13 @@ class GradWatch:
         def wrapped(params, *batch, **kwargs):
             loss, grads = train_step(params, *batch, **kwargs)
             current_lr = lr() if callable(lr) else lr
-            self.step(params, grads, loss=loss, lr=current_lr,
-                      loss_fn=lambda p: train_step(p, *batch, **kwargs)[0])  # fmt: skip
+            self.step(
+                params,
+                grads,
+                loss=loss,
+                lr=current_lr,
+                loss_fn=lambda p: train_step(p, *batch, **kwargs)[0],
+            )
             return loss, grads
 
         return wrapped
@@ -348,7 +385,11 @@ def _exit_status(exc_type: type | None, exc: BaseException | None, terminated: b
     """The run's status when the ``with`` block ends with ``exc`` (or normally)."""
     if exc_type is None:
         return "FINISHED"
-    if issubclass(exc_type, SystemExit) and not terminated and getattr(exc, "code", None) in (0, None):  # fmt: skip
+    if (
+        issubclass(exc_type, SystemExit)
+        and not terminated
+        and getattr(exc, "code", None) in (0, None)
+    ):
         return "FINISHED"  # sys.exit(0) inside the block is a normal end
     if issubclass(exc_type, KeyboardInterrupt) or (issubclass(exc_type, SystemExit) and terminated):
         return "KILLED"  # Ctrl-C, or SIGTERM (turned into SystemExit by the guard)

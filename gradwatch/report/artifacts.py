@@ -46,17 +46,21 @@ def draw_images(data: RunData) -> ReportImages:
             _said_no_matplotlib.append(True)
             logger.info("gradwatch: the run report has no pictures: %s", NO_MATPLOTLIB)
         return ReportImages(note=NO_MATPLOTLIB)
-    return ReportImages(curves=_drawn("curves", curves_png, data),
-                        histograms=_drawn("histograms", histograms_png, data.histograms)
-                        if data.histograms else None)  # fmt: skip
+    return ReportImages(
+        curves=_drawn("curves", curves_png, data),
+        histograms=_drawn("histograms", histograms_png, data.histograms)
+        if data.histograms
+        else None,
+    )
 
 
 def _drawn(what: str, draw, arg) -> bytes | None:  # noqa: ANN001 - one of the two drawers
     try:
         return draw(arg)
     except Exception as err:  # noqa: BLE001 - a picture must never cost the report
-        logger.warning("gradwatch: report: cannot draw the %s (%s: %s)", what,
-                       type(err).__name__, err)  # fmt: skip
+        logger.warning(
+            "gradwatch: report: cannot draw the %s (%s: %s)", what, type(err).__name__, err
+        )
         return None
 
 
@@ -104,8 +108,12 @@ def write_run_artifacts(
         if status is not None:
             data = dataclasses.replace(data, status=status)
     except Exception as err:  # noqa: BLE001 - the shipper must finish the run regardless
-        logger.warning("gradwatch: no run report: cannot read %s (%s: %s)", journal_path,
-                       type(err).__name__, err)  # fmt: skip
+        logger.warning(
+            "gradwatch: no run report: cannot read %s (%s: %s)",
+            journal_path,
+            type(err).__name__,
+            err,
+        )
         return []
     try:
         return write_report_files(data, out_dir)

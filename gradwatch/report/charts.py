@@ -22,8 +22,14 @@ from gradwatch.schema import CHECK_MAX_REL_ERROR, CHECK_PASSED, CHECK_REL_ERROR,
 if TYPE_CHECKING:
     from gradwatch.report.data import RunData
 
-__all__ = ["BAD_REL_ERROR", "GOOD_REL_ERROR", "MAX_TENSORS", "SUSPICIOUS_REL_ERROR",
-           "curves_png", "histograms_png"]  # fmt: skip
+__all__ = [
+    "BAD_REL_ERROR",
+    "GOOD_REL_ERROR",
+    "MAX_TENSORS",
+    "SUSPICIOUS_REL_ERROR",
+    "curves_png",
+    "histograms_png",
+]
 
 logger = logging.getLogger("gradwatch")
 
@@ -64,8 +70,7 @@ def _label(name: str, most: int = 40) -> str:
 
 
 def _finite(points: Sequence[tuple[int, float]], positive: bool = False) -> list[tuple[int, float]]:
-    return [(s, v) for s, v in points
-            if math.isfinite(v) and (v > 0 or not positive)]  # fmt: skip
+    return [(s, v) for s, v in points if math.isfinite(v) and (v > 0 or not positive)]
 
 
 def _decade_ticks(axis: Any, lo: float, hi: float, most: int = 6) -> None:
@@ -89,8 +94,11 @@ def curves_png(data: RunData) -> bytes | None:
         png = curves_png(from_journal(path))
     """
     loss = _finite(data.series(LOSS))
-    per_tensor = {k[len(CHECK_REL_ERROR) :]: v for k, v in data.metrics.items()
-                  if k.startswith(CHECK_REL_ERROR)}  # fmt: skip
+    per_tensor = {
+        k[len(CHECK_REL_ERROR) :]: v
+        for k, v in data.metrics.items()
+        if k.startswith(CHECK_REL_ERROR)
+    }
     if not per_tensor and data.series(CHECK_MAX_REL_ERROR):
         per_tensor = {"worst tensor": data.series(CHECK_MAX_REL_ERROR)}
     if not loss and not per_tensor:
@@ -108,16 +116,29 @@ def curves_png(data: RunData) -> bytes | None:
     for ax in (ax_loss, ax_err):
         # One collection each (an axvline per check is an artist per check: slow to draw).
         if failed:
-            ax.vlines(failed, 0, 1, transform=ax.get_xaxis_transform(), color="red",
-                      linewidth=1.0, alpha=0.6)  # fmt: skip
+            ax.vlines(
+                failed,
+                0,
+                1,
+                transform=ax.get_xaxis_transform(),
+                color="red",
+                linewidth=1.0,
+                alpha=0.6,
+            )
         if alerts:
-            ax.vlines(alerts, 0, 1, transform=ax.get_xaxis_transform(), color="darkorange",
-                      linewidth=1.0, linestyle=":")  # fmt: skip
+            ax.vlines(
+                alerts,
+                0,
+                1,
+                transform=ax.get_xaxis_transform(),
+                color="darkorange",
+                linewidth=1.0,
+                linestyle=":",
+            )
         ax.grid(True, alpha=0.3)
     ax_err.xaxis.set_major_locator(MaxNLocator(8, integer=True))
     ax_err.set_xlabel("step")
-    fig.suptitle("loss and gradient checks  (red: failed check, orange dotted: alert)",
-                 fontsize=11)  # fmt: skip
+    fig.suptitle("loss and gradient checks  (red: failed check, orange dotted: alert)", fontsize=11)
     return _png(fig)
 
 
@@ -179,11 +200,18 @@ def _draw_errors(ax: Any, per_tensor: Mapping[str, Sequence[tuple[int, float]]])
     ax.axhline(good, color="green", linewidth=0.8, linestyle=":")
     where = ax.get_yaxis_transform()
     ax.text(1.01, bad, "> 1e-2 bug", color="red", fontsize=8, transform=where, va="bottom")
-    ax.text(1.01, warn, "1e-4 suspicious", color="darkorange", fontsize=8, transform=where,
-            va="bottom")  # fmt: skip
+    ax.text(
+        1.01, warn, "1e-4 suspicious", color="darkorange", fontsize=8, transform=where, va="bottom"
+    )
     ax.text(1.01, good, "< 1e-7 good", color="green", fontsize=8, transform=where, va="top")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 0.45), fontsize=8, frameon=False,
-              title="tensor", title_fontsize=8)  # fmt: skip
+    ax.legend(
+        loc="upper left",
+        bbox_to_anchor=(1.0, 0.45),
+        fontsize=8,
+        frameon=False,
+        title="tensor",
+        title_fontsize=8,
+    )
 
 
 # ------------------------------------------------------------------------ histograms
@@ -207,8 +235,9 @@ def _usable(records: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Well-formed records on the first record's bins, in step order (one per step)."""
     good = [r for r in records if _valid(r)]
     if len(good) < len(records):
-        logger.warning("gradwatch: report: %d malformed histogram record(s) skipped",
-                       len(records) - len(good))  # fmt: skip
+        logger.warning(
+            "gradwatch: report: %d malformed histogram record(s) skipped", len(records) - len(good)
+        )
     if not good:
         return []
     bins = good[0]["bins"]
@@ -246,8 +275,9 @@ def histograms_png(records: Sequence[Mapping[str, Any]]) -> bytes:
     height = 1.3 + 2.0 * len(shown)
     fig = agg_figure(11, height, DPI)
     axes = fig.subplots(len(shown), 2, squeeze=False)
-    fig.subplots_adjust(left=0.08, right=0.86, top=1 - 0.55 / height, bottom=0.45 / height,
-                        hspace=0.32, wspace=0.16)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.08, right=0.86, top=1 - 0.55 / height, bottom=0.45 / height, hspace=0.32, wspace=0.16
+    )
     mesh = None
     for row, name in enumerate(shown):
         for col, (kind, label) in enumerate(KINDS):
@@ -292,19 +322,28 @@ def _draw_panel(ax: Any, x_edges: Any, y_edges: Any, shares: Mapping[str, Any], 
     if hi - lo < 2:
         lo, hi = (hi + lo) / 2 - 1, (hi + lo) / 2 + 1
     row = (hi - lo) * 0.09  # height of each of the two extra rows
-    mesh = ax.pcolormesh(x_edges, y_edges, np.ma.masked_less_equal(bins.T, 0.0), norm=norm,
-                         cmap="viridis", shading="flat")  # fmt: skip
+    mesh = ax.pcolormesh(
+        x_edges,
+        y_edges,
+        np.ma.masked_less_equal(bins.T, 0.0),
+        norm=norm,
+        cmap="viridis",
+        shading="flat",
+    )
     extra = np.ma.masked_less_equal(np.vstack([shares["nonfinite"], shares["zero"]]), 0.0)
-    ax.pcolormesh(x_edges, [lo - 2 * row, lo - row, lo], extra, norm=norm, cmap="viridis",
-                  shading="flat")  # fmt: skip
+    ax.pcolormesh(
+        x_edges, [lo - 2 * row, lo - row, lo], extra, norm=norm, cmap="viridis", shading="flat"
+    )
     ax.axhline(lo, color="black", linewidth=0.6)
     ax.set_ylim(lo - 2 * row, hi)
     ax.set_facecolor("#f4f4f4")
     first, last = math.ceil(lo), math.floor(hi)
     stride = max(1, math.ceil((last - first + 1) / 3))
     decades = [k for k in range(first, last + 1, stride) if k - lo > row]  # clear of "zero"
-    ax.set_yticks([lo - 1.5 * row, lo - 0.5 * row, *decades],
-                  ["NaN/Inf", "zero", *(f"1e{k}" if k else "1" for k in decades)])  # fmt: skip
+    ax.set_yticks(
+        [lo - 1.5 * row, lo - 0.5 * row, *decades],
+        ["NaN/Inf", "zero", *(f"1e{k}" if k else "1" for k in decades)],
+    )
     return mesh
 
 
@@ -333,8 +372,12 @@ def _shares(
         zero.append(extra[0] / total)
         nonfinite.append(extra[1] / total)
         outside.append((extra[2] + extra[3]) / total)
-    return {"bins": np.array(rows), "zero": np.array(zero), "nonfinite": np.array(nonfinite),
-            "outside": np.array(outside)}  # fmt: skip
+    return {
+        "bins": np.array(rows),
+        "zero": np.array(zero),
+        "nonfinite": np.array(nonfinite),
+        "outside": np.array(outside),
+    }
 
 
 def _panel_title(name: str, label: str, shares: Mapping[str, Any]) -> str:

@@ -63,23 +63,28 @@ class RunData:
     def summary(self) -> RunSummary:
         """The run's :class:`RunSummary` (verdict included), exactly as ``compare`` builds it."""
         run = SimpleNamespace(
-            info=SimpleNamespace(run_id=self.run_id or "", run_name=self.run_name,
-                                 status=self.status),
-            data=SimpleNamespace(params=dict(self.params), tags=dict(self.tags),
-                                 metrics={k: v[-1][1] for k, v in self.metrics.items() if v}),
-        )  # fmt: skip
+            info=SimpleNamespace(
+                run_id=self.run_id or "", run_name=self.run_name, status=self.status
+            ),
+            data=SimpleNamespace(
+                params=dict(self.params),
+                tags=dict(self.tags),
+                metrics={k: v[-1][1] for k, v in self.metrics.items() if v},
+            ),
+        )
         return summarize(run, self._summary_histories(), self.checks or None)
 
     def _summary_histories(self) -> dict[str, list[Any]]:
         # The keys compare.fetch_histories fetches, as Metric-like objects.
-        wanted = [k for k in self.metrics if k in SUMMARY_KEYS or k.startswith((NONFINITE, CHECK_CLIPPED))]  # fmt: skip
+        wanted = [
+            k for k in self.metrics if k in SUMMARY_KEYS or k.startswith((NONFINITE, CHECK_CLIPPED))
+        ]
         return {key: _metric_objects(self.metrics[key], self.timestamps.get(key)) for key in wanted}
 
 
 def _metric_objects(points: list[Point], stamps: list[int] | None) -> list[Any]:
     stamps = stamps if stamps is not None and len(stamps) == len(points) else [0] * len(points)
-    return [SimpleNamespace(step=s, value=v, timestamp=t)
-            for (s, v), t in zip(points, stamps)]  # fmt: skip
+    return [SimpleNamespace(step=s, value=v, timestamp=t) for (s, v), t in zip(points, stamps)]
 
 
 def sorted_series(raw: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -101,7 +106,9 @@ def sorted_series(raw: Mapping[str, Any]) -> tuple[dict, dict]:
             values = np.fromiter((r[2] for r in rows), np.float64, len(rows))
         order = np.lexsort((ts, steps))
         if order.size > MAX_POINTS:
-            order = order[np.unique(np.linspace(0, order.size - 1, MAX_POINTS).round().astype(np.int64))]  # fmt: skip
+            order = order[
+                np.unique(np.linspace(0, order.size - 1, MAX_POINTS).round().astype(np.int64))
+            ]
         metrics[key] = list(zip(steps[order].tolist(), values[order].tolist()))
         stamps[key] = ts[order].tolist()
     return metrics, stamps

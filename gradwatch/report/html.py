@@ -220,21 +220,28 @@ def _verdict(data: RunData, summary: RunSummary) -> str:
         if data.tags.get(tag):
             items.append(f"{what}: {_e(data.tags[tag])}")
     lis = "".join(f"<li>{i}</li>" for i in items)
-    return (f'<div class="verdict {tone}" id="verdict"><div>verdict</div>'
-            f'<div class="word">{_e(word)}</div><ul>{lis}</ul></div>')  # fmt: skip
+    return (
+        f'<div class="verdict {tone}" id="verdict"><div>verdict</div>'
+        f'<div class="word">{_e(word)}</div><ul>{lis}</ul></div>'
+    )
 
 
 def _facts(data: RunData, s: RunSummary) -> str:
     rows = [
         ("last step", _e("-" if s.steps is None else s.steps)),
-        ("loss: first → final (best)",
-         f"{_num(s.first_loss, '.4g')} → {_num(s.final_loss, '.4g')} ({_num(s.best_loss, '.4g')})"),
-        ("gradient checks", f"{s.checks} run, {s.checks_failed} failed"
-                            + (f" ({s.checks_explained} explained)" if s.checks_explained else "")
-                            + (f", {s.checks_inconclusive} inconclusive" if s.checks_inconclusive else "")),
+        (
+            "loss: first → final (best)",
+            f"{_num(s.first_loss, '.4g')} → {_num(s.final_loss, '.4g')} ({_num(s.best_loss, '.4g')})",
+        ),
+        (
+            "gradient checks",
+            f"{s.checks} run, {s.checks_failed} failed"
+            + (f" ({s.checks_explained} explained)" if s.checks_explained else "")
+            + (f", {s.checks_inconclusive} inconclusive" if s.checks_inconclusive else ""),
+        ),
         ("worst relative error", _num(s.max_rel_error, ".2e")),
         ("alerts", _e(str(s.alerts) + (f" ({', '.join(s.alert_rules)})" if s.alert_rules else ""))),
-    ]  # fmt: skip
+    ]
     return _table(["", ""], rows, "facts").replace("<thead><tr><th></th><th></th></tr></thead>", "")
 
 
@@ -243,9 +250,11 @@ def _curves(png: bytes | None, note: str | None) -> str:
         return f"<h2>Curves</h2><p>No pictures: {_e(note)}.</p>"
     if not png:
         return "<h2>Curves</h2><p>No loss and no gradient checks were logged.</p>"
-    return ("<h2>Curves</h2><p class=\"note\">Top: loss (and lr, dashed). Bottom: each tensor's "
-            "worst relative error per gradient check; below 1e-7 is good (float64), 1e-4 to "
-            "1e-2 suspicious, above 1e-2 a bug.</p>" + _img(png, "loss and gradient-check errors"))  # fmt: skip
+    return (
+        '<h2>Curves</h2><p class="note">Top: loss (and lr, dashed). Bottom: each tensor\'s '
+        "worst relative error per gradient check; below 1e-7 is good (float64), 1e-4 to "
+        "1e-2 suspicious, above 1e-2 a bug.</p>" + _img(png, "loss and gradient-check errors")
+    )
 
 
 def _probes(check: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
@@ -285,8 +294,12 @@ def _checks(checks: Sequence[Mapping[str, Any]]) -> str:
     if not checks:
         return "<h2>Gradient checks</h2><p>No gradient checks in this run.</p>"
     total, shown = len(checks), _shown_checks(checks)
-    left_out = (f"<p>{total - len(shown)} earlier passing checks are not listed; every "
-                f"check is in {_e(ARTIFACT_CHECKS)}.</p>" if len(shown) < total else "")  # fmt: skip
+    left_out = (
+        f"<p>{total - len(shown)} earlier passing checks are not listed; every "
+        f"check is in {_e(ARTIFACT_CHECKS)}.</p>"
+        if len(shown) < total
+        else ""
+    )
     checks = shown
     rows = []
     for c in checks:
@@ -294,14 +307,33 @@ def _checks(checks: Sequence[Mapping[str, Any]]) -> str:
             f'{_e(n)}: <span class="v-{_e(t.get("verdict"))}">{_e(t.get("verdict"))}</span> '
             f"{_num(t.get('max_rel_error'), '.1e')}"
             + (f" ({_e(t.get('num_mismatches'))} mismatching)" if t.get("num_mismatches") else "")
-            for n, t in (c.get("per_param") or {}).items() if isinstance(t, Mapping)
-        )  # fmt: skip
-        rows.append([_e(c.get("step", "-")), _verdict_cell(_check_status(c)),
-                     _numcell(c.get("max_rel_error"), ".2e"), _numcell(c.get("difference"), ".2e"),
-                     _numcell(c.get("num_evals"), ".0f"),
-                     _numcell(c.get("seconds"), ".3f"), tensors])  # fmt: skip
-    table = _table(["step", "result", "max rel error", "difference", "loss evals", "seconds",
-                    "tensors: verdict, worst error"], rows, "checks")  # fmt: skip
+            for n, t in (c.get("per_param") or {}).items()
+            if isinstance(t, Mapping)
+        )
+        rows.append(
+            [
+                _e(c.get("step", "-")),
+                _verdict_cell(_check_status(c)),
+                _numcell(c.get("max_rel_error"), ".2e"),
+                _numcell(c.get("difference"), ".2e"),
+                _numcell(c.get("num_evals"), ".0f"),
+                _numcell(c.get("seconds"), ".3f"),
+                tensors,
+            ]
+        )
+    table = _table(
+        [
+            "step",
+            "result",
+            "max rel error",
+            "difference",
+            "loss evals",
+            "seconds",
+            "tensors: verdict, worst error",
+        ],
+        rows,
+        "checks",
+    )
     details = "".join(_check_details(c) for c in checks)
     return (
         f'<h2 id="checks">Gradient checks ({total})</h2>{left_out}{table}'
@@ -318,14 +350,40 @@ def _check_details(check: Mapping[str, Any]) -> str:
     rows = []
     for name, p in probes:
         index = p.get("index")
-        where = (f"[{','.join(_e(i) for i in index)}]" if isinstance(index, list)
-                 else f"direction over {_e(p.get('size', '?'))} coords")  # fmt: skip
-        rows.append([_e(name), where, _numcell(p.get("analytic"), ".6g"),
-                     _numcell(p.get("numeric"), ".6g"), _numcell(p.get("rel_error"), ".1e"),
-                     _numcell(p.get("resolved"), ".1e"), _verdict_cell(p.get("verdict")),
-                     _e(p.get("note", ""))])  # fmt: skip
-    table = _table(["tensor", "coordinate", "analytic", "numeric", "rel error", "resolved",
-                    "verdict", "note"], rows) if rows else "<p>No probes recorded.</p>"  # fmt: skip
+        where = (
+            f"[{','.join(_e(i) for i in index)}]"
+            if isinstance(index, list)
+            else f"direction over {_e(p.get('size', '?'))} coords"
+        )
+        rows.append(
+            [
+                _e(name),
+                where,
+                _numcell(p.get("analytic"), ".6g"),
+                _numcell(p.get("numeric"), ".6g"),
+                _numcell(p.get("rel_error"), ".1e"),
+                _numcell(p.get("resolved"), ".1e"),
+                _verdict_cell(p.get("verdict")),
+                _e(p.get("note", "")),
+            ]
+        )
+    table = (
+        _table(
+            [
+                "tensor",
+                "coordinate",
+                "analytic",
+                "numeric",
+                "rel error",
+                "resolved",
+                "verdict",
+                "note",
+            ],
+            rows,
+        )
+        if rows
+        else "<p>No probes recorded.</p>"
+    )
     texts = list(check.get("notes") or ())
     if failed and isinstance(finding, Mapping) and finding.get("hint"):
         texts.insert(0, f"hint: {finding.get('hint')}")
@@ -333,15 +391,24 @@ def _check_details(check: Mapping[str, Any]) -> str:
     headline = ""
     if failed and isinstance(finding, Mapping) and finding.get("headline"):
         headline = f": {_e(finding.get('headline'))}"
-    summary = (f'step {_e(check.get("step", "-"))}: <span class="v-{_e(status)}">{_e(status)}</span>'
-               f"{headline}, max rel error {_num(check.get('max_rel_error'), '.2e')}")  # fmt: skip
+    summary = (
+        f'step {_e(check.get("step", "-"))}: <span class="v-{_e(status)}">{_e(status)}</span>'
+        f"{headline}, max rel error {_num(check.get('max_rel_error'), '.2e')}"
+    )
     return f"<details><summary>{summary}</summary>{table}<ul>{notes}</ul></details>"
 
 
 def _alerts(data: RunData) -> str:
     if data.alerts:
-        rows = [[_e(a.get("step", "-")), _e(a.get("severity", "")), _e(a.get("rule", "")),
-                 _e(a.get("message", ""))] for a in data.alerts]  # fmt: skip
+        rows = [
+            [
+                _e(a.get("step", "-")),
+                _e(a.get("severity", "")),
+                _e(a.get("rule", "")),
+                _e(a.get("message", "")),
+            ]
+            for a in data.alerts
+        ]
         return f"<h2>Alerts ({len(rows)})</h2>" + _table(
             ["step", "severity", "rule", "message"], rows
         )
@@ -354,10 +421,12 @@ def _alerts(data: RunData) -> str:
 
 def _distributions(png: bytes | None, records: Sequence[Any], note: str | None) -> str:
     if png:
-        return ("<h2>Distributions</h2><p class=\"note\">|gradient| and |parameter| of each "
-                "tensor over the steps: colour is the share of the tensor's entries in each "
-                "log-spaced bin; the strip below shows exactly-zero and NaN/Inf entries.</p>"
-                + _img(png, "gradient and parameter distributions over the steps"))  # fmt: skip
+        return (
+            '<h2>Distributions</h2><p class="note">|gradient| and |parameter| of each '
+            "tensor over the steps: colour is the share of the tensor's entries in each "
+            "log-spaced bin; the strip below shows exactly-zero and NaN/Inf entries.</p>"
+            + _img(png, "gradient and parameter distributions over the steps")
+        )
     if records and note:
         return f"<h2>Distributions</h2><p>No pictures: {_e(note)}.</p>"
     if records:
@@ -374,10 +443,18 @@ def _kv_table(values: Mapping[str, str]) -> str:
 def _settings(data: RunData) -> str:
     hook = {k: v for k, v in data.params.items() if k.startswith(PARAM_PREFIX)}
     tags = {k: v for k, v in data.tags.items() if k.startswith(TAG_PREFIX)}
-    parts = ["<h2>Settings</h2>", "<h3>Params</h3>", _kv_table(user_params(data.params)),
-             "<h3>gradwatch settings</h3>", _kv_table(hook),
-             "<h3>gradwatch tags</h3>", _kv_table(tags)]  # fmt: skip
+    parts = [
+        "<h2>Settings</h2>",
+        "<h3>Params</h3>",
+        _kv_table(user_params(data.params)),
+        "<h3>gradwatch settings</h3>",
+        _kv_table(hook),
+        "<h3>gradwatch tags</h3>",
+        _kv_table(tags),
+    ]
     if data.config_text is not None:
-        parts.append(f"<h3>Config ({_e(data.config_name or 'gradwatch.yaml')})</h3>"
-                     f"<pre>{_e(data.config_text)}</pre>")  # fmt: skip
+        parts.append(
+            f"<h3>Config ({_e(data.config_name or 'gradwatch.yaml')})</h3>"
+            f"<pre>{_e(data.config_text)}</pre>"
+        )
     return "".join(parts)

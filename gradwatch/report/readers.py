@@ -42,8 +42,11 @@ logger = logging.getLogger("gradwatch")
 CONFIG_DIR = posixpath.dirname(ARTIFACT_CONFIG)
 CONFIG_SUFFIXES = (".yaml", ".yml")
 #: Artifact-line files read into RunData fields.
-LINE_ARTIFACTS = {ARTIFACT_CHECKS: "checks", ARTIFACT_ALERTS: "alerts",
-                  ARTIFACT_HISTOGRAMS: "histograms"}  # fmt: skip
+LINE_ARTIFACTS = {
+    ARTIFACT_CHECKS: "checks",
+    ARTIFACT_ALERTS: "alerts",
+    ARTIFACT_HISTOGRAMS: "histograms",
+}
 
 
 # ------------------------------------------------------------------------------ MLflow
@@ -70,8 +73,10 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
         # The schema's names in either layout (a run the hook shared: gradwatch/loss -> loss).
         names = hook_keys(run.data.metrics, run.data.tags)
         raw = {name: _history(client, run_id, key) for name, key in sorted(names.items())}
-        lines = {field: artifact_records(client, run_id, path) or []
-                 for path, field in LINE_ARTIFACTS.items()}  # fmt: skip
+        lines = {
+            field: artifact_records(client, run_id, path) or []
+            for path, field in LINE_ARTIFACTS.items()
+        }
         config_name, config_text = _config_artifact(client, run_id)
     metrics, stamps = sorted_series(raw)
     return RunData(
@@ -94,8 +99,10 @@ def from_mlflow(run_id: str, tracking_uri: str | None = None) -> RunData:
 def _history(client: Any, run_id: str, key: str) -> list[tuple[int, int, float]]:
     from gradwatch.mlflow_access import metric_history
 
-    return [(int(m.step), int(m.timestamp), from_mlflow_value(m.value))
-            for m in metric_history(client, run_id, key)]  # fmt: skip
+    return [
+        (int(m.step), int(m.timestamp), from_mlflow_value(m.value))
+        for m in metric_history(client, run_id, key)
+    ]
 
 
 def _artifact(client: Any, run_id: str, path: str) -> str | None:

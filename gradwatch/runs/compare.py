@@ -460,8 +460,19 @@ def _num(value: float | None, fmt: str = ".4g") -> str:
 def table_rows(summaries: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table, as strings."""
     pcols, _shared = _param_columns(summaries)
-    header = ["run", *pcols, "last step", "final loss", "best loss", "diverged", "checks", "failed",
-              "max rel err", "alerts", "verdict"]  # fmt: skip
+    header = [
+        "run",
+        *pcols,
+        "last step",
+        "final loss",
+        "best loss",
+        "diverged",
+        "checks",
+        "failed",
+        "max rel err",
+        "alerts",
+        "verdict",
+    ]
     rows = []
     for s in summaries:
         alerts = str(s.alerts)
@@ -489,8 +500,10 @@ def _fixed_width(header: list[str], rows: list[list[str]], left: set[int]) -> li
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
 
     def line(cells: list[str]) -> str:
-        out = [c.ljust(w) if i in left else c.rjust(w)
-               for i, (c, w) in enumerate(zip(cells, widths, strict=True))]  # fmt: skip
+        out = [
+            c.ljust(w) if i in left else c.rjust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ]
         return "  ".join(out).rstrip()
 
     return [line(header), "  ".join("-" * w for w in widths), *(line(r) for r in rows)]
@@ -525,9 +538,11 @@ def _notes(summaries: Sequence[RunSummary]) -> list[str]:
             )
         if s.checks_clipped:
             bound = f" at ±{s.clip_bound:g}" if s.clip_bound is not None else ""
-            notes.append(f"{s.run_name}: gradients clipped element-wise{bound}; the checks "
-                         "compared clipped gradients with the true slope: check the gradients "
-                         "before clipping (call step() before you clip)")  # fmt: skip
+            notes.append(
+                f"{s.run_name}: gradients clipped element-wise{bound}; the checks "
+                "compared clipped gradients with the true slope: check the gradients "
+                "before clipping (call step() before you clip)"
+            )
     return notes
 
 
@@ -548,8 +563,10 @@ def format_json(summaries: Sequence[RunSummary], diff_only: bool = False) -> str
     records = [s.to_record() for s in summaries]
     if diff_only:
         diff = differing_params(summaries)
-        records = [{"run_id": r["run_id"], "run_name": r["run_name"], "params": diff[r["run_name"]]}
-                   for r in records]  # fmt: skip
+        records = [
+            {"run_id": r["run_id"], "run_name": r["run_name"], "params": diff[r["run_name"]]}
+            for r in records
+        ]
     return json.dumps(records, indent=2, allow_nan=False)
 
 
@@ -561,11 +578,30 @@ def format_csv(summaries: Sequence[RunSummary], diff_only: bool = False) -> str:
         fields = ["run_id", "run_name", *(f"params.{k}" for k in pkeys)]
     else:
         pkeys = sorted({k for s in summaries for k in s.params})
-        fields = ["run_id", "run_name", "status", *(f"params.{k}" for k in pkeys), "last_step",
-                  "first_loss", "final_loss", "best_loss", "start_loss", "end_loss", "diverged",
-                  "stalled", "checks", "checks_failed", "checks_explained", "checks_call_order",
-                  "checks_inconclusive", "checks_clipped",
-                  "max_rel_error", "alerts", "alert_rules", "verdict"]  # fmt: skip
+        fields = [
+            "run_id",
+            "run_name",
+            "status",
+            *(f"params.{k}" for k in pkeys),
+            "last_step",
+            "first_loss",
+            "final_loss",
+            "best_loss",
+            "start_loss",
+            "end_loss",
+            "diverged",
+            "stalled",
+            "checks",
+            "checks_failed",
+            "checks_explained",
+            "checks_call_order",
+            "checks_inconclusive",
+            "checks_clipped",
+            "max_rel_error",
+            "alerts",
+            "alert_rules",
+            "verdict",
+        ]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()

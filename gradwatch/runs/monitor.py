@@ -697,8 +697,14 @@ class _Tally:
     failed: int = 0
 
 
-def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, minutes: float,
-                    rule: Rule | None = None, webhooks: bool = False) -> Alert | None:  # fmt: skip
+def stale_run_alert(
+    run: Any,
+    histories: Mapping[str, Sequence],
+    now: float,
+    minutes: float,
+    rule: Rule | None = None,
+    webhooks: bool = False,
+) -> Alert | None:
     """``stale_run`` when RUNNING ``run``'s newest step is older than ``minutes`` at ``now``.
 
     Without a configured ``rule`` the alert is logged, recorded in the run and sent to every
@@ -720,7 +726,7 @@ def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, min
         message=(
             f"run is RUNNING but logged no step for {idle / 60:.0f} min (last step "
             f"{last_step} at {since}); did its process or host die?"
-        ),  # fmt: skip
+        ),
         details={"minutes_idle": round(idle / 60, 1), "last_step": last_step},
         actions=tuple(rule.actions) if rule is not None else default_actions,
         timestamp=last_ms / 1000.0,
@@ -730,6 +736,11 @@ def stale_run_alert(run: Any, histories: Mapping[str, Sequence], now: float, min
 def alert_for_run(alert: Alert, run: Any) -> Alert:
     """``alert`` with the run named in its message and details (a channel sees many runs)."""
     name = run.info.run_name or run.info.run_id
-    details = {**alert.details, "run_id": run.info.run_id, "run_name": name,
-               "experiment_id": run.info.experiment_id, "source": "gradwatch monitor"}  # fmt: skip
+    details = {
+        **alert.details,
+        "run_id": run.info.run_id,
+        "run_name": name,
+        "experiment_id": run.info.experiment_id,
+        "source": "gradwatch monitor",
+    }
     return dataclasses.replace(alert, message=f"run {name}: {alert.message}", details=details)

@@ -109,8 +109,9 @@ def plot_runs(curves: Sequence[RunCurves], path: str, title: str | None = None) 
     return path
 
 
-def _decorate(fig: Any, ax_loss: Any, ax_err: Any, any_loss: bool, any_err: bool,
-              top: float | None) -> None:  # fmt: skip
+def _decorate(
+    fig: Any, ax_loss: Any, ax_err: Any, any_loss: bool, any_err: bool, top: float | None
+) -> None:
     ax_loss.set_ylabel("loss")
     ax_err.set_ylabel("gradient check: max relative error")
     ax_err.set_xlabel("step")

@@ -258,9 +258,13 @@ def _launch(run: SweepRun, timeout: float | None) -> SweepResult:
     with open(run.log_path, "wb") as log:
         try:
             proc = subprocess.run(
-                run.command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout,
+                run.command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                timeout=timeout,
                 stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+            )
             code = proc.returncode
         except subprocess.TimeoutExpired:
             log.write(f"\n[gradwatch sweep] killed after {timeout} s\n".encode())

@@ -129,8 +129,7 @@ def _rose(levels: Sequence[float], low: float) -> bool:
 def _exploded_at_end(values: Sequence[float], low: float, start: float) -> bool:
     """The last few steps all sit far above the best (too late for the tenths to show it)."""
     tail = values[-TAIL_STEPS:]
-    return len(values) > TAIL_STEPS and all(v > DIVERGENCE_FACTOR * low and v > start
-                                            for v in tail)  # fmt: skip
+    return len(values) > TAIL_STEPS and all(v > DIVERGENCE_FACTOR * low and v > start for v in tail)
 
 
 def _blew_up(values: Sequence[float], end: float, noise: float) -> bool:

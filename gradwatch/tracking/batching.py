@@ -63,8 +63,20 @@ Metric = tuple[str, float, int, int]  # key, value, timestamp ms, step
 class Batch:
     """One log_batch call plus the journal records it completes."""
 
-    __slots__ = ("metrics", "params", "tags", "nbytes", "kind", "end_offset", "end_seq",
-                 "records", "last_ts", "art_lines", "files", "end")  # fmt: skip
+    __slots__ = (
+        "metrics",
+        "params",
+        "tags",
+        "nbytes",
+        "kind",
+        "end_offset",
+        "end_seq",
+        "records",
+        "last_ts",
+        "art_lines",
+        "files",
+        "end",
+    )
 
     def __init__(self, end_offset: int, end_seq: int) -> None:
         self.metrics: list[Metric] = []
@@ -97,7 +109,9 @@ class Batch:
         if kind == "metric":
             return self.kind == "params" or len(self.metrics) >= MAX_METRICS
         if kind == "tag":
-            return self.kind == "params" or (key not in self.tags and len(self.tags) >= MAX_PARAMS_TAGS)  # fmt: skip
+            return self.kind == "params" or (
+                key not in self.tags and len(self.tags) >= MAX_PARAMS_TAGS
+            )
         # A repeated param key goes to its own request (MLflow refuses a changed value).
         return self.kind == "data" or key in self.params or len(self.params) >= MAX_PARAMS_TAGS
 
@@ -152,7 +166,9 @@ def plan_batches(
         elif kind == METRICS:
             ts, step = rec.get("ts"), rec.get("st")
             if not (_in_int64(ts) and _in_int64(step)):
-                plan.rejected.append(("step", str(step), "step or timestamp is not a 64-bit integer"))  # fmt: skip
+                plan.rejected.append(
+                    ("step", str(step), "step or timestamp is not a 64-bit integer")
+                )
             else:
                 for key, raw in (rec.get("m") or {}).items():
                     value = _as_float(raw)

@@ -69,8 +69,12 @@ class ClientStore:
             exp = self.client.get_experiment_by_name(name)
             if exp is not None:
                 if exp.lifecycle_stage == "deleted":
-                    raise StoreError(f"experiment {name!r} is deleted on {self.shown_uri}; restore it "
-                                     "or log to another experiment", "fatal", "EXPERIMENT_DELETED")  # fmt: skip
+                    raise StoreError(
+                        f"experiment {name!r} is deleted on {self.shown_uri}; restore it "
+                        "or log to another experiment",
+                        "fatal",
+                        "EXPERIMENT_DELETED",
+                    )
                 return str(exp.experiment_id)
             try:
                 return str(self.client.create_experiment(name))
@@ -85,8 +89,14 @@ class ClientStore:
         return runs[0].info.run_id if runs else None
 
     @_translated
-    def create_run(self, experiment_id: str, user: str, start_ms: int | None,
-                   tags: dict[str, str], name: str | None) -> str:  # fmt: skip
+    def create_run(
+        self,
+        experiment_id: str,
+        user: str,
+        start_ms: int | None,
+        tags: dict[str, str],
+        name: str | None,
+    ) -> str:
         tags = dict(tags)
         tags.setdefault("mlflow.user", user)
         run = self.client.create_run(experiment_id, start_time=start_ms, tags=tags, run_name=name)

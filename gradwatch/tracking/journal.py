@@ -327,8 +327,12 @@ class JournalWriter:
 
     def _fall_back_to_writes(self, seq: int, line: bytes, err: BaseException) -> int | None:
         """No shared map on this platform or file system: ``pwrite`` every line from now on."""
-        logger.warning("gradwatch: journal %s: cannot map it (%s: %s); writing each line "
-                       "instead (slower)", self.path, type(err).__name__, err)  # fmt: skip
+        logger.warning(
+            "gradwatch: journal %s: cannot map it (%s: %s); writing each line instead (slower)",
+            self.path,
+            type(err).__name__,
+            err,
+        )
         self._writes = True
         try:
             return self._pwrite(seq, line)

@@ -66,8 +66,14 @@ class ShipperHandle(Protocol):
 class ShipLoop:
     """Runs ``shipper.step()`` in a daemon thread until closed, aborted or fatally refused."""
 
-    def __init__(self, shipper: Shipper, close_when_finalized: bool = False, niceness: int = 0,
-                 owns_shipper: bool = True, on_started: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        shipper: Shipper,
+        close_when_finalized: bool = False,
+        niceness: int = 0,
+        owns_shipper: bool = True,
+        on_started: Callable[[], None] | None = None,
+    ) -> None:
         """``niceness``: lower this thread's priority by that much (Linux: per thread), so
         training gets the CPU first; ``owns_shipper``: close the shipper when the loop ends;
         ``on_started``: called once after the first round (the store is open, the run exists,
@@ -82,7 +88,9 @@ class ShipLoop:
         self._kicked = self._data_ready = self._abort = False
         self._closing = close_when_finalized  # exit once the run is finalized
         self._close_requested = False
-        self._thread = threading.Thread(target=self._run, name=f"gradwatch-shipper-{shipper.journal_id[:8]}", daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._run, name=f"gradwatch-shipper-{shipper.journal_id[:8]}", daemon=True
+        )
 
     # -- the handle interface --------------------------------------------------------
     @property
@@ -178,7 +186,9 @@ class ShipLoop:
         if self._niceness:
             try:
                 here = threading.get_native_id()
-                os.setpriority(os.PRIO_PROCESS, here, os.getpriority(os.PRIO_PROCESS, here) + self._niceness)  # fmt: skip
+                os.setpriority(
+                    os.PRIO_PROCESS, here, os.getpriority(os.PRIO_PROCESS, here) + self._niceness
+                )
             except (OSError, AttributeError):
                 pass
             self._niceness = 0
@@ -202,8 +212,11 @@ class ShipLoop:
                     self._note_failure(err)
                     self._started()
                     if self.shipper.state.fatal:
-                        logger.error("gradwatch: %s; shipping stopped, the journal %s keeps the data",
-                                     self.shipper.state.fatal, self.shipper.path)  # fmt: skip
+                        logger.error(
+                            "gradwatch: %s; shipping stopped, the journal %s keeps the data",
+                            self.shipper.state.fatal,
+                            self.shipper.path,
+                        )
                         return
                     self._sleep(self._backoff.next(), wake_on_data=False)
                     full_only = False
@@ -233,8 +246,11 @@ class ShipLoop:
         self._backoff.reset()
         self.shipper.note_failing(None)
         if self.failing_since is not None:
-            logger.warning("gradwatch: MLflow at %s reachable again after %.1f s; shipping the "
-                           "backlog", self.shipper.shown_uri, time.monotonic() - self.failing_since)  # fmt: skip
+            logger.warning(
+                "gradwatch: MLflow at %s reachable again after %.1f s; shipping the backlog",
+                self.shipper.shown_uri,
+                time.monotonic() - self.failing_since,
+            )
             self.failing_since = None
 
     def _note_failure(self, err: BaseException) -> None:
@@ -245,7 +261,11 @@ class ShipLoop:
         self.shipper.note_failing(text[0][:300] if isinstance(err, StoreError) and text else short)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
-            logger.warning("gradwatch: cannot ship to MLflow at %s (%s); data kept in %s, retrying",
-                           self.shipper.shown_uri, short, self.shipper.path)  # fmt: skip
+            logger.warning(
+                "gradwatch: cannot ship to MLflow at %s (%s); data kept in %s, retrying",
+                self.shipper.shown_uri,
+                short,
+                self.shipper.path,
+            )
         else:
             logger.debug("gradwatch: shipping still failing: %s", short)

@@ -78,19 +78,30 @@ class RestApiStore:
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
             if self._https:
-                ctx = ssl.create_default_context(cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"))  # fmt: skip
+                ctx = ssl.create_default_context(
+                    cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH")
+                )
                 if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
                     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self.request_timeout, context=ctx)  # fmt: skip
+                self._conn = http.client.HTTPSConnection(
+                    self._host, self._port, timeout=self.request_timeout, context=ctx
+                )
             else:
-                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self.request_timeout)  # fmt: skip
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self.request_timeout
+                )
         self._conn.timeout = self.request_timeout
         if self._conn.sock is not None:
             self._conn.sock.settimeout(self.request_timeout)
         return self._conn
 
-    def _request(self, method: str, path: str, body: bytes | None = None,
-                 headers: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         url = self._base + path
         for attempt in range(2):
             reused = self._conn is not None and self._conn.sock is not None
@@ -126,7 +137,9 @@ class RestApiStore:
         text = f"{method} {self.shown_uri}{path}: HTTP {resp.status} {code or ''}: {message}"
         raise StoreError(mask_uri(text)[:1000], kind, code)
 
-    def _call(self, endpoint: str, body: dict[str, Any] | None = None, get: bool = False) -> dict[str, Any]:  # fmt: skip
+    def _call(
+        self, endpoint: str, body: dict[str, Any] | None = None, get: bool = False
+    ) -> dict[str, Any]:
         if get:
             query = urllib.parse.urlencode(body or {})
             return self._request("GET", f"{API}{endpoint}?{query}")
@@ -143,14 +156,20 @@ class RestApiStore:
             return str(experiment_id or "0")
         for attempt in range(2):
             try:
-                exp = self._call("experiments/get-by-name", {"experiment_name": name}, get=True)["experiment"]  # fmt: skip
+                exp = self._call("experiments/get-by-name", {"experiment_name": name}, get=True)[
+                    "experiment"
+                ]
             except StoreError as err:
                 if err.code != "RESOURCE_DOES_NOT_EXIST":
                     raise
             else:
                 if exp.get("lifecycle_stage") == "deleted":
-                    raise StoreError(f"experiment {name!r} is deleted on {self.shown_uri}; restore it "
-                                     "or log to another experiment", "fatal", "EXPERIMENT_DELETED")  # fmt: skip
+                    raise StoreError(
+                        f"experiment {name!r} is deleted on {self.shown_uri}; restore it "
+                        "or log to another experiment",
+                        "fatal",
+                        "EXPERIMENT_DELETED",
+                    )
                 return str(exp["experiment_id"])
             try:
                 return str(self._call("experiments/create", {"name": name})["experiment_id"])
@@ -160,15 +179,28 @@ class RestApiStore:
         raise StoreError(f"experiment {name!r} could not be found or created", "transient")
 
     def find_run(self, experiment_id: str, tag: str, value: str) -> str | None:
-        body = {"experiment_ids": [experiment_id], "filter": f"tags.`{tag}` = '{value}'",
-                "run_view_type": "ACTIVE_ONLY", "max_results": 1}  # fmt: skip
+        body = {
+            "experiment_ids": [experiment_id],
+            "filter": f"tags.`{tag}` = '{value}'",
+            "run_view_type": "ACTIVE_ONLY",
+            "max_results": 1,
+        }
         runs = self._call("runs/search", body).get("runs") or []
         return runs[0]["info"]["run_id"] if runs else None
 
-    def create_run(self, experiment_id: str, user: str, start_ms: int | None,
-                   tags: dict[str, str], name: str | None) -> str:  # fmt: skip
-        body: dict[str, Any] = {"experiment_id": experiment_id, "user_id": user,
-                                "tags": [{"key": k, "value": v} for k, v in tags.items()]}  # fmt: skip
+    def create_run(
+        self,
+        experiment_id: str,
+        user: str,
+        start_ms: int | None,
+        tags: dict[str, str],
+        name: str | None,
+    ) -> str:
+        body: dict[str, Any] = {
+            "experiment_id": experiment_id,
+            "user_id": user,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
         if start_ms is not None:
             body["start_time"] = start_ms
         if name:
@@ -188,7 +220,7 @@ class RestApiStore:
                     "step": st,
                 }
                 for k, v, ts, st in metrics
-            ],  # fmt: skip
+            ],
             "params": [{"key": k, "value": v} for k, v in params],
             "tags": [{"key": k, "value": v} for k, v in tags],
         }
@@ -209,14 +241,22 @@ class RestApiStore:
         self._call("runs/update", body)
 
     def upload(self, run_id: str, local_file: Path, artifact_dir: str | None) -> None:
-        artifact_uri = self._artifact_uris.get(run_id) or self._run_info(run_id).get("artifact_uri", "")  # fmt: skip
+        artifact_uri = self._artifact_uris.get(run_id) or self._run_info(run_id).get(
+            "artifact_uri", ""
+        )
         if not artifact_uri.startswith("mlflow-artifacts:"):
             return self._upload_with_mlflow(run_id, local_file, artifact_dir)
         root = urllib.parse.urlsplit(artifact_uri).path.strip("/")
-        parts = [root, *(artifact_dir.strip("/").split("/") if artifact_dir else []), local_file.name]  # fmt: skip
+        parts = [
+            root,
+            *(artifact_dir.strip("/").split("/") if artifact_dir else []),
+            local_file.name,
+        ]
         path = ARTIFACTS_API + "/".join(urllib.parse.quote(p) for p in parts if p)
         headers = dict(self._headers)
-        headers["Content-Type"] = mimetypes.guess_type(local_file.name)[0] or "application/octet-stream"  # fmt: skip
+        headers["Content-Type"] = (
+            mimetypes.guess_type(local_file.name)[0] or "application/octet-stream"
+        )
         self._request("PUT", path, local_file.read_bytes(), headers)
 
     def _upload_with_mlflow(self, run_id: str, local_file: Path, artifact_dir: str | None) -> None:

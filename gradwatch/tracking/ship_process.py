@@ -110,9 +110,12 @@ class ProcessShipper:
             os.set_blocking(self._pipe, False)
 
     @classmethod
-    def start(cls, path: Path, header: dict[str, Any], settings: ShipperSettings,
-              tracking_uri: str) -> ProcessShipper:  # fmt: skip
-        log_fd = os.open(ship_log_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)  # fmt: skip
+    def start(
+        cls, path: Path, header: dict[str, Any], settings: ShipperSettings, tracking_uri: str
+    ) -> ProcessShipper:
+        log_fd = os.open(
+            ship_log_path(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
         # The ship lock is taken here and handed to the child (same open file, same lock), so
         # it is held from this moment on: a `gradwatch sync` right after training exits sees
         # the shipper even if that process has not finished starting.
@@ -123,14 +126,25 @@ class ProcessShipper:
             proc = subprocess.Popen(
                 # Not `-m gradwatch.tracking.ship_process`: the package imports this module
                 # first, and runpy would warn into the ship log about running it twice.
-                [sys.executable, "-c", _CHILD_MAIN, str(path),
-                 "--settings", json.dumps(asdict(settings)),
-                 "--lock-fd", str(-1 if lock_fd is None else lock_fd),
-                 "--announce-fd", str(announce_fd)],
-                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log_fd, close_fds=True,
+                [
+                    sys.executable,
+                    "-c",
+                    _CHILD_MAIN,
+                    str(path),
+                    "--settings",
+                    json.dumps(asdict(settings)),
+                    "--lock-fd",
+                    str(-1 if lock_fd is None else lock_fd),
+                    "--announce-fd",
+                    str(announce_fd),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=log_fd,
+                close_fds=True,
                 pass_fds=tuple(fd for fd in (lock_fd, announce_fd) if fd is not None and fd >= 0),
                 env=shipper_env(tracking_uri, settings),
-            )  # fmt: skip
+            )
         finally:
             os.close(log_fd)
             release(lock_fd)
@@ -238,7 +252,9 @@ def _announcer(fd: int | None):
     return announce
 
 
-def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd: int | None = None) -> int:  # fmt: skip
+def _child(
+    path: Path, settings: ShipperSettings, lock: int | None, announce_fd: int | None = None
+) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     if lock is None:  # the parent could not take it (a sync holds it): wait for that
@@ -246,8 +262,13 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
     shipper = Shipper(path, settings=settings, announce=_announcer(announce_fd))
     # While training runs, the shipping thread is niced; once the training process closes
     # the run, a fresh thread at normal priority ships the rest (niceness cannot be undone).
-    loop = ShipLoop(shipper, close_when_finalized=True, niceness=NICENESS, owns_shipper=False,
-                    on_started=_freeze_startup_heap).start()  # fmt: skip
+    loop = ShipLoop(
+        shipper,
+        close_when_finalized=True,
+        niceness=NICENESS,
+        owns_shipper=False,
+        on_started=_freeze_startup_heap,
+    ).start()
     closing = remove_when_landed = False
     stdin = sys.stdin.fileno()
     orphaned_at: float | None = None
@@ -271,11 +292,14 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
                     loop.abort()  # after its current request: never two threads on the store
                     loop.join(ORPHAN_GRACE)
                     if loop.alive():
-                        logger.warning("gradwatch: shipping stuck; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
+                        logger.warning(
+                            "gradwatch: shipping stuck; leaving the rest of %s to `gradwatch sync`",
+                            path,
+                        )
                         break
                     # The start-up heap is frozen already; freezing again would keep
                     # whatever garbage exists now for good.
-                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False).start()  # fmt: skip
+                    loop = ShipLoop(shipper, close_when_finalized=True, owns_shipper=False).start()
                 else:
                     loop.kick()
             continue
@@ -287,11 +311,17 @@ def _child(path: Path, settings: ShipperSettings, lock: int | None, announce_fd:
             try:
                 shipper.finalize_incomplete()
             except Exception as err:  # noqa: BLE001 - `gradwatch sync` can still do it
-                logger.warning("gradwatch: could not end the orphaned run (%s); `gradwatch sync %s` will", err, path)  # fmt: skip
+                logger.warning(
+                    "gradwatch: could not end the orphaned run (%s); `gradwatch sync %s` will",
+                    err,
+                    path,
+                )
             shipper.close()
             return 0
         if time.monotonic() - orphaned_at > ORPHAN_GRACE:
-            logger.warning("gradwatch: training process gone; leaving the rest of %s to `gradwatch sync`", path)  # fmt: skip
+            logger.warning(
+                "gradwatch: training process gone; leaving the rest of %s to `gradwatch sync`", path
+            )
             break
         time.sleep(0.2)
     loop.abort()

@@ -97,9 +97,14 @@ def _tail_can_wait(plan: BatchPlan) -> bool:
 class Shipper:
     """Ships one journal to MLflow; see the module docstring."""
 
-    def __init__(self, journal_path: str | os.PathLike, tracking_uri: str | None = None,
-                 settings: ShipperSettings | None = None, header: dict[str, Any] | None = None,
-                 announce: Callable[[str], object] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        journal_path: str | os.PathLike,
+        tracking_uri: str | None = None,
+        settings: ShipperSettings | None = None,
+        header: dict[str, Any] | None = None,
+        announce: Callable[[str], object] | None = None,
+    ) -> None:
         """``announce``: gets the "View run ... at: URL" line once the run is created."""
         self.announce = announce
         self.path = Path(journal_path).absolute()
@@ -191,7 +196,9 @@ class Shipper:
             batches = batches[:-1]
         for end_offset in plan.corrupt:
             self.corrupt_lines += 1
-            logger.warning("gradwatch: skipping a corrupt line ending at byte %d of %s", end_offset, self.path)  # fmt: skip
+            logger.warning(
+                "gradwatch: skipping a corrupt line ending at byte %d of %s", end_offset, self.path
+            )
         for kind, key, why in plan.rejected:
             self._drop(kind, key, why)
         chunk_full = end - start >= self.settings.chunk_bytes // 2
@@ -260,10 +267,15 @@ class Shipper:
         found = self.store.find_run(exp_id, JOURNAL_ID_TAG, self.journal_id)
         if found:
             return found
-        tags = {safe_key(k): truncate_value(str(v), MAX_TAG_VALUE) for k, v in (self.header.get("tags") or {}).items()}  # fmt: skip
+        tags = {
+            safe_key(k): truncate_value(str(v), MAX_TAG_VALUE)
+            for k, v in (self.header.get("tags") or {}).items()
+        }
         tags[JOURNAL_ID_TAG] = self.journal_id
         user = self.header.get("user") or "unknown"
-        run_id = self.store.create_run(exp_id, user, self.header.get("ts"), tags, self.header.get("name"))  # fmt: skip
+        run_id = self.store.create_run(
+            exp_id, user, self.header.get("ts"), tags, self.header.get("name")
+        )
         logger.info("gradwatch: created MLflow run %s for journal %s", run_id, self.path)
         url = run_url(self.tracking_uri, exp_id, run_id)
         if url and self.announce is not None:  # as MLflow's own client shows a new run
@@ -278,7 +290,9 @@ class Shipper:
         for rec in batch.files:
             local = (self.files / str(rec.get("src", ""))).resolve()
             if not local.is_relative_to(base):  # a crafted record must not upload ~/.ssh/...
-                self._drop("artifact", str(rec.get("src")), "source is outside the journal's own folder")  # fmt: skip
+                self._drop(
+                    "artifact", str(rec.get("src")), "source is outside the journal's own folder"
+                )
             elif not local.is_file():
                 self._drop("artifact", str(rec.get("src")), f"copied file {local} is missing")
             else:
@@ -302,8 +316,12 @@ class Shipper:
             if not _is_rejection(err):
                 raise
         if self.store.run_lifecycle(self.state.run_id) != "active":
-            raise StoreError(f"MLflow run {self.state.run_id} is deleted on {self.shown_uri}; "
-                             f"restore it to receive the data kept in {self.path}", "fatal", "RUN_DELETED")  # fmt: skip
+            raise StoreError(
+                f"MLflow run {self.state.run_id} is deleted on {self.shown_uri}; "
+                f"restore it to receive the data kept in {self.path}",
+                "fatal",
+                "RUN_DELETED",
+            )
         send = lambda m, p, t: self.store.log_batch(self.state.run_id, m, p, t)  # noqa: E731
         for kind, entity, err in send_bisecting(send, metrics, params, tags, _is_rejection):
             self._reject_one(kind, entity, err)
@@ -312,8 +330,12 @@ class Shipper:
         if kind == "param":
             # MLflow refuses to change a logged param: keep the new value as a tag instead.
             key = safe_key(PARAM_CONFLICT_TAG + entity[0])
-            logger.warning("gradwatch: param %r already has another value in run %s; new value "
-                           "kept as tag %r", entity[0], self.state.run_id, key)  # fmt: skip
+            logger.warning(
+                "gradwatch: param %r already has another value in run %s; new value kept as tag %r",
+                entity[0],
+                self.state.run_id,
+                key,
+            )
             try:
                 self.store.log_batch(self.state.run_id, [], [], [(key, entity[1])])
                 return
@@ -385,7 +407,9 @@ class Shipper:
         st = self.state
         dirty = [p for p, n in st.artifact_sizes.items() if st.artifacts_uploaded.get(p) != n]
         now = time.monotonic()
-        if not dirty or (not force and now - self._last_artifact_upload < self.settings.artifact_interval):  # fmt: skip
+        if not dirty or (
+            not force and now - self._last_artifact_upload < self.settings.artifact_interval
+        ):
             return
         for artifact_path in dirty:
             local, directory = lines_path(self.files, artifact_path)
@@ -413,8 +437,13 @@ class Shipper:
         # again cannot help. It stays beside the journal; a longer version is tried when the
         # file grows, and at the end of the run.
         if artifact_path not in self._refused:
-            logger.warning("gradwatch: MLflow refuses artifact %s (%s); it is kept in %s and "
-                           "tried again when it changes", artifact_path, err, self.files)  # fmt: skip
+            logger.warning(
+                "gradwatch: MLflow refuses artifact %s (%s); it is kept in %s and "
+                "tried again when it changes",
+                artifact_path,
+                err,
+                self.files,
+            )
         self._refused[artifact_path] = str(err)
 
     def close(self) -> None:

@@ -35,8 +35,14 @@ class Store(Protocol):
 
     def experiment_id(self, name: str | None, experiment_id: str | None) -> str: ...
     def find_run(self, experiment_id: str, tag: str, value: str) -> str | None: ...
-    def create_run(self, experiment_id: str, user: str, start_ms: int | None,
-                   tags: dict[str, str], name: str | None) -> str: ...  # fmt: skip
+    def create_run(
+        self,
+        experiment_id: str,
+        user: str,
+        start_ms: int | None,
+        tags: dict[str, str],
+        name: str | None,
+    ) -> str: ...
     def log_batch(self, run_id: str, metrics: list, params: list, tags: list) -> None: ...
     def run_lifecycle(self, run_id: str) -> str: ...
     def end_run(self, run_id: str, status: str, end_ms: int | None) -> None: ...
@@ -46,8 +52,14 @@ class Store(Protocol):
 
 def _needs_mlflow_auth() -> bool:
     """True if the server's credentials come from something only MLflow itself reads."""
-    if any(os.environ.get(v) for v in ("MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_AWS_SIGV4",
-                                       "MLFLOW_TRACKING_CLIENT_CERT_PATH")):  # fmt: skip
+    if any(
+        os.environ.get(v)
+        for v in (
+            "MLFLOW_TRACKING_AUTH",
+            "MLFLOW_TRACKING_AWS_SIGV4",
+            "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+        )
+    ):
         return True
     return (Path.home() / ".mlflow" / "credentials").exists()
 

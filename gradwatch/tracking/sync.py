@@ -23,7 +23,7 @@ from pathlib import Path
 from gradwatch.errors import TrackingError
 from gradwatch.secrets import mask_uri
 from gradwatch.tracking.backoff import Backoff
-from gradwatch.tracking.journal import (  # fmt: skip
+from gradwatch.tracking.journal import (
     DEFAULT_JOURNAL_DIR,
     is_live,
     journal_files,
@@ -36,8 +36,17 @@ from gradwatch.tracking.ship_process import ship_lock_path, shipper_running
 from gradwatch.tracking.state import ShipperSettings, ShipState
 from gradwatch.tracking.tracker import display_path, pending_message, remove_journal
 
-__all__ = ["JournalStatus", "PruneSummary", "SyncResult", "SyncSummary", "journal_status",
-           "pending_journals", "prune_journals", "sync_all", "sync_journal"]  # fmt: skip
+__all__ = [
+    "JournalStatus",
+    "PruneSummary",
+    "SyncResult",
+    "SyncSummary",
+    "journal_status",
+    "pending_journals",
+    "prune_journals",
+    "sync_all",
+    "sync_journal",
+]
 
 
 @dataclass(frozen=True)
@@ -104,8 +113,10 @@ def journal_status(journal_path: str | os.PathLike) -> JournalStatus:
     if is_live(path):
         waiting_for = f"its training process (pid {header.get('pid')}) is still writing it"
     elif shipper_running(path):
-        waiting_for = ("its shipper process is still sending it (it stops at most a minute "
-                       "after its training process ended)")  # fmt: skip
+        waiting_for = (
+            "its shipper process is still sending it (it stops at most a minute "
+            "after its training process ended)"
+        )
     return JournalStatus(
         path=path,
         journal_id=header["id"],
@@ -169,31 +180,43 @@ def sync_journal(
     deadline = time.monotonic() + timeout
     path = Path(journal_path)
     if not path.is_file():
-        raise TrackingError(f"sync: journal {journal_path} does not exist; list journals with `gradwatch sync`")  # fmt: skip
+        raise TrackingError(
+            f"sync: journal {journal_path} does not exist; list journals with `gradwatch sync`"
+        )
     try:
         header = read_header(path)
         header["id"], header["uri"]
     except (OSError, ValueError, KeyError) as err:  # before any lock file is created beside it
-        raise TrackingError(f"sync: {display_path(path)} is not a gradwatch journal ({err}); "
-                            "name a .jsonl file from .gradwatch/journal") from None  # fmt: skip
+        raise TrackingError(
+            f"sync: {display_path(path)} is not a gradwatch journal ({err}); "
+            "name a .jsonl file from .gradwatch/journal"
+        ) from None
     lock_fd = try_lock(path)
     if lock_fd is None:
-        raise TrackingError(f"sync: journal {display_path(path)} is still being written by its training "
-                            "process; its own shipper is sending it (sync it after that process exits)")  # fmt: skip
+        raise TrackingError(
+            f"sync: journal {display_path(path)} is still being written by its training "
+            "process; its own shipper is sending it (sync it after that process exits)"
+        )
     try:
         try:
             ship_lock = lock_within(ship_lock_path(path), min(SHIP_LOCK_WAIT, timeout), create=True)
         except OSError as err:  # a read-only folder: sync must write its state beside it
             raise TrackingError(_unwritable(path, err)) from None
         if ship_lock is None:
-            raise TrackingError(f"sync: journal {display_path(path)} is being shipped by its shipper process "
-                                "right now (it stops at most a minute after its training process ended); "
-                                "sync it after that")  # fmt: skip
+            raise TrackingError(
+                f"sync: journal {display_path(path)} is being shipped by its shipper process "
+                "right now (it stops at most a minute after its training process ended); "
+                "sync it after that"
+            )
         try:
             from gradwatch.tracking.shipper import Shipper
 
-            shipper = Shipper(path, tracking_uri=_real_uri(header["uri"], tracking_uri),
-                              settings=settings, header=header)  # fmt: skip
+            shipper = Shipper(
+                path,
+                tracking_uri=_real_uri(header["uri"], tracking_uri),
+                settings=settings,
+                header=header,
+            )
             try:
                 return _sync(shipper, deadline)
             finally:
@@ -262,7 +285,9 @@ def _sync(shipper, deadline: float) -> SyncResult:
     return _result(shipper, shipped_before, already, last_error)
 
 
-def _result(shipper, shipped_before: int, already: bool, last_error: BaseException | None) -> SyncResult:  # fmt: skip
+def _result(
+    shipper, shipped_before: int, already: bool, last_error: BaseException | None
+) -> SyncResult:
     st = shipper.state
     pending = _count_lines(shipper.path, st.offset)
     shipped = st.shipped - shipped_before
@@ -270,7 +295,7 @@ def _result(shipper, shipped_before: int, already: bool, last_error: BaseExcepti
     if already:
         message = f"gradwatch: {shown} already synced to run {st.run_id}; nothing to do"
     elif st.fatal:
-        message = f"gradwatch: MLflow refuses {shown}: {st.fatal}; the journal keeps its {max(pending, 1)} records"  # fmt: skip
+        message = f"gradwatch: MLflow refuses {shown}: {st.fatal}; the journal keeps its {max(pending, 1)} records"
     elif pending or not shipper.finalized:
         message = pending_message(max(pending, 1), shipper.path)
         if last_error is not None:
@@ -285,11 +310,17 @@ def _result(shipper, shipped_before: int, already: bool, last_error: BaseExcepti
             "interrupted by a crash) and is not a record: skipped"
         )
     return SyncResult(
-        journal_path=shipper.path, run_id=st.run_id, shipped=shipped,
-        pending=pending if shipper.finalized else max(pending, 1), status=st.finalized,
-        incomplete=st.incomplete, already_synced=already, dropped=st.dropped,
-        message=mask_uri(message), error=st.fatal,
-    )  # fmt: skip
+        journal_path=shipper.path,
+        run_id=st.run_id,
+        shipped=shipped,
+        pending=pending if shipper.finalized else max(pending, 1),
+        status=st.finalized,
+        incomplete=st.incomplete,
+        already_synced=already,
+        dropped=st.dropped,
+        message=mask_uri(message),
+        error=st.fatal,
+    )
 
 
 @dataclass
@@ -363,8 +394,10 @@ class PruneSummary:
 
     @property
     def message(self) -> str:
-        return (f"pruned {len(self.removed)} landed journal(s), {self.bytes_freed / 1e6:.1f} MB; "
-                f"kept {len(self.kept)} not fully landed")  # fmt: skip
+        return (
+            f"pruned {len(self.removed)} landed journal(s), {self.bytes_freed / 1e6:.1f} MB; "
+            f"kept {len(self.kept)} not fully landed"
+        )
 
 
 def _size(paths: list[Path]) -> int:
@@ -388,17 +421,28 @@ def prune_journals(journal_dir: str | os.PathLike | None = None) -> PruneSummary
     removed, kept, freed = [], [], 0
     for status in _journals(directory):
         dropped = ShipState.load(state_path(status.path)).dropped
-        why = (status.waiting_for or status.error or (f"{status.pending} records pending" if status.pending else None)
-               or (None if status.finalized else "run not ended") or (f"{dropped} entities dropped" if dropped else None))  # fmt: skip
+        why = (
+            status.waiting_for
+            or status.error
+            or (f"{status.pending} records pending" if status.pending else None)
+            or (None if status.finalized else "run not ended")
+            or (f"{dropped} entities dropped" if dropped else None)
+        )
         if why:
             kept.append((status.path, why))
             continue
         freed += _size(journal_files(status.path))
         remove_journal(status.path)
         removed.append(status.path)
-    for stray in [*directory.glob("*.state.json"), *directory.glob("*.ship.*"), *directory.glob("*.files")]:  # fmt: skip
+    for stray in [
+        *directory.glob("*.state.json"),
+        *directory.glob("*.ship.*"),
+        *directory.glob("*.files"),
+    ]:
         stem = stray.name.split(".")[0]
-        if not (directory / f"{stem}.jsonl").exists() and not shipper_running(directory / f"{stem}.jsonl"):  # fmt: skip
+        if not (directory / f"{stem}.jsonl").exists() and not shipper_running(
+            directory / f"{stem}.jsonl"
+        ):
             freed += _size([stray])
             remove_journal(directory / f"{stem}.jsonl")
     return PruneSummary(removed, kept, freed)

@@ -208,8 +208,14 @@ class CloseResult:
 class RunTracker:
     """One MLflow run fed through a journal. Create it with ``open_run``."""
 
-    def __init__(self, writer: JournalWriter, header: dict[str, Any], settings: ShipperSettings,
-                 tracking_uri: str, keep_journal: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        writer: JournalWriter,
+        header: dict[str, Any],
+        settings: ShipperSettings,
+        tracking_uri: str,
+        keep_journal: bool = False,
+    ) -> None:
         self._writer = writer
         self.header = header
         self.journal_path: Path = writer.path
@@ -233,10 +239,17 @@ class RunTracker:
             try:
                 self._shipper = ProcessShipper.start(writer.path, header, settings, tracking_uri)
             except OSError as err:  # no process to spare: a thread still ships everything
-                logger.warning("gradwatch: cannot start a shipper process (%s); using a thread", err)  # fmt: skip
+                logger.warning(
+                    "gradwatch: cannot start a shipper process (%s); using a thread", err
+                )
         if self._shipper is None:
-            shipper = Shipper(writer.path, tracking_uri, settings=settings, header=header,
-                              announce=lambda text: print(text, file=sys.stderr))  # fmt: skip
+            shipper = Shipper(
+                writer.path,
+                tracking_uri,
+                settings=settings,
+                header=header,
+                announce=lambda text: print(text, file=sys.stderr),
+            )
             self._shipper = ShipLoop(shipper).start()
 
     # ----------------------------------------------------------------- logging
@@ -281,12 +294,16 @@ class RunTracker:
     def log_params(self, params: dict[str, object]) -> None:
         """Append params; values are ``str()``'d (the shipper truncates to 6000 chars)."""
         if params:
-            self._append({"t": PARAMS, "ts": _now_ms(), "p": {str(k): str(v) for k, v in params.items()}})  # fmt: skip
+            self._append(
+                {"t": PARAMS, "ts": _now_ms(), "p": {str(k): str(v) for k, v in params.items()}}
+            )
 
     def set_tags(self, tags: dict[str, str]) -> None:
         """Append tags; values are ``str()``'d (the shipper truncates to 8000 chars)."""
         if tags:
-            self._append({"t": TAGS, "ts": _now_ms(), "g": {str(k): str(v) for k, v in tags.items()}})  # fmt: skip
+            self._append(
+                {"t": TAGS, "ts": _now_ms(), "g": {str(k): str(v) for k, v in tags.items()}}
+            )
 
     def append_artifact_line(self, artifact_path: str, record: dict) -> None:
         """Append ``record`` as one JSON line of the artifact ``artifact_path``.
@@ -294,13 +311,22 @@ class RunTracker:
         The artifact file (e.g. ``gradwatch/checks.jsonl``) is re-uploaded whole at most
         every ``artifact_interval`` seconds and at close.
         """
-        self._append({"t": ARTIFACT_LINE, "ts": _now_ms(), "path": _artifact_path(artifact_path), "r": record})  # fmt: skip
+        self._append(
+            {
+                "t": ARTIFACT_LINE,
+                "ts": _now_ms(),
+                "path": _artifact_path(artifact_path),
+                "r": record,
+            }
+        )
 
     def log_artifact_file(self, local_path: str, artifact_path: str = "gradwatch") -> None:
         """Copy ``local_path`` next to the journal now; the shipper uploads the copy."""
         src = Path(local_path)
         if not src.is_file():
-            raise InputError(f"log_artifact_file: {local_path!r} is not a file; pass an existing file path")  # fmt: skip
+            raise InputError(
+                f"log_artifact_file: {local_path!r} is not a file; pass an existing file path"
+            )
         self._check_open()
         seq = self._writer.last_seq + 1
         rel = f"f/{seq}-{os.getpid()}/{src.name}"
@@ -314,18 +340,25 @@ class RunTracker:
         if self._pid != _PID[0]:
             return  # a fork of the training process (a user's worker): the run is not its own
         if self._closed is not None:
-            raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
+            raise TrackingError(
+                f"run tracker for {self.journal_path} is closed; open a new run with open_run()"
+            )
         if self._writer.append(record) is None:
             self._report_dropped()
 
     def _report_dropped(self) -> None:
         if self._writer.dropped == 1:
-            logger.error("gradwatch: cannot write journal %s (%s); records are being lost",
-                         self.journal_path, self._writer.last_error)  # fmt: skip
+            logger.error(
+                "gradwatch: cannot write journal %s (%s); records are being lost",
+                self.journal_path,
+                self._writer.last_error,
+            )
 
     def _check_open(self) -> None:
         if self._closed is not None:
-            raise TrackingError(f"run tracker for {self.journal_path} is closed; open a new run with open_run()")  # fmt: skip
+            raise TrackingError(
+                f"run tracker for {self.journal_path} is closed; open a new run with open_run()"
+            )
 
     # ----------------------------------------------------------------- state
     def _state(self) -> ShipState:
@@ -422,7 +455,9 @@ class RunTracker:
         if self._closed is not None:
             return self._closed
         if self._pid != _PID[0]:
-            raise TrackingError("this run belongs to the process that opened it, not to a fork of it")  # fmt: skip
+            raise TrackingError(
+                "this run belongs to the process that opened it, not to a fork of it"
+            )
         status = str(status).upper()
         if status not in RUN_STATUSES:
             raise InputError(f"close: status {status!r} is not one of {', '.join(RUN_STATUSES)}")
@@ -444,8 +479,10 @@ class RunTracker:
                 )
             lost = self._writer.dropped
         if lost:
-            why = f"{lost} records dropped: cannot write journal {self.journal_path} ({self._writer.last_error})"  # fmt: skip
-            self._writer.append({"t": TAGS, "ts": _now_ms(), "g": {JOURNAL_DROPPED_TAG: why}}, final=True)  # fmt: skip
+            why = f"{lost} records dropped: cannot write journal {self.journal_path} ({self._writer.last_error})"
+            self._writer.append(
+                {"t": TAGS, "ts": _now_ms(), "g": {JOURNAL_DROPPED_TAG: why}}, final=True
+            )
             status = "FAILED"
         self._writer.append({"t": END, "ts": _now_ms(), "status": status}, final=True)
         shipper.request_close()
@@ -509,9 +546,11 @@ class RunTracker:
         if lost:
             full = getattr(self._writer.last_error, "errno", None) == errno.ENOSPC
             where = f"disk full at {self.journal_path.parent}: " if full else ""
-            message = (f"gradwatch: {where}{lost} records were dropped: cannot write journal "
-                       f"{shown} ({self._writer.last_error}); the run "
-                       f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. ") + message  # fmt: skip
+            message = (
+                f"gradwatch: {where}{lost} records were dropped: cannot write journal "
+                f"{shown} ({self._writer.last_error}); the run "
+                f"ends FAILED with tag {JOURNAL_DROPPED_TAG}. "
+            ) + message
         if note:
             if run_id:  # the run may have been created after the note was written
                 note = note.replace("`gradwatch report RUN_ID`", f"`gradwatch report {run_id}`")
@@ -521,11 +560,17 @@ class RunTracker:
         if removed:
             remove_journal(self.journal_path)
         return CloseResult(
-            status=status, run_id=run_id, shipped=state.shipped, pending=pending,
-            dropped=state.dropped + lost, journal_path=self.journal_path, message=mask_uri(message),
-            error=error, journal_removed=removed,
+            status=status,
+            run_id=run_id,
+            shipped=state.shipped,
+            pending=pending,
+            dropped=state.dropped + lost,
+            journal_path=self.journal_path,
+            message=mask_uri(message),
+            error=error,
+            journal_removed=removed,
             url=run_url(self.tracking_uri, state.experiment_id, run_id),
-        )  # fmt: skip
+        )
 
     def _pending_message(self, state: ShipState, pending: int, ending: str) -> str:
         """What keeps ``pending`` records from landing, named as it is."""
