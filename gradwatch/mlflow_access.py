@@ -177,7 +177,14 @@ def open_client(tracking_uri: str) -> Any:
     """
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    try:
+        client = MlflowClient(tracking_uri)
+    except ImportError as err:  # a database URI whose driver is not installed
+        raise TrackingError(
+            f"cannot open the tracking store {mask_uri(tracking_uri)}: its database driver "
+            f"'{err.name or err}' is not installed (for PostgreSQL: pip install "
+            f"'gradwatch[postgres]', or name the driver in the URI, e.g. postgresql+psycopg2://...)"
+        ) from None
     if store_lock_path(tracking_uri) is not None:
         with store_setup_lock(tracking_uri):
             try:  # MLflow opens (creates, migrates) the store on its first request

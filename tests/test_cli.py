@@ -366,3 +366,20 @@ def test_the_examples_configs_load_in_the_monitor_without_a_warning(tmp_path, ex
     assert result.exit_code == 0, result.output
     assert "WARNING" not in result.output and "unknown" not in result.output, result.output
     assert "1 active run(s), 30 new observation(s), 0 alert(s) sent" in result.output
+
+
+def test_a_database_uri_without_its_driver_is_one_line_naming_the_driver():
+    """``compare`` on a PostgreSQL URI whose driver is not installed: exit 1 and one line that
+    names the driver and the extra, no traceback, the password masked."""
+    pytest.importorskip("sqlalchemy")
+    try:
+        import psycopg  # noqa: F401
+
+        pytest.skip("psycopg (v3) is installed: its absence is the subject")
+    except ImportError:
+        pass
+    uri = "postgresql+psycopg://alice:s3cr3t@127.0.0.1:1/db"
+    result = CliRunner().invoke(main, ["compare", "-e", "x", "--tracking-uri", uri])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and "s3cr3t" not in result.output
+    assert "driver 'psycopg' is not installed" in result.output
