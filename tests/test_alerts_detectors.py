@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import gradwatch
+import gradwatch.stats
 from gradwatch.alerts import (
     AlertEngine,
     CheckObservation,
@@ -145,6 +146,23 @@ def test_nan_at_step_k_fires_nonfinite_at_step_k(k):
     fired = run(nonfinite(), quadratic(0.1, 60, nan_at=k))
     assert [step for step, _ in fired] == [k]  # first occurrence only, then silent
     assert "x" in fired[0][1].details["tensors"] and "loss" in fired[0][1].details["tensors"]
+
+
+def test_huge_finite_tensors_are_not_called_nonfinite():
+    """Finite 1e308 entries: the statistics count no NaN/Inf and the norm of one such entry
+    is finite (rescaled, not squared into overflow); a norm that overflows float64 anyway
+    raises no ``nonfinite`` alert while the tensor's count says it holds no NaN/Inf."""
+    huge = np.full(10, 1e308)
+    stats = gradwatch.stats.tensor_stats({"x": huge}, {"x": huge})["x"]
+    assert stats.nonfinite == 0 and math.isinf(stats.grad_norm)  # sqrt(10) * 1e308 > max
+    assert gradwatch.stats.norm(np.array([1e308, 0.0])) == 1e308
+    obs = [
+        StepObservation(**{**o.__dict__, "grad_norms": {"x": math.inf}, "nonfinite": {"x": 0}})
+        for o in quadratic(0.1, 10)
+    ]
+    assert run(nonfinite(), obs) == []
+    obs[5] = StepObservation(**{**obs[5].__dict__, "nonfinite": {"x": 1}})
+    assert [step for step, _ in run(nonfinite(), obs)] == [5]
 
 
 # --------------------------------------------------------------------------------------------

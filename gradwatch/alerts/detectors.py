@@ -440,7 +440,8 @@ def nonfinite() -> Detector:
         det = nonfinite()
 
     Sources: a non-finite ``loss`` (reported as "loss"), ``nonfinite`` counts > 0, and
-    non-finite grad/param norms (a norm is NaN/Inf exactly when its tensor has one).
+    non-finite grad/param norms of tensors with no count (a norm of finite values can still
+    overflow float64: where a count says 0, the tensor is finite and its norm is ignored).
     """
 
     def update(state: NonfiniteState, obs: Observation):
@@ -454,7 +455,8 @@ def nonfinite() -> Detector:
                 bad.setdefault(name, {"where": "grads+params", "count": int(count)})
         for where, norms in (("grads", obs.grad_norms), ("params", obs.param_norms)):
             for name, norm in (norms or {}).items():
-                if norm is not None and not math.isfinite(norm):
+                counted = obs.nonfinite is not None and name in obs.nonfinite
+                if norm is not None and not math.isfinite(norm) and not counted:
                     bad.setdefault(name, {"where": where, "value": str(norm)})
         new = {n: v for n, v in bad.items() if n not in state.seen}
         if not new:
