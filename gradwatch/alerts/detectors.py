@@ -1024,13 +1024,12 @@ class StuckLossState(NamedTuple):
 
 def _total_update(ratios: Mapping[str, float], param_norms: Mapping[str, float]) -> float:
     """||Δθ|| / ||θ|| of the whole model from per-tensor ratios (NaN: nothing measured)."""
-    moved = weights = 0.0
-    for name, r in ratios.items():
-        p = param_norms.get(name)
-        if _finite(r) and p is not None:
-            moved += (r * p) ** 2
-            weights += p * p
-    return math.sqrt(moved / weights) if weights > 0 else math.nan
+    # math.hypot scales internally: huge finite norms neither overflow nor raise.
+    pairs = [(r, param_norms[n]) for n, r in ratios.items() if _finite(r) and n in param_norms]
+    weights = math.hypot(*(p for _, p in pairs))
+    if not weights > 0:
+        return math.nan
+    return math.hypot(*(r * p for r, p in pairs)) / weights
 
 
 def _param_norms(obs: StepObservation, known: Mapping[str, float]) -> Mapping[str, float]:
