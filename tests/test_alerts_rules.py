@@ -184,3 +184,22 @@ def test_dead_units_fires_when_units_die_and_not_on_a_healthy_relu_net():
     # Dead hidden units zero their rows of dW1 and db1, and their columns of dW2.
     assert {"W1", "b1", "W2"} <= set(details["tensors"])
     assert details["tensors"]["b1"]["zero_frac"] >= 0.7
+
+
+def test_a_detector_that_raises_never_stops_the_engine(caplog):
+    """A value a detector cannot read (here a string where a norm belongs) is said once on
+    the log and skipped; the engine goes on and the next real problem still fires."""
+    import math
+
+    from gradwatch.alerts.rules import default_rules
+
+    engine = AlertEngine(default_rules())
+    junk = StepObservation(
+        0, 1.0, grad_norms={"w": "junk"}, param_norms={"w": 1.0}, update_ratios={"w": "x"}
+    )
+    with caplog.at_level("ERROR", logger="gradwatch.alerts"):
+        assert engine.observe_step(junk) == []
+        engine.observe_step(StepObservation(1, 1.0, grad_norms={"w": "junk"}))
+    failed = [r for r in caplog.records if "failed at step" in r.getMessage()]
+    assert failed and len({r.getMessage().split("'")[1] for r in failed}) == len(failed)
+    assert [a.rule for a in engine.observe_step(StepObservation(2, math.nan))] == ["nonfinite"]

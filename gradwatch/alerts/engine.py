@@ -13,6 +13,7 @@ the rule's last alert (warning -> critical) is let through the cooldown: escalat
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
@@ -29,6 +30,11 @@ from gradwatch.alerts.rules import (
     validate_rule,
 )
 from gradwatch.errors import ConfigError
+
+logger = logging.getLogger("gradwatch.alerts")
+
+#: (engine's detectors, rule) pairs whose detector raised: said once, not at every step.
+_FAILED_RULES: set[tuple[int, str]] = set()
 
 __all__ = [
     "ACTIONS",
@@ -161,7 +167,20 @@ def _apply_one(rules, detectors, obs, det_states, last_step, last_sev, fired, su
     """Run every rule on ``obs``, updating the batch's working copies of the state."""
     now = obs.timestamp if obs.timestamp is not None else time.time()
     for rule in rules:
-        finding, det_states[rule.name] = detectors[rule.name].update(det_states[rule.name], obs)
+        try:
+            finding, det_states[rule.name] = detectors[rule.name].update(det_states[rule.name], obs)
+        except Exception as err:  # noqa: BLE001 - a detector's fault never stops training
+            if (id(detectors), rule.name) not in _FAILED_RULES:
+                _FAILED_RULES.add((id(detectors), rule.name))
+                logger.error(
+                    "gradwatch: alert rule %r failed at step %s (%s: %s); it skips the "
+                    "observations it cannot read, training goes on",
+                    rule.name,
+                    obs.step,
+                    type(err).__name__,
+                    err,
+                )
+            continue
         if finding is None:
             continue
         severity = rule.severity or finding.severity or rule.default_severity or "warning"
