@@ -144,6 +144,7 @@ def test_every_named_problem_is_a_default_rule():
     assert set(PROBLEMS) <= {r.type for r in default_rules()}
 
 
+@pytest.mark.slow  # seconds: kept out of the fast subset
 def test_the_report_lists_the_diagnosed_problems_first_and_compare_names_them():
     from gradwatch.report.html import render_report
     from gradwatch.report.readers import from_journal

@@ -167,6 +167,7 @@ def test_a_crafted_file_record_cannot_upload_files_outside_the_journal(tracking_
     assert mlflow.MlflowClient(tracking_uri).list_artifacts(result.run_id, "gradwatch") == []
 
 
+@pytest.mark.slow  # seconds: kept out of the fast subset
 def test_sync_timeout_bounds_the_wait_on_a_hung_server(tmp_path):
     hung = socket.socket()
     hung.bind(("127.0.0.1", 0))
