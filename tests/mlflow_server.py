@@ -10,6 +10,7 @@ outage tests need.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 
@@ -126,6 +128,25 @@ class MlflowServer:
         self.stop()
 
 
+def forward(handler: BaseHTTPRequestHandler, target, body: bytes, timeout: float) -> None:
+    """Send the request ``handler`` is serving (its ``body`` already read) to ``target`` (a
+    parsed URL) and write the answer back: what every test proxy here does with a request it
+    lets through."""
+    conn = http.client.HTTPConnection(target.hostname, target.port, timeout=timeout)
+    headers = {k: v for k, v in handler.headers.items() if k.lower() != "host"}
+    conn.request(handler.command, handler.path, body or None, headers)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    handler.send_response(resp.status)
+    for key, value in resp.getheaders():
+        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class RelayProxy:
     """A real HTTP relay on 127.0.0.1 in front of an MLflow server that answers every
     request ``delay`` seconds late: a server that is slow but alive. ``on_request(method,
@@ -135,7 +156,6 @@ class RelayProxy:
     """
 
     def __init__(self, upstream: str, delay: float = 0.0, on_request=None) -> None:
-        import http.client
         import threading
         import urllib.parse
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,19 +173,7 @@ class RelayProxy:
                 if on_request is not None:
                     on_request(self.command, self.path)
                 time.sleep(delay)
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(self.command, self.path, body or None, headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                forward(self, target, body, timeout=60)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 

@@ -316,10 +316,11 @@ class BodyLimitProxy:
     artifact upload (PUT) over ``limit`` bytes, as nginx does past its body limit."""
 
     def __init__(self, upstream: str, limit: int) -> None:
-        import http.client
         import threading
         import urllib.parse
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from tests.mlflow_server import forward
 
         target = urllib.parse.urlsplit(upstream)
         self.refused: list[str] = []
@@ -336,19 +337,7 @@ class BodyLimitProxy:
                     self.end_headers()
                     self.wfile.write(page)
                     return
-                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
-                conn.request(self.command, self.path, body or None, headers)
-                resp = conn.getresponse()
-                data = resp.read()
-                conn.close()
-                self.send_response(resp.status)
-                for key, value in resp.getheaders():
-                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                forward(self, target, body, timeout=30)
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
 

@@ -14,7 +14,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClassicBugs", "classic_test_case", "classic_forward", "classic_backward"]
+__all__ = [
+    "CLASSIC_SHAPES",
+    "ClassicBugs",
+    "classic_test_case",
+    "classic_forward",
+    "classic_backward",
+]
+
+#: The exercise's network, LINEAR -> RELU -> LINEAR -> RELU -> LINEAR -> SIGMOID (47 numbers).
+CLASSIC_SHAPES: dict[str, tuple[int, int]] = {
+    "W1": (5, 4),
+    "b1": (5, 1),
+    "W2": (3, 5),
+    "b2": (3, 1),
+    "W3": (1, 3),
+    "b3": (1, 1),
+}
 
 
 @dataclass(frozen=True)
@@ -35,14 +51,7 @@ def classic_test_case() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     x = np.random.randn(4, 3)
     y = np.array([1, 1, 0])
     params = {}
-    for name, shape in [
-        ("W1", (5, 4)),
-        ("b1", (5, 1)),
-        ("W2", (3, 5)),
-        ("b2", (3, 1)),
-        ("W3", (1, 3)),
-        ("b3", (1, 1)),
-    ]:
+    for name, shape in CLASSIC_SHAPES.items():
         params[name] = np.random.randn(*shape)
     return x, y, params
 

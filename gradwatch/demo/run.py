@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradwatch.demo.classic import ClassicBugs, classic_backward, classic_forward
+from gradwatch.demo.classic import CLASSIC_SHAPES, ClassicBugs, classic_backward, classic_forward
 from gradwatch.demo.data import make_blobs
 from gradwatch.demo.mlp import MLP
 from gradwatch.schema import TAG_DEMO_BUG, TAG_DEMO_MODEL, TAG_PARENT_RUN, TAG_SWEEP_ID
@@ -135,14 +135,7 @@ def _classic_problem(seed: int):
     x = X.T * FEATURE_SCALE  # the exercise's layout: one example per column
     rng = np.random.default_rng(seed)
     params = {}
-    for name, shape in [
-        ("W1", (5, 4)),
-        ("b1", (5, 1)),
-        ("W2", (3, 5)),
-        ("b2", (3, 1)),
-        ("W3", (1, 3)),
-        ("b3", (1, 1)),
-    ]:
+    for name, shape in CLASSIC_SHAPES.items():
         # He initialization for the weights, zero biases (random in [-e, e] in the notes).
         scale = np.sqrt(2.0 / shape[1]) if name.startswith("W") else 0.0
         params[name] = rng.normal(0.0, 1.0, size=shape) * scale
